@@ -1,0 +1,52 @@
+"""bliptk: BLIP image and video captioning for research notebooks.
+
+Quickstart:
+    >>> import bliptk
+    >>> captioner = bliptk.load("ViT-L/16")
+    >>> captioner.caption("photo.jpg").text
+"""
+
+from .captioner import Captioner
+from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions
+from .errors import (
+    BliptkError,
+    CheckpointNotFoundError,
+    DeviceError,
+    ImageLoadError,
+    InvalidOptionError,
+    UnknownModelError,
+)
+from .image_encoder import ImageEncoder
+from .info import NetInformation, net_information
+from .loading import load
+from .models import ModelSpec, available_models
+from .preprocess import Preprocessor, load_image
+from .text_decoder import DecoderState, TextDecoder
+from .tokenizer import Tokenizer, load_tokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BliptkError",
+    "Caption",
+    "Captioner",
+    "CheckpointNotFoundError",
+    "DEFAULT_PROMPT",
+    "DecoderState",
+    "DecodingOptions",
+    "DeviceError",
+    "ImageEncoder",
+    "ImageLoadError",
+    "InvalidOptionError",
+    "ModelSpec",
+    "NetInformation",
+    "Preprocessor",
+    "TextDecoder",
+    "Tokenizer",
+    "UnknownModelError",
+    "available_models",
+    "load",
+    "load_image",
+    "load_tokenizer",
+    "net_information",
+]

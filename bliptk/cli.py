@@ -1,0 +1,133 @@
+"""The ``bliptk`` command (also ``python -m bliptk``).
+
+Exit codes: 0 success; 1 some inputs failed (each reported); 2 usage or option error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .decoding import DecodingOptions
+from .errors import BliptkError
+from .models import DEFAULT_MODEL, available_models
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"architecture name, hub id or checkpoint folder (default {DEFAULT_MODEL})")
+    parser.add_argument("--random-weights", action="store_true", help="build the architecture with random weights (no download)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
+    parser.add_argument("--dtype", default=None, help="float32 (default) or bfloat16")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bliptk", description="BLIP image captioning.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what bliptk does")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    caption = commands.add_parser("caption", help="caption images")
+    caption.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files")
+    _model_arguments(caption)
+    caption.add_argument("--prompt", default=None, help='text the caption starts with (default "a photography of"; "" for none)')
+    caption.add_argument("--max-new-tokens", type=int, default=25)
+    caption.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    caption.add_argument("--top-k", type=int, default=10)
+    caption.add_argument("--top-p", type=float, default=None)
+    caption.add_argument("--seed", type=int, default=None)
+    caption.add_argument("--batch-size", type=int, default=8)
+    caption.add_argument("--json", action="store_true", help="one JSON record per line")
+
+    commands.add_parser("models", help="list the model family")
+
+    info = commands.add_parser("info", help="net information: parameters and layer types")
+    _model_arguments(info)
+    info.add_argument("--arrays", action="store_true", help="also list every array's element count")
+    return parser
+
+
+def _load(args):
+    from .loading import load
+
+    return load(args.model, pretrained=not args.random_weights, device=args.device, dtype=args.dtype)
+
+
+def _caption(args) -> int:
+    from .preprocess import load_image
+
+    options = DecodingOptions(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    captioner = _load(args)
+    failures = 0
+    # Read every input first, so that a bad file is reported and the others still captioned.
+    images, paths = [], []
+    for path in args.inputs:
+        try:
+            images.append(load_image(path))
+            paths.append(path)
+        except BliptkError as error:
+            failures += 1
+            _report(args, {"path": path, "error": {"type": type(error).__name__, "message": str(error)}})
+    for start in range(0, len(images), args.batch_size):
+        features = captioner.encode_image(images[start : start + args.batch_size])
+        for path, caption in zip(paths[start : start + args.batch_size], captioner.caption_features(features, options)):
+            _report(
+                args,
+                {
+                    "path": path,
+                    "caption": caption.text,
+                    "token_ids": caption.token_ids,
+                    "tokens": caption.tokens,
+                    "logprobs": caption.logprobs,
+                    "finished": caption.finished,
+                    "model": captioner.name,
+                    "options": options.as_dict(),
+                },
+            )
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def _report(args, record: dict) -> None:
+    if args.json:
+        print(json.dumps(record), flush=True)
+    elif "error" in record:
+        print(f"bliptk: error: {record['error']['message']}", file=sys.stderr, flush=True)
+    else:
+        print(f"{record['path']}: {record['caption']}", flush=True)
+
+
+def _info(args) -> int:
+    from .info import net_information
+
+    information = net_information(_load(args))
+    print(f"model: {args.model}")
+    print(f"total parameters: {information.arrays_total_element_count:,}")
+    print("layer types:")
+    for name, count in information.layer_type_counts.items():
+        print(f"  {name}: {count}")
+    if args.arrays:
+        print("arrays:")
+        for name, count in information.arrays_element_counts.items():
+            print(f"  {name}: {count:,}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        if args.command == "models":
+            print(available_models())
+            return EXIT_OK
+        if args.command == "info":
+            return _info(args)
+        return _caption(args)
+    except BliptkError as error:
+        print(f"bliptk: error: {error}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,51 @@
+"""The errors bliptk raises.
+
+Every error a user can meet derives from :class:`BliptkError`, so one ``except BliptkError``
+catches them all, and each also derives from the built-in error it refines (``ValueError``,
+``FileNotFoundError``, ...) so that generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BliptkError",
+    "CheckpointNotFoundError",
+    "DeviceError",
+    "ImageLoadError",
+    "InvalidOptionError",
+    "UnknownModelError",
+]
+
+
+class BliptkError(Exception):
+    """Base class of every error raised by bliptk."""
+
+
+class InvalidOptionError(BliptkError, ValueError):
+    """An option (decoding setting, dtype, ...) has a value bliptk cannot use."""
+
+
+class UnknownModelError(BliptkError, LookupError):
+    """A model name is neither a known architecture, a local checkpoint folder, nor a hub id."""
+
+
+class CheckpointNotFoundError(BliptkError, OSError):
+    """The weights of a checkpoint could not be found locally nor downloaded."""
+
+
+class DeviceError(BliptkError, RuntimeError):
+    """The requested device does not exist on this machine."""
+
+
+class ImageLoadError(BliptkError, ValueError):
+    """An input could not be read as an image.
+
+    Attributes:
+        source: The offending input (a path, or a description of an in-memory object).
+        reason: What is wrong with it.
+    """
+
+    def __init__(self, source: object, reason: str):
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")

@@ -1,0 +1,62 @@
+"""BLIP's image encoder (a ViT) with its preprocessing."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .preprocess import Preprocessor
+
+__all__ = ["ImageEncoder"]
+
+
+class ImageEncoder(nn.Module):
+    """Images -> features ``(B, 1 + grid**2, D)``: ``(B, 577, 768)`` for ViT-B/16 at 384 px,
+    ``(B, 577, 1024)`` for ViT-L/16.
+
+    The first vector is the ViT's class token; the others are the ``grid x grid`` patches in
+    row-major order. Features are the last layer's output after the final LayerNorm, the input the
+    text decoder's cross-attention reads (not ``transformers``' ``pooler_output``, which applies
+    that LayerNorm a second time).
+
+    Args:
+        vision_model: A ``transformers`` ``BlipVisionModel``.
+        preprocessor: The matching :class:`Preprocessor`.
+    """
+
+    def __init__(self, vision_model: nn.Module, preprocessor: Preprocessor):
+        super().__init__()
+        self.vision_model = vision_model
+        self.preprocessor = preprocessor
+        config = vision_model.config
+        self.image_size = config.image_size
+        self.patch_size = config.patch_size
+        self.grid_size = config.image_size // config.patch_size
+        self.hidden_size = config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision_model.embeddings.patch_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_model.embeddings.patch_embedding.weight.dtype
+
+    @property
+    def feature_shape(self) -> tuple[int, int]:
+        """``(N, D)`` of one image's features."""
+        return (self.grid_size**2 + 1, self.hidden_size)
+
+    @torch.inference_mode()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Encode preprocessed pixels ``(B, 3, S, S)`` into features ``(B, N, D)``."""
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        return self.vision_model(pixel_values=pixel_values).last_hidden_state
+
+    def encode(self, images) -> torch.Tensor:
+        """Preprocess and encode one image or a list of images (paths, PIL, arrays, tensors).
+
+        Returns:
+            Features ``(B, N, D)`` (B = 1 for a single image).
+        """
+        return self(self.preprocessor(images))

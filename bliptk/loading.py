@@ -1,0 +1,231 @@
+"""Loading a Captioner: architecture names, hub ids, local folders, devices and dtypes.
+
+Weights come from, in order: a local checkpoint folder in Hugging Face layout; the Hugging Face
+cache; the Hub (unless ``HF_HUB_OFFLINE`` is set). Only safetensors files, or ``torch.load`` with
+``weights_only=True`` (``transformers``' default), are read; no remote code is ever run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from .captioner import Captioner
+from .errors import CheckpointNotFoundError, DeviceError, InvalidOptionError, UnknownModelError
+from .image_encoder import ImageEncoder
+from .models import DEFAULT_MODEL, ModelSpec, _REGISTRY, find_model_spec
+from .preprocess import Preprocessor
+from .tokenizer import load_tokenizer
+
+__all__ = ["load", "resolve_device", "resolve_dtype", "resolve_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_CHECKPOINT_FILES = [
+    "config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "vocab.txt",
+    "preprocessor_config.json",
+]
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on: CUDA when present for None, else the named one, checked to exist.
+
+    Raises:
+        DeviceError: The device does not exist on this machine (or the name is not a device).
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"{device!r} is not a device name (try 'cpu', 'cuda' or 'cuda:0')") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {str(device)!r}: CUDA is not available on this machine; use 'cpu'")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise DeviceError(f"device {str(device)!r}: MPS is not available on this machine")
+    elif resolved.type != "cpu":
+        raise DeviceError(f"device {str(device)!r} is not supported; use 'cpu', 'cuda' or 'mps'")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """float32 (default) or bfloat16; float16 is for GPUs and falls back to float32 on CPU."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        if dtype.removeprefix("torch.") not in _DTYPES:
+            raise InvalidOptionError(f"dtype {dtype!r} is not supported; use float32 or bfloat16")
+        dtype = _DTYPES[dtype.removeprefix("torch.")]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise InvalidOptionError(f"dtype {dtype} is not supported; use float32 or bfloat16")
+    if dtype == torch.float16 and device.type == "cpu":
+        warnings.warn("float16 is not supported on CPU; using float32 (bfloat16 is the fast CPU dtype)", stacklevel=3)
+        return torch.float32
+    return dtype
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+
+
+def resolve_checkpoint(model: str) -> Path:
+    """The local folder of a checkpoint, downloading it into the Hugging Face cache if needed.
+
+    Args:
+        model: A local checkpoint folder, an architecture name, or a hub id.
+
+    Raises:
+        UnknownModelError: ``model`` is no folder, no architecture name and no hub id.
+        CheckpointNotFoundError: The weights are neither local nor downloadable; the message
+            says what was tried and how to fix it.
+    """
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file() or not _has_weights(folder):
+            raise CheckpointNotFoundError(
+                f"{folder} is not a checkpoint folder: it needs config.json and model weights "
+                "(*.safetensors or pytorch_model.bin), as written by save_pretrained()"
+            )
+        return folder
+    spec = find_model_spec(model)
+    if spec is not None:
+        hub_id = spec.hub_id
+    elif _HUB_ID.match(model):
+        hub_id = model
+    else:
+        raise UnknownModelError(
+            f"unknown model {model!r}: not an architecture name ({', '.join(_REGISTRY)}), "
+            "not an existing checkpoint folder, and not a hub id"
+        )
+    return _snapshot(hub_id, known=spec is not None)
+
+
+def _snapshot(hub_id: str, known: bool = True) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(hub_id, allow_patterns=_CHECKPOINT_FILES, local_files_only=True))
+        if _has_weights(folder):
+            logger.info("loading %s from the Hugging Face cache at %s", hub_id, folder)
+            return folder
+    except LocalEntryNotFoundError:
+        pass
+    from huggingface_hub import constants
+
+    fixes = (
+        ("" if known else f"({hub_id!r} is not an architecture name either: {', '.join(_REGISTRY)}.) ")
+        + "Fixes: connect to the internet once so the weights reach the Hugging Face cache; or pass the "
+        "path of a local checkpoint folder (save_pretrained layout) as model; or, for a net with "
+        "random weights, load(..., pretrained=False)."
+    )
+    if constants.HF_HUB_OFFLINE:
+        raise CheckpointNotFoundError(
+            f"checkpoint {hub_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"HF_HUB_OFFLINE is set, so the Hub was not asked. {fixes}"
+        )
+    try:
+        logger.info("downloading %s from the Hugging Face Hub", hub_id)
+        folder = Path(snapshot_download(hub_id, allow_patterns=_CHECKPOINT_FILES, etag_timeout=10))
+        if not _has_weights(folder):  # a repo with PyTorch pickles only
+            folder = Path(snapshot_download(hub_id, allow_patterns=_CHECKPOINT_FILES + ["pytorch_model*.bin*"], etag_timeout=10))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise CheckpointNotFoundError(
+            f"checkpoint {hub_id!r} could not be downloaded from the Hugging Face Hub and is not in the "
+            f"cache ({constants.HF_HUB_CACHE}): {str(error).splitlines()[0]}. {fixes}"
+        ) from None
+    if not _has_weights(folder):
+        raise CheckpointNotFoundError(f"checkpoint {hub_id!r} on the Hub has no safetensors or PyTorch weights")
+    return folder
+
+
+def _preprocessor_for(folder: Path | None, image_size: int) -> Preprocessor:
+    config_file = folder / "preprocessor_config.json" if folder is not None else None
+    if config_file is not None and config_file.is_file():
+        return Preprocessor.from_config(json.loads(config_file.read_text()), image_size)
+    return Preprocessor(image_size)
+
+
+def load(
+    model: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    pretrained: bool = True,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    seed: int = 0,
+) -> Captioner:
+    """Load a BLIP captioning model.
+
+    Args:
+        model: ``"ViT-L/16"`` (default) or ``"ViT-B/16"``; a hub id; or a local checkpoint
+            folder in Hugging Face layout. ``"tiny"`` builds a small random test model.
+        pretrained: False builds the architecture with random weights from the shipped config,
+            with no network (the page's uninitialized net).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when present.
+        dtype: ``torch.float32`` (default) or ``torch.bfloat16`` (or their names).
+        seed: Seed of the random weights when they are random.
+
+    Returns:
+        A :class:`Captioner` in eval mode.
+
+    Raises:
+        UnknownModelError, CheckpointNotFoundError, DeviceError, InvalidOptionError.
+    """
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    model = os.fspath(model)
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    spec: ModelSpec | None = find_model_spec(model)
+    folder: Path | None = None
+    if spec is not None and (not pretrained or spec.hub_id is None):
+        config = spec.config()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = BlipForConditionalGeneration(config)
+        pretrained = False
+        logger.info("built %s with random weights (seed %d)", spec.name, seed)
+    elif not pretrained:
+        folder = Path(model).expanduser()
+        if not (folder / "config.json").is_file():
+            raise UnknownModelError(
+                f"pretrained=False needs an architecture name ({', '.join(_REGISTRY)}) or a folder "
+                f"with a config.json, got {model!r}"
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = BlipForConditionalGeneration(BlipConfig.from_pretrained(folder))
+    else:
+        folder = resolve_checkpoint(model)
+        net = BlipForConditionalGeneration.from_pretrained(folder, use_safetensors=True if any(folder.glob("*.safetensors")) else None)
+    net = net.to(device=resolved_device, dtype=resolved_dtype).eval()
+
+    tokenizer = load_tokenizer(folder if folder is not None and (folder / "vocab.txt").is_file() else None)
+    preprocessor = _preprocessor_for(folder, net.config.vision_config.image_size)
+    encoder = ImageEncoder(net.vision_model, preprocessor)
+    name = spec.name if spec is not None else model
+    return Captioner(net, tokenizer, encoder, name=name, pretrained=pretrained)

@@ -1,0 +1,143 @@
+"""Reading images and turning them into the image encoder's input.
+
+BLIP's preprocessing is: RGB, bicubic resize to a square (384 px for both checkpoints), scale to
+[0, 1], normalise with the CLIP mean and std. bliptk does exactly what ``transformers``'
+``BlipImageProcessor`` does (equal to 1e-5), and also accepts what users actually have: paths,
+PIL images of any mode, NumPy arrays and torch tensors, with EXIF orientation applied.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageLoadError
+
+__all__ = ["Preprocessor", "load_image", "to_rgb", "CLIP_MEAN", "CLIP_STD"]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+ImageInput = "str | os.PathLike | PIL.Image.Image | numpy.ndarray | torch.Tensor"
+
+
+def load_image(source) -> Image.Image:
+    """Read one image as an RGB PIL image.
+
+    Args:
+        source: A path, a PIL image, a NumPy array (``(H, W)`` or ``(H, W, C)`` with C in 1, 3, 4;
+            uint8, or float in [0, 1]), or a torch tensor (``(C, H, W)``, uint8 or float in [0, 1],
+            the torchvision convention).
+
+    Returns:
+        An RGB image, EXIF orientation applied. Transparent pixels are composited on white.
+
+    Raises:
+        ImageLoadError: The input cannot be read as an image; the message names it.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        image = _open_path(Path(source))
+    elif isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = _from_array(source, "NumPy array", channels_last=True)
+    elif isinstance(source, torch.Tensor):
+        image = _from_array(source.detach().cpu().numpy(), "torch tensor", channels_last=False)
+    else:
+        raise ImageLoadError(repr(source)[:80], f"unsupported image type {type(source).__name__}")
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def _open_path(path: Path) -> Image.Image:
+    if not path.exists():
+        raise ImageLoadError(path, "no such file")
+    if path.is_dir():
+        raise ImageLoadError(path, "is a directory, not an image file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image file Pillow can read") from None
+    except PermissionError:
+        raise ImageLoadError(path, "permission denied") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(path, f"corrupt or truncated image ({error})") from None
+
+
+def _from_array(array: np.ndarray, kind: str, channels_last: bool) -> Image.Image:
+    if array.ndim == 3 and not channels_last:
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        layout = "(H, W, C)" if channels_last else "(C, H, W)"
+        raise ImageLoadError(kind, f"shape {tuple(array.shape)} is not an image; expected {layout} with 1, 3 or 4 channels")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ImageLoadError(kind, f"dtype {array.dtype}; expected uint8, or float in [0, 1]")
+        array = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB as ``transformers`` does, and 16/32-bit modes sensibly.
+
+    Transparency (RGBA, LA, P with a transparent colour) is composited on white, as in
+    ``transformers.image_transforms.convert_to_rgb``; 16- and 32-bit greyscale are scaled to
+    8 bits instead of being clipped.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        image = Image.fromarray((np.clip(values, 0, top) / top * 255.0).round().astype(np.uint8))
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Image -> normalised ``(3, S, S)`` tensor, BLIP style.
+
+    Attributes:
+        image_size: Side of the square the image is resized to (384 for both checkpoints).
+        mean: Per-channel mean subtracted after scaling to [0, 1].
+        std: Per-channel standard deviation divided by.
+    """
+
+    image_size: int = 384
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    @classmethod
+    def from_config(cls, config: dict, image_size: int) -> "Preprocessor":
+        """From a Hugging Face ``preprocessor_config.json`` dict."""
+        size = config.get("size", image_size)
+        if isinstance(size, dict):
+            size = size.get("height", size.get("shortest_edge", image_size))
+        return cls(int(size), tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD)))
+
+    def __call__(self, images) -> torch.Tensor:
+        """Preprocess one image or a list of them.
+
+        Returns:
+            Pixel values of shape ``(B, 3, S, S)``, float32 (B = 1 for a single image).
+        """
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        return torch.stack([self.tensor(load_image(image)) for image in images])
+
+    def tensor(self, image: Image.Image) -> torch.Tensor:
+        """One RGB PIL image -> ``(3, S, S)`` float32."""
+        resized = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
+        pixels = np.asarray(resized, dtype=np.float64) * (1.0 / 255.0)
+        pixels = (pixels - np.asarray(self.mean)) / np.asarray(self.std)
+        return torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32))

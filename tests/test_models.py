@@ -1,0 +1,44 @@
+import pytest
+import torch
+from transformers import BlipForConditionalGeneration
+
+import bliptk
+from bliptk.models import get_model_spec
+
+
+def test_family_table_has_one_row_per_architecture():
+    table = bliptk.available_models()
+    assert [spec.name for spec in table] == ["ViT-B/16", "ViT-L/16"]
+    base, large = table
+    assert base.hub_id == "Salesforce/blip-image-captioning-base"
+    assert large.hub_id == "Salesforce/blip-image-captioning-large"
+    assert (base.image_size, base.feature_shape) == (384, (577, 768))
+    assert (large.image_size, large.feature_shape) == (384, (577, 1024))
+    assert "tiny" in [spec.name for spec in bliptk.available_models(include_test=True)]
+
+
+def test_table_prints_and_renders_in_jupyter():
+    text = str(bliptk.available_models())
+    assert "ViT-L/16" in text and "446,290,492" in text and "(577, 1024)" in text
+    assert bliptk.available_models()._repr_html_().count("<tr>") == 3
+
+
+@pytest.mark.parametrize("name", ["ViT-B/16", "ViT-L/16", "tiny"])
+def test_parameter_count_matches_the_built_architecture(name):
+    spec = get_model_spec(name)
+    with torch.device("meta"):
+        net = BlipForConditionalGeneration(spec.config())
+    assert sum(p.numel() for p in net.parameters()) == spec.parameters
+
+
+def test_default_is_the_pages_default():
+    assert bliptk.models.DEFAULT_MODEL == "ViT-L/16"
+
+
+def test_hub_id_resolves_to_its_architecture():
+    assert get_model_spec("Salesforce/blip-image-captioning-base").name == "ViT-B/16"
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(bliptk.UnknownModelError, match=r"ViT-B/16, ViT-L/16"):
+        get_model_spec("ViT-H/14")
