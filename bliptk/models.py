@@ -122,6 +122,8 @@ class ModelTable(list):
         widths = [max(len(row[i]) for row in rows) for i in range(len(self._columns))]
         return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
+    __repr__ = __str__
+
     def _repr_html_(self) -> str:
         rows = self._rows()
         head = "".join(f"<th>{c}</th>" for c in rows[0])
