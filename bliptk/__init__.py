@@ -6,6 +6,13 @@ Quickstart:
     >>> captioner.caption("photo.jpg").text
 """
 
+from .attention import (
+    attention_maps,
+    overlay_attention,
+    plot_attention_map,
+    plot_attention_maps,
+    plot_attention_overlays,
+)
 from .captioner import Captioner
 from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions
 from .errors import (
@@ -44,9 +51,14 @@ __all__ = [
     "TextDecoder",
     "Tokenizer",
     "UnknownModelError",
+    "attention_maps",
     "available_models",
     "load",
     "load_image",
     "load_tokenizer",
     "net_information",
+    "overlay_attention",
+    "plot_attention_map",
+    "plot_attention_maps",
+    "plot_attention_overlays",
 ]

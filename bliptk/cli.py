@@ -11,7 +11,7 @@ import logging
 import sys
 
 from .decoding import DecodingOptions
-from .errors import BliptkError
+from .errors import BliptkError, InvalidOptionError
 from .models import DEFAULT_MODEL, available_models
 
 __all__ = ["main"]
@@ -42,6 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("--seed", type=int, default=None)
     caption.add_argument("--batch-size", type=int, default=8)
     caption.add_argument("--json", action="store_true", help="one JSON record per line")
+
+    attention = commands.add_parser("attention", help="draw where each caption token looked, as a PNG grid")
+    attention.add_argument("image", metavar="IMAGE")
+    attention.add_argument("--out", required=True, help="PNG file to write")
+    _model_arguments(attention)
+    attention.add_argument("--prompt", default=None, help='text the caption starts with (default "a photography of")')
+    attention.add_argument("--max-new-tokens", type=int, default=25)
+    attention.add_argument("--layer", type=int, nargs="+", default=[-1], help="decoder layer(s), averaged (default: the last)")
+    attention.add_argument("--heads", default="mean", help='"mean" (default), "max", or a head index')
+    attention.add_argument("--raw", action="store_true", help="draw the raw maps instead of overlays on the image")
+    attention.add_argument("--columns", type=int, default=6)
 
     commands.add_parser("models", help="list the model family")
 
@@ -100,6 +111,30 @@ def _report(args, record: dict) -> None:
         print(f"{record['path']}: {record['caption']}", flush=True)
 
 
+def _attention(args) -> int:
+    from .attention import plot_attention_maps, plot_attention_overlays
+    from .preprocess import load_image
+
+    heads = int(args.heads) if args.heads.lstrip("-").isdigit() else args.heads
+    options = DecodingOptions(args.prompt, args.max_new_tokens)
+    image = load_image(args.image)
+    captioner = _load(args)
+    caption = captioner.caption_features(captioner.encode_image(image), options, return_attention=True)[0]
+    if not caption.token_ids:
+        raise InvalidOptionError(f"{args.image}: the caption has no generated tokens to draw")
+    map_options = {"layer": args.layer, "heads": heads}
+    try:
+        if args.raw:
+            figure = plot_attention_maps(caption, columns=args.columns, **map_options)
+        else:
+            figure = plot_attention_overlays(image, caption, columns=args.columns, **map_options)
+    except ValueError as error:
+        raise InvalidOptionError(str(error)) from None
+    figure.savefig(args.out, dpi=100)
+    print(f"{args.image}: {caption.text}\nwrote {args.out}")
+    return EXIT_OK
+
+
 def _info(args) -> int:
     from .info import net_information
 
@@ -127,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "info":
             return _info(args)
+        if args.command == "attention":
+            return _attention(args)
         return _caption(args)
     except BliptkError as error:
         print(f"bliptk: error: {error}", file=sys.stderr)

@@ -1,0 +1,181 @@
+"""Cross-attention maps: where the decoder looked, per generated token.
+
+``captioner.caption(image, return_attention=True)`` fills ``Caption.cross_attention``, the
+weights ``(T, L, H, N)`` that each of the T generated tokens' predicting position put on the N
+image features (N = 1 + grid**2, 577 at 384 px) in each of the L decoder layers and H heads.
+This module turns them into one ``(T, grid, grid)`` map per token, following the page by
+default, and draws them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .decoding import Caption
+from .figures import new_figure
+from .preprocess import load_image
+
+__all__ = ["attention_maps", "overlay_attention", "plot_attention_map", "plot_attention_maps", "plot_attention_overlays"]
+
+
+def attention_maps(
+    caption: Caption,
+    layer: int | Sequence[int] = -1,
+    heads: str | int = "mean",
+    subtract_min: bool = True,
+) -> torch.Tensor:
+    """One map over the image patches per generated token.
+
+    The page's recipe is the default: the last layer's weights, without the first image token
+    (the ViT's class token), minus each patch's minimum over the generated tokens (per head),
+    averaged over the heads, reshaped to the patch grid.
+
+    Args:
+        caption: A caption generated with ``return_attention=True``.
+        layer: A decoder layer index (negative counts from the end), or a list of them, whose
+            weights are averaged.
+        heads: ``"mean"`` or ``"max"`` over the heads, or one head's index.
+        subtract_min: Subtract each patch's minimum over the tokens, as the page does, which
+            removes what every token looks at alike.
+
+    Returns:
+        ``(T, grid, grid)`` float tensor, ``(T, 24, 24)`` at 384 px with 16 px patches.
+
+    Raises:
+        ValueError: The caption carries no attention, or an option is out of range.
+    """
+    weights = caption.cross_attention
+    if weights is None:
+        raise ValueError("this caption carries no cross-attention; caption it with return_attention=True")
+    tokens, layers, num_heads, features = weights.shape
+    grid = math.isqrt(features - 1)
+    if grid * grid != features - 1:
+        raise ValueError(f"{features} image features are not 1 + a square grid of patches")
+    layer_list = [layer] if isinstance(layer, int) else list(layer)
+    if not layer_list or any(not -layers <= i < layers for i in layer_list):
+        raise ValueError(f"layer must be in [{-layers}, {layers - 1}] (the decoder has {layers} layers), got {layer!r}")
+    patches = weights[:, layer_list, :, 1:].float().mean(dim=1)  # (T, H, grid**2)
+    if subtract_min and tokens > 0:
+        patches = patches - patches.min(dim=0, keepdim=True).values
+    if heads == "mean":
+        patches = patches.mean(dim=1)
+    elif heads == "max":
+        patches = patches.max(dim=1).values
+    elif isinstance(heads, int) and not isinstance(heads, bool) and -num_heads <= heads < num_heads:
+        patches = patches[:, heads]
+    else:
+        raise ValueError(f'heads must be "mean", "max" or a head index in [{-num_heads}, {num_heads - 1}], got {heads!r}')
+    return patches.reshape(tokens, grid, grid)
+
+
+def _normalised(attention_map) -> np.ndarray:
+    """Rescale a map to [0, 1] (the page's ``ImageAdjust``)."""
+    values = np.asarray(attention_map, dtype=np.float64)
+    low, high = values.min(), values.max()
+    return (values - low) / (high - low) if high > low else np.zeros_like(values)
+
+
+def overlay_attention(image, attention_map, alpha: float = 0.4) -> Image.Image:
+    """Draw one attention map over an image: white where ignored, red where looked at.
+
+    Args:
+        image: The captioned image (path, PIL image, array or tensor).
+        attention_map: ``(grid, grid)`` map, for example one row of :func:`attention_maps`.
+        alpha: Opacity of the heat map (the page uses 0.4).
+
+    Returns:
+        An RGB image of the input's size.
+    """
+    picture = load_image(image)
+    heat = _normalised(attention_map)
+    heat = Image.fromarray((heat * 255).round().astype(np.uint8)).resize(picture.size, Image.Resampling.BICUBIC)
+    level = np.asarray(heat, dtype=np.float64)[..., None] / 255.0
+    red = np.concatenate([np.ones_like(level), 1 - level, 1 - level], axis=-1)
+    blended = (1 - alpha) * np.asarray(picture, dtype=np.float64) / 255.0 + alpha * red
+    return Image.fromarray((blended * 255).round().clip(0, 255).astype(np.uint8))
+
+
+def plot_attention_map(attention_map, title: str | None = None, image=None, alpha: float = 0.4, ax=None):
+    """Draw one ``(grid, grid)`` map: raw (red where high), or over ``image`` when given.
+
+    Args:
+        attention_map: The map, for example one row of :func:`attention_maps`.
+        title: Panel title, usually the token.
+        image: The captioned image, to draw the map over it (see :func:`overlay_attention`).
+        alpha: Opacity of the heat map over the image.
+        ax: A matplotlib axes to draw on; None makes a new figure.
+
+    Returns:
+        The figure the axes belongs to.
+    """
+    if ax is None:
+        ax = new_figure(figsize=(3, 3), layout="constrained").subplots()
+    values = np.asarray(attention_map, dtype=np.float64)
+    if image is None:
+        ax.imshow(values, cmap="Reds", interpolation="nearest")
+    else:
+        ax.imshow(overlay_attention(image, values, alpha))
+    if title is not None:
+        ax.set_title(title)
+    ax.set_axis_off()
+    return ax.figure
+
+
+def _grid_axes(count: int, columns: int, panel_inches: float, fig=None):
+    columns = max(1, min(columns, count))
+    rows = max(1, math.ceil(count / columns))
+    if fig is None:
+        fig = new_figure(figsize=(columns * panel_inches, rows * panel_inches * 1.15), layout="constrained")
+    else:
+        fig.clear()
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    return fig, axes[:count]
+
+
+def plot_attention_maps(caption: Caption, columns: int = 5, fig=None, **map_options):
+    """The raw maps in a grid, one panel per generated token (the page's MatrixPlot grid).
+
+    Args:
+        caption: A caption generated with ``return_attention=True``.
+        columns: Panels per row.
+        fig: A matplotlib figure to draw into (cleared first); None makes a new one.
+        **map_options: ``layer``, ``heads``, ``subtract_min`` for :func:`attention_maps`.
+
+    Returns:
+        The figure, one panel per token, titled with the token.
+    """
+    maps = attention_maps(caption, **map_options)
+    fig, axes = _grid_axes(len(caption.tokens), columns, 2.0, fig)
+    for ax, attention_map, token in zip(axes, maps, caption.tokens):
+        plot_attention_map(attention_map.numpy(), token, ax=ax)
+    return fig
+
+
+def plot_attention_overlays(image, caption: Caption, columns: int = 6, alpha: float = 0.4, fig=None, **map_options):
+    """Each token's map upsampled and laid over the image, in a grid (the page's
+    ``visualizeAttention`` grid).
+
+    Args:
+        image: The captioned image.
+        caption: Its caption, generated with ``return_attention=True``.
+        columns: Panels per row.
+        alpha: Opacity of the heat map.
+        fig: A matplotlib figure to draw into (cleared first); None makes a new one.
+        **map_options: ``layer``, ``heads``, ``subtract_min`` for :func:`attention_maps`.
+
+    Returns:
+        The figure, one panel per token, titled with the token.
+    """
+    picture = load_image(image)
+    maps = attention_maps(caption, **map_options)
+    fig, axes = _grid_axes(len(caption.tokens), columns, 2.5, fig)
+    for ax, attention_map, token in zip(axes, maps, caption.tokens):
+        plot_attention_map(attention_map.numpy(), token, image=picture, alpha=alpha, ax=ax)
+    return fig

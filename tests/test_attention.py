@@ -1,0 +1,168 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import bliptk
+from bliptk.cli import main
+
+
+def _transformers_cross_attention(captioner, features, caption):
+    """Cross-attention of transformers' decoder run once over prompt + generated tokens, taken at
+    the position that predicted each generated token: (T, L, H, N)."""
+    prompt_ids = captioner.tokenizer.encode(caption.prompt)
+    ids = torch.tensor([prompt_ids + caption.token_ids])
+    with torch.inference_mode():
+        output = captioner.model.text_decoder(input_ids=ids, encoder_hidden_states=features, output_attentions=True, use_cache=False)
+    stacked = torch.stack(output.cross_attentions, dim=1)[0]  # (L, H, S, N)
+    positions = [len(prompt_ids) - 1 + i for i in range(len(caption.token_ids))]
+    return stacked[:, :, positions].permute(2, 0, 1, 3)
+
+
+@pytest.mark.parametrize("model", ["tiny", "vit_b"])
+def test_captured_weights_equal_transformers(model, photos, request):
+    captioner = request.getfixturevalue(model)
+    images = photos[:2]
+    captions = captioner.caption(images, max_new_tokens=6, return_attention=True)
+    features = captioner.encode_image(images)
+    for row, caption in enumerate(captions):
+        assert caption.cross_attention.shape[0] == len(caption.token_ids) > 0
+        expected = _transformers_cross_attention(captioner, features[row : row + 1], caption)
+        torch.testing.assert_close(caption.cross_attention, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model", ["tiny", "vit_b"])
+def test_capture_does_not_change_the_caption(model, photos, request):
+    captioner = request.getfixturevalue(model)
+    plain = captioner.caption(photos, max_new_tokens=8)
+    captured = captioner.caption(photos, max_new_tokens=8, return_attention=True)
+    assert [c.token_ids for c in captured] == [c.token_ids for c in plain]
+    for ours, theirs in zip(captured, plain):
+        assert ours.logprobs == pytest.approx(theirs.logprobs, abs=1e-4)
+    assert all(c.cross_attention is None for c in plain)
+
+
+def test_unconditional_prompt_and_finished_caption_shapes(tiny, photos):
+    caption = tiny.caption(photos[0], prompt="", max_new_tokens=3, return_attention=True)
+    assert caption.cross_attention.shape == (3, 2, 4, 37)
+    torch.testing.assert_close(caption.cross_attention.sum(-1), torch.ones(3, 2, 4))
+
+
+def test_vit_l_shapes(photos):
+    vit_l = bliptk.load("ViT-L/16", pretrained=False)
+    caption = vit_l.caption(photos[0], max_new_tokens=3, return_attention=True)
+    assert caption.cross_attention.shape == (3, 12, 12, 577)
+    assert bliptk.attention_maps(caption).shape == (3, 24, 24)
+
+
+def test_grid_follows_the_image_size(tmp_path, photos):
+    config = bliptk.models.get_model_spec("tiny").config()
+    config.vision_config.image_size = 160  # 10 x 10 patches of 16 px
+    config.save_pretrained(tmp_path)
+    captioner = bliptk.load(tmp_path, pretrained=False)
+    caption = captioner.caption(photos[0], max_new_tokens=4, return_attention=True)
+    assert caption.cross_attention.shape == (4, 2, 4, 101)
+    assert bliptk.attention_maps(caption).shape == (4, 10, 10)
+
+
+def _hooks(module):
+    """Every hook on every submodule (transformers installs its own output-capturing hooks once)."""
+    return [
+        (name, kind, key)
+        for name, m in module.named_modules()
+        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
+        for key in getattr(m, kind)
+    ]
+
+
+def test_no_hooks_or_state_left_behind_even_when_generation_raises(tiny, photos, monkeypatch):
+    before = tiny.caption(photos[0], max_new_tokens=6)
+    hooks_before = _hooks(tiny.model)
+    global_hooks_before = dict(torch.nn.modules.module._global_forward_hooks)
+    layer = tiny.model.text_decoder.bert.encoder.layer[1].output
+    original_forward = layer.forward
+    calls = {"n": 0}
+
+    def failing_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom in step 3")
+        return original_forward(*args, **kwargs)
+
+    monkeypatch.setattr(layer, "forward", failing_forward)
+    with pytest.raises(RuntimeError, match="boom in step 3"):
+        tiny.caption(photos[0], max_new_tokens=6, return_attention=True)
+    monkeypatch.undo()
+    assert _hooks(tiny.model) == hooks_before
+    assert dict(torch.nn.modules.module._global_forward_hooks) == global_hooks_before
+    after = tiny.caption(photos[0], max_new_tokens=6, return_attention=True)
+    assert after.token_ids == before.token_ids and tiny.caption(photos[0], max_new_tokens=6).cross_attention is None
+
+
+def test_maps_follow_the_pages_recipe(tiny, photos):
+    caption = tiny.caption(photos[0], max_new_tokens=5, return_attention=True)
+    weights = caption.cross_attention.numpy()  # (T, L, H, N)
+    last = weights[:, -1, :, 1:]  # the last layer, without the first image token
+    last = last - last.min(axis=0, keepdims=True)  # each patch's minimum over the tokens
+    expected = last.reshape(5, 4, 6, 6).mean(axis=1)
+    np.testing.assert_allclose(bliptk.attention_maps(caption).numpy(), expected, atol=1e-7)
+
+
+def test_map_options(tiny, photos):
+    caption = tiny.caption(photos[0], max_new_tokens=5, return_attention=True)
+    weights = caption.cross_attention.numpy()
+    raw = weights[..., 1:].reshape(5, 2, 4, 6, 6)
+    np.testing.assert_allclose(bliptk.attention_maps(caption, layer=0, heads=2, subtract_min=False).numpy(), raw[:, 0, 2], atol=1e-7)
+    np.testing.assert_allclose(bliptk.attention_maps(caption, layer=[0, 1], heads="max", subtract_min=False).numpy(), raw.mean(1).max(1), atol=1e-7)
+    np.testing.assert_allclose(bliptk.attention_maps(caption, heads=-1, subtract_min=False).numpy(), raw[:, -1, -1], atol=1e-7)
+    with pytest.raises(ValueError, match="return_attention=True"):
+        bliptk.attention_maps(tiny.caption(photos[0], max_new_tokens=2))
+    with pytest.raises(ValueError, match=r"layer must be in \[-2, 1\]"):
+        bliptk.attention_maps(caption, layer=2)
+    with pytest.raises(ValueError, match="heads must be"):
+        bliptk.attention_maps(caption, heads="median")
+
+
+def test_overlay_is_red_where_the_map_is_high(photos):
+    image = Image.new("RGB", (64, 32), (255, 255, 255))
+    attention_map = np.zeros((4, 4))
+    attention_map[0, 0] = 1.0
+    overlaid = np.asarray(bliptk.overlay_attention(image, attention_map, alpha=0.4))
+    assert overlaid.shape == (32, 64, 3)
+    assert overlaid[0, 0].tolist() == [255, 153, 153]  # 0.6 * white + 0.4 * red
+    assert overlaid[-1, -1].tolist() == [255, 255, 255]
+
+
+def _titles(figure):
+    return [ax.get_title() for ax in figure.axes if ax.get_title()]
+
+
+def test_drawings_render_headless_one_panel_per_token(tiny, photos, tmp_path):
+    caption = tiny.caption(photos[0], max_new_tokens=7, return_attention=True)
+    maps = bliptk.plot_attention_maps(caption, columns=5)
+    overlays = bliptk.plot_attention_overlays(photos[0], caption, columns=3, layer=0, heads="max")
+    for figure, name, columns, rows in ((maps, "maps.png", 5, 2), (overlays, "overlays.png", 3, 3)):
+        assert _titles(figure) == caption.tokens
+        assert len(figure.axes) == columns * rows
+        figure.savefig(tmp_path / name, dpi=50)
+        width, height = (figure.get_size_inches() * 50).round().astype(int)
+        assert Image.open(tmp_path / name).size == (width, height)
+    single = bliptk.plot_attention_map(bliptk.attention_maps(caption)[0], "token", image=photos[0])
+    assert _titles(single) == ["token"]
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    assert bliptk.plot_attention_map(np.eye(6), ax=ax) is ax.figure
+
+
+def test_cli_writes_the_grid(tiny, photos, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    args = ["attention", str(photos[0]), "--out", str(out), "--model", "tiny", "--max-new-tokens", "4", "--prompt", "the woman"]
+    assert main(args + ["--layer", "0", "1", "--columns", "2"]) == 0
+    caption = tiny.caption(photos[0], prompt="the woman", max_new_tokens=4)
+    assert capsys.readouterr().out.startswith(f"{photos[0]}: {caption.text}\n")
+    assert Image.open(out).size == (500, 575)  # 2 x 2 panels of 2.5 x 2.875 inches at 100 dpi
+    assert main(args + ["--layer", "7"]) == 2
+    assert "layer must be in [-2, 1]" in capsys.readouterr().err
