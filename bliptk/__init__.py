@@ -13,7 +13,7 @@ from .attention import (
     plot_attention_maps,
     plot_attention_overlays,
 )
-from .captioner import Captioner
+from .captioner import DEFAULT_VIDEO_PROMPT, Captioner
 from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions
 from .errors import (
     BliptkError,
@@ -22,6 +22,7 @@ from .errors import (
     ImageLoadError,
     InvalidOptionError,
     UnknownModelError,
+    VideoLoadError,
 )
 from .image_encoder import ImageEncoder
 from .info import NetInformation, net_information
@@ -30,6 +31,16 @@ from .models import ModelSpec, available_models
 from .preprocess import Preprocessor, load_image
 from .text_decoder import DecoderState, TextDecoder
 from .tokenizer import Tokenizer, load_tokenizer
+from .video import (
+    TimelineSegment,
+    VideoFrames,
+    VideoInfo,
+    caption_timeline,
+    is_video,
+    plot_video_frames,
+    video_frames,
+    video_info,
+)
 
 __version__ = "0.1.0"
 
@@ -39,6 +50,7 @@ __all__ = [
     "Captioner",
     "CheckpointNotFoundError",
     "DEFAULT_PROMPT",
+    "DEFAULT_VIDEO_PROMPT",
     "DecoderState",
     "DecodingOptions",
     "DeviceError",
@@ -50,9 +62,15 @@ __all__ = [
     "Preprocessor",
     "TextDecoder",
     "Tokenizer",
+    "TimelineSegment",
     "UnknownModelError",
+    "VideoFrames",
+    "VideoInfo",
+    "VideoLoadError",
     "attention_maps",
     "available_models",
+    "caption_timeline",
+    "is_video",
     "load",
     "load_image",
     "load_tokenizer",
@@ -61,4 +79,7 @@ __all__ = [
     "plot_attention_map",
     "plot_attention_maps",
     "plot_attention_overlays",
+    "plot_video_frames",
+    "video_frames",
+    "video_info",
 ]

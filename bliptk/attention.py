@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .decoding import Caption
-from .figures import new_figure
+from .figures import grid_axes, new_figure
 from .preprocess import load_image
 
 __all__ = ["attention_maps", "overlay_attention", "plot_attention_map", "plot_attention_maps", "plot_attention_overlays"]
@@ -126,19 +126,6 @@ def plot_attention_map(attention_map, title: str | None = None, image=None, alph
     return ax.figure
 
 
-def _grid_axes(count: int, columns: int, panel_inches: float, fig=None):
-    columns = max(1, min(columns, count))
-    rows = max(1, math.ceil(count / columns))
-    if fig is None:
-        fig = new_figure(figsize=(columns * panel_inches, rows * panel_inches * 1.15), layout="constrained")
-    else:
-        fig.clear()
-    axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    for ax in axes[count:]:
-        ax.set_axis_off()
-    return fig, axes[:count]
-
-
 def plot_attention_maps(caption: Caption, columns: int = 5, fig=None, **map_options):
     """The raw maps in a grid, one panel per generated token (the page's MatrixPlot grid).
 
@@ -152,7 +139,7 @@ def plot_attention_maps(caption: Caption, columns: int = 5, fig=None, **map_opti
         The figure, one panel per token, titled with the token.
     """
     maps = attention_maps(caption, **map_options)
-    fig, axes = _grid_axes(len(caption.tokens), columns, 2.0, fig)
+    fig, axes = grid_axes(len(caption.tokens), columns, 2.0, fig)
     for ax, attention_map, token in zip(axes, maps, caption.tokens):
         plot_attention_map(attention_map.numpy(), token, ax=ax)
     return fig
@@ -175,7 +162,7 @@ def plot_attention_overlays(image, caption: Caption, columns: int = 6, alpha: fl
     """
     picture = load_image(image)
     maps = attention_maps(caption, **map_options)
-    fig, axes = _grid_axes(len(caption.tokens), columns, 2.5, fig)
+    fig, axes = grid_axes(len(caption.tokens), columns, 2.5, fig)
     for ax, attention_map, token in zip(axes, maps, caption.tokens):
         plot_attention_map(attention_map.numpy(), token, image=picture, alpha=alpha, ax=ax)
     return fig

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 
 from .decoding import Caption, DecodingOptions, decode
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, check_positive_int
 from .image_encoder import ImageEncoder
 from .text_decoder import TextDecoder
 from .tokenizer import Tokenizer
 
-__all__ = ["Captioner"]
+__all__ = ["Captioner", "DEFAULT_VIDEO_PROMPT"]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_VIDEO_PROMPT = "a video of"
+POOLINGS = ("mean", "concat")
 
 
 class Captioner:
@@ -63,6 +67,41 @@ class Captioner:
         """
         return self.image_encoder.encode(images)
 
+    def encode_video(self, video, num_frames: int = 16, pooling: str = "mean", batch_size: int = 8) -> torch.Tensor:
+        """Image features of a video: its frames' features averaged (the page's method) or
+        concatenated.
+
+        Args:
+            video: A video file, or frames (:class:`~bliptk.video.VideoFrames` or a list of images).
+            num_frames: Uniformly spaced frames to take from a file.
+            pooling: ``"mean"``: ``(N, D)`` averaged over the frames; ``"concat"``: the frames'
+                features one after another, ``(frames * N, D)`` (as BLIP's authors did for video
+                retrieval).
+            batch_size: Frames encoded at once (memory stays bounded for any number of frames).
+
+        Returns:
+            ``(577, D)`` for ``"mean"`` at 384 px; ``(frames * 577, D)`` for ``"concat"``.
+        """
+        from .video import video_frames
+
+        if pooling not in POOLINGS:
+            raise InvalidOptionError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        check_positive_int("batch_size", batch_size)
+        frames = video if isinstance(video, (list, tuple)) else video_frames(video, num_frames)
+        if not frames:
+            raise InvalidOptionError("a video needs at least one frame")
+        total, pieces = None, []
+        for start in range(0, len(frames), batch_size):
+            features = self.encode_image(list(frames[start : start + batch_size]))
+            if pooling == "concat":
+                pieces.append(features.flatten(0, 1))
+            else:
+                batch_sum = features.sum(dim=0, dtype=torch.float32)
+                total = batch_sum if total is None else total + batch_sum
+        if pooling == "concat":
+            return torch.cat(pieces)
+        return (total / len(frames)).to(self.dtype)
+
     def caption(
         self,
         images,
@@ -75,13 +114,19 @@ class Captioner:
         seed: int | None = None,
         batch_size: int = 16,
         return_attention: bool = False,
+        num_frames: int = 16,
+        pooling: str = "mean",
     ) -> Caption | list[Caption]:
-        """Caption one image, or a list of images in batches.
+        """Caption one image or video, or a list of them (images in batches).
+
+        Videos are recognised by content (a file PyAV reads as a video and Pillow not as an image,
+        or the :class:`~bliptk.video.VideoFrames` that :func:`~bliptk.video_frames` returns) and
+        captioned from their frames' features (:meth:`encode_video`).
 
         Args:
-            images: One image (path, PIL image, NumPy array, torch tensor) or a list.
-            prompt: Text the caption starts with; None means ``"a photography of"``, ``""``
-                unconditional.
+            images: One image (path, PIL image, NumPy array, torch tensor) or video, or a list.
+            prompt: Text the caption starts with; None means ``"a photography of"`` for an image
+                and ``"a video of"`` for a video; ``""`` unconditional.
             max_new_tokens: Most tokens to generate, ``[SEP]`` included.
             temperature: 0 for greedy decoding, above 0 to sample.
             top_k: When sampling, sample among the k most probable tokens.
@@ -89,20 +134,31 @@ class Captioner:
             seed: Seed for reproducible sampling.
             batch_size: Images encoded and decoded together.
             return_attention: Fill each caption's ``cross_attention`` ``(T, L, H, N)``.
+            num_frames: Frames taken from each video file.
+            pooling: How a video's frame features are pooled, ``"mean"`` or ``"concat"``.
 
         Returns:
-            A :class:`Caption` for one image, a list of them for a list.
+            A :class:`Caption` for one input, a list of them for a list.
         """
+        from .video import VideoFrames, is_video
+
         options = DecodingOptions(prompt, max_new_tokens, temperature, top_k, top_p, seed)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidOptionError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        single = not isinstance(images, (list, tuple))
+        check_positive_int("batch_size", batch_size)
+        single = not isinstance(images, list | tuple) or isinstance(images, VideoFrames)
         items = [images] if single else list(images)
-        captions: list[Caption] = []
-        for start in range(0, len(items), batch_size):
-            features = self.encode_image(items[start : start + batch_size])
-            captions.extend(self.caption_features(features, options, return_attention=return_attention))
-        return captions[0] if single else captions
+        video_rows = {row for row, item in enumerate(items) if is_video(item)}
+        image_rows = [row for row in range(len(items)) if row not in video_rows]
+        captions: dict[int, Caption] = {}
+        for start in range(0, len(image_rows), batch_size):
+            rows = image_rows[start : start + batch_size]
+            features = self.encode_image([items[row] for row in rows])
+            captions.update(zip(rows, self.caption_features(features, options, return_attention=return_attention)))
+        video_options = replace(options, prompt=DEFAULT_VIDEO_PROMPT) if prompt is None else options
+        for row in sorted(video_rows):
+            features = self.encode_video(items[row], num_frames, pooling, batch_size)
+            captions[row] = self.caption_features(features[None], video_options, return_attention)[0]
+        ordered = [captions[row] for row in range(len(items))]
+        return ordered[0] if single else ordered
 
     def caption_features(
         self, features: torch.Tensor, options: DecodingOptions | None = None, return_attention: bool = False

@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     caption = commands.add_parser("caption", help="caption images")
-    caption.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files")
+    caption.add_argument("inputs", nargs="+", metavar="IMAGE_OR_VIDEO", help="image or video files")
     _model_arguments(caption)
     caption.add_argument("--prompt", default=None, help='text the caption starts with (default "a photography of"; "" for none)')
     caption.add_argument("--max-new-tokens", type=int, default=25)
@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("--seed", type=int, default=None)
     caption.add_argument("--batch-size", type=int, default=8)
     caption.add_argument("--json", action="store_true", help="one JSON record per line")
+    caption.add_argument("--frames", type=int, default=16, help="frames per video (per segment with --segments)")
+    caption.add_argument("--pooling", choices=("mean", "concat"), default="mean", help="how a video's frame features are pooled")
+    caption.add_argument("--segments", type=int, default=None, help="caption a video as K consecutive segments")
 
     attention = commands.add_parser("attention", help="draw where each caption token looked, as a PNG grid")
     attention.add_argument("image", metavar="IMAGE")
@@ -68,38 +71,76 @@ def _load(args):
     return load(args.model, pretrained=not args.random_weights, device=args.device, dtype=args.dtype)
 
 
+def _caption_record(path: str, caption, captioner, options: DecodingOptions) -> dict:
+    return {
+        "path": path,
+        "caption": caption.text,
+        "token_ids": caption.token_ids,
+        "tokens": caption.tokens,
+        "logprobs": caption.logprobs,
+        "finished": caption.finished,
+        "model": captioner.name,
+        "options": options.as_dict(),
+    }
+
+
+def _error_record(path: str, error: Exception) -> dict:
+    return {"path": path, "error": {"type": type(error).__name__, "message": str(error)}}
+
+
 def _caption(args) -> int:
     from .preprocess import load_image
+    from .video import caption_timeline, is_video
 
     options = DecodingOptions(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    for name in ("frames", "batch_size") + (("segments",) if args.segments is not None else ()):
+        if getattr(args, name) < 1:
+            raise InvalidOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     captioner = _load(args)
     failures = 0
-    # Read every input first, so that a bad file is reported and the others still captioned.
-    images, paths = [], []
+    # Read every image first, so that a bad file is reported and the others still captioned.
+    images, image_paths = [], []
     for path in args.inputs:
+        if is_video(path):
+            try:
+                if args.segments:
+                    rows = caption_timeline(captioner, path, args.segments, args.frames, args.prompt, args.pooling, **_decoding(options))
+                    _report_timeline(args, path, rows, captioner, options)
+                else:
+                    caption = captioner.caption(path, num_frames=args.frames, pooling=args.pooling, **_decoding(options), prompt=args.prompt)
+                    _report(args, _caption_record(path, caption, captioner, options))
+            except BliptkError as error:
+                failures += 1
+                _report(args, _error_record(path, error))
+            continue
         try:
             images.append(load_image(path))
-            paths.append(path)
+            image_paths.append(path)
         except BliptkError as error:
             failures += 1
-            _report(args, {"path": path, "error": {"type": type(error).__name__, "message": str(error)}})
+            _report(args, _error_record(path, error))
     for start in range(0, len(images), args.batch_size):
         features = captioner.encode_image(images[start : start + args.batch_size])
-        for path, caption in zip(paths[start : start + args.batch_size], captioner.caption_features(features, options)):
-            _report(
-                args,
-                {
-                    "path": path,
-                    "caption": caption.text,
-                    "token_ids": caption.token_ids,
-                    "tokens": caption.tokens,
-                    "logprobs": caption.logprobs,
-                    "finished": caption.finished,
-                    "model": captioner.name,
-                    "options": options.as_dict(),
-                },
-            )
+        for path, caption in zip(image_paths[start : start + args.batch_size], captioner.caption_features(features, options)):
+            _report(args, _caption_record(path, caption, captioner, options))
     return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def _decoding(options: DecodingOptions) -> dict:
+    """The decoding options other than the prompt, as keyword arguments."""
+    return {name: value for name, value in options.as_dict().items() if name != "prompt"}
+
+
+def _report_timeline(args, path: str, rows, captioner, options: DecodingOptions) -> None:
+    if args.json:
+        record = _caption_record(path, rows[0].caption, captioner, options)
+        del record["caption"], record["token_ids"], record["tokens"], record["logprobs"], record["finished"]
+        record["segments"] = [{"start": row.start, "end": row.end, "caption": row.caption.text} for row in rows]
+        print(json.dumps(record), flush=True)
+    else:
+        print(f"{path}:", flush=True)
+        for row in rows:
+            print(f"  {row}", flush=True)
 
 
 def _report(args, record: dict) -> None:

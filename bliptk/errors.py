@@ -12,8 +12,10 @@ __all__ = [
     "CheckpointNotFoundError",
     "DeviceError",
     "ImageLoadError",
+    "InputError",
     "InvalidOptionError",
     "UnknownModelError",
+    "VideoLoadError",
 ]
 
 
@@ -37,8 +39,8 @@ class DeviceError(BliptkError, RuntimeError):
     """The requested device does not exist on this machine."""
 
 
-class ImageLoadError(BliptkError, ValueError):
-    """An input could not be read as an image.
+class InputError(BliptkError, ValueError):
+    """An input could not be read.
 
     Attributes:
         source: The offending input (a path, or a description of an in-memory object).
@@ -49,3 +51,17 @@ class ImageLoadError(BliptkError, ValueError):
         self.source = source
         self.reason = reason
         super().__init__(f"{source}: {reason}")
+
+
+class ImageLoadError(InputError):
+    """An input could not be read as an image."""
+
+
+class VideoLoadError(InputError):
+    """An input could not be read as a video."""
+
+
+def check_positive_int(name: str, value) -> None:
+    """Raise :class:`InvalidOptionError` unless ``value`` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidOptionError(f"{name} must be an integer >= 1, got {value!r}")

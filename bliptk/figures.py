@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["new_figure"]
+import math
+
+__all__ = ["grid_axes", "new_figure"]
 
 
 def new_figure(**figure_options):
@@ -18,3 +20,28 @@ def new_figure(**figure_options):
     figure = plt.figure(**figure_options)
     plt.close(figure)
     return figure
+
+
+def grid_axes(count: int, columns: int, panel_inches: float, fig=None, aspect: float = 1.0):
+    """A grid of ``count`` panels, ``columns`` to a row, in a new figure or in ``fig`` (cleared).
+
+    Args:
+        count: Number of panels.
+        columns: Panels per row (fewer when there are fewer panels).
+        panel_inches: Width of a panel.
+        fig: A figure to draw into; None makes a new one.
+        aspect: Height / width of a panel's picture, to size the rows.
+
+    Returns:
+        ``(figure, axes)``: the first ``count`` axes; spare axes of the last row are hidden.
+    """
+    columns = max(1, min(columns, count))
+    rows = max(1, math.ceil(count / columns))
+    if fig is None:
+        fig = new_figure(figsize=(columns * panel_inches, rows * (panel_inches * aspect + 0.3)), layout="constrained")
+    else:
+        fig.clear()
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    return fig, axes[:count]

@@ -14,6 +14,29 @@ import bliptk
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = sorted((DATA / "images").glob("*.jpg"))
+VIDEOS = DATA / "video"
+
+
+def make_video(path: Path, frames: int = 20, fps: int = 10, keyframe_interval: int = 10, rotation: int | None = None, size=(64, 48)) -> Path:
+    """Write a small MPEG-4 video whose frame i is grey level 10 * i with a white left band."""
+    import av
+    import numpy as np
+
+    width, height = size
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = keyframe_interval
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for index in range(frames):
+            pixels = np.full((height, width, 3), (10 * index) % 256, dtype=np.uint8)
+            pixels[:, : width // 4] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
 
 
 @pytest.fixture(scope="session")

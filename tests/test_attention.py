@@ -163,6 +163,6 @@ def test_cli_writes_the_grid(tiny, photos, tmp_path, capsys):
     assert main(args + ["--layer", "0", "1", "--columns", "2"]) == 0
     caption = tiny.caption(photos[0], prompt="the woman", max_new_tokens=4)
     assert capsys.readouterr().out.startswith(f"{photos[0]}: {caption.text}\n")
-    assert Image.open(out).size == (500, 575)  # 2 x 2 panels of 2.5 x 2.875 inches at 100 dpi
+    assert Image.open(out).size == (500, 560)  # 2 x 2 panels of 2.5 x 2.8 inches at 100 dpi
     assert main(args + ["--layer", "7"]) == 2
     assert "layer must be in [-2, 1]" in capsys.readouterr().err

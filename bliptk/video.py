@@ -1,0 +1,416 @@
+"""Reading videos with PyAV: uniformly spaced frames, decoded by seeking.
+
+The page captions a video from N uniformly spaced frames (``VideoFrameList[video, N]``) whose image
+features are averaged. :func:`video_frames` takes the frame shown at the middle of each of N equal
+parts of the video (or of a segment of it), honouring rotation metadata and variable frame rates,
+and converts only those frames to RGB; decoding jumps ahead by seeking when the next frame is far
+away, so that a long video is not decoded whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InvalidOptionError, VideoLoadError, check_positive_int
+
+__all__ = [
+    "TimelineSegment",
+    "VideoFrames",
+    "VideoInfo",
+    "caption_timeline",
+    "is_video",
+    "plot_video_frames",
+    "video_frames",
+    "video_info",
+]
+
+logger = logging.getLogger(__name__)
+
+# Before any keyframe interval has been seen, assume keyframes at most this far apart (seconds).
+_DEFAULT_KEYFRAME_INTERVAL = 10.0
+
+
+class VideoFrames(list):
+    """RGB frames of a video (a list of PIL images) with where they come from.
+
+    ``captioner.caption(frames)`` captions them as one video.
+
+    Attributes:
+        timestamps: Presentation time of each frame, in seconds from the video's start.
+        source: The video file.
+        duration: The video's duration in seconds.
+        decoded_frames: How many frames were decoded to produce these (the rest were skipped by
+            seeking).
+    """
+
+    def __init__(self, frames, timestamps, source=None, duration=None, decoded_frames=0):
+        super().__init__(frames)
+        self.timestamps = list(timestamps)
+        self.source = source
+        self.duration = duration
+        self.decoded_frames = decoded_frames
+
+    def __repr__(self) -> str:
+        times = ", ".join(f"{t:.2f}" for t in self.timestamps)
+        return f"VideoFrames({len(self)} frames of {self.source}, at [{times}] s)"
+
+    def _repr_png_(self):
+        from io import BytesIO
+
+        buffer = BytesIO()
+        plot_video_frames(self).savefig(buffer, format="png", dpi=80)
+        return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file holds.
+
+    Attributes:
+        duration: Seconds from the first frame's start to the end of the stream.
+        start_time: Presentation time of the stream's start, in seconds.
+        frame_count: Number of frames the container declares (0 when it does not say).
+        average_fps: Average frame rate.
+        width: Frame width in pixels, as stored (before rotation).
+        height: Frame height in pixels, as stored.
+        codec: Codec name.
+    """
+
+    duration: float
+    start_time: float
+    frame_count: int
+    average_fps: float
+    width: int
+    height: int
+    codec: str
+
+
+def _still_image(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            return not getattr(image, "is_animated", False)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
+
+
+def _check_file(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise VideoLoadError(path, "no such file")
+    if path.is_dir():
+        raise VideoLoadError(path, "is a directory, not a video file")
+    if not path.is_file():
+        raise VideoLoadError(path, "is not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoLoadError(path, "empty file (0 bytes)")
+    if _still_image(path):
+        raise VideoLoadError(path, "is a still image, not a video; caption it as an image")
+    return path
+
+
+def _open(path: Path):
+    import av
+
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except PermissionError:
+        raise VideoLoadError(path, "permission denied") from None
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
+        raise VideoLoadError(path, f"not a video PyAV can read, or corrupt or truncated ({error})") from None
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        kinds = sorted({stream.type for stream in container.streams})
+        detail = " (audio only)" if kinds == ["audio"] else (f" (streams: {', '.join(kinds)})" if kinds else "")
+        raise VideoLoadError(path, f"has no video stream{detail}")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def _frame_time(frame, stream) -> float | None:
+    if frame.pts is not None:
+        return float(frame.pts * stream.time_base)
+    return frame.time
+
+
+def _start_and_duration(container, stream, path: Path) -> tuple[float, float]:
+    """The stream's start time and duration in seconds, from the container or else by decoding."""
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    if stream.duration:
+        return start, float(stream.duration * stream.time_base)
+    if container.duration:
+        return start, container.duration / 1_000_000
+    return start, _scan_duration(container, stream, path) - start
+
+
+def video_info(path) -> VideoInfo:
+    """Duration, frame count, rate and size of a video file.
+
+    Raises:
+        VideoLoadError: The file is missing, empty, a still image, or not a readable video.
+    """
+    path = _check_file(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        start, duration = _start_and_duration(container, stream, path)
+        return VideoInfo(
+            duration=duration,
+            start_time=start,
+            frame_count=stream.frames or 0,
+            average_fps=float(stream.average_rate) if stream.average_rate else 0.0,
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            codec=stream.codec_context.name,
+        )
+
+
+def _scan_duration(container, stream, path: Path) -> float:
+    """End time of the stream found by decoding it (for containers that do not say)."""
+    import av
+
+    last, step = None, 0.0
+    try:
+        for frame in container.decode(stream):
+            time = _frame_time(frame, stream)
+            if time is not None:
+                step = time - last if last is not None else step
+                last = time
+    except av.error.FFmpegError as error:
+        raise VideoLoadError(path, f"corrupt or truncated video ({error})") from None
+    if last is None:
+        raise VideoLoadError(path, "its video stream has no frames")
+    container.seek(0)
+    return last + step
+
+
+def _to_image(frame) -> Image.Image:
+    image = frame.to_image()
+    rotation = getattr(frame, "rotation", 0) or 0
+    if rotation % 360:
+        # PyAV gives the display matrix's counterclockwise angle; PIL also turns counterclockwise.
+        image = image.rotate(rotation, expand=True)
+    return image
+
+
+def video_frames(path, num_frames: int = 16, *, start: float | None = None, end: float | None = None) -> VideoFrames:
+    """Uniformly spaced RGB frames of a video.
+
+    Frame ``i`` is the one shown at the middle of the ``i``-th of ``num_frames`` equal parts of
+    ``[start, end)`` (the whole video by default). When the video has fewer frames than asked,
+    each frame is returned once, with a warning; a frame is never repeated.
+
+    Args:
+        path: A video file PyAV can open (mp4, mov, mkv, webm, avi, animated GIF, ...).
+        num_frames: How many frames.
+        start: Start of the segment to sample, seconds from the video's start.
+        end: End of the segment, seconds from the video's start.
+
+    Returns:
+        :class:`VideoFrames`: the frames, their ``timestamps``, ``duration`` and ``decoded_frames``.
+
+    Raises:
+        VideoLoadError: The file is missing, empty, corrupt, audio only, has no frames, or is a
+            still image; the message names it.
+        InvalidOptionError: ``num_frames`` < 1, or the segment is empty or outside the video.
+    """
+    check_positive_int("num_frames", num_frames)
+    path = _check_file(path)
+    import av
+
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        first, duration = _start_and_duration(container, stream, path)
+        segment_start = 0.0 if start is None else float(start)
+        segment_end = duration if end is None else min(float(end), duration)
+        if not 0 <= segment_start < segment_end:
+            raise InvalidOptionError(f"{path}: segment [{start}, {end}) is empty or outside the video's {duration:.2f} s")
+        step = (segment_end - segment_start) / num_frames
+        targets = [first + segment_start + (i + 0.5) * step for i in range(num_frames)]
+        try:
+            frames, times, decoded = _frames_at(container, stream, targets)
+        except av.error.FFmpegError as error:
+            raise VideoLoadError(path, f"corrupt or truncated video ({error})") from None
+    if not frames:
+        raise VideoLoadError(path, "its video stream has no frames")
+    if len(frames) < num_frames:
+        warnings.warn(
+            f"{path}: {num_frames} frames asked but the {'segment' if start or end else 'video'} has only "
+            f"{len(frames)}; returning each frame once",
+            stacklevel=2,
+        )
+    logger.debug("%s: %d frames from %d decoded", path, len(frames), decoded)
+    return VideoFrames(frames, [t - first for t in times], source=str(path), duration=duration, decoded_frames=decoded)
+
+
+def _frames_at(container, stream, targets: list[float]):
+    """The frame shown at each target time (the last frame starting at or before it).
+
+    Decodes forward while the next target is near, and seeks when it is further than the longest
+    keyframe interval seen so far (a keyframe must then lie in between, so seeking saves work).
+    Returns distinct frames (as RGB images), their times, and how many frames were decoded.
+    """
+    images, times = [], []
+    decoded = 0
+    keyframe_interval = _DEFAULT_KEYFRAME_INTERVAL  # the longest seen, once one is seen
+    seen_interval = False
+    last_keyframe = None
+    frames = None  # the decoding iterator
+    shown = None  # (time, frame): the latest decoded frame at or before the current target
+    ahead = None  # (time, frame): a decoded frame past the current target, not yet shown
+    chosen_pts = None
+
+    for target in targets:
+        if frames is None:
+            frames = _decode_from(container, stream, target if target > keyframe_interval else None)
+        else:
+            position = ahead[0] if ahead is not None else (shown[0] if shown is not None else None)
+            if position is not None and target - position > keyframe_interval:
+                seeked = _decode_from(container, stream, target)
+                if seeked is not None:
+                    frames, shown, ahead, last_keyframe = seeked, None, None, None
+        if frames is None:  # the container cannot seek: decode from the start
+            frames = container.decode(stream)
+        while True:
+            if ahead is None:
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                decoded += 1
+                time = _frame_time(frame, stream)
+                if time is None:
+                    time = (shown[0] + 1 / float(stream.average_rate or 25)) if shown is not None else 0.0
+                if frame.key_frame:
+                    if last_keyframe is not None and (not seen_interval or time - last_keyframe > keyframe_interval):
+                        keyframe_interval, seen_interval = time - last_keyframe, True
+                    last_keyframe = time
+                ahead = (time, frame)
+            if ahead[0] > target:
+                break
+            shown, ahead = ahead, None
+        pick = shown if shown is not None else ahead
+        if pick is None:
+            continue
+        if pick[1].pts is None or pick[1].pts != chosen_pts:
+            chosen_pts = pick[1].pts
+            images.append(_to_image(pick[1]))
+            times.append(pick[0])
+    return images, times, decoded
+
+
+def _decode_from(container, stream, target: float | None):
+    """A decoding iterator from the keyframe at or before ``target`` (None: from the start), or
+    None when the container cannot seek."""
+    import av
+
+    if target is None:
+        return container.decode(stream)
+    try:
+        container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+    except av.error.FFmpegError:
+        return None
+    return container.decode(stream)
+
+
+def is_video(source) -> bool:
+    """Whether ``source`` is a video: :class:`VideoFrames`, or a file whose content PyAV reads as
+    a video and Pillow does not read as an image (animated GIFs count as images)."""
+    if isinstance(source, VideoFrames):
+        return True
+    if not isinstance(source, (str, Path)) and not hasattr(source, "__fspath__"):
+        return False
+    path = Path(source)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        with Image.open(path):
+            return False
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        pass
+    import av
+
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            return bool(container.streams.video)
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError):
+        return False
+
+
+def plot_video_frames(frames: VideoFrames, columns: int | None = None, fig=None):
+    """The frames in a strip (or a grid of ``columns``), each titled with its time (the page's
+    ``VideoFrameList``).
+
+    Args:
+        frames: What :func:`video_frames` returned (or any list of images).
+        columns: Frames per row; None puts up to 8 in a row.
+        fig: A matplotlib figure to draw into (cleared first); None makes a new one.
+
+    Returns:
+        The figure.
+    """
+    from .figures import grid_axes
+
+    columns = columns or min(len(frames), 8)
+    width, height = frames[0].size
+    panel = 2.0
+    fig, axes = grid_axes(len(frames), columns, panel, fig, aspect=height / width)
+    timestamps = getattr(frames, "timestamps", [None] * len(frames))
+    for ax, frame, time in zip(axes, frames, timestamps):
+        ax.imshow(frame)
+        ax.set_axis_off()
+        if time is not None:
+            ax.set_title(f"{time:.2f} s")
+    return fig
+
+
+@dataclass(frozen=True)
+class TimelineSegment:
+    """One row of :func:`caption_timeline`: a caption of the video between two times (seconds)."""
+
+    start: float
+    end: float
+    caption: "Caption"  # noqa: F821 (bliptk.decoding.Caption)
+
+    def __str__(self) -> str:
+        return f"{self.start:7.2f} - {self.end:7.2f} s  {self.caption.text}"
+
+
+def caption_timeline(
+    captioner,
+    video,
+    segments: int = 4,
+    frames_per_segment: int = 4,
+    prompt: str | None = None,
+    pooling: str = "mean",
+    **decoding_options,
+) -> list[TimelineSegment]:
+    """Caption K consecutive, equal segments of a video, each from its own frames.
+
+    Args:
+        captioner: A :class:`~bliptk.Captioner`.
+        video: A video file.
+        segments: How many segments (K).
+        frames_per_segment: Uniformly spaced frames whose features make each segment's caption.
+        prompt: Text each caption starts with (None: ``"a video of"``).
+        pooling: ``"mean"`` or ``"concat"`` of each segment's frame features.
+        **decoding_options: ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``.
+
+    Returns:
+        K :class:`TimelineSegment` rows ``(start, end, caption)`` in time order.
+    """
+    check_positive_int("segments", segments)
+    check_positive_int("frames_per_segment", frames_per_segment)
+    duration = video_info(video).duration
+    bounds = [duration * k / segments for k in range(segments + 1)]
+    rows = []
+    for start, end in zip(bounds, bounds[1:]):
+        frames = video_frames(video, frames_per_segment, start=start, end=end)
+        caption = captioner.caption(frames, prompt=prompt, pooling=pooling, **decoding_options)
+        rows.append(TimelineSegment(start, end, caption))
+    return rows
