@@ -53,6 +53,18 @@ class Captioner:
         return self.image_encoder.dtype
 
     @property
+    def fingerprint(self) -> str:
+        """A hash that tells this model's weights apart (name, dtype and a few weight arrays),
+        used to key caches."""
+        import hashlib
+
+        digest = hashlib.sha256(f"{self.name}|{self.dtype}".encode())
+        vision = self.model.vision_model
+        for tensor in (vision.embeddings.patch_embedding.weight, vision.post_layernorm.weight, self.model.text_decoder.cls.predictions.bias):
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
+
+    @property
     def preprocessor(self):
         return self.image_encoder.preprocessor
 
@@ -66,6 +78,28 @@ class Captioner:
             ``(B, N, D)`` features, ``(B, 577, D)`` at 384 px.
         """
         return self.image_encoder.encode(images)
+
+    def embed(self, images, pooling: str = "cls", batch_size: int = 16, cache=None, progress: bool | None = None):
+        """One vector per image, from the image encoder.
+
+        Args:
+            images: A folder (its image files, in :func:`bliptk.image_files` order), a list of
+                paths or images, or one image.
+            pooling: ``"cls"``: the encoder output's first (class) token; ``"mean"``: the mean
+                of the patch tokens. (Not ``transformers``' ``pooler_output``, which applies the
+                final LayerNorm twice.)
+            batch_size: Images encoded at once.
+            cache: A folder to keep embeddings in, keyed by image content and model; a second
+                run over the same images reads them instead of running the encoder.
+            progress: Show a ``tqdm`` progress bar; None shows one when there is more than one
+                batch to compute.
+
+        Returns:
+            ``(N, D)`` float32 array.
+        """
+        from .embeddings import embed
+
+        return embed(self, images, pooling, batch_size, cache, progress)
 
     def encode_video(self, video, num_frames: int = 16, pooling: str = "mean", batch_size: int = 8) -> torch.Tensor:
         """Image features of a video: its frames' features averaged (the page's method) or

@@ -57,6 +57,28 @@ def _parser() -> argparse.ArgumentParser:
     attention.add_argument("--raw", action="store_true", help="draw the raw maps instead of overlays on the image")
     attention.add_argument("--columns", type=int, default=6)
 
+    embed = commands.add_parser("embed", help="image-encoder embeddings of a folder, to an .npz file")
+    embed.add_argument("folder", metavar="FOLDER")
+    embed.add_argument("--out", required=True, help=".npz file to write (arrays: paths, embeddings)")
+    _model_arguments(embed)
+    embed.add_argument("--pooling", choices=("cls", "mean"), default="cls")
+    embed.add_argument("--batch-size", type=int, default=16)
+    embed.add_argument("--cache", default=None, help="folder to cache embeddings in (keyed by content and model)")
+    embed.add_argument("--recursive", action="store_true", help="include subfolders")
+
+    feature_map = commands.add_parser("map", help="feature-space map of a folder, as a PNG")
+    feature_map.add_argument("folder", metavar="FOLDER")
+    feature_map.add_argument("--out", required=True, help="PNG file to write")
+    _model_arguments(feature_map)
+    feature_map.add_argument("--method", choices=("umap", "tsne", "pca"), default="umap")
+    feature_map.add_argument("--clusters", default=None, help="colour by K clusters (an integer, or 'auto' to choose K)")
+    feature_map.add_argument("--labels", default=None, help="CSV with columns file,label to colour by")
+    feature_map.add_argument("--callouts", action="store_true", help="write each label next to its point")
+    feature_map.add_argument("--pooling", choices=("cls", "mean"), default="cls")
+    feature_map.add_argument("--cache", default=None, help="folder to cache embeddings in")
+    feature_map.add_argument("--seed", type=int, default=0, help="projection seed")
+    feature_map.add_argument("--recursive", action="store_true", help="include subfolders")
+
     commands.add_parser("models", help="list the model family")
 
     info = commands.add_parser("info", help="net information: parameters and layer types")
@@ -176,6 +198,59 @@ def _attention(args) -> int:
     return EXIT_OK
 
 
+def _folder_images(args) -> list:
+    from pathlib import Path
+
+    from .files import image_files
+
+    if not Path(args.folder).is_dir():
+        raise InvalidOptionError(f"{args.folder}: not a folder")
+    paths = image_files(args.folder, recursive=args.recursive)
+    if not paths:
+        raise InvalidOptionError(f"{args.folder}: no image files")
+    return paths
+
+
+def _embed(args) -> int:
+    import numpy as np
+
+    paths = _folder_images(args)
+    captioner = _load(args)
+    embeddings = captioner.embed(paths, pooling=args.pooling, batch_size=args.batch_size, cache=args.cache)
+    np.savez(args.out, paths=np.array([str(p) for p in paths]), embeddings=embeddings, model=captioner.name, pooling=args.pooling)
+    print(f"{len(paths)} embeddings of size {embeddings.shape[1]} written to {args.out}")
+    return EXIT_OK
+
+
+def _map(args) -> int:
+    import csv
+    from pathlib import Path
+
+    from .feature_space import cluster, plot_feature_space
+
+    paths = _folder_images(args)
+    labels = None
+    if args.labels:
+        with open(args.labels, newline="") as file:
+            by_name = {row["file"]: row["label"] for row in csv.DictReader(file)}
+        labels = [by_name.get(path.name, by_name.get(str(path), "?")) for path in paths]
+    captioner = _load(args)
+    embeddings = captioner.embed(paths, pooling=args.pooling, cache=args.cache)
+    if args.clusters is not None:
+        if args.clusters != "auto" and not args.clusters.isdigit():
+            raise InvalidOptionError(f"--clusters must be an integer or 'auto', got {args.clusters!r}")
+        result = cluster(embeddings, k=None if args.clusters == "auto" else int(args.clusters), true_labels=labels)
+        scores = f"k={result.k}, silhouette={result.silhouette}"
+        if labels is not None:
+            scores += f", adjusted Rand index={result.adjusted_rand_index:.3f}, purity={result.purity:.3f}"
+        print(scores)
+        labels = [f"cluster {label}" for label in result.labels]
+    figure = plot_feature_space(embeddings, images=paths, labels=labels, method=args.method, random_state=args.seed, callouts=args.callouts)
+    figure.savefig(args.out, dpi=100)
+    print(f"{len(paths)} images mapped to {Path(args.out)}")
+    return EXIT_OK
+
+
 def _info(args) -> int:
     from .info import net_information
 
@@ -205,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
             return _info(args)
         if args.command == "attention":
             return _attention(args)
+        if args.command == "embed":
+            return _embed(args)
+        if args.command == "map":
+            return _map(args)
         return _caption(args)
     except BliptkError as error:
         print(f"bliptk: error: {error}", file=sys.stderr)

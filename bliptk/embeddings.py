@@ -1,0 +1,87 @@
+"""Image embeddings: one vector per image from the image encoder, with an on-disk cache."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InvalidOptionError, check_positive_int
+from .files import image_files
+
+__all__ = ["POOLINGS", "content_key", "embed"]
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("cls", "mean")
+
+
+def content_key(item) -> str:
+    """A hash of an image's content: the file's bytes for a path, the pixels for an image."""
+    digest = hashlib.sha256()
+    if isinstance(item, (str, os.PathLike)):
+        with open(item, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    elif isinstance(item, Image.Image):
+        digest.update(f"{item.mode}{item.size}".encode())
+        digest.update(item.tobytes())
+    else:
+        array = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def pool(features: torch.Tensor, pooling: str) -> torch.Tensor:
+    """``(B, N, D)`` encoder features -> ``(B, D)``: the first (class) token, or the patches' mean."""
+    if pooling == "cls":
+        return features[:, 0]
+    return features[:, 1:].mean(dim=1)
+
+
+def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=None, progress: bool | None = None) -> np.ndarray:
+    """See :meth:`bliptk.Captioner.embed`."""
+    from tqdm.auto import tqdm
+
+    if pooling not in POOLINGS:
+        raise InvalidOptionError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    check_positive_int("batch_size", batch_size)
+    if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
+        items = image_files(images)
+    elif isinstance(images, (list, tuple)):
+        items = list(images)
+    else:
+        items = [images]
+    vectors: list[np.ndarray | None] = [None] * len(items)
+    cache_folder = keys = None
+    if cache is not None:
+        cache_folder = Path(cache) / f"{captioner.fingerprint[:16]}-{pooling}"
+        cache_folder.mkdir(parents=True, exist_ok=True)
+        keys = [content_key(item) for item in items]
+        for index, key in enumerate(keys):
+            cached = cache_folder / f"{key}.npy"
+            if cached.is_file():
+                vectors[index] = np.load(cached)
+    missing = [index for index, vector in enumerate(vectors) if vector is None]
+    if cache is not None:
+        logger.info("embeddings: %d cached, %d to compute", len(items) - len(missing), len(missing))
+    show = progress if progress is not None else len(missing) > batch_size
+    with tqdm(total=len(missing), desc="embedding", unit="img", disable=not show) as bar:
+        for start in range(0, len(missing), batch_size):
+            rows = missing[start : start + batch_size]
+            features = captioner.encode_image([items[row] for row in rows])
+            pooled = pool(features, pooling).float().cpu().numpy()
+            for row, vector in zip(rows, pooled):
+                vectors[row] = vector
+                if cache_folder is not None:
+                    np.save(cache_folder / f"{keys[row]}.npy", vector)
+            bar.update(len(rows))
+    if not vectors:
+        return np.zeros((0, captioner.image_encoder.hidden_size), dtype=np.float32)
+    return np.stack(vectors).astype(np.float32)
