@@ -17,6 +17,7 @@ from .captioner import DEFAULT_VIDEO_PROMPT, Captioner
 from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions
 from .errors import (
     BliptkError,
+    CheckpointError,
     CheckpointNotFoundError,
     DeviceError,
     ImageLoadError,
@@ -53,6 +54,7 @@ __all__ = [
     "Caption",
     "caption_timeline",
     "Captioner",
+    "CheckpointError",
     "CheckpointNotFoundError",
     "cluster",
     "ClusterResult",

@@ -9,6 +9,7 @@ import torch
 
 from .decoding import Caption, DecodingOptions, decode
 from .errors import InvalidOptionError, check_positive_int
+from .preprocess import DEFAULT_MAX_PIXELS
 from .image_encoder import ImageEncoder
 from .text_decoder import TextDecoder
 from .tokenizer import Tokenizer
@@ -100,6 +101,67 @@ class Captioner:
         from .embeddings import embed
 
         return embed(self, images, pooling, batch_size, cache, progress)
+
+    def caption_files(
+        self,
+        inputs,
+        out=None,
+        *,
+        prompt: str | None = None,
+        max_new_tokens: int = 25,
+        temperature: float = 0.0,
+        top_k: int | None = 10,
+        top_p: float | None = None,
+        seed: int | None = None,
+        format: str | None = None,
+        recursive: bool = False,
+        batch_size: int = 8,
+        workers: int = 2,
+        resume: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        num_frames: int = 16,
+        pooling: str = "mean",
+        progress: bool | None = None,
+        status=None,
+    ):
+        """Caption many files, yielding one record per input as it is made.
+
+        Bad inputs never stop the job: each gets a record with an ``error`` (its type and
+        message) instead of a caption. With ``out``, each record is also appended to that file
+        and flushed, so a killed run keeps every finished record; ``resume=True`` continues such a
+        file, skipping inputs captioned with the same model and options, retrying those that
+        failed, and dropping a torn last line. Ctrl-C stops after the batch in flight.
+
+        Args:
+            inputs: Files, folders (their image files) and glob patterns, or one of them.
+            out: A ``.jsonl`` or ``.csv`` file to write records to; None only yields them.
+            prompt, max_new_tokens, temperature, top_k, top_p, seed: Decoding options, as in
+                :meth:`caption`.
+            format: ``"jsonl"`` or ``"csv"``; None picks by ``out``'s extension.
+            recursive: Look in subfolders of folders (and let ``**`` match in patterns).
+            batch_size: Images captioned together.
+            workers: Threads that read and preprocess the next images while the model works (0:
+                none).
+            resume: Continue an existing ``out`` (without it, an existing non-empty ``out`` is
+                an error, so that nothing is overwritten by accident).
+            max_pixels: Refuse images with more pixels than this (decompression bombs).
+            num_frames, pooling: For videos, as in :meth:`caption`.
+            progress: Show a ``tqdm`` progress bar (None: when there is more than one batch).
+            status: A :class:`~bliptk.batch.BatchStatus` to keep counts in.
+
+        Yields:
+            Records (dicts): ``path``, ``kind`` (image or video), ``caption``, ``token_ids``,
+            ``tokens``, ``logprobs``, ``finished``, ``model``, ``options``, and ``error`` (None, or
+            ``{"type", "message"}``).
+        """
+        from .batch import caption_files
+
+        options = DecodingOptions(prompt, max_new_tokens, temperature, top_k, top_p, seed)
+        return caption_files(
+            self, inputs, out, options=options, format=format, recursive=recursive, batch_size=batch_size,
+            workers=workers, resume=resume, max_pixels=max_pixels, num_frames=num_frames, pooling=pooling,
+            progress=progress, status=status,
+        )
 
     def encode_video(self, video, num_frames: int = 16, pooling: str = "mean", batch_size: int = 8) -> torch.Tensor:
         """Image features of a video: its frames' features averaged (the page's method) or

@@ -1,6 +1,7 @@
 """The ``bliptk`` command (also ``python -m bliptk``).
 
-Exit codes: 0 success; 1 some inputs failed (each reported); 2 usage or option error.
+Exit codes: 0 success; 1 some inputs failed (each reported); 2 usage or option error; 130
+interrupted (Ctrl-C; finished records are kept).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .models import DEFAULT_MODEL, available_models
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     caption = commands.add_parser("caption", help="caption images")
-    caption.add_argument("inputs", nargs="+", metavar="IMAGE_OR_VIDEO", help="image or video files")
+    caption.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders, glob patterns")
     _model_arguments(caption)
     caption.add_argument("--prompt", default=None, help='text the caption starts with (default "a photography of"; "" for none)')
     caption.add_argument("--max-new-tokens", type=int, default=25)
@@ -41,7 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("--top-p", type=float, default=None)
     caption.add_argument("--seed", type=int, default=None)
     caption.add_argument("--batch-size", type=int, default=8)
-    caption.add_argument("--json", action="store_true", help="one JSON record per line")
+    caption.add_argument("--json", action="store_true", help="print one JSON record per line")
+    caption.add_argument("--out", default=None, help="write records to this .jsonl or .csv file (appended and flushed one by one)")
+    caption.add_argument("--format", choices=("jsonl", "csv"), default=None, help="format of --out (default: by its extension)")
+    caption.add_argument("--resume", action="store_true", help="continue --out: skip inputs done with the same model and options, retry failures")
+    caption.add_argument("--recursive", action="store_true", help="look in subfolders too")
+    caption.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing images ahead (default 2)")
+    caption.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (default 100,000,000)")
     caption.add_argument("--frames", type=int, default=16, help="frames per video (per segment with --segments)")
     caption.add_argument("--pooling", choices=("mean", "concat"), default="mean", help="how a video's frame features are pooled")
     caption.add_argument("--segments", type=int, default=None, help="caption a video as K consecutive segments")
@@ -93,59 +100,49 @@ def _load(args):
     return load(args.model, pretrained=not args.random_weights, device=args.device, dtype=args.dtype)
 
 
-def _caption_record(path: str, caption, captioner, options: DecodingOptions) -> dict:
-    return {
-        "path": path,
-        "caption": caption.text,
-        "token_ids": caption.token_ids,
-        "tokens": caption.tokens,
-        "logprobs": caption.logprobs,
-        "finished": caption.finished,
-        "model": captioner.name,
-        "options": options.as_dict(),
-    }
-
-
-def _error_record(path: str, error: Exception) -> dict:
-    return {"path": path, "error": {"type": type(error).__name__, "message": str(error)}}
-
-
 def _caption(args) -> int:
-    from .preprocess import load_image
+    from .batch import BatchStatus
     from .video import caption_timeline, is_video
 
     options = DecodingOptions(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
-    for name in ("frames", "batch_size") + (("segments",) if args.segments is not None else ()):
+    for name in ("frames", "batch_size", "max_pixels") + (("segments",) if args.segments is not None else ()):
         if getattr(args, name) < 1:
             raise InvalidOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.workers < 0:
+        raise InvalidOptionError(f"--workers must be >= 0, got {args.workers}")
+    if args.resume and not args.out:
+        raise InvalidOptionError("--resume continues an --out file; give --out")
+    if args.segments and args.out:
+        raise InvalidOptionError("--segments prints a timeline; it can't be combined with --out")
     captioner = _load(args)
-    failures = 0
-    # Read every image first, so that a bad file is reported and the others still captioned.
-    images, image_paths = [], []
-    for path in args.inputs:
-        if is_video(path):
-            try:
-                if args.segments:
-                    rows = caption_timeline(captioner, path, args.segments, args.frames, args.prompt, args.pooling, **_decoding(options))
-                    _report_timeline(args, path, rows, captioner, options)
-                else:
-                    caption = captioner.caption(path, num_frames=args.frames, pooling=args.pooling, **_decoding(options), prompt=args.prompt)
-                    _report(args, _caption_record(path, caption, captioner, options))
-            except BliptkError as error:
-                failures += 1
-                _report(args, _error_record(path, error))
-            continue
-        try:
-            images.append(load_image(path))
-            image_paths.append(path)
-        except BliptkError as error:
-            failures += 1
-            _report(args, _error_record(path, error))
-    for start in range(0, len(images), args.batch_size):
-        features = captioner.encode_image(images[start : start + args.batch_size])
-        for path, caption in zip(image_paths[start : start + args.batch_size], captioner.caption_features(features, options)):
-            _report(args, _caption_record(path, caption, captioner, options))
-    return EXIT_SOME_FAILED if failures else EXIT_OK
+    inputs = args.inputs
+    if args.segments:
+        videos = [path for path in inputs if is_video(path)]
+        inputs = [path for path in inputs if path not in videos]
+        for path in videos:
+            rows = caption_timeline(captioner, path, args.segments, args.frames, args.prompt, args.pooling, **_decoding(options))
+            _report_timeline(args, path, rows, captioner, options)
+        if not inputs:
+            return EXIT_OK
+    status = BatchStatus()
+    records = captioner.caption_files(
+        inputs, args.out, prompt=args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed, format=args.format, recursive=args.recursive,
+        batch_size=args.batch_size, workers=args.workers, resume=args.resume, max_pixels=args.max_pixels,
+        num_frames=args.frames, pooling=args.pooling, progress=None if args.out else False, status=status,
+    )
+    for record in records:
+        if args.out is None or record["error"]:
+            _report(args, record)
+    if args.out:
+        print(
+            f"bliptk: {status.captioned} captioned, {status.failed} failed, {status.skipped} already done "
+            f"(of {status.total}){', interrupted' if status.interrupted else ''}; records in {args.out}",
+            file=sys.stderr,
+        )
+    if status.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if status.failed else EXIT_OK
 
 
 def _decoding(options: DecodingOptions) -> dict:
@@ -155,9 +152,8 @@ def _decoding(options: DecodingOptions) -> dict:
 
 def _report_timeline(args, path: str, rows, captioner, options: DecodingOptions) -> None:
     if args.json:
-        record = _caption_record(path, rows[0].caption, captioner, options)
-        del record["caption"], record["token_ids"], record["tokens"], record["logprobs"], record["finished"]
-        record["segments"] = [{"start": row.start, "end": row.end, "caption": row.caption.text} for row in rows]
+        segments = [{"start": row.start, "end": row.end, "caption": row.caption.text} for row in rows]
+        record = {"path": path, "kind": "video", "segments": segments, "model": captioner.name, "options": options.as_dict()}
         print(json.dumps(record), flush=True)
     else:
         print(f"{path}:", flush=True)
@@ -166,9 +162,9 @@ def _report_timeline(args, path: str, rows, captioner, options: DecodingOptions)
 
 
 def _report(args, record: dict) -> None:
-    if args.json:
+    if args.json and not args.out:
         print(json.dumps(record), flush=True)
-    elif "error" in record:
+    elif record.get("error"):
         print(f"bliptk: error: {record['error']['message']}", file=sys.stderr, flush=True)
     else:
         print(f"{record['path']}: {record['caption']}", flush=True)

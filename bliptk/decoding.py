@@ -16,7 +16,7 @@ from .errors import InvalidOptionError
 from .text_decoder import TextDecoder
 from .tokenizer import SEP_TOKEN_ID, Tokenizer
 
-__all__ = ["Caption", "DecodingOptions", "decode", "DEFAULT_PROMPT", "sample_next_token"]
+__all__ = ["Caption", "DecodingOptions", "decode", "DEFAULT_PROMPT", "encode_prompt", "sample_next_token"]
 
 DEFAULT_PROMPT = "a photography of"
 
@@ -142,6 +142,23 @@ def sample_next_token(
     return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)
 
 
+def encode_prompt(tokenizer: Tokenizer, options: DecodingOptions, max_positions: int) -> list[int]:
+    """The prompt's decoder ids, checked to leave room for ``max_new_tokens`` in the decoder's
+    positions.
+
+    Raises:
+        InvalidOptionError: Prompt plus ``max_new_tokens`` exceed ``max_positions`` (512).
+    """
+    prompt_ids = tokenizer.encode(options.prompt_text)
+    total_length = len(prompt_ids) + options.max_new_tokens
+    if total_length > max_positions:
+        raise InvalidOptionError(
+            f"prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({options.max_new_tokens}) is "
+            f"{total_length} positions; the decoder has {max_positions}"
+        )
+    return prompt_ids
+
+
 @torch.inference_mode()
 def decode(
     decoder: TextDecoder,
@@ -162,13 +179,8 @@ def decode(
     Returns:
         B captions, in order.
     """
-    prompt_ids = tokenizer.encode(options.prompt_text)
+    prompt_ids = encode_prompt(tokenizer, options, decoder.max_positions)
     total_length = len(prompt_ids) + options.max_new_tokens
-    if total_length > decoder.max_positions:
-        raise InvalidOptionError(
-            f"prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({options.max_new_tokens}) is "
-            f"{total_length} positions; the decoder has {decoder.max_positions}"
-        )
     batch = image_features.shape[0]
     device = decoder.device
     state = decoder.start(image_features, max_length=total_length)

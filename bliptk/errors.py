@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BliptkError",
+    "CheckpointError",
     "CheckpointNotFoundError",
     "DeviceError",
     "ImageLoadError",
@@ -31,7 +32,11 @@ class UnknownModelError(BliptkError, LookupError):
     """A model name is neither a known architecture, a local checkpoint folder, nor a hub id."""
 
 
-class CheckpointNotFoundError(BliptkError, OSError):
+class CheckpointError(BliptkError, OSError):
+    """A checkpoint cannot be used (for example, its weights file holds more than tensors)."""
+
+
+class CheckpointNotFoundError(CheckpointError):
     """The weights of a checkpoint could not be found locally nor downloaded."""
 
 

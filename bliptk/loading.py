@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .captioner import Captioner
-from .errors import CheckpointNotFoundError, DeviceError, InvalidOptionError, UnknownModelError
+from .errors import CheckpointError, CheckpointNotFoundError, DeviceError, InvalidOptionError, UnknownModelError
 from .image_encoder import ImageEncoder
 from .models import DEFAULT_MODEL, ModelSpec, _REGISTRY, find_model_spec
 from .preprocess import Preprocessor
@@ -163,6 +163,24 @@ def _snapshot(hub_id: str, known: bool = True) -> Path:
     return folder
 
 
+def _from_pretrained(folder: Path):
+    """The model of a checkpoint folder: safetensors when present, else PyTorch files read with
+    ``torch.load(weights_only=True)`` (``transformers``' default), never remote code."""
+    import pickle
+
+    from transformers import BlipForConditionalGeneration
+
+    use_safetensors = True if any(folder.glob("*.safetensors")) else None
+    try:
+        return BlipForConditionalGeneration.from_pretrained(folder, use_safetensors=use_safetensors, trust_remote_code=False)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{folder}: the weights file holds Python objects besides tensors, and bliptk reads PyTorch "
+            "weights with torch.load(weights_only=True) only, so it refused to load it. Use a safetensors "
+            "file from a source you trust."
+        ) from None
+
+
 def _preprocessor_for(folder: Path | None, image_size: int) -> Preprocessor:
     config_file = folder / "preprocessor_config.json" if folder is not None else None
     if config_file is not None and config_file.is_file():
@@ -221,7 +239,7 @@ def load(
             net = BlipForConditionalGeneration(BlipConfig.from_pretrained(folder))
     else:
         folder = resolve_checkpoint(model)
-        net = BlipForConditionalGeneration.from_pretrained(folder, use_safetensors=True if any(folder.glob("*.safetensors")) else None)
+        net = _from_pretrained(folder)
     net = net.to(device=resolved_device, dtype=resolved_dtype).eval()
 
     tokenizer = load_tokenizer(folder if folder is not None and (folder / "vocab.txt").is_file() else None)

@@ -26,22 +26,28 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ImageInput = "str | os.PathLike | PIL.Image.Image | numpy.ndarray | torch.Tensor"
 
 
-def load_image(source) -> Image.Image:
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def load_image(source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read one image as an RGB PIL image.
 
     Args:
         source: A path, a PIL image, a NumPy array (``(H, W)`` or ``(H, W, C)`` with C in 1, 3, 4;
             uint8, or float in [0, 1]), or a torch tensor (``(C, H, W)``, uint8 or float in [0, 1],
             the torchvision convention).
+        max_pixels: Refuse a file with more pixels than this (decompression bombs), before
+            decoding it; None for no limit of bliptk's (Pillow's own, about 179 million, stays).
 
     Returns:
-        An RGB image, EXIF orientation applied. Transparent pixels are composited on white.
+        An RGB image, EXIF orientation applied, transparent pixels composited on white. For an
+        animated image (GIF, APNG, WebP) the first frame.
 
     Raises:
         ImageLoadError: The input cannot be read as an image; the message names it.
     """
     if isinstance(source, (str, os.PathLike)):
-        image = _open_path(Path(source))
+        image = _open_path(Path(source), max_pixels)
     elif isinstance(source, Image.Image):
         image = source
     elif isinstance(source, np.ndarray):
@@ -53,15 +59,24 @@ def load_image(source) -> Image.Image:
     return to_rgb(ImageOps.exif_transpose(image))
 
 
-def _open_path(path: Path) -> Image.Image:
+def _open_path(path: Path, max_pixels: int | None) -> Image.Image:
     if not path.exists():
         raise ImageLoadError(path, "no such file")
     if path.is_dir():
         raise ImageLoadError(path, "is a directory, not an image file")
     try:
+        if path.stat().st_size == 0:
+            raise ImageLoadError(path, "empty file (0 bytes)")
         with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageLoadError(path, f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} (max_pixels)")
             image.load()
             return image
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(path, f"over Pillow's pixel limit for safety ({error})") from None
     except UnidentifiedImageError:
         raise ImageLoadError(path, "not an image file Pillow can read") from None
     except PermissionError:

@@ -124,7 +124,15 @@ def _open(path: Path):
         raise VideoLoadError(path, f"not a video PyAV can read, or corrupt or truncated ({error})") from None
 
 
+def _is_image_format(container) -> bool:
+    """FFmpeg reads still images as one-frame videos (the image2 and *_pipe demuxers)."""
+    names = container.format.name.split(",")
+    return any(name.startswith("image2") or name.endswith("_pipe") for name in names)
+
+
 def _video_stream(container, path: Path):
+    if _is_image_format(container):
+        raise VideoLoadError(path, "is a still image, not a video; caption it as an image")
     if not container.streams.video:
         kinds = sorted({stream.type for stream in container.streams})
         detail = " (audio only)" if kinds == ["audio"] else (f" (streams: {', '.join(kinds)})" if kinds else "")
@@ -337,7 +345,7 @@ def is_video(source) -> bool:
 
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
-            return bool(container.streams.video)
+            return bool(container.streams.video) and not _is_image_format(container)
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError):
         return False
 

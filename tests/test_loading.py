@@ -124,3 +124,28 @@ def test_dtypes():
         captioner = bliptk.load("tiny", dtype="bfloat16")
     assert captioner.dtype == torch.bfloat16
     assert captioner.encode_image(torch.zeros(3, 8, 8)).dtype == torch.bfloat16
+
+
+def test_pytorch_weights_load_with_weights_only_and_pickles_are_refused(tiny, photos, tmp_path):
+    folder = tmp_path / "bin-checkpoint"
+    tiny.model.config.save_pretrained(folder)
+    torch.save(tiny.model.state_dict(), folder / "pytorch_model.bin")
+    assert bliptk.load(folder).caption(photos[0], max_new_tokens=4).token_ids == tiny.caption(photos[0], max_new_tokens=4).token_ids
+
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({**tiny.model.state_dict(), "payload": Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(bliptk.CheckpointError, match="weights_only=True"):
+        bliptk.load(folder)
+    assert not marker.exists()
+
+
+def test_no_remote_code_is_ever_trusted():
+    from pathlib import Path
+
+    sources = "".join(p.read_text() for p in Path(bliptk.__file__).parent.glob("*.py"))
+    assert "trust_remote_code=True" not in sources
