@@ -25,6 +25,7 @@ from .errors import (
     UnknownModelError,
     VideoLoadError,
 )
+from .evaluation import EvaluationError, EvaluationResult, evaluate
 from .feature_space import ClusterResult, Neighbour, cluster, near_duplicates, nearest, plot_feature_space, project
 from .files import image_files
 from .image_encoder import ImageEncoder
@@ -57,12 +58,15 @@ __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
     "cluster",
+    "evaluate",
     "ClusterResult",
     "DecoderState",
     "DecodingOptions",
     "DEFAULT_PROMPT",
     "DEFAULT_VIDEO_PROMPT",
     "DeviceError",
+    "EvaluationError",
+    "EvaluationResult",
     "image_files",
     "ImageEncoder",
     "ImageLoadError",

@@ -291,7 +291,7 @@ def caption_files(
                     yield emit(result(path, kind, error=error))
                 elif kind == "video":
                     try:
-                        caption = captioner.caption(path, num_frames=num_frames, pooling=pooling, **_decoding(options))
+                        caption = captioner.caption(path, num_frames=num_frames, pooling=pooling, **options.as_dict())
                         yield emit(result(path, kind, caption))
                     except BliptkError as video_error:
                         yield emit(result(path, kind, error=video_error))
@@ -314,7 +314,3 @@ def caption_files(
         bar.close()
         if writer is not None:
             writer.close()
-
-
-def _decoding(options: DecodingOptions) -> dict:
-    return options.as_dict()

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from .decoding import Caption, DecodingOptions, decode
+from .decoding import Caption, DecodingOptions, decode, decoding_options_from
 from .errors import InvalidOptionError, check_positive_int
 from .preprocess import DEFAULT_MAX_PIXELS
 from .image_encoder import ImageEncoder
@@ -107,12 +107,6 @@ class Captioner:
         inputs,
         out=None,
         *,
-        prompt: str | None = None,
-        max_new_tokens: int = 25,
-        temperature: float = 0.0,
-        top_k: int | None = 10,
-        top_p: float | None = None,
-        seed: int | None = None,
         format: str | None = None,
         recursive: bool = False,
         batch_size: int = 8,
@@ -123,6 +117,7 @@ class Captioner:
         pooling: str = "mean",
         progress: bool | None = None,
         status=None,
+        **decoding_options,
     ):
         """Caption many files, yielding one record per input as it is made.
 
@@ -135,8 +130,6 @@ class Captioner:
         Args:
             inputs: Files, folders (their image files) and glob patterns, or one of them.
             out: A ``.jsonl`` or ``.csv`` file to write records to; None only yields them.
-            prompt, max_new_tokens, temperature, top_k, top_p, seed: Decoding options, as in
-                :meth:`caption`.
             format: ``"jsonl"`` or ``"csv"``; None picks by ``out``'s extension.
             recursive: Look in subfolders of folders (and let ``**`` match in patterns).
             batch_size: Images captioned together.
@@ -148,6 +141,9 @@ class Captioner:
             num_frames, pooling: For videos, as in :meth:`caption`.
             progress: Show a ``tqdm`` progress bar (None: when there is more than one batch).
             status: A :class:`~bliptk.batch.BatchStatus` to keep counts in.
+            **decoding_options: ``prompt``, ``max_new_tokens``, ``temperature``, ``top_k``,
+                ``top_p``, ``seed``, ``num_beams``, ``length_penalty``, ``min_new_tokens``,
+                ``repetition_penalty`` (see :class:`~bliptk.DecodingOptions`).
 
         Yields:
             Records (dicts): ``path``, ``kind`` (image or video), ``caption``, ``token_ids``,
@@ -156,7 +152,9 @@ class Captioner:
         """
         from .batch import caption_files
 
-        options = DecodingOptions(prompt, max_new_tokens, temperature, top_k, top_p, seed)
+        options = decoding_options_from(decoding_options)
+        if options.num_return_sequences != 1:
+            raise InvalidOptionError("caption_files writes one caption per input: num_return_sequences must be 1")
         return caption_files(
             self, inputs, out, options=options, format=format, recursive=recursive, batch_size=batch_size,
             workers=workers, resume=resume, max_pixels=max_pixels, num_frames=num_frames, pooling=pooling,
@@ -208,11 +206,16 @@ class Captioner:
         top_k: int | None = 10,
         top_p: float | None = None,
         seed: int | None = None,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
+        min_new_tokens: int = 0,
+        repetition_penalty: float = 1.0,
+        num_return_sequences: int = 1,
         batch_size: int = 16,
         return_attention: bool = False,
         num_frames: int = 16,
         pooling: str = "mean",
-    ) -> Caption | list[Caption]:
+    ) -> Caption | list[Caption] | list[list[Caption]]:
         """Caption one image or video, or a list of them (images in batches).
 
         Videos are recognised by content (a file PyAV reads as a video and Pillow not as an image,
@@ -228,32 +231,45 @@ class Captioner:
             top_k: When sampling, sample among the k most probable tokens.
             top_p: When sampling, nucleus probability mass.
             seed: Seed for reproducible sampling.
+            num_beams: Above 1, beam search (equal to ``transformers``' beam search).
+            length_penalty: Beam search ranks captions by ``logprob / length**length_penalty``.
+            min_new_tokens: ``[SEP]`` cannot come before this many tokens.
+            repetition_penalty: Above 1, discourages repeating tokens.
+            num_return_sequences: Captions per input (the best beams, or independent samples);
+                above 1, each input gets a list of captions.
             batch_size: Images encoded and decoded together.
             return_attention: Fill each caption's ``cross_attention`` ``(T, L, H, N)``.
             num_frames: Frames taken from each video file.
             pooling: How a video's frame features are pooled, ``"mean"`` or ``"concat"``.
 
         Returns:
-            A :class:`Caption` for one input, a list of them for a list.
+            A :class:`Caption` for one input, a list of them for a list (with
+            ``num_return_sequences`` > 1, a list of captions in place of each caption).
         """
         from .video import VideoFrames, is_video
 
-        options = DecodingOptions(prompt, max_new_tokens, temperature, top_k, top_p, seed)
+        options = DecodingOptions(
+            prompt, max_new_tokens, temperature, top_k, top_p, seed, num_beams, length_penalty, min_new_tokens,
+            repetition_penalty, num_return_sequences,
+        )
+        if return_attention and num_beams > 1:
+            raise InvalidOptionError("return_attention works with greedy decoding and sampling, not beam search")
         check_positive_int("batch_size", batch_size)
         single = not isinstance(images, list | tuple) or isinstance(images, VideoFrames)
         items = [images] if single else list(images)
         video_rows = {row for row, item in enumerate(items) if is_video(item)}
         image_rows = [row for row in range(len(items)) if row not in video_rows]
-        captions: dict[int, Caption] = {}
+        per_input = options.num_return_sequences
+        captions: dict[int, list[Caption]] = {}
         for start in range(0, len(image_rows), batch_size):
             rows = image_rows[start : start + batch_size]
-            features = self.encode_image([items[row] for row in rows])
-            captions.update(zip(rows, self.caption_features(features, options, return_attention=return_attention)))
+            decoded = self.caption_features(self.encode_image([items[row] for row in rows]), options, return_attention)
+            captions.update((row, decoded[i * per_input : (i + 1) * per_input]) for i, row in enumerate(rows))
         video_options = replace(options, prompt=DEFAULT_VIDEO_PROMPT) if prompt is None else options
         for row in sorted(video_rows):
             features = self.encode_video(items[row], num_frames, pooling, batch_size)
-            captions[row] = self.caption_features(features[None], video_options, return_attention)[0]
-        ordered = [captions[row] for row in range(len(items))]
+            captions[row] = self.caption_features(features[None], video_options, return_attention)
+        ordered = [captions[row] if per_input > 1 else captions[row][0] for row in range(len(items))]
         return ordered[0] if single else ordered
 
     def caption_features(
@@ -262,6 +278,6 @@ class Captioner:
         """Decode captions from image features ``(B, N, D)`` (for example averaged video frames).
 
         Returns:
-            B captions.
+            ``B * num_return_sequences`` captions, those of each image together.
         """
         return decode(self.text_decoder, self.tokenizer, features, options or DecodingOptions(), return_attention)

@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("--top-k", type=int, default=10)
     caption.add_argument("--top-p", type=float, default=None)
     caption.add_argument("--seed", type=int, default=None)
+    caption.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (the BLIP paper: 3)")
+    caption.add_argument("--length-penalty", type=float, default=1.0)
+    caption.add_argument("--min-new-tokens", type=int, default=0)
+    caption.add_argument("--repetition-penalty", type=float, default=1.0)
     caption.add_argument("--batch-size", type=int, default=8)
     caption.add_argument("--json", action="store_true", help="print one JSON record per line")
     caption.add_argument("--out", default=None, help="write records to this .jsonl or .csv file (appended and flushed one by one)")
@@ -86,6 +90,23 @@ def _parser() -> argparse.ArgumentParser:
     feature_map.add_argument("--seed", type=int, default=0, help="projection seed")
     feature_map.add_argument("--recursive", action="store_true", help="include subfolders")
 
+    evaluation = commands.add_parser("eval", help="COCO caption metrics of predictions against references")
+    evaluation.add_argument("predictions", help="COCO results JSON ([{image_id, caption}]) or bliptk records (.jsonl/.csv)")
+    evaluation.add_argument("references", help="COCO captions annotations JSON, or {image_id: [captions]}")
+    evaluation.add_argument("--worst", type=int, default=5, help="list the N captions with the lowest CIDEr")
+
+    coco = commands.add_parser("eval-coco", help="caption a COCO split with the BLIP paper's settings and score it")
+    coco.add_argument("--images", required=True, help="folder of the split's images (COCO file names)")
+    coco.add_argument("--annotations", required=True, help="COCO captions annotations (or {image_id: [captions]})")
+    _model_arguments(coco)
+    coco.add_argument("--out", default="coco-results.json", help="COCO results JSON to write (records go beside it, .jsonl)")
+    coco.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    coco.add_argument("--batch-size", type=int, default=8)
+    coco.add_argument("--prompt", default="a picture of ", help='the paper\'s prompt (default "a picture of ")')
+    coco.add_argument("--num-beams", type=int, default=3)
+    coco.add_argument("--max-length", type=int, default=20, help="prompt plus caption tokens, as in BLIP's code (default 20)")
+    coco.add_argument("--min-length", type=int, default=5, help="prompt plus caption tokens (default 5)")
+
     commands.add_parser("models", help="list the model family")
 
     info = commands.add_parser("info", help="net information: parameters and layer types")
@@ -104,7 +125,10 @@ def _caption(args) -> int:
     from .batch import BatchStatus
     from .video import caption_timeline, is_video
 
-    options = DecodingOptions(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    options = DecodingOptions(
+        args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.num_beams,
+        args.length_penalty, args.min_new_tokens, args.repetition_penalty,
+    )
     for name in ("frames", "batch_size", "max_pixels") + (("segments",) if args.segments is not None else ()):
         if getattr(args, name) < 1:
             raise InvalidOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -126,10 +150,9 @@ def _caption(args) -> int:
             return EXIT_OK
     status = BatchStatus()
     records = captioner.caption_files(
-        inputs, args.out, prompt=args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, seed=args.seed, format=args.format, recursive=args.recursive,
-        batch_size=args.batch_size, workers=args.workers, resume=args.resume, max_pixels=args.max_pixels,
-        num_frames=args.frames, pooling=args.pooling, progress=None if args.out else False, status=status,
+        inputs, args.out, format=args.format, recursive=args.recursive, batch_size=args.batch_size,
+        workers=args.workers, resume=args.resume, max_pixels=args.max_pixels, num_frames=args.frames,
+        pooling=args.pooling, progress=None if args.out else False, status=status, **options.as_dict(),
     )
     for record in records:
         if args.out is None or record["error"]:
@@ -247,6 +270,48 @@ def _map(args) -> int:
     return EXIT_OK
 
 
+def _print_evaluation(result, worst: int) -> None:
+    print(result)
+    if worst:
+        print(f"lowest CIDEr ({min(worst, len(result.per_image))} of {len(result.per_image)}):")
+        for image_id, caption, cider in result.per_image[:worst]:
+            print(f"  {cider:6.3f}  {image_id}: {caption}")
+
+
+def _eval(args) -> int:
+    from .evaluation import evaluate
+
+    _print_evaluation(evaluate(args.predictions, args.references), args.worst)
+    return EXIT_OK
+
+
+def _eval_coco(args) -> int:
+    from pathlib import Path
+
+    from .evaluation import evaluate, load_predictions, load_references
+
+    captioner = _load(args)
+    prompt_length = len(captioner.tokenizer.encode(args.prompt))
+    # BLIP's max_length and min_length count the prompt's tokens ([DEC] included) too.
+    options = DecodingOptions(
+        args.prompt, max(0, args.max_length - prompt_length), num_beams=args.num_beams,
+        min_new_tokens=max(0, args.min_length - prompt_length),
+    )
+    references = load_references(args.annotations)
+    out = Path(args.out)
+    records_file = out.with_suffix(".jsonl")
+    records = captioner.caption_files(args.images, records_file, resume=args.resume, batch_size=args.batch_size, **options.as_dict())
+    failed = [record for record in records if record["error"]]
+    for record in failed:
+        print(f"bliptk: error: {record['error']['message']}", file=sys.stderr)
+    predictions = load_predictions(records_file)
+    results = [{"image_id": image_id, "caption": caption} for image_id, caption in predictions.items()]
+    out.write_text(json.dumps(results, indent=1))
+    print(f"{len(results)} captions written to {out}")
+    _print_evaluation(evaluate(results, {i: references[i] for i in predictions if i in references}), 5)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
 def _info(args) -> int:
     from .info import net_information
 
@@ -276,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
             return _info(args)
         if args.command == "attention":
             return _attention(args)
+        if args.command == "eval":
+            return _eval(args)
+        if args.command == "eval-coco":
+            return _eval_coco(args)
         if args.command == "embed":
             return _embed(args)
         if args.command == "map":

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, check_positive_int
 from .text_decoder import TextDecoder
 from .tokenizer import SEP_TOKEN_ID, Tokenizer
 
@@ -38,6 +38,13 @@ class DecodingOptions:
             ``top_p`` (nucleus sampling); None for no limit.
         seed: Seed of the sampling generator, for reproducible samples; None draws from
             torch's global generator.
+        num_beams: Above 1, beam search with this many beams (the BLIP paper used 3); equal to
+            ``transformers``' ``generate(num_beams=...)``.
+        length_penalty: Beam search ranks finished captions by ``logprob / length**length_penalty``.
+        min_new_tokens: ``[SEP]`` cannot be chosen before this many tokens.
+        repetition_penalty: Above 1, discourages tokens already in the sequence (CTRL's penalty,
+            as in ``transformers``).
+        num_return_sequences: Captions per image: the best beams, or independent samples.
     """
 
     prompt: str | None = None
@@ -46,6 +53,11 @@ class DecodingOptions:
     top_k: int | None = 10
     top_p: float | None = None
     seed: int | None = None
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    min_new_tokens: int = 0
+    repetition_penalty: float = 1.0
+    num_return_sequences: int = 1
 
     def __post_init__(self):
         if self.prompt is not None and not isinstance(self.prompt, str):
@@ -62,6 +74,20 @@ class DecodingOptions:
             raise InvalidOptionError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise InvalidOptionError(f"seed must be an integer or None, got {self.seed!r}")
+        check_positive_int("num_beams", self.num_beams)
+        check_positive_int("num_return_sequences", self.num_return_sequences)
+        if isinstance(self.min_new_tokens, bool) or not isinstance(self.min_new_tokens, int) or self.min_new_tokens < 0:
+            raise InvalidOptionError(f"min_new_tokens must be a non-negative integer, got {self.min_new_tokens!r}")
+        if not _finite_number(self.length_penalty):
+            raise InvalidOptionError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
+        if not _finite_number(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise InvalidOptionError(f"repetition_penalty must be a number > 0, got {self.repetition_penalty!r}")
+        if self.num_beams > 1 and self.temperature > 0:
+            raise InvalidOptionError("beam search is deterministic: use num_beams > 1 with temperature 0")
+        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
+            raise InvalidOptionError(f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams})")
+        if self.num_beams == 1 and self.temperature == 0 and self.num_return_sequences > 1:
+            raise InvalidOptionError("several greedy captions would all be the same: sample (temperature > 0) or use beams")
 
     @property
     def prompt_text(self) -> str:
@@ -104,6 +130,40 @@ class Caption:
     def logprob(self) -> float:
         """Total log-probability of the generated tokens."""
         return float(sum(self.logprobs))
+
+
+def decoding_options_from(options: dict) -> DecodingOptions:
+    """:class:`DecodingOptions` from keyword arguments, naming the valid ones when one is not."""
+    valid = [f.name for f in fields(DecodingOptions)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise InvalidOptionError(f"unknown decoding option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return DecodingOptions(**options)
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def process_scores(scores: torch.Tensor, sequences: torch.Tensor, generated: int, options: DecodingOptions) -> torch.Tensor:
+    """Apply the repetition penalty and the minimum length to next-token scores, as
+    ``transformers``' logits processors do (on logits when choosing one token, on
+    log-probabilities in beam search).
+
+    Args:
+        scores: ``(B, V)`` scores of the next token.
+        sequences: ``(B, S)`` every token so far, the prompt's included.
+        generated: How many tokens have been generated so far.
+        options: Decoding options.
+    """
+    if options.repetition_penalty != 1.0:
+        seen = scores.gather(1, sequences)
+        seen = torch.where(seen < 0, seen * options.repetition_penalty, seen / options.repetition_penalty)
+        scores = scores.scatter(1, sequences, seen)
+    if generated < options.min_new_tokens:
+        scores = scores.clone()
+        scores[:, SEP_TOKEN_ID] = float("-inf")
+    return scores
 
 
 def sample_next_token(
@@ -177,8 +237,15 @@ def decode(
         return_attention: Record the cross-attention weights of every generated token.
 
     Returns:
-        B captions, in order.
+        ``B * num_return_sequences`` captions: those of each image together, in order (the best
+        beam first for beam search).
     """
+    if options.num_beams > 1:
+        from .beam_search import beam_search
+
+        return beam_search(decoder, tokenizer, image_features, options)
+    if options.num_return_sequences > 1:
+        image_features = image_features.repeat_interleave(options.num_return_sequences, dim=0)
     prompt_ids = encode_prompt(tokenizer, options, decoder.max_positions)
     total_length = len(prompt_ids) + options.max_new_tokens
     batch = image_features.shape[0]
@@ -189,43 +256,56 @@ def decode(
         generator = torch.Generator(device=device).manual_seed(options.seed)
 
     input_ids = torch.tensor([prompt_ids], device=device).expand(batch, -1)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    chosen_ids, chosen_logprobs, attention_steps = [], [], []
-    for _ in range(options.max_new_tokens):
+    sequences = input_ids  # every token so far, for the repetition penalty
+    rows = list(range(batch))  # the batch row of each sequence still being generated
+    ids: list[list[int]] = [[] for _ in range(batch)]
+    logprobs: list[list[float]] = [[] for _ in range(batch)]
+    attention: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    finished = [False] * batch
+    # (0, L, H, N): the attention of a caption with no generated token.
+    no_attention = torch.zeros(0, len(decoder.layers), decoder.num_heads, image_features.shape[1])
+    for step in range(options.max_new_tokens):
         if return_attention:
             logits, cross_attention = decoder(input_ids, state, return_cross_attention=True)
-            # (L, B, H, N) -> (B, L, H, N): the weights of the position that predicts the token.
-            attention_steps.append(torch.stack([a[:, :, -1] for a in cross_attention], dim=1).float().cpu())
+            # L x (A, H, S, N) -> (A, L, H, N): the weights of the position that predicts the token.
+            step_attention = torch.stack([a[:, :, -1] for a in cross_attention], dim=1).float().cpu()
         else:
             logits = decoder(input_ids, state)
         next_logits = logits[:, -1].float()
-        next_ids = sample_next_token(next_logits, options.temperature, options.top_k, options.top_p, generator)
-        chosen_ids.append(next_ids)
-        chosen_logprobs.append(next_logits.log_softmax(dim=-1).gather(-1, next_ids[:, None]).squeeze(-1))
-        finished |= next_ids == SEP_TOKEN_ID
-        if bool(finished.all()):
+        scores = process_scores(next_logits, sequences, step, options)
+        next_ids = sample_next_token(scores, options.temperature, options.top_k, options.top_p, generator)
+        sequences = torch.cat([sequences, next_ids[:, None]], dim=1)
+        next_logprobs = next_logits.log_softmax(dim=-1).gather(-1, next_ids[:, None]).squeeze(-1)
+        still_going = []
+        for position, (row, token, logprob) in enumerate(zip(rows, next_ids.tolist(), next_logprobs.tolist())):
+            if token == SEP_TOKEN_ID:
+                finished[row] = True
+                continue
+            ids[row].append(token)
+            logprobs[row].append(logprob)
+            if return_attention:
+                attention[row].append(step_attention[position])
+            still_going.append(position)
+        if not still_going:
             break
+        if len(still_going) < len(rows):
+            # Finished captions leave the batch, so the remaining steps cost only what is left.
+            keep = torch.tensor(still_going, device=device)
+            state, next_ids, sequences = state.select(keep), next_ids[keep], sequences[keep]
+            rows = [rows[position] for position in still_going]
         input_ids = next_ids[:, None]
 
-    if chosen_ids:
-        ids = torch.stack(chosen_ids, dim=1).tolist()
-        logprobs = torch.stack(chosen_logprobs, dim=1).tolist()
-    else:
-        ids, logprobs = [[] for _ in range(batch)], [[] for _ in range(batch)]
-    attention = torch.stack(attention_steps, dim=1) if attention_steps else None
     captions = []
     for row in range(batch):
-        length = ids[row].index(SEP_TOKEN_ID) if SEP_TOKEN_ID in ids[row] else len(ids[row])
-        generated = ids[row][:length]
         captions.append(
             Caption(
-                text=tokenizer.decode(prompt_ids[1:] + generated).strip(),
+                text=tokenizer.decode(prompt_ids[1:] + ids[row]).strip(),
                 prompt=options.prompt_text,
-                token_ids=generated,
-                tokens=tokenizer.convert_ids_to_tokens(generated),
-                logprobs=logprobs[row][:length],
-                finished=length < len(ids[row]),
-                cross_attention=None if attention is None else attention[row, :length],
+                token_ids=ids[row],
+                tokens=tokenizer.convert_ids_to_tokens(ids[row]),
+                logprobs=logprobs[row],
+                finished=finished[row],
+                cross_attention=(torch.stack(attention[row]) if attention[row] else no_attention) if return_attention else None,
             )
         )
     return captions

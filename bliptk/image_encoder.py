@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .preprocess import Preprocessor
@@ -49,9 +50,24 @@ class ImageEncoder(nn.Module):
 
     @torch.inference_mode()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encode preprocessed pixels ``(B, 3, S, S)`` into features ``(B, N, D)``."""
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
-        return self.vision_model(pixel_values=pixel_values).last_hidden_state
+        """Encode preprocessed pixels ``(B, 3, S, S)`` into features ``(B, N, D)``.
+
+        The ViT's layers are run here with ``scaled_dot_product_attention`` (``transformers``' BLIP
+        vision attention is eager only); the result equals ``BlipVisionModel``'s
+        ``last_hidden_state`` (tested to 1e-4).
+        """
+        vision = self.vision_model
+        hidden = vision.embeddings(pixel_values.to(device=self.device, dtype=self.dtype))
+        batch, length, width = hidden.shape
+        for layer in vision.encoder.layers:
+            attention = layer.self_attn
+            heads = attention.num_heads
+            # (B, N, 3D) -> 3 x (B, H, N, Dh)
+            query, key, value = attention.qkv(layer.layer_norm1(hidden)).view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+            context = F.scaled_dot_product_attention(query, key, value)
+            hidden = hidden + attention.projection(context.transpose(1, 2).reshape(batch, length, width))
+            hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
+        return vision.post_layernorm(hidden)
 
     def encode(self, images) -> torch.Tensor:
         """Preprocess and encode one image or a list of images (paths, PIL, arrays, tensors).

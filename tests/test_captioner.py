@@ -145,3 +145,12 @@ def test_top_p_keeps_the_smallest_nucleus():
     drawn = sample_next_token(logits, 1.0, top_p=0.81, generator=generator)
     assert set(drawn.tolist()) == {0, 1, 2}
     assert set(sample_next_token(logits, 1.0, top_p=0.1, generator=generator).tolist()) == {0}
+
+
+@pytest.mark.parametrize("model", ["tiny", "vit_b"])
+def test_image_features_equal_transformers_vision_model(model, photos, request):
+    captioner = request.getfixturevalue(model)
+    pixel_values = captioner.preprocessor(photos)
+    with torch.inference_mode():
+        expected = captioner.model.vision_model(pixel_values=pixel_values).last_hidden_state
+    torch.testing.assert_close(captioner.image_encoder(pixel_values), expected, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,106 @@
+import json
+
+import pytest
+
+import bliptk
+from bliptk.cli import main
+from bliptk.evaluation import load_predictions, load_references
+from conftest import DATA
+
+REFERENCES = {
+    1: ["a cat sitting on a red couch", "a black cat lies on the sofa", "a cat resting on a couch"],
+    2: ["two dogs run across a grassy field", "dogs playing in the grass", "a pair of dogs running outside"],
+    3: ["a plate of pasta with tomato sauce", "spaghetti on a white plate", "a bowl of noodles with sauce"],
+}
+PREDICTIONS = [
+    {"image_id": 1, "caption": "a cat lying on a red couch"},
+    {"image_id": 2, "caption": "two dogs running in a field"},
+    {"image_id": 3, "caption": "a plate of food on a table"},
+]
+
+
+@pytest.fixture(scope="module")
+def result():
+    return bliptk.evaluate(PREDICTIONS, REFERENCES)
+
+
+def test_metrics_equal_pycocoevalcap_run_directly(result):
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    truths = tokenizer.tokenize({i: [{"caption": c} for c in captions] for i, captions in REFERENCES.items()})
+    results = tokenizer.tokenize({p["image_id"]: [{"caption": p["caption"]}] for p in PREDICTIONS})
+    bleu, _ = Bleu(4).compute_score(truths, results)
+    meteor, _ = Meteor().compute_score(truths, results)
+    rouge, _ = Rouge().compute_score(truths, results)
+    cider, per_image = Cider().compute_score(truths, results)
+    expected = {"Bleu_1": bleu[0], "Bleu_2": bleu[1], "Bleu_3": bleu[2], "Bleu_4": bleu[3], "METEOR": meteor, "ROUGE_L": rouge, "CIDEr": cider}
+    assert result.metrics == pytest.approx(expected, abs=1e-9)
+    assert sorted(c for _, _, c in result.per_image) == pytest.approx(sorted(per_image))
+    assert 0 < result.metrics["Bleu_4"] < result.metrics["Bleu_1"] < 1
+
+
+def test_per_image_cider_lists_the_worst_first(result):
+    assert [image_id for image_id, _, _ in result.per_image][0] == 3
+    ciders = [c for _, _, c in result.per_image]
+    assert ciders == sorted(ciders) and "CIDEr" in str(result)
+
+
+def test_input_formats(tmp_path):
+    coco = {
+        "images": [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in REFERENCES],
+        "annotations": [{"image_id": i, "id": 10 * i + k, "caption": c} for i, caps in REFERENCES.items() for k, c in enumerate(caps)],
+    }
+    (tmp_path / "annotations.json").write_text(json.dumps(coco))
+    assert load_references(tmp_path / "annotations.json") == REFERENCES
+    assert load_references([{"image_id": i, "captions": c} for i, c in REFERENCES.items()]) == REFERENCES
+    records = tmp_path / "records.jsonl"
+    records.write_text(
+        "".join(json.dumps({"path": f"photos/COCO_val2014_{p['image_id']:012d}.jpg", "caption": p["caption"], "error": None, "model": "m", "options": {}}) + "\n" for p in PREDICTIONS)
+        + json.dumps({"path": "photos/COCO_val2014_000000000009.jpg", "caption": None, "error": {"type": "ImageLoadError", "message": "x"}, "model": "m", "options": {}})
+        + "\n"
+    )
+    assert load_predictions(records) == {p["image_id"]: p["caption"] for p in PREDICTIONS}
+
+
+def test_mismatched_ids_say_how_many_are_missing_on_each_side():
+    with pytest.raises(bliptk.EvaluationError, match=r"1 predictions have no references \(e.g. \[7\]\), 2 references have no prediction \(e.g. \[2, 3\]\)"):
+        bliptk.evaluate(PREDICTIONS[:1] + [{"image_id": 7, "caption": "x"}], REFERENCES)
+
+
+def test_malformed_files(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(bliptk.EvaluationError, match="broken.json: not valid JSON"):
+        bliptk.evaluate(broken, REFERENCES)
+    with pytest.raises(bliptk.EvaluationError, match="prediction 0 is not"):
+        bliptk.evaluate([{"id": 1, "text": "a cat"}], REFERENCES)
+    with pytest.raises(bliptk.EvaluationError, match="no such file"):
+        bliptk.evaluate(tmp_path / "missing.json", REFERENCES)
+    with pytest.raises(bliptk.EvaluationError, match="annotation without image_id and caption"):
+        bliptk.evaluate(PREDICTIONS, {"annotations": [{"caption": "x"}]})
+
+
+def test_cli_eval_and_eval_coco(tiny, photos, tmp_path, capsys):
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps(PREDICTIONS))
+    references = tmp_path / "references.json"
+    references.write_text(json.dumps({str(k): v for k, v in REFERENCES.items()}))
+    assert main(["eval", str(predictions), str(references), "--worst", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Bleu_4" in out and "lowest CIDEr (1 of 3)" in out and "3: a plate of food on a table" in out
+
+    results = tmp_path / "results.json"
+    args = ["eval-coco", "--images", str(photos[0].parent), "--annotations", str(DATA / "references.json"), "--model", "tiny", "--out", str(results)]
+    assert main(args) == 0
+    written = json.loads(results.read_text())
+    assert sorted(r["image_id"] for r in written) == [42, 1146, 1180]
+    # The paper's settings: "a picture of ", 3 beams, at most 20 tokens with the prompt's 4, at least 5.
+    expected = tiny.caption(photos[0], prompt="a picture of ", num_beams=3, max_new_tokens=16, min_new_tokens=1)
+    assert [r["caption"] for r in written if r["image_id"] == 42] == [expected.text]
+    assert "CIDEr" in capsys.readouterr().out
+    assert main(args + ["--resume"]) == 0  # everything already captioned
