@@ -33,6 +33,7 @@ from .info import NetInformation, net_information
 from .loading import load
 from .models import ModelSpec, available_models
 from .preprocess import Preprocessor, load_image
+from .stepper import DecodeStep, Stepper, TokenChoice, token_alternatives
 from .text_decoder import DecoderState, TextDecoder
 from .tokenizer import Tokenizer, load_tokenizer
 from .video import (
@@ -58,13 +59,14 @@ __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
     "cluster",
-    "evaluate",
     "ClusterResult",
     "DecoderState",
+    "DecodeStep",
     "DecodingOptions",
     "DEFAULT_PROMPT",
     "DEFAULT_VIDEO_PROMPT",
     "DeviceError",
+    "evaluate",
     "EvaluationError",
     "EvaluationResult",
     "image_files",
@@ -89,8 +91,11 @@ __all__ = [
     "plot_video_frames",
     "Preprocessor",
     "project",
+    "Stepper",
     "TextDecoder",
     "TimelineSegment",
+    "token_alternatives",
+    "TokenChoice",
     "Tokenizer",
     "UnknownModelError",
     "video_frames",

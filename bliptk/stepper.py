@@ -1,0 +1,167 @@
+"""Decoding made visible: the loop one step at a time, and the alternatives to each token.
+
+:class:`Stepper` is the page's ``NestWhile`` loop as an object: each :meth:`Stepper.step` feeds
+one input (the prompt, then the last chosen token), fills the KV cache, and chooses the next token,
+reporting what it saw. :func:`token_alternatives` replays a caption and gives, for every token, its
+probability and the most probable alternatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .decoding import Caption, DecodingOptions, encode_prompt, process_scores, sample_next_token
+from .tokenizer import SEP_TOKEN_ID
+
+__all__ = ["DecodeStep", "Stepper", "TokenChoice", "token_alternatives"]
+
+
+@dataclass(frozen=True)
+class TokenChoice:
+    """A generated token, its probability, and the most probable tokens at that step.
+
+    Attributes:
+        token: The WordPiece chosen.
+        token_id: Its id.
+        probability: Its probability under the model.
+        alternatives: ``(token, probability)`` of the most probable tokens, best first.
+    """
+
+    token: str
+    token_id: int
+    probability: float
+    alternatives: list[tuple[str, float]]
+
+
+@torch.inference_mode()
+def token_alternatives(captioner, image_features: torch.Tensor, caption: Caption, k: int = 5) -> list[TokenChoice]:
+    """For each generated token of ``caption``, its probability and the ``k`` most probable tokens.
+
+    Args:
+        captioner: The captioner that made the caption.
+        image_features: The image's features ``(1, N, D)`` (or ``(N, D)``).
+        caption: A caption of that image.
+        k: How many alternatives.
+    """
+    features = image_features if image_features.dim() == 3 else image_features[None]
+    tokenizer, decoder = captioner.tokenizer, captioner.text_decoder
+    prompt_ids = tokenizer.encode(caption.prompt)
+    ids = torch.tensor([prompt_ids + caption.token_ids], device=decoder.device)
+    logits = decoder(ids, decoder.start(features, ids.shape[1]))[0].float()
+    probabilities = logits.softmax(dim=-1)
+    choices = []
+    for index, token_id in enumerate(caption.token_ids):
+        row = probabilities[len(prompt_ids) - 1 + index]
+        top = row.topk(k)
+        alternatives = list(zip(tokenizer.convert_ids_to_tokens(top.indices.tolist()), top.values.tolist()))
+        choices.append(TokenChoice(tokenizer.tokens[token_id], token_id, float(row[token_id]), alternatives))
+    return choices
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """What one decoding step did.
+
+    Attributes:
+        index: Which generated token this step chose (0 for the first).
+        input_ids: The ids fed to the decoder in this step (the whole prompt at first).
+        input_tokens: Their WordPieces.
+        cache_length: Positions in the KV cache after the step.
+        top: ``(token, probability)`` of the most probable next tokens, best first.
+        chosen_id: The token chosen.
+        chosen_token: Its WordPiece.
+        chosen_probability: Its probability.
+        finished: The chosen token is ``[SEP]``: the caption is complete.
+    """
+
+    index: int
+    input_ids: list[int]
+    input_tokens: list[str]
+    cache_length: int
+    top: list[tuple[str, float]]
+    chosen_id: int
+    chosen_token: str
+    chosen_probability: float
+    finished: bool
+
+
+class Stepper:
+    """Generate a caption one step at a time.
+
+    Args:
+        captioner: A :class:`~bliptk.Captioner`.
+        image: An image, or its features ``(1, N, D)``.
+        options: Decoding options (greedy by default); beam search is not stepped.
+        show: How many of the most probable tokens each step reports.
+
+    Example:
+        >>> stepper = Stepper(captioner, "photo.jpg")
+        >>> first = stepper.step()   # feeds [DEC] a photography of, chooses the first word
+        >>> stepper.run()            # the rest; stepper.text == captioner.caption("photo.jpg").text
+    """
+
+    def __init__(self, captioner, image, options: DecodingOptions | None = None, show: int = 10):
+        self.options = options or DecodingOptions()
+        if self.options.num_beams > 1:
+            raise ValueError("the stepper shows greedy decoding and sampling, not beam search")
+        self.captioner = captioner
+        self.features = image if isinstance(image, torch.Tensor) and image.dim() == 3 else captioner.encode_image(image)
+        decoder, tokenizer = captioner.text_decoder, captioner.tokenizer
+        self.prompt_ids = encode_prompt(tokenizer, self.options, decoder.max_positions)
+        self.state = decoder.start(self.features, len(self.prompt_ids) + self.options.max_new_tokens)
+        self.generator = None
+        if self.options.temperature > 0 and self.options.seed is not None:
+            self.generator = torch.Generator(device=decoder.device).manual_seed(self.options.seed)
+        self.show = show
+        self.steps: list[DecodeStep] = []
+        self.token_ids: list[int] = []
+        self._next_input = self.prompt_ids
+
+    @property
+    def done(self) -> bool:
+        """True once ``[SEP]`` was chosen or ``max_new_tokens`` steps were made."""
+        return bool(self.steps and self.steps[-1].finished) or len(self.steps) >= self.options.max_new_tokens
+
+    @property
+    def text(self) -> str:
+        """The caption so far, prompt included."""
+        return self.captioner.tokenizer.decode(self.prompt_ids[1:] + self.token_ids).strip()
+
+    @torch.inference_mode()
+    def step(self) -> DecodeStep | None:
+        """Make one step; None when the caption is already complete."""
+        if self.done:
+            return None
+        decoder, tokenizer = self.captioner.text_decoder, self.captioner.tokenizer
+        inputs = torch.tensor([self._next_input], device=decoder.device)
+        logits = decoder(inputs, self.state)[:, -1].float()
+        sequence = torch.tensor([self.prompt_ids + self.token_ids], device=decoder.device)
+        scores = process_scores(logits, sequence, len(self.token_ids), self.options)
+        options = self.options
+        chosen = int(sample_next_token(scores, options.temperature, options.top_k, options.top_p, self.generator)[0])
+        probabilities = logits.softmax(dim=-1)[0]
+        top = probabilities.topk(self.show)
+        step = DecodeStep(
+            index=len(self.steps),
+            input_ids=list(self._next_input),
+            input_tokens=tokenizer.convert_ids_to_tokens(self._next_input),
+            cache_length=self.state.length,
+            top=list(zip(tokenizer.convert_ids_to_tokens(top.indices.tolist()), top.values.tolist())),
+            chosen_id=chosen,
+            chosen_token=tokenizer.tokens[chosen],
+            chosen_probability=float(probabilities[chosen]),
+            finished=chosen == SEP_TOKEN_ID,
+        )
+        self.steps.append(step)
+        if not step.finished:
+            self.token_ids.append(chosen)
+        self._next_input = [chosen]
+        return step
+
+    def run(self) -> list[DecodeStep]:
+        """Step until the caption is complete; returns all steps."""
+        while self.step() is not None:
+            pass
+        return self.steps

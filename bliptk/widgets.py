@@ -1,0 +1,258 @@
+"""Interactive explorers for notebooks (ipywidgets): thin views over bliptk's public API.
+
+* :class:`CaptionExplorer`: an image, a prompt and the decoding options; the caption, and each
+  token's probability with its alternatives. Changing only decoding options re-decodes the cached
+  image features; the image encoder runs once per image.
+* :class:`AttentionExplorer`: a token slider, a layer and a head selector over the caption's
+  cross-attention, drawn over the image.
+* :class:`StepThroughDecoder`: a button that advances decoding one token, showing the input token,
+  the KV-cache length, the distribution of the next token and the choice.
+
+Each explorer is displayed as its ``widget``; where no widget frontend exists (a terminal), its
+text form says so.
+"""
+
+from __future__ import annotations
+
+import io
+
+from .attention import attention_maps, overlay_attention
+from .decoding import DecodingOptions
+from .preprocess import load_image
+from .stepper import Stepper, token_alternatives
+
+__all__ = ["AttentionExplorer", "CaptionExplorer", "StepThroughDecoder"]
+
+_NO_FRONTEND = "{name}: an interactive ipywidgets view; display it in JupyterLab or Jupyter Notebook to use it."
+
+
+def _widgets():
+    try:
+        import ipywidgets
+    except ImportError:  # pragma: no cover - ipywidgets is a dependency
+        raise ImportError("bliptk.widgets needs ipywidgets: pip install ipywidgets") from None
+    return ipywidgets
+
+
+def _png(figure_or_image) -> bytes:
+    buffer = io.BytesIO()
+    if hasattr(figure_or_image, "savefig"):
+        figure_or_image.savefig(buffer, format="png", dpi=80)
+    else:
+        figure_or_image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class _Explorer:
+    widget = None
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        bundle["text/plain"] = _NO_FRONTEND.format(name=type(self).__name__)
+        return bundle
+
+    def __repr__(self) -> str:
+        return _NO_FRONTEND.format(name=type(self).__name__)
+
+
+class CaptionExplorer(_Explorer):
+    """Caption an image interactively.
+
+    Args:
+        captioner: A :class:`~bliptk.Captioner`.
+        images: Images (paths) to choose from; an upload box adds more.
+        alternatives: How many alternatives to show per token.
+
+    Attributes:
+        caption: The caption shown.
+        choices: :func:`~bliptk.stepper.token_alternatives` of the caption, as shown.
+        encoder_runs: How many times the image encoder ran (once per image).
+    """
+
+    def __init__(self, captioner, images=(), alternatives: int = 5):
+        w = _widgets()
+        self.captioner = captioner
+        self.alternatives = alternatives
+        self.encoder_runs = 0
+        self._features: dict[str, object] = {}
+        self._images = {str(path): path for path in images}
+        self.image = w.Dropdown(options=list(self._images), description="image")
+        self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload")
+        self.prompt = w.Text(value="a photography of", description="prompt")
+        self.max_new_tokens = w.IntSlider(value=25, min=1, max=60, description="max tokens")
+        self.temperature = w.FloatSlider(value=0.0, min=0.0, max=2.0, step=0.05, description="temperature")
+        self.top_k = w.IntSlider(value=10, min=1, max=100, description="top-k")
+        self.top_p = w.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p")
+        self.num_beams = w.IntSlider(value=1, min=1, max=8, description="beams")
+        self.seed = w.IntText(value=0, description="seed")
+        self.token = w.IntSlider(value=0, min=0, max=0, description="token")
+        self.text = w.HTML()
+        self.table = w.HTML()
+        self.chart = w.Image(format="png")
+        self.caption = None
+        self.choices = []
+        controls = [self.image, self.upload, self.prompt, self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.num_beams, self.seed]
+        for control in controls:
+            control.observe(self._changed, names="value")
+        self.token.observe(lambda change: self._draw_chart(), names="value")
+        self.widget = w.HBox([w.VBox(controls), w.VBox([self.text, self.table, self.token, self.chart])])
+        if self._images:
+            self.update()
+
+    def options(self) -> DecodingOptions:
+        """The decoding options the controls say."""
+        return DecodingOptions(
+            self.prompt.value,
+            self.max_new_tokens.value,
+            self.temperature.value if self.num_beams.value == 1 else 0.0,
+            self.top_k.value,
+            None if self.top_p.value >= 1.0 else self.top_p.value,
+            self.seed.value,
+            num_beams=self.num_beams.value,
+        )
+
+    def features(self):
+        """The chosen image's features, computed once per image."""
+        key = self.image.value
+        if key not in self._features:
+            self._features[key] = self.captioner.encode_image(self._images[key])
+            self.encoder_runs += 1
+        return self._features[key]
+
+    def _changed(self, change) -> None:
+        if change["owner"] is self.upload and self.upload.value:
+            item = self.upload.value[0]
+            from PIL import Image
+
+            self._images[item["name"]] = load_image(Image.open(io.BytesIO(bytes(item["content"]))))
+            self.image.options = list(self._images)
+            self.image.value = item["name"]
+            return
+        self.update()
+
+    def update(self) -> None:
+        """Caption the chosen image with the current options and redraw."""
+        if self.image.value is None:
+            return
+        features = self.features()
+        self.caption = self.captioner.caption_features(features, self.options())[0]
+        self.choices = token_alternatives(self.captioner, features, self.caption, self.alternatives)
+        self.text.value = f"<b>{self.caption.text}</b>"
+        rows = "".join(f"<tr><td>{c.token}</td><td>{c.probability:.3f}</td></tr>" for c in self.choices)
+        self.table.value = f"<table><tr><th>token</th><th>probability</th></tr>{rows}</table>"
+        self.token.max = max(0, len(self.choices) - 1)
+        self.token.value = min(self.token.value, self.token.max)
+        self._draw_chart()
+
+    def _draw_chart(self) -> None:
+        from .figures import new_figure
+
+        if not self.choices:
+            self.chart.value = b""
+            return
+        choice = self.choices[self.token.value]
+        ax = new_figure(figsize=(4, 2.5), layout="constrained").subplots()
+        names, values = zip(*choice.alternatives)
+        ax.barh(range(len(names))[::-1], values, color=["C3" if n == choice.token else "C0" for n in names])
+        ax.set_yticks(range(len(names))[::-1], names)
+        ax.set_xlabel("probability")
+        ax.set_title(f"token {self.token.value}: {choice.token}")
+        self.chart.value = _png(ax.figure)
+
+
+class AttentionExplorer(_Explorer):
+    """Browse where each token of a caption looked.
+
+    Args:
+        captioner: A :class:`~bliptk.Captioner`.
+        image: The image.
+        prompt: The prompt (None: "a photography of").
+        **decoding_options: For the caption (greedy by default).
+
+    Attributes:
+        caption: The caption, with its cross-attention.
+        overlay: The picture shown (a PIL image): the selected map over the image.
+    """
+
+    def __init__(self, captioner, image, prompt: str | None = None, **decoding_options):
+        w = _widgets()
+        self.picture = load_image(image)
+        self.caption = captioner.caption(self.picture, prompt, return_attention=True, **decoding_options)
+        layers, heads = self.caption.cross_attention.shape[1:3]
+        self.token = w.IntSlider(value=0, min=0, max=max(0, len(self.caption.tokens) - 1), description="token")
+        self.layer = w.Dropdown(options=[("all", -100)] + [(str(i), i) for i in range(layers)], value=layers - 1, description="layer")
+        self.heads = w.Dropdown(options=[("mean", "mean"), ("max", "max")] + [(str(i), i) for i in range(heads)], value="mean", description="heads")
+        self.label = w.HTML()
+        self.view = w.Image(format="png")
+        self.overlay = None
+        for control in (self.token, self.layer, self.heads):
+            control.observe(lambda change: self.update(), names="value")
+        self.widget = w.VBox([w.HTML(f"<b>{self.caption.text}</b>"), w.HBox([self.token, self.layer, self.heads]), self.label, self.view])
+        self.update()
+
+    def map_options(self) -> dict:
+        """The :func:`~bliptk.attention_maps` options the controls say."""
+        layers = self.caption.cross_attention.shape[1]
+        layer = list(range(layers)) if self.layer.value == -100 else self.layer.value
+        return {"layer": layer, "heads": self.heads.value}
+
+    def update(self) -> None:
+        """Redraw the selected token's map."""
+        if not self.caption.tokens:
+            self.label.value = "the caption has no generated tokens"
+            return
+        attention_map = attention_maps(self.caption, **self.map_options())[self.token.value]
+        self.overlay = overlay_attention(self.picture, attention_map.numpy())
+        self.label.value = f"token {self.token.value}: <b>{self.caption.tokens[self.token.value]}</b>"
+        self.view.value = _png(self.overlay)
+
+
+class StepThroughDecoder(_Explorer):
+    """Advance decoding one token per button press (the page's ``NestWhile`` loop, visible).
+
+    Args:
+        captioner: A :class:`~bliptk.Captioner`.
+        image: The image.
+        options: Decoding options (greedy by default).
+        show: How many of the most probable next tokens to list.
+
+    Attributes:
+        stepper: The :class:`~bliptk.stepper.Stepper` it drives.
+    """
+
+    def __init__(self, captioner, image, options: DecodingOptions | None = None, show: int = 10):
+        w = _widgets()
+        self.stepper = Stepper(captioner, image, options, show=show)
+        self.button = w.Button(description="next token")
+        self.reset_button = w.Button(description="restart")
+        self.state = w.HTML()
+        self.caption = w.HTML(f"<b>{self.stepper.text}</b>")
+        self.button.on_click(lambda _: self.next())
+        self.reset_button.on_click(lambda _: self.reset())
+        self._arguments = (captioner, image, options, show)
+        self.widget = w.VBox([w.HBox([self.button, self.reset_button]), self.caption, self.state])
+
+    def next(self):
+        """Advance one token and redraw; returns the :class:`~bliptk.stepper.DecodeStep` (None when done)."""
+        step = self.stepper.step()
+        self.caption.value = f"<b>{self.stepper.text}</b>"
+        if step is None:
+            self.button.disabled = True
+            return None
+        rows = "".join(
+            f"<tr><td>{'&rarr; ' if token == step.chosen_token else ''}{token}</td><td>{p:.3f}</td></tr>" for token, p in step.top
+        )
+        self.state.value = (
+            f"step {step.index}: input {' '.join(step.input_tokens)} &middot; KV cache {step.cache_length} positions"
+            f" &middot; chosen <b>{step.chosen_token}</b> ({step.chosen_probability:.3f})"
+            f"<table><tr><th>next token</th><th>probability</th></tr>{rows}</table>"
+        )
+        self.button.disabled = self.stepper.done
+        return step
+
+    def reset(self) -> None:
+        """Start the caption again."""
+        self.stepper = Stepper(*self._arguments[:2], self._arguments[2], show=self._arguments[3])
+        self.button.disabled = False
+        self.caption.value = f"<b>{self.stepper.text}</b>"
+        self.state.value = ""
