@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("--batch-size", type=int, default=8)
     caption.add_argument("--json", action="store_true", help="print one JSON record per line")
     caption.add_argument("--out", default=None, help="write records to this .jsonl or .csv file (appended and flushed one by one)")
-    caption.add_argument("--format", choices=("jsonl", "csv"), default=None, help="format of --out (default: by its extension)")
+    caption.add_argument("--format", choices=("jsonl", "csv", "parquet"), default=None, help="format of --out (default: by its extension; parquet with --ray)")
+    caption.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                         help="caption through Ray Data into the --out folder; without ADDRESS on a local Ray instance")
     caption.add_argument("--resume", action="store_true", help="continue --out: skip inputs done with the same model and options, retry failures")
     caption.add_argument("--recursive", action="store_true", help="look in subfolders too")
     caption.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing images ahead (default 2)")
@@ -134,6 +136,8 @@ def _caption(args) -> int:
             raise InvalidOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.workers < 0:
         raise InvalidOptionError(f"--workers must be >= 0, got {args.workers}")
+    if args.ray:
+        return _caption_on_ray(args, options)
     if args.resume and not args.out:
         raise InvalidOptionError("--resume continues an --out file; give --out")
     if args.segments and args.out:
@@ -166,6 +170,25 @@ def _caption(args) -> int:
     if status.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if status.failed else EXIT_OK
+
+
+def _caption_on_ray(args, options: DecodingOptions) -> int:
+    from .distributed import caption_dataset
+
+    if not args.out:
+        raise InvalidOptionError("--ray writes shards into a folder: give --out FOLDER")
+    summary = caption_dataset(
+        # One input stays a string, so that a folder URI (s3://bucket/photos/) is listed by Ray.
+        args.inputs[0] if len(args.inputs) == 1 else args.inputs, output=args.out, model=args.model, pretrained=not args.random_weights, dtype=args.dtype,
+        batch_size=args.batch_size, format=args.format or "jsonl", recursive=args.recursive, max_pixels=args.max_pixels,
+        address=None if args.ray == "local" else args.ray, **options.as_dict(),
+    )
+    print(
+        f"bliptk: {summary.captioned} captioned, {summary.failed} failed, {summary.skipped} already done "
+        f"(of {summary.total}); shards in {summary.output}",
+        file=sys.stderr,
+    )
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
 def _decoding(options: DecodingOptions) -> dict:

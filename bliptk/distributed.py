@@ -1,0 +1,360 @@
+"""Captioning on a Ray cluster through Ray Data.
+
+bliptk grows no scheduler of its own: :func:`caption_dataset` builds a Ray Data pipeline in which
+Ray tasks read and preprocess images and an actor pool captions them, each actor loading the
+captioner once. Records have the schema of the batch command (:mod:`bliptk.batch`) and go to
+JSONL or Parquet shards in an output folder; a rerun skips the inputs already captioned with the
+same model and options. Ray is optional (``pip install 'bliptk[ray]'``); importing bliptk never
+imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .batch import expand_inputs
+from .decoding import decoding_options_from
+from .errors import BliptkError, ImageLoadError, InvalidOptionError, check_positive_int
+from .files import IMAGE_EXTENSIONS
+from .preprocess import DEFAULT_MAX_PIXELS, Preprocessor, load_image
+
+__all__ = ["RunSummary", "caption_dataset", "read_output"]
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("jsonl", "parquet")
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("distributed captioning needs Ray: pip install 'bliptk[ray]'") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a :func:`caption_dataset` run did.
+
+    Attributes:
+        total: Inputs in the source.
+        skipped: Inputs already captioned in the output (same model and options).
+        captioned: Inputs captioned in this run.
+        failed: Inputs that got an error record in this run.
+        output: The output folder.
+    """
+
+    total: int
+    skipped: int
+    captioned: int
+    failed: int
+    output: str
+
+
+def read_output(output) -> list[dict]:
+    """Every record in an output folder's JSONL and Parquet shards."""
+    folder = Path(output)
+    return _read_shards(sorted(folder.iterdir())) if folder.is_dir() else []
+
+
+def _read_shards(shards: list[Path]) -> list[dict]:
+    records: list[dict] = []
+    for shard in [s for s in shards if ".json" in s.name]:
+        for line in shard.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(_decode_record(json.loads(line)))
+            except json.JSONDecodeError:
+                logger.warning("%s: dropping a torn line", shard)
+    parquet = [s for s in shards if s.suffix == ".parquet"]
+    if parquet:
+        import pyarrow.parquet as pq
+
+        for shard in parquet:
+            try:
+                table = pq.read_table(shard)
+            except Exception as error:  # a shard cut short by a killed job: its inputs are captioned again
+                logger.warning("%s: skipping an unreadable shard (%s)", shard, error)
+                continue
+            records.extend(_decode_record(row) for row in table.to_pylist())
+    return records
+
+
+def _encode_record(record: dict) -> dict:
+    # Options and errors travel as JSON text so that every shard has one flat, stable schema.
+    return {**record, "options": json.dumps(record["options"], sort_keys=True), "error": json.dumps(record["error"]) if record["error"] else ""}
+
+
+def _decode_record(row: dict) -> dict:
+    return {**row, "options": json.loads(row["options"]), "error": json.loads(row["error"]) if row.get("error") else None}
+
+
+def _image_size(model: str) -> int:
+    from .models import find_model_spec
+
+    spec = find_model_spec(model)
+    if spec is not None:
+        return spec.image_size
+    config = Path(model) / "config.json"
+    if config.is_file():
+        return json.loads(config.read_text())["vision_config"].get("image_size", 384)
+    return 384
+
+
+# CPUs kept beside the captioning actors for reading, preprocessing and writing tasks: half for
+# the reads and half for the writes, so that records are written while captioning goes on.
+READ_CPUS = 0.5
+TASK_CPUS = READ_CPUS / 2
+
+
+def _read_bytes(uri: str) -> bytes:
+    """The bytes behind a URI: ``http(s)://`` with urllib, other schemes (``s3://``, ``gs://``,
+    ``file://``, ...) through pyarrow's filesystems, which Ray Data ships with."""
+    if uri.startswith(("http://", "https://")):
+        from urllib.request import urlopen
+
+        with urlopen(uri, timeout=60) as response:
+            return response.read()
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def _preprocess(row: dict, image_size: int, max_pixels: int | None) -> dict:
+    """Ray task: a row with ``path`` (and optionally ``bytes``) -> pixels, or an error for that row."""
+    import io
+
+    from PIL import Image
+
+    path = str(row["path"])
+    preprocessor = Preprocessor(image_size)
+    try:
+        if row.get("bytes") is not None:
+            source = Image.open(io.BytesIO(row["bytes"]))
+        elif "://" in path:
+            source = Image.open(io.BytesIO(_read_bytes(path)))
+        else:
+            source = path
+        pixels = preprocessor.tensor(load_image(source, max_pixels=max_pixels)).numpy()
+        return {"path": path, "pixels": pixels, "error": ""}
+    except BliptkError as error:
+        failure = {"type": type(error).__name__, "message": str(error)}
+    except Exception as error:  # an input must never fail the job
+        failure = {"type": ImageLoadError.__name__, "message": f"{path}: {type(error).__name__}: {error}"}
+    empty = np.zeros((3, image_size, image_size), dtype=np.float32)
+    return {"path": path, "pixels": empty, "error": json.dumps(failure)}
+
+
+class _CaptionActor:
+    """Ray actor: loads the captioner once, captions batches of preprocessed images."""
+
+    def __init__(self, model: str, pretrained: bool, dtype, threads: int, options: dict, record_options: dict):
+        import torch
+
+        from .loading import load
+
+        torch.set_num_threads(threads)
+        self.captioner = load(model, pretrained=pretrained, dtype=dtype)
+        self.options = decoding_options_from(options)
+        self.record_options = record_options
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        paths, errors = list(batch["path"]), list(batch["error"])
+        good = [i for i, error in enumerate(errors) if not error]
+        captions = {}
+        if good:
+            pixels = torch.from_numpy(np.stack([batch["pixels"][i] for i in good]))
+            decoded = self.captioner.caption_features(self.captioner.image_encoder(pixels), self.options)
+            captions = dict(zip(good, decoded))
+        records = []
+        for index, path in enumerate(paths):
+            caption = captions.get(index)
+            records.append(
+                _encode_record(
+                    {
+                        "path": str(path),
+                        "kind": "image",
+                        "caption": caption.text if caption else None,
+                        "token_ids": caption.token_ids if caption else None,
+                        "tokens": caption.tokens if caption else None,
+                        "logprobs": caption.logprobs if caption else None,
+                        "finished": caption.finished if caption else None,
+                        "model": self.captioner.name,
+                        "options": self.record_options,
+                        "error": json.loads(errors[index]) if errors[index] else None,
+                    }
+                )
+            )
+        return _arrow_table(records)
+
+
+def _arrow_table(records: list[dict]):
+    """Records as an Arrow table with one fixed schema (so every shard reads back alike)."""
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [
+            ("path", pa.string()), ("kind", pa.string()), ("caption", pa.string()), ("token_ids", pa.list_(pa.int64())),
+            ("tokens", pa.list_(pa.string())), ("logprobs", pa.list_(pa.float64())), ("finished", pa.bool_()),
+            ("model", pa.string()), ("options", pa.string()), ("error", pa.string()),
+        ]
+    )
+    return pa.Table.from_pylist(records, schema=schema)
+
+
+def caption_dataset(
+    source,
+    *,
+    output,
+    model: str = "ViT-L/16",
+    pretrained: bool = True,
+    dtype=None,
+    num_workers: int | None = None,
+    cpus_per_worker: float | None = None,
+    gpus_per_worker: float = 0,
+    batch_size: int = 8,
+    format: str = "jsonl",
+    recursive: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    address: str | None = None,
+    **decoding_options,
+) -> RunSummary:
+    """Caption images with Ray Data: preprocessing in Ray tasks, captioning in an actor pool.
+
+    Args:
+        source: A folder, a glob, a list of paths or URIs (``s3://``, ``gs://``, ``file://``,
+            ``https://``, ...), a folder URI such as ``"s3://bucket/photos/"`` (its images, read
+            by Ray tasks, subfolders included; records name them without the scheme), or a
+            ``ray.data.Dataset`` with a ``path`` column and optionally ``bytes``, the encoded
+            image (as ``ray.data.read_binary_files(..., include_paths=True)`` or Parquet give).
+        output: Folder for the JSONL or Parquet shards (created; reruns add shards).
+        model: Architecture name, hub id or checkpoint folder, loaded once per actor.
+        pretrained: False for random weights (tests, benchmarks).
+        dtype: Model dtype (``"bfloat16"`` for throughput on CPUs that support it).
+        num_workers: Captioning actors. None: with ``gpus_per_worker`` one per share of the
+            cluster's GPUs, else as many as fit beside half a CPU kept for the reading tasks
+            (at least 1).
+        cpus_per_worker: CPUs each actor requests; it runs that many torch threads, rounded up.
+            None: 1 with GPUs, else ``min(4, CPUs - 0.5)``, so that a small machine gives its
+            one actor all but the reading share and a large one runs actors of 4 CPUs.
+        gpus_per_worker: GPUs each actor requests.
+        batch_size: Images per captioning batch.
+        format: ``"jsonl"`` or ``"parquet"``.
+        recursive: Look in subfolders of folders.
+        max_pixels: Refuse larger images (decompression bombs).
+        address: A Ray cluster to connect to; None starts (or reuses) a local instance.
+        **decoding_options: See :class:`~bliptk.DecodingOptions`.
+
+    Returns:
+        A :class:`RunSummary`.
+    """
+    ray = _ray()
+    if format not in FORMATS:
+        raise InvalidOptionError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    check_positive_int("batch_size", batch_size)
+    if cpus_per_worker is not None and not cpus_per_worker > 0:
+        raise InvalidOptionError(f"cpus_per_worker must be > 0, got {cpus_per_worker!r}")
+    if num_workers is not None:
+        check_positive_int("num_workers", num_workers)
+    options = decoding_options_from(decoding_options)
+    if options.num_return_sequences != 1:
+        raise InvalidOptionError("caption_dataset writes one caption per input: num_return_sequences must be 1")
+    record_options = {**options.as_dict(), "num_frames": 16, "pooling": "mean"}
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    import ray.data
+
+    name = _model_name(model)
+    # Every input with a record of this model and options is done (failures too: one record per input).
+    done = {r["path"] for r in read_output(output) if r["model"] == name and r["options"] == record_options}
+    if isinstance(source, str) and "://" in source and not source.startswith(("http://", "https://")):
+        # A folder or file in object storage (s3://, gs://, ...): Ray tasks list and read it.
+        extensions = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
+        source = ray.data.read_binary_files(
+            source, include_paths=True, file_extensions=extensions, ray_remote_args={"num_cpus": TASK_CPUS}
+        )
+        read_cpus = READ_CPUS
+    elif isinstance(source, ray.data.Dataset):
+        # The caller's reads ask for Ray Data's default of 1 CPU each: keep that much free for them.
+        read_cpus = 1.0
+    else:
+        read_cpus = READ_CPUS
+    if isinstance(source, ray.data.Dataset):
+        total = source.count()
+        dataset = source.filter(lambda row: str(row["path"]) not in done) if done else source
+        remaining = total - len(done & {str(r["path"]) for r in source.select_columns(["path"]).take_all()})
+    else:
+        paths = expand_inputs([source] if isinstance(source, (str, os.PathLike)) else source, recursive)
+        total = len(paths)
+        todo = [p for p in paths if p not in done]
+        remaining = len(todo)
+        dataset = ray.data.from_items([{"path": p} for p in todo]) if todo else None
+    skipped = total - remaining
+    if not remaining:
+        return RunSummary(total, skipped, 0, 0, str(output))
+
+    num_workers, cpus_per_worker = _pool_size(ray.cluster_resources(), num_workers, cpus_per_worker, gpus_per_worker, read_cpus)
+    logger.info("%d captioning actor(s) of %g CPU(s) and %g GPU(s)", num_workers, cpus_per_worker, gpus_per_worker)
+    captioned = (
+        dataset.map(_preprocess, fn_kwargs={"image_size": _image_size(model), "max_pixels": max_pixels}, num_cpus=TASK_CPUS)
+        .map_batches(
+            _CaptionActor,
+            fn_constructor_args=(model, pretrained, dtype, math.ceil(cpus_per_worker), options.as_dict(), record_options),
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=num_workers),
+            num_cpus=cpus_per_worker,
+            num_gpus=gpus_per_worker or None,
+            batch_format="numpy",
+            zero_copy_batch=True,
+        )
+    )
+    Path(output).mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in Path(output).iterdir()}
+    write = captioned.write_json if format == "jsonl" else captioned.write_parquet
+    write(str(output), ray_remote_args={"num_cpus": TASK_CPUS})
+    new = sorted(p for p in Path(output).iterdir() if p.name not in before)
+    written = _read_shards(new)
+    failed = sum(1 for r in written if r["error"])
+    logger.info("wrote %d records in %d shards", len(written), len(new))
+    return RunSummary(total, skipped, len(written) - failed, failed, str(output))
+
+
+def _pool_size(
+    resources: dict, num_workers: int | None, cpus_per_worker: float | None, gpus_per_worker: float, read_cpus: float = READ_CPUS
+) -> tuple[int, float]:
+    """(actors, CPUs per actor) for a cluster with ``resources``: the actors leave ``read_cpus``
+    to the reading tasks (on 2 CPUs, two 1-CPU actors starve the reads and the job hangs)."""
+    cpus = float(resources.get("CPU", 1))
+    free = max(0.5, cpus - read_cpus)
+    if cpus_per_worker is None:
+        cpus_per_worker = 1.0 if gpus_per_worker else min(4.0, free / (num_workers or 1))
+    if num_workers is None:
+        gpus = float(resources.get("GPU", 0))
+        if gpus_per_worker and gpus:
+            num_workers = max(1, int(gpus / gpus_per_worker))
+        else:
+            num_workers = max(1, int(free // cpus_per_worker))
+    if num_workers * cpus_per_worker > free:
+        logger.warning(
+            "%d actors of %g CPUs need more than the %g CPUs this cluster has beside the reading tasks: "
+            "the job waits until the cluster grows", num_workers, cpus_per_worker, free,
+        )
+    return num_workers, cpus_per_worker
+
+
+def _model_name(model: str) -> str:
+    from .models import find_model_spec
+
+    spec = find_model_spec(model)
+    return spec.name if spec is not None else str(model)

@@ -1,0 +1,150 @@
+"""Captioning through Ray Data on a local 2-CPU Ray instance (skipped without Ray)."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import bliptk  # noqa: E402
+from bliptk.distributed import _pool_size, caption_dataset, read_output  # noqa: E402
+
+TIME_LIMIT_S = 240
+
+
+@pytest.fixture(autouse=True)
+def time_limit():
+    """A hung Ray job fails its test instead of stalling the suite."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"Ray test ran over {TIME_LIMIT_S} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TIME_LIMIT_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(photos, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ray-photos")
+    for photo in photos:
+        shutil.copy(photo, folder / photo.name)
+    (folder / "notes.jpg").write_text("not a photo")
+    (folder / "truncated.jpg").write_bytes(photos[0].read_bytes()[:5000])
+    return folder
+
+
+def test_caption_dataset_one_record_per_input_and_resume(tiny, photos, folder, local_ray, tmp_path):
+    output = tmp_path / "shards"
+    summary = caption_dataset(folder, output=output, model="tiny", pretrained=False, batch_size=2, max_new_tokens=6)
+    assert (summary.total, summary.captioned, summary.failed, summary.skipped) == (5, 3, 2, 0)
+    records = read_output(output)
+    assert sorted(r["path"] for r in records) == sorted(str(p) for p in folder.iterdir())
+    for record in records:
+        name = record["path"].rsplit("/", 1)[-1]
+        if name in ("notes.jpg", "truncated.jpg"):
+            assert record["error"]["type"] == "ImageLoadError" and name in record["error"]["message"] and record["caption"] is None
+        else:
+            alone = tiny.caption(record["path"], max_new_tokens=6)
+            assert record["error"] is None and record["token_ids"] == alone.token_ids and record["caption"] == alone.text
+            assert record["model"] == "tiny" and record["options"]["max_new_tokens"] == 6
+    shards = sorted(p.name for p in output.iterdir())
+    again = caption_dataset(folder, output=output, model="tiny", pretrained=False, batch_size=2, max_new_tokens=6)
+    assert (again.skipped, again.captioned, again.failed) == (5, 0, 0)
+    assert sorted(p.name for p in output.iterdir()) == shards  # nothing recomputed, nothing written
+
+
+def test_a_ray_dataset_with_image_bytes(tiny, photos, local_ray, tmp_path):
+    dataset = ray.data.from_items([{"path": f"mem://{p.name}", "bytes": p.read_bytes()} for p in photos[:2]])
+    output = tmp_path / "parquet"
+    summary = caption_dataset(dataset, output=output, model="tiny", pretrained=False, format="parquet", max_new_tokens=5)
+    assert summary.captioned == 2 and list(output.glob("*.parquet"))
+    by_path = {r["path"]: r for r in read_output(output)}
+    assert by_path[f"mem://{photos[0].name}"]["token_ids"] == tiny.caption(photos[0], max_new_tokens=5).token_ids
+
+
+def test_importing_bliptk_never_imports_ray():
+    code = "import sys, bliptk, bliptk.distributed; print('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip() == "False"
+
+
+def test_cli_routes_through_ray(folder, tmp_path):
+    output = tmp_path / "cli-shards"
+    result = subprocess.run(
+        [sys.executable, "-m", "bliptk", "caption", str(folder), "--ray", "--out", str(output), "--model", "tiny", "--max-new-tokens", "4"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "3 captioned, 2 failed, 0 already done (of 5)" in result.stderr
+    assert len(read_output(output)) == 5
+
+
+def test_uris_are_read_through_their_filesystem(tiny, photos, local_ray, tmp_path):
+    uris = [photos[1].resolve().as_uri(), (tmp_path / "gone.jpg").as_uri()]
+    summary = caption_dataset(uris, output=tmp_path / "uris", model="tiny", pretrained=False, max_new_tokens=5)
+    assert (summary.captioned, summary.failed) == (1, 1)
+    by_path = {r["path"]: r for r in read_output(tmp_path / "uris")}
+    assert by_path[uris[0]]["token_ids"] == tiny.caption(photos[1], max_new_tokens=5).token_ids
+    assert by_path[uris[1]]["error"]["type"] == "ImageLoadError" and "gone.jpg" in by_path[uris[1]]["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "cpus, gpus, num_workers, cpus_per_worker, gpus_per_worker, expected",
+    [
+        (2, 0, None, None, 0, (1, 1.5)),      # one actor, all but the reading share
+        (16, 0, None, None, 0, (3, 4.0)),     # 4-CPU actors on a big node
+        (2, 0, 2, None, 0, (2, 0.75)),        # asked-for actors share what is free
+        (2, 0, None, 1, 0, (1, 1)),           # two 1-CPU actors would starve the reads
+        (32, 4, None, None, 1, (4, 1.0)),     # one actor per GPU
+        (32, 4, None, None, 0.5, (8, 1.0)),   # two actors per GPU
+    ],
+)
+def test_the_pool_always_leaves_room_for_reads(cpus, gpus, num_workers, cpus_per_worker, gpus_per_worker, expected):
+    assert _pool_size({"CPU": cpus, "GPU": gpus}, num_workers, cpus_per_worker, gpus_per_worker) == expected
+
+
+def test_a_callers_dataset_keeps_a_whole_cpu_for_its_reads():
+    assert _pool_size({"CPU": 2}, None, None, 0, read_cpus=1.0) == (1, 1.0)
+
+
+def test_bad_pool_options_are_refused(tmp_path):
+    with pytest.raises(bliptk.InvalidOptionError, match="cpus_per_worker must be > 0, got 0"):
+        caption_dataset(tmp_path, output=tmp_path / "out", model="tiny", cpus_per_worker=0)
+    with pytest.raises(bliptk.InvalidOptionError, match="num_workers"):
+        caption_dataset(tmp_path, output=tmp_path / "out", model="tiny", num_workers=0)
+    with pytest.raises(bliptk.InvalidOptionError, match="format must be one of jsonl, parquet"):
+        caption_dataset(tmp_path, output=tmp_path / "out", model="tiny", format="csv")
+
+
+def test_a_folder_uri_is_listed_and_read_by_ray(tiny, folder, local_ray, tmp_path):
+    summary = caption_dataset(folder.resolve().as_uri(), output=tmp_path / "uri-folder", model="tiny", pretrained=False, max_new_tokens=4)
+    assert (summary.total, summary.captioned, summary.failed) == (5, 3, 2)
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in read_output(tmp_path / "uri-folder")}
+    assert by_name["truncated.jpg"]["error"]["type"] == "ImageLoadError"
+    photo = next(p for p in folder.iterdir() if p.name.startswith("COCO"))
+    assert by_name[photo.name]["token_ids"] == tiny.caption(photo, max_new_tokens=4).token_ids
+
+
+def test_torn_shards_of_a_killed_job_are_captioned_again(tiny, photos, local_ray, tmp_path):
+    output = tmp_path / "torn"
+    caption_dataset(photos[:2], output=output, model="tiny", pretrained=False, format="parquet", max_new_tokens=4)
+    (output / "killed.parquet").write_bytes(b"PAR1 cut short")
+    (output / "killed.json").write_text('{"path": "a.jpg", "capt')
+    assert sorted(r["path"] for r in read_output(output)) == sorted(str(p) for p in photos[:2])
+    again = caption_dataset(photos[:3], output=output, model="tiny", pretrained=False, format="parquet", max_new_tokens=4)
+    assert (again.skipped, again.captioned) == (2, 1)
