@@ -282,7 +282,7 @@ def caption_dataset(
         # A folder or file in object storage (s3://, gs://, ...): Ray tasks list and read it.
         extensions = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
         source = ray.data.read_binary_files(
-            source, include_paths=True, file_extensions=extensions, ray_remote_args={"num_cpus": TASK_CPUS}
+            source, include_paths=True, file_extensions=extensions, num_cpus=TASK_CPUS
         )
         read_cpus = READ_CPUS
     elif isinstance(source, ray.data.Dataset):
