@@ -152,11 +152,34 @@ def _load_item(path: str, max_pixels: int | None, preprocessor):
         if is_video(path):
             return "video", None, None
         return "image", preprocessor.tensor(load_image(path, max_pixels=max_pixels)), None
-    except BliptkError as error:
-        return "image", None, error
     except Exception as error:  # an input must never end the job: record what happened
-        logger.exception("%s: unexpected error", path)
-        return "image", None, ImageLoadError(path, f"{type(error).__name__}: {error}")
+        return "image", None, input_error(error, path)
+
+
+def input_error(error: Exception, source: str) -> BliptkError:
+    """What a bad input's record reports: bliptk's own errors as they are, anything unexpected as
+    an :class:`ImageLoadError` naming the input (and logged with its traceback)."""
+    if isinstance(error, BliptkError):
+        return error
+    logger.error("%s: unexpected error", source, exc_info=error)
+    return ImageLoadError(source, f"{type(error).__name__}: {error}")
+
+
+def make_record(path: str, kind: str, model: str, options: dict, caption=None, error: Exception | None = None) -> dict:
+    """One output record: the caption's text, tokens and log-probabilities, or, for a failed
+    input, empty fields and ``error`` with the error's type and message."""
+    return {
+        "path": path,
+        "kind": kind,
+        "caption": caption.text if caption else None,
+        "token_ids": caption.token_ids if caption else None,
+        "tokens": caption.tokens if caption else None,
+        "logprobs": caption.logprobs if caption else None,
+        "finished": caption.finished if caption else None,
+        "model": model,
+        "options": options,
+        "error": {"type": type(error).__name__, "message": str(error)} if error else None,
+    }
 
 
 def _prefetched(paths: list[str], load, workers: int, window: int) -> Iterator[tuple[str, tuple]]:
@@ -266,18 +289,7 @@ def caption_files(
         return record
 
     def result(path, kind, caption=None, error=None) -> dict:
-        return {
-            "path": path,
-            "kind": kind,
-            "caption": caption.text if caption else None,
-            "token_ids": caption.token_ids if caption else None,
-            "tokens": caption.tokens if caption else None,
-            "logprobs": caption.logprobs if caption else None,
-            "finished": caption.finished if caption else None,
-            "model": captioner.name,
-            "options": record_options,
-            "error": {"type": type(error).__name__, "message": str(error)} if error else None,
-        }
+        return make_record(path, kind, captioner.name, record_options, caption, error)
 
     show = progress if progress is not None else len(paths) > batch_size
     bar = tqdm(total=len(paths), desc="captioning", unit="img", disable=not show)

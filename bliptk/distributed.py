@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import expand_inputs
+from .batch import expand_inputs, input_error, make_record
 from .decoding import decoding_options_from
-from .errors import BliptkError, ImageLoadError, InvalidOptionError, check_positive_int
+from .errors import InvalidOptionError, check_positive_int
 from .files import IMAGE_EXTENSIONS
+from .loading import preprocessor_for
+from .models import find_model_spec
 from .preprocess import DEFAULT_MAX_PIXELS, Preprocessor, load_image
 
 __all__ = ["RunSummary", "caption_dataset", "read_output"]
@@ -96,16 +98,18 @@ def _decode_record(row: dict) -> dict:
     return {**row, "options": json.loads(row["options"]), "error": json.loads(row["error"]) if row.get("error") else None}
 
 
-def _image_size(model: str) -> int:
-    from .models import find_model_spec
-
+def _preprocessor(model: str) -> Preprocessor:
+    """The preprocessing ``load(model)`` uses, without loading the model: the registry's
+    checkpoints use BLIP's (their ``preprocessor_config.json`` holds its defaults), a checkpoint
+    folder its own ``preprocessor_config.json``; a hub id outside the registry gets BLIP's."""
     spec = find_model_spec(model)
     if spec is not None:
-        return spec.image_size
-    config = Path(model) / "config.json"
+        return Preprocessor(spec.image_size)
+    folder = Path(model).expanduser()
+    config = folder / "config.json"
     if config.is_file():
-        return json.loads(config.read_text())["vision_config"].get("image_size", 384)
-    return 384
+        return preprocessor_for(folder, json.loads(config.read_text())["vision_config"].get("image_size", 384))
+    return Preprocessor()
 
 
 # CPUs kept beside the captioning actors for reading, preprocessing and writing tasks: half for
@@ -129,14 +133,14 @@ def _read_bytes(uri: str) -> bytes:
         return stream.read()
 
 
-def _preprocess(row: dict, image_size: int, max_pixels: int | None) -> dict:
-    """Ray task: a row with ``path`` (and optionally ``bytes``) -> pixels, or an error for that row."""
+def _preprocess(row: dict, preprocessor: Preprocessor, max_pixels: int | None, model: str, options: dict) -> dict:
+    """Ray task: a row with ``path`` (and optionally ``bytes``) -> pixels, or the input's error
+    record (JSON) in ``failure``."""
     import io
 
     from PIL import Image
 
     path = str(row["path"])
-    preprocessor = Preprocessor(image_size)
     try:
         if row.get("bytes") is not None:
             source = Image.open(io.BytesIO(row["bytes"]))
@@ -145,13 +149,11 @@ def _preprocess(row: dict, image_size: int, max_pixels: int | None) -> dict:
         else:
             source = path
         pixels = preprocessor.tensor(load_image(source, max_pixels=max_pixels)).numpy()
-        return {"path": path, "pixels": pixels, "error": ""}
-    except BliptkError as error:
-        failure = {"type": type(error).__name__, "message": str(error)}
+        return {"path": path, "pixels": pixels, "failure": ""}
     except Exception as error:  # an input must never fail the job
-        failure = {"type": ImageLoadError.__name__, "message": f"{path}: {type(error).__name__}: {error}"}
-    empty = np.zeros((3, image_size, image_size), dtype=np.float32)
-    return {"path": path, "pixels": empty, "error": json.dumps(failure)}
+        failure = json.dumps(make_record(path, "image", model, options, error=input_error(error, path)))
+    empty = np.zeros((3, preprocessor.image_size, preprocessor.image_size), dtype=np.float32)
+    return {"path": path, "pixels": empty, "failure": failure}
 
 
 class _CaptionActor:
@@ -170,33 +172,18 @@ class _CaptionActor:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        paths, errors = list(batch["path"]), list(batch["error"])
-        good = [i for i, error in enumerate(errors) if not error]
+        failures = list(batch["failure"])
+        good = [i for i, failure in enumerate(failures) if not failure]
         captions = {}
         if good:
             pixels = torch.from_numpy(np.stack([batch["pixels"][i] for i in good]))
             decoded = self.captioner.caption_features(self.captioner.image_encoder(pixels), self.options)
             captions = dict(zip(good, decoded))
-        records = []
-        for index, path in enumerate(paths):
-            caption = captions.get(index)
-            records.append(
-                _encode_record(
-                    {
-                        "path": str(path),
-                        "kind": "image",
-                        "caption": caption.text if caption else None,
-                        "token_ids": caption.token_ids if caption else None,
-                        "tokens": caption.tokens if caption else None,
-                        "logprobs": caption.logprobs if caption else None,
-                        "finished": caption.finished if caption else None,
-                        "model": self.captioner.name,
-                        "options": self.record_options,
-                        "error": json.loads(errors[index]) if errors[index] else None,
-                    }
-                )
-            )
-        return _arrow_table(records)
+        records = [
+            json.loads(failure) if failure else make_record(str(path), "image", self.captioner.name, self.record_options, captions[i])
+            for i, (path, failure) in enumerate(zip(batch["path"], failures))
+        ]
+        return _arrow_table([_encode_record(record) for record in records])
 
 
 def _arrow_table(records: list[dict]):
@@ -278,36 +265,37 @@ def caption_dataset(
     name = _model_name(model)
     # Every input with a record of this model and options is done (failures too: one record per input).
     done = {r["path"] for r in read_output(output) if r["model"] == name and r["options"] == record_options}
+    read_cpus = READ_CPUS
     if isinstance(source, str) and "://" in source and not source.startswith(("http://", "https://")):
         # A folder or file in object storage (s3://, gs://, ...): Ray tasks list and read it.
         extensions = sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
-        source = ray.data.read_binary_files(
-            source, include_paths=True, file_extensions=extensions, num_cpus=TASK_CPUS
-        )
-        read_cpus = READ_CPUS
+        source = ray.data.read_binary_files(source, include_paths=True, file_extensions=extensions, num_cpus=TASK_CPUS)
     elif isinstance(source, ray.data.Dataset):
-        # The caller's reads ask for Ray Data's default of 1 CPU each: keep that much free for them.
-        read_cpus = 1.0
-    else:
-        read_cpus = READ_CPUS
+        read_cpus = 1.0  # the caller's reads ask for Ray Data's default of 1 CPU each: keep it free
     if isinstance(source, ray.data.Dataset):
-        total = source.count()
-        dataset = source.filter(lambda row: str(row["path"]) not in done) if done else source
-        remaining = total - len(done & {str(r["path"]) for r in source.select_columns(["path"]).take_all()})
+        # A first run reads the source once, while captioning (every input gets a record, so the
+        # records count it); only a rerun first goes over its paths to know what is left.
+        total, skipped, dataset = None, 0, source
+        if done:
+            paths = [str(row["path"]) for row in source.select_columns(["path"]).take_all()]
+            total, skipped = len(paths), sum(path in done for path in paths)
+            dataset = source.filter(lambda row: str(row["path"]) not in done)
     else:
         paths = expand_inputs([source] if isinstance(source, (str, os.PathLike)) else source, recursive)
-        total = len(paths)
-        todo = [p for p in paths if p not in done]
-        remaining = len(todo)
-        dataset = ray.data.from_items([{"path": p} for p in todo]) if todo else None
-    skipped = total - remaining
-    if not remaining:
+        todo = [path for path in paths if path not in done]
+        total, skipped = len(paths), len(paths) - len(todo)
+        dataset = ray.data.from_items([{"path": path} for path in todo]) if todo else None
+    if skipped == total:
         return RunSummary(total, skipped, 0, 0, str(output))
 
     num_workers, cpus_per_worker = _pool_size(ray.cluster_resources(), num_workers, cpus_per_worker, gpus_per_worker, read_cpus)
     logger.info("%d captioning actor(s) of %g CPU(s) and %g GPU(s)", num_workers, cpus_per_worker, gpus_per_worker)
     captioned = (
-        dataset.map(_preprocess, fn_kwargs={"image_size": _image_size(model), "max_pixels": max_pixels}, num_cpus=TASK_CPUS)
+        dataset.map(
+            _preprocess,
+            fn_kwargs={"preprocessor": _preprocessor(model), "max_pixels": max_pixels, "model": name, "options": record_options},
+            num_cpus=TASK_CPUS,
+        )
         .map_batches(
             _CaptionActor,
             fn_constructor_args=(model, pretrained, dtype, math.ceil(cpus_per_worker), options.as_dict(), record_options),
@@ -327,6 +315,7 @@ def caption_dataset(
     written = _read_shards(new)
     failed = sum(1 for r in written if r["error"])
     logger.info("wrote %d records in %d shards", len(written), len(new))
+    total = total if total is not None else len(written)
     return RunSummary(total, skipped, len(written) - failed, failed, str(output))
 
 
@@ -354,7 +343,5 @@ def _pool_size(
 
 
 def _model_name(model: str) -> str:
-    from .models import find_model_spec
-
     spec = find_model_spec(model)
     return spec.name if spec is not None else str(model)

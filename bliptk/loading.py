@@ -181,7 +181,7 @@ def _from_pretrained(folder: Path):
         ) from None
 
 
-def _preprocessor_for(folder: Path | None, image_size: int) -> Preprocessor:
+def preprocessor_for(folder: Path | None, image_size: int) -> Preprocessor:
     config_file = folder / "preprocessor_config.json" if folder is not None else None
     if config_file is not None and config_file.is_file():
         return Preprocessor.from_config(json.loads(config_file.read_text()), image_size)
@@ -243,7 +243,7 @@ def load(
     net = net.to(device=resolved_device, dtype=resolved_dtype).eval()
 
     tokenizer = load_tokenizer(folder if folder is not None and (folder / "vocab.txt").is_file() else None)
-    preprocessor = _preprocessor_for(folder, net.config.vision_config.image_size)
+    preprocessor = preprocessor_for(folder, net.config.vision_config.image_size)
     encoder = ImageEncoder(net.vision_model, preprocessor)
     name = spec.name if spec is not None else model
     return Captioner(net, tokenizer, encoder, name=name, pretrained=pretrained)
