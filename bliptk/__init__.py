@@ -20,19 +20,24 @@ from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
     DeviceError,
+    ExampleNotFoundError,
     ImageLoadError,
     InvalidOptionError,
+    NoInputsError,
+    OutputExistsError,
+    RandomWeightsWarning,
     UnknownModelError,
     VideoLoadError,
 )
 from .evaluation import EvaluationError, EvaluationResult, evaluate
 from .feature_space import ClusterResult, Neighbour, cluster, near_duplicates, nearest, plot_feature_space, project
-from .files import image_files
+from .files import example_path, image_files
 from .image_encoder import ImageEncoder
 from .info import NetInformation, net_information
 from .loading import load
 from .models import ModelSpec, available_models
 from .preprocess import Preprocessor, load_image
+from .provenance import Weights
 from .stepper import DecodeStep, Stepper, TokenChoice, token_alternatives
 from .text_decoder import DecoderState, TextDecoder
 from .tokenizer import Tokenizer, load_tokenizer
@@ -67,6 +72,8 @@ __all__ = [
     "DEFAULT_VIDEO_PROMPT",
     "DeviceError",
     "evaluate",
+    "example_path",
+    "ExampleNotFoundError",
     "EvaluationError",
     "EvaluationResult",
     "image_files",
@@ -80,9 +87,11 @@ __all__ = [
     "ModelSpec",
     "near_duplicates",
     "nearest",
+    "NoInputsError",
     "Neighbour",
     "net_information",
     "NetInformation",
+    "OutputExistsError",
     "overlay_attention",
     "plot_attention_map",
     "plot_attention_maps",
@@ -91,6 +100,7 @@ __all__ = [
     "plot_video_frames",
     "Preprocessor",
     "project",
+    "RandomWeightsWarning",
     "Stepper",
     "TextDecoder",
     "TimelineSegment",
@@ -103,4 +113,5 @@ __all__ = [
     "VideoFrames",
     "VideoInfo",
     "VideoLoadError",
+    "Weights",
 ]

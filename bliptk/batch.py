@@ -22,39 +22,86 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .decoding import DecodingOptions, encode_prompt
-from .errors import BliptkError, ImageLoadError, InvalidOptionError, check_positive_int
+from .errors import (
+    BliptkError,
+    ImageLoadError,
+    InvalidOptionError,
+    NoInputsError,
+    OutputExistsError,
+    VideoLoadError,
+    check_positive_int,
+)
 from .files import image_files
 from .preprocess import DEFAULT_MAX_PIXELS, load_image
 
-__all__ = ["BatchStatus", "FORMATS", "RECORD_FIELDS", "caption_files", "expand_inputs", "read_records"]
+__all__ = [
+    "BatchStatus",
+    "FORMATS",
+    "RECORD_FIELDS",
+    "caption_files",
+    "done_inputs",
+    "expand_inputs",
+    "make_record",
+    "read_records",
+    "record_key",
+]
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("jsonl", "csv")
-RECORD_FIELDS = ("path", "kind", "caption", "token_ids", "tokens", "logprobs", "finished", "model", "options", "error")
-_JSON_FIELDS = ("token_ids", "tokens", "logprobs", "options", "error")
+RECORD_FIELDS = ("path", "kind", "caption", "token_ids", "tokens", "logprobs", "finished", "model", "weights", "options", "error")
+_JSON_FIELDS = ("token_ids", "tokens", "logprobs", "weights", "options", "error")
 
 
 def expand_inputs(inputs: Iterable, recursive: bool = False) -> list[str]:
     """The files a batch job captions, in order: folders are listed (their image files, sorted),
     glob patterns expanded (sorted; what they match is kept as is, directories too, so that each
-    gets its record), other paths kept as given. A pattern that matches nothing is kept, to be
-    reported as missing."""
+    gets its record), other paths kept as given (a missing one gets an error record).
+
+    Raises:
+        NoInputsError: Nothing to caption; the message says what was searched and, when
+            subfolders hold image files, suggests ``recursive``.
+    """
     paths: list[str] = []
+    empty: list[str] = []
+    in_subfolders = 0
     for item in inputs:
         text = os.fspath(item)
         if Path(text).is_dir():
-            paths.extend(str(p) for p in image_files(text, recursive=recursive))
-        elif glob.has_magic(text):
+            found = [str(p) for p in image_files(text, recursive=recursive)]
+            if not found:
+                empty.append(f"folder {text} holds no image files" + (" (subfolders included)" if recursive else ""))
+                in_subfolders += 0 if recursive else len(image_files(text, recursive=True))
+            paths.extend(found)
+        elif glob.has_magic(text) and not Path(text).exists():  # a file named "a[1].jpg" is a file
             matches = sorted(glob.glob(text, recursive=recursive))
-            paths.extend(matches or [text])
+            if not matches:
+                empty.append(f"pattern {text!r} matches no files")
+            paths.extend(matches)
         else:
             paths.append(text)
+    if not paths:
+        raise NoInputsError(empty or ["no inputs were given"], in_subfolders)
+    for description in empty:
+        logger.warning("%s", description)
     return paths
 
 
-def _record_key(record: dict) -> tuple:
-    return (record["path"], record["model"], json.dumps(record["options"], sort_keys=True))
+def record_key(path: str, provenance: dict, options: dict) -> tuple:
+    """What makes two records the same work: the input, the model and its weights, the options.
+    (Records written before bliptk recorded weights have none, and match no weights.)"""
+    return (path, provenance["model"], json.dumps(provenance.get("weights"), sort_keys=True), json.dumps(options, sort_keys=True))
+
+
+def _key_of(record: dict) -> tuple:
+    return record_key(record["path"], record, record["options"])
+
+
+def done_inputs(records: Iterable[dict], provenance: dict, options: dict) -> set[str]:
+    """The inputs that need no more work: captioned (no error) with the same model, weights and
+    options. A failed input is never done, so every rerun retries it; a record made with other
+    weights (random ones, another checkpoint of the same name) or options is never reused."""
+    return {record["path"] for record in records if not record.get("error") and _key_of(record) == record_key(record["path"], provenance, options)}
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
@@ -77,7 +124,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     for line in text.splitlines():
         try:
             record = json.loads(line)
-            _record_key(record)
+            _key_of(record)
         except (json.JSONDecodeError, KeyError, TypeError):
             logger.warning("%s: dropping a torn or malformed line", path)
             continue
@@ -156,18 +203,25 @@ def _load_item(path: str, max_pixels: int | None, preprocessor):
         return "image", None, input_error(error, path)
 
 
-def input_error(error: Exception, source: str) -> BliptkError:
+def input_error(error: Exception, source: str, kind: str = "image") -> BliptkError:
     """What a bad input's record reports: bliptk's own errors as they are, anything unexpected as
-    an :class:`ImageLoadError` naming the input (and logged with its traceback)."""
+    an :class:`ImageLoadError` or :class:`VideoLoadError` naming the input (and logged with its
+    traceback)."""
     if isinstance(error, BliptkError):
         return error
     logger.error("%s: unexpected error", source, exc_info=error)
-    return ImageLoadError(source, f"{type(error).__name__}: {error}")
+    return (VideoLoadError if kind == "video" else ImageLoadError)(source, f"{type(error).__name__}: {error}")
 
 
-def make_record(path: str, kind: str, model: str, options: dict, caption=None, error: Exception | None = None) -> dict:
+def error_summary(error: Exception) -> dict:
+    """What a record says of an error: its ``type`` and ``message``."""
+    return {"type": type(error).__name__, "message": str(error)}
+
+
+def make_record(path: str, kind: str, provenance: dict, options: dict, caption=None, error: Exception | dict | None = None) -> dict:
     """One output record: the caption's text, tokens and log-probabilities, or, for a failed
-    input, empty fields and ``error`` with the error's type and message."""
+    input, empty fields and ``error`` (an exception, or its :func:`error_summary`); ``model`` and
+    ``weights`` (see :meth:`~bliptk.Captioner.provenance`) and ``options`` say how it was made."""
     return {
         "path": path,
         "kind": kind,
@@ -176,9 +230,10 @@ def make_record(path: str, kind: str, model: str, options: dict, caption=None, e
         "tokens": caption.tokens if caption else None,
         "logprobs": caption.logprobs if caption else None,
         "finished": caption.finished if caption else None,
-        "model": model,
+        "model": provenance["model"],
+        "weights": provenance["weights"],
         "options": options,
-        "error": {"type": type(error).__name__, "message": str(error)} if error else None,
+        "error": (error if isinstance(error, dict) else error_summary(error)) if error else None,
     }
 
 
@@ -261,20 +316,20 @@ def caption_files(
     status = status if status is not None else BatchStatus()
     status.total = len(paths)
 
+    provenance = captioner.provenance()
     writer = None
     if out is not None:
         out = Path(out)
         file_format = _format_of(out, format)
-        existing = read_records(out) if resume else []
         if not resume and out.exists() and out.stat().st_size > 0:
-            raise InvalidOptionError(f"{out} exists; pass resume=True (--resume) to continue it, or choose another file")
-        done = {_record_key(r) for r in existing if not r.get("error")}
-        # Keep every finished record; drop failures of this job (they are retried) and torn lines.
-        key_of = lambda path: (path, captioner.name, json.dumps(record_options, sort_keys=True))  # noqa: E731
-        retried = {key_of(path) for path in paths}
-        kept = [r for r in existing if not r.get("error") or _record_key(r) not in retried]
+            raise OutputExistsError(out)
+        existing = read_records(out) if resume else []
+        done = done_inputs(existing, provenance, record_options)
+        # Keep every record but the failures of this job's inputs, which are tried again.
+        retried = {record_key(path, provenance, record_options) for path in paths}
+        kept = [r for r in existing if not r.get("error") or _key_of(r) not in retried]
         before = len(paths)
-        paths = [path for path in paths if key_of(path) not in done]
+        paths = [path for path in paths if path not in done]
         status.skipped = before - len(paths)
         writer = _Writer(out, file_format, kept)
 
@@ -289,7 +344,7 @@ def caption_files(
         return record
 
     def result(path, kind, caption=None, error=None) -> dict:
-        return make_record(path, kind, captioner.name, record_options, caption, error)
+        return make_record(path, kind, provenance, record_options, caption, error)
 
     show = progress if progress is not None else len(paths) > batch_size
     bar = tqdm(total=len(paths), desc="captioning", unit="img", disable=not show)
@@ -304,9 +359,10 @@ def caption_files(
                 elif kind == "video":
                     try:
                         caption = captioner.caption(path, num_frames=num_frames, pooling=pooling, **options.as_dict())
+                    except Exception as video_error:  # like an image, a video must never end the job
+                        yield emit(result(path, kind, error=input_error(video_error, path, kind)))
+                    else:
                         yield emit(result(path, kind, caption))
-                    except BliptkError as video_error:
-                        yield emit(result(path, kind, error=video_error))
                 else:
                     batch.append((path, pixels))
                 last = index == len(paths) - 1

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import replace
 
 import torch
 
 from .decoding import Caption, DecodingOptions, decode, decoding_options_from
-from .errors import InvalidOptionError, check_positive_int
+from .errors import InvalidOptionError, RandomWeightsWarning, check_positive_int
 from .preprocess import DEFAULT_MAX_PIXELS
 from .image_encoder import ImageEncoder
+from .provenance import Weights
 from .text_decoder import TextDecoder
 from .tokenizer import Tokenizer
 
@@ -33,17 +35,23 @@ class Captioner:
         model: The underlying ``transformers`` ``BlipForConditionalGeneration``.
     """
 
-    def __init__(self, model, tokenizer: Tokenizer, image_encoder: ImageEncoder, name: str, pretrained: bool):
+    def __init__(self, model, tokenizer: Tokenizer, image_encoder: ImageEncoder, name: str, weights: Weights):
         self.model = model
         self.tokenizer = tokenizer
         self.image_encoder = image_encoder
         self.text_decoder = TextDecoder(model.text_decoder)
         self.name = name
-        self.pretrained = pretrained
+        self.weights = weights
+        self._said_random = False
 
     def __repr__(self) -> str:
-        weights = "pretrained" if self.pretrained else "random weights"
+        weights = "pretrained" if self.pretrained else f"random weights (seed {self.weights.seed})"
         return f"Captioner({self.name!r}, {weights}, device={self.device}, dtype={self.dtype})"
+
+    @property
+    def pretrained(self) -> bool:
+        """False for the uninitialized net (random weights), whose captions are random words."""
+        return self.weights.source == "pretrained"
 
     @property
     def device(self) -> torch.device:
@@ -53,17 +61,21 @@ class Captioner:
     def dtype(self) -> torch.dtype:
         return self.image_encoder.dtype
 
-    @property
-    def fingerprint(self) -> str:
-        """A hash that tells this model's weights apart (name, dtype and a few weight arrays),
-        used to key caches."""
-        import hashlib
+    def provenance(self) -> dict:
+        """What this captioner's results are made with: ``model`` (its name) and ``weights``
+        (:class:`~bliptk.provenance.Weights` as a dict). Written into every record."""
+        return {"model": self.name, "weights": self.weights.as_dict()}
 
-        digest = hashlib.sha256(f"{self.name}|{self.dtype}".encode())
-        vision = self.model.vision_model
-        for tensor in (vision.embeddings.patch_embedding.weight, vision.post_layernorm.weight, self.model.text_decoder.cls.predictions.bias):
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
-        return digest.hexdigest()
+    def _say_if_random(self) -> None:
+        """Warn once, when a captioner with random weights first captions or embeds."""
+        if not self.pretrained and not self._said_random:
+            self._said_random = True
+            warnings.warn(
+                f"{self.name} has random weights (seed {self.weights.seed}): its captions are random words and its "
+                "embeddings carry no meaning. Load pretrained weights for real results.",
+                RandomWeightsWarning,
+                stacklevel=3,
+            )
 
     @property
     def preprocessor(self):
@@ -100,6 +112,7 @@ class Captioner:
         """
         from .embeddings import embed
 
+        self._say_if_random()
         return embed(self, images, pooling, batch_size, cache, progress)
 
     def caption_files(
@@ -152,6 +165,7 @@ class Captioner:
         """
         from .batch import caption_files
 
+        self._say_if_random()
         options = decoding_options_from(decoding_options)
         if options.num_return_sequences != 1:
             raise InvalidOptionError("caption_files writes one caption per input: num_return_sequences must be 1")
@@ -248,6 +262,7 @@ class Captioner:
         """
         from .video import VideoFrames, is_video
 
+        self._say_if_random()
         options = DecodingOptions(
             prompt, max_new_tokens, temperature, top_k, top_p, seed, num_beams, length_penalty, min_new_tokens,
             repetition_penalty, num_return_sequences,
@@ -280,4 +295,5 @@ class Captioner:
         Returns:
             ``B * num_return_sequences`` captions, those of each image together.
         """
+        self._say_if_random()
         return decode(self.text_decoder, self.tokenizer, features, options or DecodingOptions(), return_attention)

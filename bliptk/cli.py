@@ -10,9 +10,10 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 
 from .decoding import DecodingOptions
-from .errors import BliptkError, InvalidOptionError
+from .errors import BliptkError, InvalidOptionError, RandomWeightsWarning
 from .models import DEFAULT_MODEL, available_models
 
 __all__ = ["main"]
@@ -22,7 +23,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"architecture name, hub id or checkpoint folder (default {DEFAULT_MODEL})")
-    parser.add_argument("--random-weights", action="store_true", help="build the architecture with random weights (no download)")
+    parser.add_argument("--random-weights", action="store_true", help="build the architecture with random weights (no download; captions are random words)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
     parser.add_argument("--dtype", default=None, help="float32 (default) or bfloat16")
 
@@ -111,8 +112,8 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("models", help="list the model family")
 
-    info = commands.add_parser("info", help="net information: parameters and layer types")
-    _model_arguments(info)
+    info = commands.add_parser("info", help="net information: parameters and layer types (no weights needed)")
+    info.add_argument("--model", default=DEFAULT_MODEL, help=f"architecture name, hub id or checkpoint folder (default {DEFAULT_MODEL})")
     info.add_argument("--arrays", action="store_true", help="also list every array's element count")
     return parser
 
@@ -124,7 +125,7 @@ def _load(args):
 
 
 def _caption(args) -> int:
-    from .batch import BatchStatus
+    from .batch import BatchStatus, expand_inputs
     from .video import caption_timeline, is_video
 
     options = DecodingOptions(
@@ -142,8 +143,8 @@ def _caption(args) -> int:
         raise InvalidOptionError("--resume continues an --out file; give --out")
     if args.segments and args.out:
         raise InvalidOptionError("--segments prints a timeline; it can't be combined with --out")
+    inputs = expand_inputs(args.inputs, args.recursive)  # nothing to caption: say so before loading a model
     captioner = _load(args)
-    inputs = args.inputs
     if args.segments:
         videos = [path for path in inputs if is_video(path)]
         inputs = [path for path in inputs if path not in videos]
@@ -243,14 +244,11 @@ def _attention(args) -> int:
 def _folder_images(args) -> list:
     from pathlib import Path
 
-    from .files import image_files
+    from .batch import expand_inputs
 
     if not Path(args.folder).is_dir():
         raise InvalidOptionError(f"{args.folder}: not a folder")
-    paths = image_files(args.folder, recursive=args.recursive)
-    if not paths:
-        raise InvalidOptionError(f"{args.folder}: no image files")
-    return paths
+    return [Path(path) for path in expand_inputs([args.folder], recursive=args.recursive)]
 
 
 def _embed(args) -> int:
@@ -259,7 +257,10 @@ def _embed(args) -> int:
     paths = _folder_images(args)
     captioner = _load(args)
     embeddings = captioner.embed(paths, pooling=args.pooling, batch_size=args.batch_size, cache=args.cache)
-    np.savez(args.out, paths=np.array([str(p) for p in paths]), embeddings=embeddings, model=captioner.name, pooling=args.pooling)
+    np.savez(
+        args.out, paths=np.array([str(p) for p in paths]), embeddings=embeddings, model=captioner.name,
+        weights=json.dumps(captioner.weights.as_dict()), pooling=args.pooling,
+    )
     print(f"{len(paths)} embeddings of size {embeddings.shape[1]} written to {args.out}")
     return EXIT_OK
 
@@ -337,8 +338,10 @@ def _eval_coco(args) -> int:
 
 def _info(args) -> int:
     from .info import net_information
+    from .loading import architecture
 
-    information = net_information(_load(args))
+    # Net information needs the architecture only: no weights, no download, no memory.
+    information = net_information(architecture(args.model))
     print(f"model: {args.model}")
     print(f"total parameters: {information.arrays_total_element_count:,}")
     print("layer types:")
@@ -351,28 +354,32 @@ def _info(args) -> int:
     return EXIT_OK
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"bliptk: warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    try:
-        if args.command == "models":
-            print(available_models())
-            return EXIT_OK
-        if args.command == "info":
-            return _info(args)
-        if args.command == "attention":
-            return _attention(args)
-        if args.command == "eval":
-            return _eval(args)
-        if args.command == "eval-coco":
-            return _eval_coco(args)
-        if args.command == "embed":
-            return _embed(args)
-        if args.command == "map":
-            return _map(args)
-        return _caption(args)
-    except BliptkError as error:
-        print(f"bliptk: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    commands = {
+        "models": _models, "info": _info, "attention": _attention, "eval": _eval, "eval-coco": _eval_coco,
+        "embed": _embed, "map": _map, "caption": _caption,
+    }
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("always", RandomWeightsWarning)  # once per captioner, which says it once
+        try:
+            return commands[args.command](args)
+        except BliptkError as error:
+            print(f"bliptk: error: {error.command_line_message()}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("bliptk: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def _models(args) -> int:
+    print(available_models(include_test=True))
+    return EXIT_OK

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import expand_inputs, input_error, make_record
+from .batch import done_inputs, error_summary, expand_inputs, input_error, make_record, record_key
 from .decoding import decoding_options_from
 from .errors import InvalidOptionError, check_positive_int
 from .files import IMAGE_EXTENSIONS
@@ -62,24 +62,32 @@ class RunSummary:
 
 
 def read_output(output) -> list[dict]:
-    """Every record in an output folder's JSONL and Parquet shards."""
+    """The records in an output folder's JSONL and Parquet shards, one per input and way of making
+    it (model, weights, options): an input that failed and was captioned on a rerun has only its
+    caption; one that failed on every run has its latest failure."""
     folder = Path(output)
-    return _read_shards(sorted(folder.iterdir())) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    latest: dict[tuple, dict] = {}
+    for record in _read_shards(sorted(folder.iterdir(), key=lambda shard: (shard.stat().st_mtime_ns, shard.name))):
+        key = record_key(record["path"], record, record["options"])
+        if key not in latest or latest[key]["error"]:
+            latest[key] = record
+    return list(latest.values())
 
 
 def _read_shards(shards: list[Path]) -> list[dict]:
     records: list[dict] = []
-    for shard in [s for s in shards if ".json" in s.name]:
-        for line in shard.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(_decode_record(json.loads(line)))
-            except json.JSONDecodeError:
-                logger.warning("%s: dropping a torn line", shard)
-    parquet = [s for s in shards if s.suffix == ".parquet"]
-    if parquet:
-        import pyarrow.parquet as pq
+    for shard in shards:
+        if ".json" in shard.name:
+            for line in shard.read_text(encoding="utf-8").splitlines():
+                try:
+                    records.append(_decode_record(json.loads(line)))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    logger.warning("%s: dropping a torn line", shard)
+        elif shard.suffix == ".parquet":
+            import pyarrow.parquet as pq
 
-        for shard in parquet:
             try:
                 table = pq.read_table(shard)
             except Exception as error:  # a shard cut short by a killed job: its inputs are captioned again
@@ -89,13 +97,16 @@ def _read_shards(shards: list[Path]) -> list[dict]:
     return records
 
 
+_JSON_COLUMNS = ("weights", "options", "error")
+
+
 def _encode_record(record: dict) -> dict:
-    # Options and errors travel as JSON text so that every shard has one flat, stable schema.
-    return {**record, "options": json.dumps(record["options"], sort_keys=True), "error": json.dumps(record["error"]) if record["error"] else ""}
+    # Weights, options and errors travel as JSON text so that every shard has one flat, stable schema.
+    return {**record, **{name: json.dumps(record[name], sort_keys=True) if record[name] is not None else "" for name in _JSON_COLUMNS}}
 
 
 def _decode_record(row: dict) -> dict:
-    return {**row, "options": json.loads(row["options"]), "error": json.loads(row["error"]) if row.get("error") else None}
+    return {**row, **{name: json.loads(row[name]) if row.get(name) else None for name in _JSON_COLUMNS}}
 
 
 def _preprocessor(model: str) -> Preprocessor:
@@ -133,9 +144,9 @@ def _read_bytes(uri: str) -> bytes:
         return stream.read()
 
 
-def _preprocess(row: dict, preprocessor: Preprocessor, max_pixels: int | None, model: str, options: dict) -> dict:
+def _preprocess(row: dict, preprocessor: Preprocessor, max_pixels: int | None) -> dict:
     """Ray task: a row with ``path`` (and optionally ``bytes``) -> pixels, or the input's error
-    record (JSON) in ``failure``."""
+    (JSON ``{"type", "message"}``) in ``failure``."""
     import io
 
     from PIL import Image
@@ -151,7 +162,7 @@ def _preprocess(row: dict, preprocessor: Preprocessor, max_pixels: int | None, m
         pixels = preprocessor.tensor(load_image(source, max_pixels=max_pixels)).numpy()
         return {"path": path, "pixels": pixels, "failure": ""}
     except Exception as error:  # an input must never fail the job
-        failure = json.dumps(make_record(path, "image", model, options, error=input_error(error, path)))
+        failure = json.dumps(error_summary(input_error(error, path)))
     empty = np.zeros((3, preprocessor.image_size, preprocessor.image_size), dtype=np.float32)
     return {"path": path, "pixels": empty, "failure": failure}
 
@@ -159,13 +170,13 @@ def _preprocess(row: dict, preprocessor: Preprocessor, max_pixels: int | None, m
 class _CaptionActor:
     """Ray actor: loads the captioner once, captions batches of preprocessed images."""
 
-    def __init__(self, model: str, pretrained: bool, dtype, threads: int, options: dict, record_options: dict):
+    def __init__(self, model: str, pretrained: bool, seed: int, dtype, threads: int, options: dict, record_options: dict):
         import torch
 
         from .loading import load
 
         torch.set_num_threads(threads)
-        self.captioner = load(model, pretrained=pretrained, dtype=dtype)
+        self.captioner = load(model, pretrained=pretrained, dtype=dtype, seed=seed)
         self.options = decoding_options_from(options)
         self.record_options = record_options
 
@@ -179,10 +190,10 @@ class _CaptionActor:
             pixels = torch.from_numpy(np.stack([batch["pixels"][i] for i in good]))
             decoded = self.captioner.caption_features(self.captioner.image_encoder(pixels), self.options)
             captions = dict(zip(good, decoded))
-        records = [
-            json.loads(failure) if failure else make_record(str(path), "image", self.captioner.name, self.record_options, captions[i])
-            for i, (path, failure) in enumerate(zip(batch["path"], failures))
-        ]
+        provenance = self.captioner.provenance()
+        records = []
+        for i, (path, failure) in enumerate(zip(batch["path"], failures)):
+            records.append(make_record(str(path), "image", provenance, self.record_options, captions.get(i), json.loads(failure) if failure else None))
         return _arrow_table([_encode_record(record) for record in records])
 
 
@@ -194,7 +205,7 @@ def _arrow_table(records: list[dict]):
         [
             ("path", pa.string()), ("kind", pa.string()), ("caption", pa.string()), ("token_ids", pa.list_(pa.int64())),
             ("tokens", pa.list_(pa.string())), ("logprobs", pa.list_(pa.float64())), ("finished", pa.bool_()),
-            ("model", pa.string()), ("options", pa.string()), ("error", pa.string()),
+            ("model", pa.string()), ("weights", pa.string()), ("options", pa.string()), ("error", pa.string()),
         ]
     )
     return pa.Table.from_pylist(records, schema=schema)
@@ -206,6 +217,7 @@ def caption_dataset(
     output,
     model: str = "ViT-L/16",
     pretrained: bool = True,
+    weights_seed: int = 0,
     dtype=None,
     num_workers: int | None = None,
     cpus_per_worker: float | None = None,
@@ -228,6 +240,7 @@ def caption_dataset(
         output: Folder for the JSONL or Parquet shards (created; reruns add shards).
         model: Architecture name, hub id or checkpoint folder, loaded once per actor.
         pretrained: False for random weights (tests, benchmarks).
+        weights_seed: Seed of random weights (``seed`` is the decoding option).
         dtype: Model dtype (``"bfloat16"`` for throughput on CPUs that support it).
         num_workers: Captioning actors. None: with ``gpus_per_worker`` one per share of the
             cluster's GPUs, else as many as fit beside half a CPU kept for the reading tasks
@@ -262,9 +275,9 @@ def caption_dataset(
         ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     import ray.data
 
-    name = _model_name(model)
-    # Every input with a record of this model and options is done (failures too: one record per input).
-    done = {r["path"] for r in read_output(output) if r["model"] == name and r["options"] == record_options}
+    # Done: the inputs captioned with this model, weights and options (failures are retried).
+    earlier = [r for r in read_output(output) if r["model"] == _model_name(model) and r["options"] == record_options]
+    done = done_inputs(earlier, _provenance(model, pretrained, weights_seed, dtype), record_options) if earlier else set()
     read_cpus = READ_CPUS
     if isinstance(source, str) and "://" in source and not source.startswith(("http://", "https://")):
         # A folder or file in object storage (s3://, gs://, ...): Ray tasks list and read it.
@@ -293,12 +306,12 @@ def caption_dataset(
     captioned = (
         dataset.map(
             _preprocess,
-            fn_kwargs={"preprocessor": _preprocessor(model), "max_pixels": max_pixels, "model": name, "options": record_options},
+            fn_kwargs={"preprocessor": _preprocessor(model), "max_pixels": max_pixels},
             num_cpus=TASK_CPUS,
         )
         .map_batches(
             _CaptionActor,
-            fn_constructor_args=(model, pretrained, dtype, math.ceil(cpus_per_worker), options.as_dict(), record_options),
+            fn_constructor_args=(model, pretrained, weights_seed, dtype, math.ceil(cpus_per_worker), options.as_dict(), record_options),
             batch_size=batch_size,
             compute=ray.data.ActorPoolStrategy(size=num_workers),
             num_cpus=cpus_per_worker,
@@ -340,6 +353,14 @@ def _pool_size(
             "the job waits until the cluster grows", num_workers, cpus_per_worker, free,
         )
     return num_workers, cpus_per_worker
+
+
+def _provenance(model: str, pretrained: bool, seed: int, dtype) -> dict:
+    """What the actors' records will say they were made with. The weights' fingerprint needs the
+    weights, so the model is loaded here once (on a rerun only, to compare with earlier records)."""
+    from .loading import load
+
+    return load(model, pretrained=pretrained, seed=seed, dtype=dtype, device="cpu").provenance()
 
 
 def _model_name(model: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -45,6 +46,18 @@ def pool(features: torch.Tensor, pooling: str) -> torch.Tensor:
     return features[:, 1:].mean(dim=1)
 
 
+def _cache_folder(cache: Path, captioner, pooling: str) -> Path:
+    """The cache's folder for one way of embedding: the weights (fingerprint and dtype) and the
+    pooling. A ``manifest.json`` in it records the model, weights and pooling."""
+    weights = captioner.weights
+    folder = cache / f"{weights.fingerprint}-{weights.dtype}-{pooling}"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        manifest.write_text(json.dumps({**captioner.provenance(), "pooling": pooling}, indent=1))
+    return folder
+
+
 def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=None, progress: bool | None = None) -> np.ndarray:
     """See :meth:`bliptk.Captioner.embed`."""
     from tqdm.auto import tqdm
@@ -61,8 +74,7 @@ def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=N
     vectors: list[np.ndarray | None] = [None] * len(items)
     cache_folder = keys = None
     if cache is not None:
-        cache_folder = Path(cache) / f"{captioner.fingerprint[:16]}-{pooling}"
-        cache_folder.mkdir(parents=True, exist_ok=True)
+        cache_folder = _cache_folder(Path(cache), captioner, pooling)
         keys = [content_key(item) for item in items]
         for index, key in enumerate(keys):
             cached = cache_folder / f"{key}.npy"

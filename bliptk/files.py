@@ -1,4 +1,4 @@
-"""Finding image files: folders, globs and lists."""
+"""Finding files: the image files of folders and globs, and the notebooks' example files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import glob
 import os
 from pathlib import Path
 
-__all__ = ["IMAGE_EXTENSIONS", "image_files"]
+from .errors import ExampleNotFoundError
+
+__all__ = ["IMAGE_EXTENSIONS", "example_path", "image_files"]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".heic", ".heif", ".avif"}
@@ -26,3 +28,30 @@ def image_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path
     root = Path(folder)
     candidates = root.rglob("*") if recursive else root.iterdir()
     return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def example_path(name: str = "") -> Path:
+    """A file or folder of the examples the notebooks use (``images/...``, ``videos/...``),
+    found wherever Python started.
+
+    Looks in, in order: the folder ``BLIPTK_EXAMPLES`` names; the working directory; its
+    ``notebooks`` folder; the ``notebooks`` folder of the source tree bliptk runs from (an
+    editable install, as the README's). So a notebook finds its photos whether its kernel
+    started beside it (Jupyter) or at the repository root (VS Code, papermill, nbclient).
+
+    Args:
+        name: A path inside the examples folder, such as ``"images/woman-with-cake.jpg"``;
+            empty for the folder itself.
+
+    Raises:
+        ExampleNotFoundError: No examples folder holds it; the message lists where it looked.
+    """
+    candidates = [Path(os.environ["BLIPTK_EXAMPLES"])] if os.environ.get("BLIPTK_EXAMPLES") else []
+    candidates += [Path.cwd(), Path.cwd() / "notebooks", Path(__file__).resolve().parent.parent / "notebooks"]
+    for folder in candidates:
+        if (folder / "images").is_dir() and (folder / name).exists():
+            return folder / name
+    raise ExampleNotFoundError(
+        f"example {name!r} not found in {', '.join(str(folder) for folder in candidates)}; set BLIPTK_EXAMPLES to "
+        "the notebooks folder of a bliptk checkout"
+    )

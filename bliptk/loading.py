@@ -21,9 +21,10 @@ from .errors import CheckpointError, CheckpointNotFoundError, DeviceError, Inval
 from .image_encoder import ImageEncoder
 from .models import DEFAULT_MODEL, ModelSpec, _REGISTRY, find_model_spec
 from .preprocess import Preprocessor
+from .provenance import Weights, weights_fingerprint
 from .tokenizer import load_tokenizer
 
-__all__ = ["load", "resolve_device", "resolve_dtype", "resolve_checkpoint"]
+__all__ = ["architecture", "load", "resolve_checkpoint", "resolve_device", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ def resolve_checkpoint(model: str) -> Path:
         if not (folder / "config.json").is_file() or not _has_weights(folder):
             raise CheckpointNotFoundError(
                 f"{folder} is not a checkpoint folder: it needs config.json and model weights "
-                "(*.safetensors or pytorch_model.bin), as written by save_pretrained()"
+                "(*.safetensors or pytorch_model.bin), as written by save_pretrained()",
+                fixable=False,
             )
         return folder
     spec = find_model_spec(model)
@@ -137,16 +139,11 @@ def _snapshot(hub_id: str, known: bool = True) -> Path:
         pass
     from huggingface_hub import constants
 
-    fixes = (
-        ("" if known else f"({hub_id!r} is not an architecture name either: {', '.join(_REGISTRY)}.) ")
-        + "Fixes: connect to the internet once so the weights reach the Hugging Face cache; or pass the "
-        "path of a local checkpoint folder (save_pretrained layout) as model; or, for a net with "
-        "random weights, load(..., pretrained=False)."
-    )
+    not_a_name = "" if known else f" ({hub_id!r} is not an architecture name either: {', '.join(_REGISTRY)}.)"
     if constants.HF_HUB_OFFLINE:
         raise CheckpointNotFoundError(
             f"checkpoint {hub_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-            f"HF_HUB_OFFLINE is set, so the Hub was not asked. {fixes}"
+            f"HF_HUB_OFFLINE is set, so the Hub was not asked.{not_a_name}"
         )
     try:
         logger.info("downloading %s from the Hugging Face Hub", hub_id)
@@ -156,10 +153,10 @@ def _snapshot(hub_id: str, known: bool = True) -> Path:
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
         raise CheckpointNotFoundError(
             f"checkpoint {hub_id!r} could not be downloaded from the Hugging Face Hub and is not in the "
-            f"cache ({constants.HF_HUB_CACHE}): {str(error).splitlines()[0]}. {fixes}"
+            f"cache ({constants.HF_HUB_CACHE}): {str(error).splitlines()[0]}.{not_a_name}"
         ) from None
     if not _has_weights(folder):
-        raise CheckpointNotFoundError(f"checkpoint {hub_id!r} on the Hub has no safetensors or PyTorch weights")
+        raise CheckpointNotFoundError(f"checkpoint {hub_id!r} on the Hub has no safetensors or PyTorch weights", fixable=False)
     return folder
 
 
@@ -213,37 +210,72 @@ def load(
     Raises:
         UnknownModelError, CheckpointNotFoundError, DeviceError, InvalidOptionError.
     """
-    from transformers import BlipConfig, BlipForConditionalGeneration
-
     model = os.fspath(model)
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     spec: ModelSpec | None = find_model_spec(model)
     folder: Path | None = None
     if spec is not None and (not pretrained or spec.hub_id is None):
-        config = spec.config()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = BlipForConditionalGeneration(config)
+        net = _random_net(spec.config(), seed)
         pretrained = False
         logger.info("built %s with random weights (seed %d)", spec.name, seed)
     elif not pretrained:
         folder = Path(model).expanduser()
-        if not (folder / "config.json").is_file():
-            raise UnknownModelError(
-                f"pretrained=False needs an architecture name ({', '.join(_REGISTRY)}) or a folder "
-                f"with a config.json, got {model!r}"
-            )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = BlipForConditionalGeneration(BlipConfig.from_pretrained(folder))
+        net = _random_net(_folder_config(folder, model), seed)
     else:
         folder = resolve_checkpoint(model)
         net = _from_pretrained(folder)
+    # The fingerprint is taken before the dtype conversion: it names the weights, the dtype is said apart.
+    fingerprint = weights_fingerprint(net)
     net = net.to(device=resolved_device, dtype=resolved_dtype).eval()
+    weights = Weights("pretrained" if pretrained else "random", None if pretrained else seed, fingerprint, str(resolved_dtype).removeprefix("torch."))
 
     tokenizer = load_tokenizer(folder if folder is not None and (folder / "vocab.txt").is_file() else None)
     preprocessor = preprocessor_for(folder, net.config.vision_config.image_size)
     encoder = ImageEncoder(net.vision_model, preprocessor)
     name = spec.name if spec is not None else model
-    return Captioner(net, tokenizer, encoder, name=name, pretrained=pretrained)
+    return Captioner(net, tokenizer, encoder, name=name, weights=weights)
+
+
+def _folder_config(folder: Path, model: str):
+    """The ``BlipConfig`` of a folder holding a ``config.json``."""
+    from transformers import BlipConfig
+
+    if not (folder / "config.json").is_file():
+        raise UnknownModelError(
+            f"unknown model {model!r}: not an architecture name ({', '.join(_REGISTRY)}) and not a folder with a config.json"
+        )
+    return BlipConfig.from_pretrained(folder)
+
+
+def _random_net(config, seed: int):
+    """The architecture with seeded random weights, leaving torch's global generator alone."""
+    from transformers import BlipForConditionalGeneration
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BlipForConditionalGeneration(config)
+
+
+def architecture(model: str | os.PathLike = DEFAULT_MODEL):
+    """The architecture of a model on the meta device: shapes and layers, no weights, no memory.
+
+    For net information of a checkpoint that is not at hand (the page's
+    ``NetModel[..., "ParametersInformation"]``): an architecture name or a hub id of the family
+    (shipped configs), a folder with a ``config.json``, or another hub id (its checkpoint is
+    resolved as :func:`load` would).
+
+    Raises:
+        UnknownModelError, CheckpointNotFoundError: As for :func:`load`.
+    """
+    from transformers import BlipForConditionalGeneration
+
+    model = os.fspath(model)
+    spec = find_model_spec(model)
+    if spec is not None:
+        config = spec.config()
+    else:
+        folder = Path(model).expanduser()
+        config = _folder_config(folder if folder.is_dir() else resolve_checkpoint(model), model)
+    with torch.device("meta"):
+        return BlipForConditionalGeneration(config)

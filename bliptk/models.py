@@ -109,7 +109,7 @@ class ModelTable(list):
             rows.append(
                 (
                     spec.name,
-                    spec.hub_id or "(random weights only)",
+                    spec.hub_id or "(test net: random weights only)",
                     str(spec.image_size),
                     str(spec.feature_shape),
                     f"{spec.parameters:,}",

@@ -83,6 +83,18 @@ def tiny_checkpoint(tiny, tmp_path_factory) -> Path:
     return save_checkpoint(tiny, tmp_path_factory.mktemp("tiny-checkpoint"))
 
 
+def fake_hub_cache(cache: Path, checkpoint: Path, hub_id: str = "Salesforce/blip-image-captioning-base") -> Path:
+    """A Hugging Face cache folder (HF_HUB_CACHE layout) holding ``checkpoint`` as ``hub_id``."""
+    repo = cache / f"models--{hub_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    for file in checkpoint.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    return cache
+
+
 def hf_generate(captioner: bliptk.Captioner, pixel_values: torch.Tensor, prompt: str, max_new_tokens: int, **kwargs):
     """Token ids that ``BlipForConditionalGeneration.generate`` produces after the prompt.
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 import bliptk
 from bliptk.batch import BatchStatus, expand_inputs, read_records
 from bliptk.cli import main
+from conftest import fake_hub_cache, make_video
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def test_cli_exit_code_says_some_failed(tiny, mixed_folder, locked, tmp_path, ca
     failed = len([r for r in read_records(out) if r["error"]])
     assert f"{len(read_records(out)) - failed} captioned, {failed} failed, 0 already done" in err
     assert main(["caption", str(folder), "--out", str(out), "--model", "tiny"]) == 2
-    assert "exists; pass resume=True (--resume)" in capsys.readouterr().err
+    assert f"{out} exists; pass --resume to continue it" in capsys.readouterr().err
     good = tmp_path / "good"
     good.mkdir()
     shutil.copy(folder / "cmyk.jpg", good)
@@ -121,7 +123,7 @@ def test_cli_exit_code_says_some_failed(tiny, mixed_folder, locked, tmp_path, ca
 def test_csv_output_and_resume(tiny, photos, tmp_path):
     out = tmp_path / "captions.csv"
     first = list(tiny.caption_files(photos[:2] + [tmp_path / "gone.png"], out, max_new_tokens=4))
-    assert out.read_text().splitlines()[0] == "path,kind,caption,token_ids,tokens,logprobs,finished,model,options,error"
+    assert out.read_text().splitlines()[0] == "path,kind,caption,token_ids,tokens,logprobs,finished,model,weights,options,error"
     assert sorted(r["path"] for r in read_records(out)) == sorted(r["path"] for r in first)
     again = list(tiny.caption_files(photos + [tmp_path / "gone.png"], out, max_new_tokens=4, resume=True))
     assert sorted(r["path"] for r in again) == sorted([str(photos[2]), str(tmp_path / "gone.png")])
@@ -264,4 +266,74 @@ def test_expand_inputs(photos, tmp_path):
     (tmp_path / "dir.jpg").mkdir()
     assert expand_inputs([tmp_path]) == [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
     assert expand_inputs([str(tmp_path / "*.jpg")]) == [str(tmp_path / "b.jpg"), str(tmp_path / "dir.jpg")]
-    assert expand_inputs([str(tmp_path / "*.gif"), "x.jpg"]) == [str(tmp_path / "*.gif"), "x.jpg"]
+    assert expand_inputs([str(tmp_path / "*.gif"), "x.jpg"]) == ["x.jpg"]  # the empty pattern is logged
+
+
+def test_records_say_which_weights_made_them_and_resume_reuses_only_those(tiny, photos, tmp_path):
+    out = tmp_path / "captions.jsonl"
+    [record] = tiny.caption_files(photos[:1], out, max_new_tokens=3)
+    assert record["weights"] == {"source": "random", "seed": 0, "fingerprint": tiny.weights.fingerprint, "dtype": "float32"}
+    assert list(tiny.caption_files(photos[:1], out, max_new_tokens=3, resume=True)) == []  # same weights: reused
+    other = bliptk.load("tiny", seed=1)
+    [again] = other.caption_files(photos[:1], out, max_new_tokens=3, resume=True)  # other weights: captioned
+    assert again["weights"]["seed"] == 1 and again["weights"]["fingerprint"] == other.weights.fingerprint != tiny.weights.fingerprint
+    assert again["token_ids"] == other.caption(photos[0], max_new_tokens=3).token_ids
+    assert [r["weights"]["seed"] for r in read_records(out)] == [0, 1]
+    bf16 = bliptk.load("tiny", dtype="bfloat16")
+    assert bf16.weights.fingerprint == tiny.weights.fingerprint and bf16.weights.dtype == "bfloat16"
+    assert len(list(bf16.caption_files(photos[:1], out, max_new_tokens=3, resume=True))) == 1  # another dtype: captioned
+
+
+def test_records_of_an_older_bliptk_without_weights_are_kept_and_redone(tiny, photos, tmp_path):
+    out = tmp_path / "captions.jsonl"
+    [record] = tiny.caption_files(photos[:1], out, max_new_tokens=3)
+    old = {name: value for name, value in record.items() if name != "weights"}
+    out.write_text(json.dumps(old) + "\n")
+    [redone] = tiny.caption_files(photos[:1], out, max_new_tokens=3, resume=True)
+    assert redone["weights"] == tiny.weights.as_dict() and read_records(out) == [old, redone]
+
+
+@pytest.mark.slow
+def test_random_weight_records_are_not_reused_by_a_pretrained_run(tiny, tiny_checkpoint, photos, tmp_path, monkeypatch, capsys):
+    """The reproduction of issue 14: ViT-B/16 with --random-weights, then ViT-B/16 from the
+    Hugging Face cache with --resume, into the same file."""
+    folder, out = tmp_path / "photos", tmp_path / "caps.jsonl"
+    folder.mkdir()
+    for photo in photos:
+        shutil.copy(photo, folder)
+    command = ["caption", str(folder), "--model", "ViT-B/16", "--out", str(out), "--max-new-tokens", "3"]
+    assert main(command + ["--random-weights"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("bliptk: warning: ViT-B/16 has random weights (seed 0): its captions are random words") == 1
+    assert [r["weights"]["source"] for r in read_records(out)] == ["random"] * 3
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(fake_hub_cache(tmp_path / "hub", tiny_checkpoint)))
+    assert main(command + ["--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "3 captioned, 0 failed, 0 already done (of 3)" in err and "warning" not in err
+    pretrained = [r for r in read_records(out) if r["weights"]["source"] == "pretrained"]
+    assert len(read_records(out)) == 6 and len(pretrained) == 3
+    assert pretrained[0]["weights"]["fingerprint"] == tiny.weights.fingerprint  # the cache holds the tiny net's weights
+    assert pretrained[0]["token_ids"] == tiny.caption(pretrained[0]["path"], max_new_tokens=3).token_ids
+    assert main(command + ["--resume"]) == 0
+    assert "0 captioned, 0 failed, 3 already done (of 3)" in capsys.readouterr().err
+
+
+def test_a_video_that_fails_unexpectedly_becomes_an_error_record(tiny, photos, tmp_path, monkeypatch):
+    video = make_video(tmp_path / "clip.mp4")
+
+    def broken_decoder(*args, **kwargs):
+        raise RuntimeError("the decoder fell over")
+
+    monkeypatch.setattr("bliptk.video.video_frames", broken_decoder)
+    records = {Path(r["path"]).name: r for r in tiny.caption_files([video, photos[0]], max_new_tokens=3)}
+    assert records["clip.mp4"]["kind"] == "video" and records["clip.mp4"]["caption"] is None
+    assert records["clip.mp4"]["error"] == {"type": "VideoLoadError", "message": f"{video}: RuntimeError: the decoder fell over"}
+    assert records[photos[0].name]["error"] is None
+
+
+def test_a_file_named_like_a_pattern_is_a_file(photos, tmp_path):
+    bracketed = tmp_path / "photo[1].jpg"
+    shutil.copy(photos[0], bracketed)
+    assert expand_inputs([bracketed]) == [str(bracketed)]

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -154,3 +156,21 @@ def test_image_features_equal_transformers_vision_model(model, photos, request):
     with torch.inference_mode():
         expected = captioner.model.vision_model(pixel_values=pixel_values).last_hidden_state
     torch.testing.assert_close(captioner.image_encoder(pixel_values), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_random_weights_say_so_once_and_pretrained_ones_never(tiny_checkpoint, photos):
+    random = bliptk.load("tiny")
+    with pytest.warns(bliptk.RandomWeightsWarning, match=r"tiny has random weights \(seed 0\): its captions are random words") as said:
+        random.caption(photos[0], max_new_tokens=2)
+        random.caption(photos[:2], max_new_tokens=2)
+        random.embed(photos[0])
+    assert len(said) == 1
+    with pytest.warns(bliptk.RandomWeightsWarning, match="embeddings carry no meaning"):
+        bliptk.load("tiny").embed(photos[0])  # each captioner says it once
+    pretrained = bliptk.load(tiny_checkpoint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pretrained.caption(photos[0], max_new_tokens=2)
+        pretrained.embed(photos[0])
+    assert pretrained.weights.source == "pretrained" and pretrained.weights.seed is None
+    assert pretrained.weights.fingerprint == random.weights.fingerprint  # the checkpoint holds those weights

@@ -1,9 +1,11 @@
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+import bliptk
 from bliptk.cli import main
 
 
@@ -67,3 +69,64 @@ def test_console_script_and_module_entry_point():
         assert result.returncode == 0 and "ViT-L/16" in result.stdout
     usage = subprocess.run(["bliptk", "caption"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def test_zero_inputs_exit_2_and_say_what_was_searched(photos, tmp_path, capsys):
+    empty, nested, out = tmp_path / "empty", tmp_path / "nested", tmp_path / "x.jsonl"
+    empty.mkdir()
+    (nested / "day-1").mkdir(parents=True)
+    for photo in photos:
+        shutil.copy(photo, nested / "day-1")
+    assert main(["caption", str(empty), "--model", "tiny", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"bliptk: error: no files to caption: folder {empty} holds no image files\n"
+    assert main(["caption", str(nested), "--model", "tiny", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"bliptk: error: no files to caption: folder {nested} holds no image files. "
+        "Subfolders hold 3 image files: pass --recursive to caption them\n"
+    )
+    assert main(["caption", str(tmp_path / "*.png"), "--model", "tiny"]) == 2
+    assert f"pattern '{tmp_path / '*.png'}' matches no files" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(bliptk.NoInputsError, match="pass recursive=True to caption them"):
+        next(bliptk.load("tiny").caption_files(nested))
+    assert main(["caption", str(nested), "--model", "tiny", "--recursive", "--max-new-tokens", "2"]) == 0
+
+
+def test_without_weights_the_cli_names_its_own_fixes(photos, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    assert main(["caption", str(photos[0]), "--model", "ViT-B/16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bliptk: error: checkpoint 'Salesforce/blip-image-captioning-base' is not in the Hugging Face cache")
+    assert "--random-weights" in err and "--model FOLDER" in err and "HF_HUB_OFFLINE=1" in err and "pretrained=False" not in err
+
+
+def test_models_lists_the_test_net(capsys):
+    assert main(["models"]) == 0
+    [tiny_row] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("tiny ")]
+    assert "(test net: random weights only)" in tiny_row and "1,129,324" in tiny_row
+
+
+def test_info_needs_no_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    assert main(["info", "--model", "ViT-B/16"]) == 0
+    assert "total parameters: 223,971,644" in capsys.readouterr().out
+
+
+def test_ctrl_c_while_the_model_loads_exits_130_with_one_line(photos, capsys, monkeypatch):
+    def interrupted_load(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("bliptk.loading.load", interrupted_load)
+    assert main(["caption", str(photos[0]), "--model", "tiny"]) == 130
+    assert capsys.readouterr().err == "bliptk: interrupted\n"
+
+
+def test_random_weights_say_so_once_on_stderr(photos, capsys):
+    assert main(["caption", *map(str, photos), "--model", "tiny", "--max-new-tokens", "2", "--batch-size", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "bliptk: warning: tiny has random weights (seed 0): its captions are random words and its embeddings carry "
+        "no meaning. Load pretrained weights for real results.\n"
+    )

@@ -63,10 +63,9 @@ def test_caption_dataset_one_record_per_input_and_resume(tiny, photos, folder, l
             alone = tiny.caption(record["path"], max_new_tokens=6)
             assert record["error"] is None and record["token_ids"] == alone.token_ids and record["caption"] == alone.text
             assert record["model"] == "tiny" and record["options"]["max_new_tokens"] == 6
-    shards = sorted(p.name for p in output.iterdir())
     again = caption_dataset(folder, output=output, model="tiny", pretrained=False, batch_size=2, max_new_tokens=6)
-    assert (again.skipped, again.captioned, again.failed) == (5, 0, 0)
-    assert sorted(p.name for p in output.iterdir()) == shards  # nothing recomputed, nothing written
+    assert (again.skipped, again.captioned, again.failed) == (3, 0, 2)  # the captions are kept, the failures retried
+    assert sorted(r["path"] for r in read_output(output)) == sorted(str(p) for p in folder.iterdir())  # still one each
 
 
 def test_a_ray_dataset_with_image_bytes(tiny, photos, local_ray, tmp_path):
@@ -159,3 +158,22 @@ def test_tasks_preprocess_as_the_loaded_model_does(tiny, tiny_checkpoint, tmp_pa
     assert _preprocessor(str(folder)) == bliptk.load(folder).preprocessor
     assert _preprocessor(str(folder)).mean == (0.5, 0.5, 0.5)
     assert _preprocessor("tiny") == tiny.preprocessor
+
+
+def test_a_rerun_retries_failures_and_reuses_only_the_same_weights(tiny, photos, local_ray, tmp_path):
+    inputs, output = tmp_path / "inputs", tmp_path / "retry"
+    inputs.mkdir()
+    shutil.copy(photos[0], inputs)
+    (inputs / "later.jpg").write_text("not yet a photo")
+    first = caption_dataset(inputs, output=output, model="tiny", pretrained=False, max_new_tokens=4)
+    assert (first.captioned, first.failed) == (1, 1)
+    shutil.copy(photos[1], inputs / "later.jpg")  # the bad input is mended
+    again = caption_dataset(inputs, output=output, model="tiny", pretrained=False, max_new_tokens=4)
+    assert (again.skipped, again.captioned, again.failed) == (1, 1, 0)
+    records = {r["path"].rsplit("/", 1)[-1]: r for r in read_output(output)}
+    assert len(read_output(output)) == 2 and records["later.jpg"]["error"] is None  # the failure is superseded
+    assert records["later.jpg"]["token_ids"] == tiny.caption(photos[1], max_new_tokens=4).token_ids
+    assert records["later.jpg"]["weights"] == tiny.weights.as_dict()
+    other = caption_dataset(inputs, output=output, model="tiny", pretrained=False, weights_seed=1, max_new_tokens=4)
+    assert (other.skipped, other.captioned) == (0, 2)  # other weights: nothing reused
+    assert {r["weights"]["seed"] for r in read_output(output)} == {0, 1}

@@ -48,7 +48,7 @@ def test_the_cache_skips_the_encoder_on_a_second_run(tiny, photos, tmp_path, mon
     tiny.embed(photos, pooling="mean", cache=cache)
     assert forward_calls == [1, 3]
     other = bliptk.load("tiny", seed=1)
-    assert other.fingerprint != tiny.fingerprint
+    assert other.weights.fingerprint != tiny.weights.fingerprint
     assert not np.allclose(other.embed(photos, cache=cache), first)
 
 

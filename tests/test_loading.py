@@ -10,6 +10,7 @@ import torch
 
 import bliptk
 from bliptk.loading import resolve_device, resolve_dtype
+from conftest import fake_hub_cache
 
 
 def _run_cli(*args, env=None, timeout=120):
@@ -38,12 +39,7 @@ def test_checkpoint_folder_in_process(tiny, tiny_checkpoint, photos):
 
 def test_hub_id_is_read_from_the_hugging_face_cache(tiny, tiny_checkpoint, photos, tmp_path):
     """An architecture name resolves to its hub id, found in HF_HUB_CACHE with no network."""
-    snapshot = tmp_path / "models--Salesforce--blip-image-captioning-base" / "snapshots" / "0123abc"
-    snapshot.mkdir(parents=True)
-    for file in tiny_checkpoint.iterdir():
-        (snapshot / file.name).write_bytes(file.read_bytes())
-    (tmp_path / "models--Salesforce--blip-image-captioning-base" / "refs").mkdir()
-    (tmp_path / "models--Salesforce--blip-image-captioning-base" / "refs" / "main").write_text("0123abc")
+    fake_hub_cache(tmp_path, tiny_checkpoint)
     result = _run_cli(
         "caption", str(photos[0]), "--model", "ViT-B/16", "--json", "--max-new-tokens", "5",
         env={"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"},
