@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import bliptk
+from bliptk.testing import hf_generate
 
 ROOT = Path(__file__).resolve().parent
 PHOTOS = sorted((ROOT / "photos").glob("*.jpg"))
@@ -55,12 +56,8 @@ def decoder_step_bytes(captioner, bytes_per_value: int) -> float:
     return (sum(p.numel() for p in decoder.parameters()) - skipped) * bytes_per_value
 
 
-def hf_generate(captioner, pixel_values):
-    prompt = captioner.tokenizer.encode("a photography of")[1:]
-    input_ids = torch.tensor([[101, *prompt, 102]] * pixel_values.shape[0])
-    with torch.inference_mode():
-        output = captioner.model.generate(pixel_values=pixel_values, input_ids=input_ids, max_new_tokens=TOKENS, do_sample=False, num_beams=1)
-    return output[:, len(prompt) + 1 :].tolist()
+def transformers_generate(captioner, pixel_values):
+    return hf_generate(captioner, pixel_values, "a photography of", TOKENS)
 
 
 def bliptk_exact(captioner, pixel_values):
@@ -80,10 +77,9 @@ def exact_path(captioner, repeats: int) -> None:
     for _ in range(repeats):
         for photo in EXACT_PHOTOS:
             pixels = captioner.preprocessor(photo)
-            their_time, their_tokens = timed(hf_generate, captioner, pixels)
+            their_time, their_tokens = timed(transformers_generate, captioner, pixels)
             our_time, our_tokens = timed(bliptk_exact, captioner, pixels)
-            stop = their_tokens[0].index(102) if 102 in their_tokens[0] else len(their_tokens[0])
-            assert our_tokens[0] == their_tokens[0][:stop], "bliptk and transformers disagree"
+            assert our_tokens == their_tokens, "bliptk and transformers disagree"
             ours.append(our_time)
             theirs.append(their_time)
             ratios.append(our_time / their_time)
@@ -96,7 +92,7 @@ def throughput_path(captioner, fast, photos, baseline_images: int) -> dict:
     print(f"\n2. throughput: {len(photos)} photos, {TOKENS} tokens")
     started = time.perf_counter()
     for photo in photos[:baseline_images]:
-        hf_generate(captioner, captioner.preprocessor(photo))
+        transformers_generate(captioner, captioner.preprocessor(photo))
     baseline = baseline_images / (time.perf_counter() - started)
     print(f"   transformers generate, float32, batch 1 ({baseline_images} photos): {baseline:.3f} images/s")
     records = {}
@@ -126,7 +122,7 @@ def encoder_speed(captioner, fast) -> None:
 def bf16_agreement(captioner, fast_records, photos) -> None:
     print("\n4. bfloat16 against float32 tokens (same weights)")
     exact = {str(p): c.token_ids for p, c in zip(photos, captioner.caption(photos, max_new_tokens=TOKENS, batch_size=16))}
-    same = first_divergence = 0
+    same = 0
     divergences = []
     for record in fast_records:
         ours, reference = record["token_ids"], exact[record["path"]]
@@ -160,7 +156,7 @@ def memory_probe(model: str, path: str) -> None:
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak: measure the job, not building the model
     if path == "transformers":
-        hf_generate(captioner, captioner.preprocessor(photos))
+        transformers_generate(captioner, captioner.preprocessor(photos))
     elif path == "exact":
         bliptk_exact(captioner, captioner.preprocessor(photos))
     else:

@@ -1,117 +1,65 @@
 """bliptk: BLIP image and video captioning for research notebooks.
 
+bliptk brings to Python the documentation page of the BLIP captioning nets in the Wolfram Neural
+Net Repository, *BLIP Image Captioning Nets Trained on MS-COCO Data*
+(https://resources.wolframcloud.com/NeuralNetRepository/resources/BLIP-Image-Captioning-Nets-Trained-on-MS-COCO-Data).
+Wherever bliptk's documentation says "the page", it means that page: its examples (resource
+retrieval, parameters, parts, evaluation function, basic usage, cross-attention, video, feature
+space, net information) are mirrored in ``notebooks/``, and its names (``MaxIterations``,
+``TopProbabilities``, ``NestWhile``...) are cited where bliptk does the same thing.
+
 Quickstart:
     >>> import bliptk
     >>> captioner = bliptk.load("ViT-L/16")
     >>> captioner.caption("photo.jpg").text
+
+The names below are imported when first used, so ``import bliptk`` is fast and pulls in neither
+torch nor the optional extras until a feature needs them.
 """
 
-from .attention import (
-    attention_maps,
-    overlay_attention,
-    plot_attention_map,
-    plot_attention_maps,
-    plot_attention_overlays,
-)
-from .captioner import DEFAULT_VIDEO_PROMPT, Captioner
-from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions
-from .errors import (
-    BliptkError,
-    CheckpointError,
-    CheckpointNotFoundError,
-    DeviceError,
-    ExampleNotFoundError,
-    ImageLoadError,
-    InvalidOptionError,
-    NoInputsError,
-    OutputExistsError,
-    RandomWeightsWarning,
-    UnknownModelError,
-    VideoLoadError,
-)
-from .evaluation import EvaluationError, EvaluationResult, evaluate
-from .feature_space import ClusterResult, Neighbour, cluster, near_duplicates, nearest, plot_feature_space, project
-from .files import example_path, image_files
-from .image_encoder import ImageEncoder
-from .info import NetInformation, net_information
-from .loading import load
-from .models import ModelSpec, available_models
-from .preprocess import Preprocessor, load_image
-from .provenance import Weights
-from .stepper import DecodeStep, Stepper, TokenChoice, token_alternatives
-from .text_decoder import DecoderState, TextDecoder
-from .tokenizer import Tokenizer, load_tokenizer
-from .video import (
-    TimelineSegment,
-    VideoFrames,
-    VideoInfo,
-    caption_timeline,
-    is_video,
-    plot_video_frames,
-    video_frames,
-    video_info,
-)
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+import importlib.util
 
-__all__ = [
-    "attention_maps",
-    "available_models",
-    "BliptkError",
-    "Caption",
-    "caption_timeline",
-    "Captioner",
-    "CheckpointError",
-    "CheckpointNotFoundError",
-    "cluster",
-    "ClusterResult",
-    "DecoderState",
-    "DecodeStep",
-    "DecodingOptions",
-    "DEFAULT_PROMPT",
-    "DEFAULT_VIDEO_PROMPT",
-    "DeviceError",
-    "evaluate",
-    "example_path",
-    "ExampleNotFoundError",
-    "EvaluationError",
-    "EvaluationResult",
-    "image_files",
-    "ImageEncoder",
-    "ImageLoadError",
-    "InvalidOptionError",
-    "is_video",
-    "load",
-    "load_image",
-    "load_tokenizer",
-    "ModelSpec",
-    "near_duplicates",
-    "nearest",
-    "NoInputsError",
-    "Neighbour",
-    "net_information",
-    "NetInformation",
-    "OutputExistsError",
-    "overlay_attention",
-    "plot_attention_map",
-    "plot_attention_maps",
-    "plot_attention_overlays",
-    "plot_feature_space",
-    "plot_video_frames",
-    "Preprocessor",
-    "project",
-    "RandomWeightsWarning",
-    "Stepper",
-    "TextDecoder",
-    "TimelineSegment",
-    "token_alternatives",
-    "TokenChoice",
-    "Tokenizer",
-    "UnknownModelError",
-    "video_frames",
-    "video_info",
-    "VideoFrames",
-    "VideoInfo",
-    "VideoLoadError",
-    "Weights",
-]
+from . import errors as _errors  # light: the exceptions only
+
+__version__ = "0.2.0"
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "attention": ("attention_maps", "overlay_attention", "plot_attention_map", "plot_attention_maps", "plot_attention_overlays"),
+    "captioner": ("Captioner", "DEFAULT_VIDEO_PROMPT"),
+    "decoding": ("Caption", "DecodingOptions", "DEFAULT_PROMPT"),
+    "errors": tuple(_errors.__all__),
+    "evaluation": ("evaluate", "EvaluationError", "EvaluationResult"),
+    "feature_space": ("cluster", "ClusterResult", "near_duplicates", "nearest", "Neighbour", "plot_feature_space", "project"),
+    "files": ("example_path", "image_files"),
+    "image_encoder": ("ImageEncoder",),
+    "info": ("net_information", "NetInformation"),
+    "loading": ("load",),
+    "models": ("available_models", "ModelSpec"),
+    "preprocess": ("load_image", "Preprocessor"),
+    "provenance": ("Weights",),
+    "stepper": ("DecodeStep", "Stepper", "token_alternatives", "TokenChoice"),
+    "text_decoder": ("DecoderState", "TextDecoder"),
+    "tokenizer": ("load_tokenizer", "Tokenizer"),
+    "video": ("caption_timeline", "is_video", "plot_video_frames", "TimelineSegment", "video_frames", "video_info", "VideoFrames", "VideoInfo"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF, key=str.lower)
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)  # a module: bliptk.decoding, bliptk.models...
+    raise AttributeError(f"module 'bliptk' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

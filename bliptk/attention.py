@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .decoding import Caption
+from .errors import InvalidOptionError
 from .figures import grid_axes, new_figure
 from .preprocess import load_image
 
@@ -47,18 +48,18 @@ def attention_maps(
         ``(T, grid, grid)`` float tensor, ``(T, 24, 24)`` at 384 px with 16 px patches.
 
     Raises:
-        ValueError: The caption carries no attention, or an option is out of range.
+        InvalidOptionError: The caption carries no attention, or an option is out of range.
     """
     weights = caption.cross_attention
     if weights is None:
-        raise ValueError("this caption carries no cross-attention; caption it with return_attention=True")
+        raise InvalidOptionError("this caption carries no cross-attention; caption it with return_attention=True")
     tokens, layers, num_heads, features = weights.shape
     grid = math.isqrt(features - 1)
     if grid * grid != features - 1:
-        raise ValueError(f"{features} image features are not 1 + a square grid of patches")
+        raise InvalidOptionError(f"{features} image features are not 1 + a square grid of patches")
     layer_list = [layer] if isinstance(layer, int) else list(layer)
     if not layer_list or any(not -layers <= i < layers for i in layer_list):
-        raise ValueError(f"layer must be in [{-layers}, {layers - 1}] (the decoder has {layers} layers), got {layer!r}")
+        raise InvalidOptionError(f"layer must be in [{-layers}, {layers - 1}] (the decoder has {layers} layers), got {layer!r}")
     patches = weights[:, layer_list, :, 1:].float().mean(dim=1)  # (T, H, grid**2)
     if subtract_min and tokens > 0:
         patches = patches - patches.min(dim=0, keepdim=True).values
@@ -69,11 +70,11 @@ def attention_maps(
     elif isinstance(heads, int) and not isinstance(heads, bool) and -num_heads <= heads < num_heads:
         patches = patches[:, heads]
     else:
-        raise ValueError(f'heads must be "mean", "max" or a head index in [{-num_heads}, {num_heads - 1}], got {heads!r}')
+        raise InvalidOptionError(f'heads must be "mean", "max" or a head index in [{-num_heads}, {num_heads - 1}], got {heads!r}')
     return patches.reshape(tokens, grid, grid)
 
 
-def _normalised(attention_map) -> np.ndarray:
+def _rescaled(attention_map) -> np.ndarray:
     """Rescale a map to [0, 1] (the page's ``ImageAdjust``)."""
     values = np.asarray(attention_map, dtype=np.float64)
     low, high = values.min(), values.max()
@@ -92,7 +93,7 @@ def overlay_attention(image, attention_map, alpha: float = 0.4) -> Image.Image:
         An RGB image of the input's size.
     """
     picture = load_image(image)
-    heat = _normalised(attention_map)
+    heat = _rescaled(attention_map)
     heat = Image.fromarray((heat * 255).round().astype(np.uint8)).resize(picture.size, Image.Resampling.BICUBIC)
     level = np.asarray(heat, dtype=np.float64)[..., None] / 255.0
     red = np.concatenate([np.ones_like(level), 1 - level, 1 - level], axis=-1)

@@ -1,9 +1,11 @@
 """Captioning whole folders: one record per input, written as it is made, resumable.
 
-Every input gets a record: its caption, or an ``error`` with the error's type and message. Records
-are appended to the output file and flushed one by one, so a killed run loses only the batch in
-flight; ``resume=True`` reads the file back, drops a half-written last line and the failed
-records, and skips the inputs already captioned with the same model and options.
+Every input gets a record: its caption, or an ``error`` with the error's type and message, and
+what made it (model, weights, options). Records are appended to the output file and flushed one
+by one, so a killed run loses only the batch in flight; ``resume=True`` reads the file back, drops
+a half-written last line and the failed records, and skips the inputs already captioned with the
+same model, weights and options. The Ray path (:mod:`bliptk.distributed`) shares the records and
+the rule of what is done.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .decoding import DecodingOptions, encode_prompt
+from .decoding import DecodingOptions, options_with, prompt_ids
 from .errors import (
     BliptkError,
     ImageLoadError,
@@ -36,7 +38,7 @@ from .preprocess import DEFAULT_MAX_PIXELS, load_image
 
 __all__ = [
     "BatchStatus",
-    "FORMATS",
+    "RECORD_FORMATS",
     "RECORD_FIELDS",
     "caption_files",
     "done_inputs",
@@ -48,7 +50,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("jsonl", "csv")
+RECORD_FORMATS = ("jsonl", "csv")
 RECORD_FIELDS = ("path", "kind", "caption", "token_ids", "tokens", "logprobs", "finished", "model", "weights", "options", "error")
 _JSON_FIELDS = ("token_ids", "tokens", "logprobs", "weights", "options", "error")
 
@@ -134,8 +136,8 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 
 def _format_of(path: Path, format: str | None = None) -> str:
     if format is not None:
-        if format not in FORMATS:
-            raise InvalidOptionError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        if format not in RECORD_FORMATS:
+            raise InvalidOptionError(f"format must be one of {', '.join(RECORD_FORMATS)}, got {format!r}")
         return format
     return "csv" if path.suffix.lower() == ".csv" else "jsonl"
 
@@ -289,7 +291,6 @@ def caption_files(
     inputs,
     out: str | os.PathLike | None = None,
     *,
-    options: DecodingOptions | None = None,
     format: str | None = None,
     recursive: bool = False,
     batch_size: int = 8,
@@ -300,17 +301,57 @@ def caption_files(
     pooling: str = "mean",
     progress: bool | None = None,
     status: BatchStatus | None = None,
+    options: DecodingOptions | None = None,
+    **decoding_options,
 ) -> Iterator[dict]:
-    """See :meth:`bliptk.Captioner.caption_files`."""
+    """Caption many files, yielding one record per input as it is made
+    (:meth:`bliptk.Captioner.caption_files`).
+
+    Bad inputs never stop the job: each gets a record with an ``error`` (its type and
+    message) instead of a caption. With ``out``, each record is also appended to that file
+    and flushed, so a killed run keeps every finished record; ``resume=True`` continues such a
+    file, skipping inputs captioned with the same model, weights and options, retrying those
+    that failed, and dropping a torn last line. Ctrl-C stops after the batch in flight.
+
+    Args:
+        captioner: The :class:`~bliptk.Captioner` (``self`` of the method).
+        inputs: Files, folders (their image files) and glob patterns, or one of them.
+        out: A ``.jsonl`` or ``.csv`` file to write records to; None only yields them.
+        format: ``"jsonl"`` or ``"csv"``; None picks by ``out``'s extension.
+        recursive: Look in subfolders of folders (and let ``**`` match in patterns).
+        batch_size: Images captioned together.
+        workers: Threads that read and preprocess the next images while the model works (0:
+            none).
+        resume: Continue an existing ``out`` (without it, an existing non-empty ``out`` is
+            an error, so that nothing is overwritten by accident).
+        max_pixels: Refuse images with more pixels than this (decompression bombs).
+        num_frames, pooling: For videos, as in :meth:`caption`.
+        progress: Show a ``tqdm`` progress bar (None: when there is more than one batch).
+        status: A :class:`~bliptk.batch.BatchStatus` to keep counts in.
+        options: :class:`~bliptk.DecodingOptions` to start from.
+        **decoding_options: Fields of :class:`~bliptk.DecodingOptions` (``prompt``,
+            ``max_new_tokens``, ``temperature``, ...) that replace those of ``options``.
+
+    Yields:
+        Records (dicts): ``path``, ``kind`` (image or video), ``caption``, ``token_ids``,
+        ``tokens``, ``logprobs``, ``finished``, ``model``, ``weights``, ``options``, and
+        ``error`` (None, or ``{"type", "message"}``).
+
+    Raises:
+        InvalidOptionError, NoInputsError, OutputExistsError: Before any work.
+    """
     from tqdm.auto import tqdm
 
-    options = options or DecodingOptions()
+    captioner._say_if_random()
+    options = options_with(options, **decoding_options)
+    if options.num_return_sequences != 1:
+        raise InvalidOptionError("caption_files writes one caption per input: num_return_sequences must be 1")
     check_positive_int("batch_size", batch_size)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InvalidOptionError(f"workers must be an integer >= 0, got {workers!r}")
     if max_pixels is not None:
         check_positive_int("max_pixels", max_pixels)
-    encode_prompt(captioner.tokenizer, options, captioner.text_decoder.max_positions)
+    prompt_ids(captioner.tokenizer, options.prompt_text, options.max_new_tokens, captioner.text_decoder.max_positions)
     record_options = {**options.as_dict(), "num_frames": num_frames, "pooling": pooling}
     paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs, recursive)
     status = status if status is not None else BatchStatus()
@@ -346,8 +387,8 @@ def caption_files(
     def result(path, kind, caption=None, error=None) -> dict:
         return make_record(path, kind, provenance, record_options, caption, error)
 
-    show = progress if progress is not None else len(paths) > batch_size
-    bar = tqdm(total=len(paths), desc="captioning", unit="img", disable=not show)
+    show_progress = progress if progress is not None else len(paths) > batch_size
+    bar = tqdm(total=len(paths), desc="captioning", unit="img", disable=not show_progress)
     load = lambda path: _load_item(path, max_pixels, captioner.preprocessor)  # noqa: E731
     try:
         with _StopAfterBatch() as stop:
@@ -358,7 +399,7 @@ def caption_files(
                     yield emit(result(path, kind, error=error))
                 elif kind == "video":
                     try:
-                        caption = captioner.caption(path, num_frames=num_frames, pooling=pooling, **options.as_dict())
+                        caption = captioner.caption(path, options=options, num_frames=num_frames, pooling=pooling)
                     except Exception as video_error:  # like an image, a video must never end the job
                         yield emit(result(path, kind, error=input_error(video_error, path, kind)))
                     else:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
-from dataclasses import replace
 
 import torch
 
-from .decoding import Caption, DecodingOptions, decode, decoding_options_from
+from .batch import caption_files
+from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions, decode, options_with
 from .errors import InvalidOptionError, RandomWeightsWarning, check_positive_int
-from .preprocess import DEFAULT_MAX_PIXELS
 from .image_encoder import ImageEncoder
 from .provenance import Weights
 from .text_decoder import TextDecoder
@@ -18,10 +16,8 @@ from .tokenizer import Tokenizer
 
 __all__ = ["Captioner", "DEFAULT_VIDEO_PROMPT"]
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_VIDEO_PROMPT = "a video of"
-POOLINGS = ("mean", "concat")
+VIDEO_POOLINGS = ("mean", "concat")
 
 
 class Captioner:
@@ -115,65 +111,8 @@ class Captioner:
         self._say_if_random()
         return embed(self, images, pooling, batch_size, cache, progress)
 
-    def caption_files(
-        self,
-        inputs,
-        out=None,
-        *,
-        format: str | None = None,
-        recursive: bool = False,
-        batch_size: int = 8,
-        workers: int = 2,
-        resume: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        num_frames: int = 16,
-        pooling: str = "mean",
-        progress: bool | None = None,
-        status=None,
-        **decoding_options,
-    ):
-        """Caption many files, yielding one record per input as it is made.
-
-        Bad inputs never stop the job: each gets a record with an ``error`` (its type and
-        message) instead of a caption. With ``out``, each record is also appended to that file
-        and flushed, so a killed run keeps every finished record; ``resume=True`` continues such a
-        file, skipping inputs captioned with the same model and options, retrying those that
-        failed, and dropping a torn last line. Ctrl-C stops after the batch in flight.
-
-        Args:
-            inputs: Files, folders (their image files) and glob patterns, or one of them.
-            out: A ``.jsonl`` or ``.csv`` file to write records to; None only yields them.
-            format: ``"jsonl"`` or ``"csv"``; None picks by ``out``'s extension.
-            recursive: Look in subfolders of folders (and let ``**`` match in patterns).
-            batch_size: Images captioned together.
-            workers: Threads that read and preprocess the next images while the model works (0:
-                none).
-            resume: Continue an existing ``out`` (without it, an existing non-empty ``out`` is
-                an error, so that nothing is overwritten by accident).
-            max_pixels: Refuse images with more pixels than this (decompression bombs).
-            num_frames, pooling: For videos, as in :meth:`caption`.
-            progress: Show a ``tqdm`` progress bar (None: when there is more than one batch).
-            status: A :class:`~bliptk.batch.BatchStatus` to keep counts in.
-            **decoding_options: ``prompt``, ``max_new_tokens``, ``temperature``, ``top_k``,
-                ``top_p``, ``seed``, ``num_beams``, ``length_penalty``, ``min_new_tokens``,
-                ``repetition_penalty`` (see :class:`~bliptk.DecodingOptions`).
-
-        Yields:
-            Records (dicts): ``path``, ``kind`` (image or video), ``caption``, ``token_ids``,
-            ``tokens``, ``logprobs``, ``finished``, ``model``, ``options``, and ``error`` (None, or
-            ``{"type", "message"}``).
-        """
-        from .batch import caption_files
-
-        self._say_if_random()
-        options = decoding_options_from(decoding_options)
-        if options.num_return_sequences != 1:
-            raise InvalidOptionError("caption_files writes one caption per input: num_return_sequences must be 1")
-        return caption_files(
-            self, inputs, out, options=options, format=format, recursive=recursive, batch_size=batch_size,
-            workers=workers, resume=resume, max_pixels=max_pixels, num_frames=num_frames, pooling=pooling,
-            progress=progress, status=status,
-        )
+    # Caption many files, one record per input, resumable: bliptk.batch.caption_files.
+    caption_files = caption_files
 
     def encode_video(self, video, num_frames: int = 16, pooling: str = "mean", batch_size: int = 8) -> torch.Tensor:
         """Image features of a video: its frames' features averaged (the page's method) or
@@ -192,8 +131,8 @@ class Captioner:
         """
         from .video import video_frames
 
-        if pooling not in POOLINGS:
-            raise InvalidOptionError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if pooling not in VIDEO_POOLINGS:
+            raise InvalidOptionError(f"pooling must be one of {', '.join(VIDEO_POOLINGS)}, got {pooling!r}")
         check_positive_int("batch_size", batch_size)
         frames = video if isinstance(video, (list, tuple)) else video_frames(video, num_frames)
         if not frames:
@@ -213,22 +152,14 @@ class Captioner:
     def caption(
         self,
         images,
-        prompt: str | None = None,
+        prompt: str | None | list[str | None] = None,
         *,
-        max_new_tokens: int = 25,
-        temperature: float = 0.0,
-        top_k: int | None = 10,
-        top_p: float | None = None,
-        seed: int | None = None,
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
-        min_new_tokens: int = 0,
-        repetition_penalty: float = 1.0,
-        num_return_sequences: int = 1,
+        options: DecodingOptions | None = None,
         batch_size: int = 16,
         return_attention: bool = False,
         num_frames: int = 16,
         pooling: str = "mean",
+        **decoding_options,
     ) -> Caption | list[Caption] | list[list[Caption]]:
         """Caption one image or video, or a list of them (images in batches).
 
@@ -239,61 +170,94 @@ class Captioner:
         Args:
             images: One image (path, PIL image, NumPy array, torch tensor) or video, or a list.
             prompt: Text the caption starts with; None means ``"a photography of"`` for an image
-                and ``"a video of"`` for a video; ``""`` unconditional.
-            max_new_tokens: Most tokens to generate, ``[SEP]`` included.
-            temperature: 0 for greedy decoding, above 0 to sample.
-            top_k: When sampling, sample among the k most probable tokens.
-            top_p: When sampling, nucleus probability mass.
-            seed: Seed for reproducible sampling.
-            num_beams: Above 1, beam search (equal to ``transformers``' beam search).
-            length_penalty: Beam search ranks captions by ``logprob / length**length_penalty``.
-            min_new_tokens: ``[SEP]`` cannot come before this many tokens.
-            repetition_penalty: Above 1, discourages repeating tokens.
-            num_return_sequences: Captions per input (the best beams, or independent samples);
-                above 1, each input gets a list of captions.
+                and ``"a video of"`` for a video; ``""`` unconditional. A list gives one prompt per
+                image of a list, or, for one image, several prompts (the page's list of prompts):
+                prompts of any lengths share one batched pass, and each caption equals
+                captioning it alone.
+            options: :class:`DecodingOptions` to start from.
             batch_size: Images encoded and decoded together.
             return_attention: Fill each caption's ``cross_attention`` ``(T, L, H, N)``.
             num_frames: Frames taken from each video file.
             pooling: How a video's frame features are pooled, ``"mean"`` or ``"concat"``.
+            **decoding_options: Fields of :class:`DecodingOptions`: ``max_new_tokens`` (25),
+                ``temperature`` (0: greedy), ``top_k`` (10), ``top_p``, ``seed``, ``num_beams``,
+                ``length_penalty``, ``min_new_tokens``, ``repetition_penalty``,
+                ``num_return_sequences`` (above 1, a list of captions per input).
 
         Returns:
-            A :class:`Caption` for one input, a list of them for a list (with
+            A :class:`Caption` for one input and one prompt, else a list of them (with
             ``num_return_sequences`` > 1, a list of captions in place of each caption).
+
+        Raises:
+            InvalidOptionError: An unknown or invalid option, or as many prompts as images
+                were not given.
         """
         from .video import VideoFrames, is_video
 
         self._say_if_random()
-        options = DecodingOptions(
-            prompt, max_new_tokens, temperature, top_k, top_p, seed, num_beams, length_penalty, min_new_tokens,
-            repetition_penalty, num_return_sequences,
-        )
-        if return_attention and num_beams > 1:
-            raise InvalidOptionError("return_attention works with greedy decoding and sampling, not beam search")
+        options = options_with(options, **decoding_options)
         check_positive_int("batch_size", batch_size)
         single = not isinstance(images, list | tuple) or isinstance(images, VideoFrames)
         items = [images] if single else list(images)
-        video_rows = {row for row, item in enumerate(items) if is_video(item)}
-        image_rows = [row for row in range(len(items)) if row not in video_rows]
-        per_input = options.num_return_sequences
+        if isinstance(prompt, list | tuple):
+            if not single and len(prompt) != len(items):
+                raise InvalidOptionError(f"{len(prompt)} prompts for {len(items)} images: give one prompt per image, or several for one image")
+            rows = [(0, text) for text in prompt] if single else list(enumerate(prompt))
+            single = False
+        else:
+            rows = [(item, prompt) for item in range(len(items))]
+        videos = {item for item, _ in rows if is_video(items[item])}
+
+        def prompt_of(row: int) -> str:
+            item, text = rows[row]
+            text = options.prompt if text is None else text
+            return text if text is not None else (DEFAULT_VIDEO_PROMPT if item in videos else DEFAULT_PROMPT)
+
+        def decode_rows(features: torch.Tensor, chunk: list[int]) -> None:
+            decoded = self.caption_features(features, options, return_attention, [prompt_of(row) for row in chunk])
+            per_row = options.num_return_sequences
+            captions.update((row, decoded[i * per_row : (i + 1) * per_row]) for i, row in enumerate(chunk))
+
         captions: dict[int, list[Caption]] = {}
+        image_rows = [row for row, (item, _) in enumerate(rows) if item not in videos]
         for start in range(0, len(image_rows), batch_size):
-            rows = image_rows[start : start + batch_size]
-            decoded = self.caption_features(self.encode_image([items[row] for row in rows]), options, return_attention)
-            captions.update((row, decoded[i * per_input : (i + 1) * per_input]) for i, row in enumerate(rows))
-        video_options = replace(options, prompt=DEFAULT_VIDEO_PROMPT) if prompt is None else options
-        for row in sorted(video_rows):
-            features = self.encode_video(items[row], num_frames, pooling, batch_size)
-            captions[row] = self.caption_features(features[None], video_options, return_attention)
-        ordered = [captions[row] if per_input > 1 else captions[row][0] for row in range(len(items))]
+            chunk = image_rows[start : start + batch_size]
+            needed = list(dict.fromkeys(rows[row][0] for row in chunk))  # an image prompted several times is encoded once
+            encoded = dict(zip(needed, self.encode_image([items[item] for item in needed])))
+            decode_rows(torch.stack([encoded[rows[row][0]] for row in chunk]), chunk)
+        for video in sorted(videos):
+            features = self.encode_video(items[video], num_frames, pooling, batch_size)
+            video_rows = [row for row, (item, _) in enumerate(rows) if item == video]
+            for start in range(0, len(video_rows), batch_size):
+                chunk = video_rows[start : start + batch_size]
+                decode_rows(features.expand(len(chunk), *features.shape), chunk)
+        ordered = [captions[row] if options.num_return_sequences > 1 else captions[row][0] for row in range(len(rows))]
         return ordered[0] if single else ordered
 
     def caption_features(
-        self, features: torch.Tensor, options: DecodingOptions | None = None, return_attention: bool = False
+        self,
+        features: torch.Tensor,
+        options: DecodingOptions | None = None,
+        return_attention: bool = False,
+        prompts: list[str] | None = None,
     ) -> list[Caption]:
         """Decode captions from image features ``(B, N, D)`` (for example averaged video frames).
+
+        Args:
+            features: The images' features.
+            options: Decoding options (default :class:`DecodingOptions`).
+            return_attention: Fill each caption's ``cross_attention``, a ``(T, L, H, N)`` tensor.
+            prompts: One prompt per image, of any lengths (None: ``options.prompt_text``).
 
         Returns:
             ``B * num_return_sequences`` captions, those of each image together.
         """
         self._say_if_random()
-        return decode(self.text_decoder, self.tokenizer, features, options or DecodingOptions(), return_attention)
+        captions = decode(self.text_decoder, self.tokenizer, features, options or DecodingOptions(), prompts, return_attention)
+        if return_attention:
+            decoder = self.text_decoder
+            no_tokens = (0, len(decoder.layers), decoder.num_heads, features.shape[1])  # a caption with no generated token
+            for caption in captions:
+                attention = caption.cross_attention
+                caption.cross_attention = torch.zeros(no_tokens) if attention is None else torch.from_numpy(attention)
+        return captions

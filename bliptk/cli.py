@@ -11,8 +11,11 @@ import json
 import logging
 import sys
 import warnings
+from dataclasses import fields
 
+from .batch import RECORD_FORMATS
 from .decoding import DecodingOptions
+from .distributed import SHARD_FORMATS
 from .errors import BliptkError, InvalidOptionError, RandomWeightsWarning
 from .models import DEFAULT_MODEL, available_models
 
@@ -28,6 +31,21 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="float32 (default) or bfloat16")
 
 
+def _decoding_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """One flag per field of :class:`DecodingOptions` (or of ``names``), with its type, default
+    and help from the field: ``max_new_tokens`` becomes ``--max-new-tokens``."""
+    for option in fields(DecodingOptions):
+        if (names is None and option.metadata.get("per_input", True)) or (names is not None and option.name in names):
+            kind = next(t for t in (int, float, str) if t.__name__ in option.type)
+            default = "" if option.default is None else f" (default {option.default})"
+            parser.add_argument(f"--{option.name.replace('_', '-')}", type=kind, default=option.default, help=option.metadata["help"] + default)
+
+
+def _options(args) -> DecodingOptions:
+    """The :class:`DecodingOptions` of the flags :func:`_decoding_arguments` added."""
+    return DecodingOptions(**{option.name: getattr(args, option.name) for option in fields(DecodingOptions) if hasattr(args, option.name)})
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bliptk", description="BLIP image captioning.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what bliptk does")
@@ -36,20 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     caption = commands.add_parser("caption", help="caption images")
     caption.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders, glob patterns")
     _model_arguments(caption)
-    caption.add_argument("--prompt", default=None, help='text the caption starts with (default "a photography of"; "" for none)')
-    caption.add_argument("--max-new-tokens", type=int, default=25)
-    caption.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    caption.add_argument("--top-k", type=int, default=10)
-    caption.add_argument("--top-p", type=float, default=None)
-    caption.add_argument("--seed", type=int, default=None)
-    caption.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (the BLIP paper: 3)")
-    caption.add_argument("--length-penalty", type=float, default=1.0)
-    caption.add_argument("--min-new-tokens", type=int, default=0)
-    caption.add_argument("--repetition-penalty", type=float, default=1.0)
+    _decoding_arguments(caption)
     caption.add_argument("--batch-size", type=int, default=8)
     caption.add_argument("--json", action="store_true", help="print one JSON record per line")
     caption.add_argument("--out", default=None, help="write records to this .jsonl or .csv file (appended and flushed one by one)")
-    caption.add_argument("--format", choices=("jsonl", "csv", "parquet"), default=None, help="format of --out (default: by its extension; parquet with --ray)")
+    caption.add_argument("--format", choices=sorted(set(RECORD_FORMATS + SHARD_FORMATS)), default=None, help="format of --out (default: by its extension; jsonl with --ray)")
     caption.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                          help="caption through Ray Data into the --out folder; without ADDRESS on a local Ray instance")
     caption.add_argument("--resume", action="store_true", help="continue --out: skip inputs done with the same model and options, retry failures")
@@ -64,8 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     attention.add_argument("image", metavar="IMAGE")
     attention.add_argument("--out", required=True, help="PNG file to write")
     _model_arguments(attention)
-    attention.add_argument("--prompt", default=None, help='text the caption starts with (default "a photography of")')
-    attention.add_argument("--max-new-tokens", type=int, default=25)
+    _decoding_arguments(attention, ("prompt", "max_new_tokens"))
     attention.add_argument("--layer", type=int, nargs="+", default=[-1], help="decoder layer(s), averaged (default: the last)")
     attention.add_argument("--heads", default="mean", help='"mean" (default), "max", or a head index')
     attention.add_argument("--raw", action="store_true", help="draw the raw maps instead of overlays on the image")
@@ -128,10 +136,7 @@ def _caption(args) -> int:
     from .batch import BatchStatus, expand_inputs
     from .video import caption_timeline, is_video
 
-    options = DecodingOptions(
-        args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.num_beams,
-        args.length_penalty, args.min_new_tokens, args.repetition_penalty,
-    )
+    options = _options(args)
     for name in ("frames", "batch_size", "max_pixels") + (("segments",) if args.segments is not None else ()):
         if getattr(args, name) < 1:
             raise InvalidOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -149,7 +154,7 @@ def _caption(args) -> int:
         videos = [path for path in inputs if is_video(path)]
         inputs = [path for path in inputs if path not in videos]
         for path in videos:
-            rows = caption_timeline(captioner, path, args.segments, args.frames, args.prompt, args.pooling, **_decoding(options))
+            rows = caption_timeline(captioner, path, args.segments, args.frames, pooling=args.pooling, options=options)
             _report_timeline(args, path, rows, captioner, options)
         if not inputs:
             return EXIT_OK
@@ -157,7 +162,7 @@ def _caption(args) -> int:
     records = captioner.caption_files(
         inputs, args.out, format=args.format, recursive=args.recursive, batch_size=args.batch_size,
         workers=args.workers, resume=args.resume, max_pixels=args.max_pixels, num_frames=args.frames,
-        pooling=args.pooling, progress=None if args.out else False, status=status, **options.as_dict(),
+        pooling=args.pooling, progress=None if args.out else False, status=status, options=options,
     )
     for record in records:
         if args.out is None or record["error"]:
@@ -182,7 +187,7 @@ def _caption_on_ray(args, options: DecodingOptions) -> int:
         # One input stays a string, so that a folder URI (s3://bucket/photos/) is listed by Ray.
         args.inputs[0] if len(args.inputs) == 1 else args.inputs, output=args.out, model=args.model, pretrained=not args.random_weights, dtype=args.dtype,
         batch_size=args.batch_size, format=args.format or "jsonl", recursive=args.recursive, max_pixels=args.max_pixels,
-        address=None if args.ray == "local" else args.ray, **options.as_dict(),
+        address=None if args.ray == "local" else args.ray, options=options,
     )
     print(
         f"bliptk: {summary.captioned} captioned, {summary.failed} failed, {summary.skipped} already done "
@@ -192,15 +197,10 @@ def _caption_on_ray(args, options: DecodingOptions) -> int:
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
-def _decoding(options: DecodingOptions) -> dict:
-    """The decoding options other than the prompt, as keyword arguments."""
-    return {name: value for name, value in options.as_dict().items() if name != "prompt"}
-
-
 def _report_timeline(args, path: str, rows, captioner, options: DecodingOptions) -> None:
     if args.json:
         segments = [{"start": row.start, "end": row.end, "caption": row.caption.text} for row in rows]
-        record = {"path": path, "kind": "video", "segments": segments, "model": captioner.name, "options": options.as_dict()}
+        record = {"path": path, "kind": "video", "segments": segments, **captioner.provenance(), "options": options.as_dict()}
         print(json.dumps(record), flush=True)
     else:
         print(f"{path}:", flush=True)
@@ -222,20 +222,17 @@ def _attention(args) -> int:
     from .preprocess import load_image
 
     heads = int(args.heads) if args.heads.lstrip("-").isdigit() else args.heads
-    options = DecodingOptions(args.prompt, args.max_new_tokens)
+    options = _options(args)
     image = load_image(args.image)
     captioner = _load(args)
     caption = captioner.caption_features(captioner.encode_image(image), options, return_attention=True)[0]
     if not caption.token_ids:
         raise InvalidOptionError(f"{args.image}: the caption has no generated tokens to draw")
     map_options = {"layer": args.layer, "heads": heads}
-    try:
-        if args.raw:
-            figure = plot_attention_maps(caption, columns=args.columns, **map_options)
-        else:
-            figure = plot_attention_overlays(image, caption, columns=args.columns, **map_options)
-    except ValueError as error:
-        raise InvalidOptionError(str(error)) from None
+    if args.raw:
+        figure = plot_attention_maps(caption, columns=args.columns, **map_options)
+    else:
+        figure = plot_attention_overlays(image, caption, columns=args.columns, **map_options)
     figure.savefig(args.out, dpi=100)
     print(f"{args.image}: {caption.text}\nwrote {args.out}")
     return EXIT_OK
@@ -318,13 +315,13 @@ def _eval_coco(args) -> int:
     prompt_length = len(captioner.tokenizer.encode(args.prompt))
     # BLIP's max_length and min_length count the prompt's tokens ([DEC] included) too.
     options = DecodingOptions(
-        args.prompt, max(0, args.max_length - prompt_length), num_beams=args.num_beams,
+        prompt=args.prompt, max_new_tokens=max(0, args.max_length - prompt_length), num_beams=args.num_beams,
         min_new_tokens=max(0, args.min_length - prompt_length),
     )
     references = load_references(args.annotations)
     out = Path(args.out)
     records_file = out.with_suffix(".jsonl")
-    records = captioner.caption_files(args.images, records_file, resume=args.resume, batch_size=args.batch_size, **options.as_dict())
+    records = captioner.caption_files(args.images, records_file, resume=args.resume, batch_size=args.batch_size, options=options)
     failed = [record for record in records if record["error"]]
     for record in failed:
         print(f"bliptk: error: {record['error']['message']}", file=sys.stderr)

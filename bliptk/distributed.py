@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from .batch import done_inputs, error_summary, expand_inputs, input_error, make_record, record_key
-from .decoding import decoding_options_from
-from .errors import InvalidOptionError, check_positive_int
+from .decoding import DecodingOptions, options_with
+from .errors import InvalidOptionError, MissingDependencyError, check_positive_int
 from .files import IMAGE_EXTENSIONS
-from .loading import preprocessor_for
 from .models import find_model_spec
 from .preprocess import DEFAULT_MAX_PIXELS, Preprocessor, load_image
 
@@ -31,14 +30,14 @@ __all__ = ["RunSummary", "caption_dataset", "read_output"]
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("jsonl", "parquet")
+SHARD_FORMATS = ("jsonl", "parquet")
 
 
 def _ray():
     try:
         import ray
     except ImportError:
-        raise ImportError("distributed captioning needs Ray: pip install 'bliptk[ray]'") from None
+        raise MissingDependencyError("distributed captioning needs Ray: pip install 'bliptk[ray]'") from None
     return ray
 
 
@@ -113,6 +112,8 @@ def _preprocessor(model: str) -> Preprocessor:
     """The preprocessing ``load(model)`` uses, without loading the model: the registry's
     checkpoints use BLIP's (their ``preprocessor_config.json`` holds its defaults), a checkpoint
     folder its own ``preprocessor_config.json``; a hub id outside the registry gets BLIP's."""
+    from .loading import preprocessor_for
+
     spec = find_model_spec(model)
     if spec is not None:
         return Preprocessor(spec.image_size)
@@ -159,7 +160,7 @@ def _preprocess(row: dict, preprocessor: Preprocessor, max_pixels: int | None) -
             source = Image.open(io.BytesIO(_read_bytes(path)))
         else:
             source = path
-        pixels = preprocessor.tensor(load_image(source, max_pixels=max_pixels)).numpy()
+        pixels = preprocessor.array(load_image(source, max_pixels=max_pixels))
         return {"path": path, "pixels": pixels, "failure": ""}
     except Exception as error:  # an input must never fail the job
         failure = json.dumps(error_summary(input_error(error, path)))
@@ -177,7 +178,7 @@ class _CaptionActor:
 
         torch.set_num_threads(threads)
         self.captioner = load(model, pretrained=pretrained, dtype=dtype, seed=seed)
-        self.options = decoding_options_from(options)
+        self.options = options_with(**options)
         self.record_options = record_options
 
     def __call__(self, batch: dict) -> dict:
@@ -227,6 +228,7 @@ def caption_dataset(
     recursive: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     address: str | None = None,
+    options: DecodingOptions | None = None,
     **decoding_options,
 ) -> RunSummary:
     """Caption images with Ray Data: preprocessing in Ray tasks, captioning in an actor pool.
@@ -254,20 +256,22 @@ def caption_dataset(
         recursive: Look in subfolders of folders.
         max_pixels: Refuse larger images (decompression bombs).
         address: A Ray cluster to connect to; None starts (or reuses) a local instance.
-        **decoding_options: See :class:`~bliptk.DecodingOptions`.
+        options: :class:`~bliptk.DecodingOptions` to start from.
+        **decoding_options: Fields of :class:`~bliptk.DecodingOptions` that replace those of
+            ``options``.
 
     Returns:
         A :class:`RunSummary`.
     """
     ray = _ray()
-    if format not in FORMATS:
-        raise InvalidOptionError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format not in SHARD_FORMATS:
+        raise InvalidOptionError(f"format must be one of {', '.join(SHARD_FORMATS)}, got {format!r}")
     check_positive_int("batch_size", batch_size)
     if cpus_per_worker is not None and not cpus_per_worker > 0:
         raise InvalidOptionError(f"cpus_per_worker must be > 0, got {cpus_per_worker!r}")
     if num_workers is not None:
         check_positive_int("num_workers", num_workers)
-    options = decoding_options_from(decoding_options)
+    options = options_with(options, **decoding_options)
     if options.num_return_sequences != 1:
         raise InvalidOptionError("caption_dataset writes one caption per input: num_return_sequences must be 1")
     record_options = {**options.as_dict(), "num_frames": 16, "pooling": "mean"}

@@ -15,11 +15,11 @@ from PIL import Image
 from .errors import InvalidOptionError, check_positive_int
 from .files import image_files
 
-__all__ = ["POOLINGS", "content_key", "embed"]
+__all__ = ["EMBEDDING_POOLINGS", "content_key", "embed"]
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("cls", "mean")
+EMBEDDING_POOLINGS = ("cls", "mean")
 
 
 def content_key(item) -> str:
@@ -62,8 +62,8 @@ def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=N
     """See :meth:`bliptk.Captioner.embed`."""
     from tqdm.auto import tqdm
 
-    if pooling not in POOLINGS:
-        raise InvalidOptionError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if pooling not in EMBEDDING_POOLINGS:
+        raise InvalidOptionError(f"pooling must be one of {', '.join(EMBEDDING_POOLINGS)}, got {pooling!r}")
     check_positive_int("batch_size", batch_size)
     if isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
         items = image_files(images)
@@ -83,8 +83,8 @@ def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=N
     missing = [index for index, vector in enumerate(vectors) if vector is None]
     if cache is not None:
         logger.info("embeddings: %d cached, %d to compute", len(items) - len(missing), len(missing))
-    show = progress if progress is not None else len(missing) > batch_size
-    with tqdm(total=len(missing), desc="embedding", unit="img", disable=not show) as bar:
+    show_progress = progress if progress is not None else len(missing) > batch_size
+    with tqdm(total=len(missing), desc="embedding", unit="img", disable=not show_progress) as bar:
         for start in range(0, len(missing), batch_size):
             rows = missing[start : start + batch_size]
             features = captioner.encode_image([items[row] for row in rows])

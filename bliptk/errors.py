@@ -1,8 +1,10 @@
-"""The errors bliptk raises.
+"""The errors bliptk raises: one contract.
 
-Every error a user can meet derives from :class:`BliptkError`, so one ``except BliptkError``
-catches them all, and each also derives from the built-in error it refines (``ValueError``,
-``FileNotFoundError``, ...) so that generic handlers keep working.
+Every mistake a caller can make (a bad option or argument, an unreadable input, a missing
+checkpoint or extra) raises a subclass of :class:`BliptkError`, so one ``except BliptkError``
+catches them all and the ``bliptk`` command maps them all to exit code 2. Each also derives from
+the built-in error it refines (``ValueError``, ``TypeError``, ``FileNotFoundError``, ...), so
+that generic handlers keep working.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ __all__ = [
     "ExampleNotFoundError",
     "ImageLoadError",
     "InputError",
+    "InvalidArgumentError",
     "InvalidOptionError",
+    "MissingDependencyError",
     "NoInputsError",
     "OutputExistsError",
     "RandomWeightsWarning",
@@ -35,6 +39,14 @@ class BliptkError(Exception):
 
 class InvalidOptionError(BliptkError, ValueError):
     """An option (decoding setting, dtype, ...) has a value bliptk cannot use."""
+
+
+class InvalidArgumentError(BliptkError, TypeError):
+    """An argument is of a kind bliptk cannot use (a number where a net is expected, ...)."""
+
+
+class MissingDependencyError(BliptkError, ImportError):
+    """An optional extra that a feature needs is not installed; the message names the extra."""
 
 
 class UnknownModelError(BliptkError, LookupError):

@@ -20,8 +20,6 @@ from .errors import BliptkError
 
 __all__ = ["EvaluationError", "EvaluationResult", "evaluate", "load_predictions", "load_references"]
 
-METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr")
-
 
 class EvaluationError(BliptkError, ValueError):
     """Predictions or references cannot be evaluated (malformed, mismatched, or the tools are missing)."""

@@ -6,7 +6,6 @@ follow cosine similarity, the usual measure between image embeddings.
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -15,11 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InvalidOptionError
+from .errors import InvalidArgumentError, InvalidOptionError
 
 __all__ = ["ClusterResult", "Neighbour", "cluster", "near_duplicates", "nearest", "plot_feature_space", "project"]
-
-logger = logging.getLogger(__name__)
 
 PROJECTIONS = ("umap", "tsne", "pca")
 CLUSTERINGS = ("kmeans", "agglomerative")
@@ -33,7 +30,8 @@ def _as_matrix(embeddings) -> np.ndarray:
     return matrix
 
 
-def _normalised(embeddings) -> np.ndarray:
+def _unit_rows(embeddings) -> np.ndarray:
+    """Each row scaled to unit L2 length (a zero row stays zero)."""
     matrix = _as_matrix(embeddings)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.where(norms > 0, norms, 1.0)
@@ -58,7 +56,7 @@ def project(embeddings, method: str = "umap", random_state: int = 0, n_component
     """
     if method not in PROJECTIONS:
         raise InvalidOptionError(f"method must be one of {', '.join(PROJECTIONS)}, got {method!r}")
-    points = _normalised(embeddings)
+    points = _unit_rows(embeddings)
     count = len(points)
     if count < _MIN_POINTS[method]:
         hint = "; use method='pca' for fewer" if method == "umap" else ""
@@ -144,7 +142,7 @@ def cluster(
 
     if method not in CLUSTERINGS:
         raise InvalidOptionError(f"method must be one of {', '.join(CLUSTERINGS)}, got {method!r}")
-    points = _normalised(embeddings)
+    points = _unit_rows(embeddings)
     count = len(points)
     if true_labels is not None and len(true_labels) != count:
         raise InvalidOptionError(f"{len(true_labels)} true labels for {count} embeddings")
@@ -189,7 +187,7 @@ def _embeddings_of(data, captioner, pooling: str):
     if isinstance(data, np.ndarray) or (hasattr(data, "ndim") and getattr(data, "ndim", 0) == 2):
         return _as_matrix(data), None
     if captioner is None:
-        raise TypeError("to compare images, pass captioner= (or pass embeddings as an (N, D) array)")
+        raise InvalidArgumentError("to compare images, pass captioner= (or pass embeddings as an (N, D) array)")
     from .files import image_files
 
     if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
@@ -216,7 +214,7 @@ def nearest(query, collection, k: int = 5, captioner=None, pooling: str = "cls")
         query_vector = query[None]
     else:
         query_vector = _embeddings_of(query if isinstance(query, np.ndarray) else [query], captioner, pooling)[0]
-    similarities = _normalised(vectors) @ _normalised(query_vector)[0]
+    similarities = _unit_rows(vectors) @ _unit_rows(query_vector)[0]
     order = np.argsort(-similarities, kind="stable")[:k]
     return [Neighbour(int(i), float(similarities[i]), items[i] if items is not None else None) for i in order]
 
@@ -234,7 +232,7 @@ def near_duplicates(collection, threshold: float = 0.95, captioner=None, pooling
         ``(i, j, similarity)`` with ``i < j``, most similar first.
     """
     vectors, _ = _embeddings_of(collection, captioner, pooling)
-    unit = _normalised(vectors)
+    unit = _unit_rows(vectors)
     similarities = unit @ unit.T
     rows, columns = np.triu_indices(len(unit), k=1)
     keep = similarities[rows, columns] >= threshold

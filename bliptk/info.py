@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import InvalidArgumentError
+
 __all__ = ["NetInformation", "net_information"]
 
 
@@ -48,7 +50,7 @@ def _module_of(net) -> nn.Module:
         return net.lm
     if isinstance(net, nn.Module):
         return net
-    raise TypeError(f"net_information needs a Captioner, one of its parts, or a torch module, not {type(net).__name__}")
+    raise InvalidArgumentError(f"net_information needs a Captioner, one of its parts, or a torch module, not {type(net).__name__}")
 
 
 def net_information(net) -> NetInformation:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError
@@ -22,9 +21,6 @@ __all__ = ["Preprocessor", "load_image", "to_rgb", "CLIP_MEAN", "CLIP_STD"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-ImageInput = "str | os.PathLike | PIL.Image.Image | numpy.ndarray | torch.Tensor"
-
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -52,11 +48,16 @@ def load_image(source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Ima
         image = source
     elif isinstance(source, np.ndarray):
         image = _from_array(source, "NumPy array", channels_last=True)
-    elif isinstance(source, torch.Tensor):
+    elif _is_torch_tensor(source):
         image = _from_array(source.detach().cpu().numpy(), "torch tensor", channels_last=False)
     else:
         raise ImageLoadError(repr(source)[:80], f"unsupported image type {type(source).__name__}")
     return to_rgb(ImageOps.exif_transpose(image))
+
+
+def _is_torch_tensor(source) -> bool:
+    # Without importing torch: bliptk's ONNX runner reads images where torch is not installed.
+    return type(source).__module__.split(".")[0] == "torch" and hasattr(source, "detach")
 
 
 def _open_path(path: Path, max_pixels: int | None) -> Image.Image:
@@ -140,19 +141,32 @@ class Preprocessor:
             size = size.get("height", size.get("shortest_edge", image_size))
         return cls(int(size), tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD)))
 
-    def __call__(self, images) -> torch.Tensor:
+    def __call__(self, images):
         """Preprocess one image or a list of them.
 
         Returns:
-            Pixel values of shape ``(B, 3, S, S)``, float32 (B = 1 for a single image).
+            Pixel values of shape ``(B, 3, S, S)``, a float32 torch tensor (B = 1 for a single
+            image).
         """
+        import torch
+
+        return torch.from_numpy(self.arrays(images))
+
+    def arrays(self, images) -> np.ndarray:
+        """Like calling it, as a float32 NumPy array ``(B, 3, S, S)`` (no torch needed)."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        return torch.stack([self.tensor(load_image(image)) for image in images])
+        return np.stack([self.array(load_image(image)) for image in images])
 
-    def tensor(self, image: Image.Image) -> torch.Tensor:
-        """One RGB PIL image -> ``(3, S, S)`` float32."""
+    def tensor(self, image: Image.Image):
+        """One RGB PIL image -> ``(3, S, S)`` float32 torch tensor."""
+        import torch
+
+        return torch.from_numpy(self.array(image))
+
+    def array(self, image: Image.Image) -> np.ndarray:
+        """One RGB PIL image -> ``(3, S, S)`` float32 NumPy array."""
         resized = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         pixels = np.asarray(resized, dtype=np.float64) * (1.0 / 255.0)
         pixels = (pixels - np.asarray(self.mean)) / np.asarray(self.std)
-        return torch.from_numpy(pixels.transpose(2, 0, 1).astype(np.float32))
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)

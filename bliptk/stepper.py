@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .decoding import Caption, DecodingOptions, encode_prompt, process_scores, sample_next_token
+from .decoding import Caption, DecodingOptions, DecodingTask, SamplingDecoder, log_softmax
+from .errors import InvalidOptionError
 from .tokenizer import SEP_TOKEN_ID
 
 __all__ = ["DecodeStep", "Stepper", "TokenChoice", "token_alternatives"]
@@ -88,13 +90,18 @@ class DecodeStep:
 
 
 class Stepper:
-    """Generate a caption one step at a time.
+    """Generate a caption one step at a time: the very steps :meth:`~bliptk.Captioner.caption`
+    makes (the same :class:`~bliptk.decoding.DecodingTask` and
+    :class:`~bliptk.decoding.SamplingDecoder`), each reported as a :class:`DecodeStep`.
 
     Args:
         captioner: A :class:`~bliptk.Captioner`.
         image: An image, or its features ``(1, N, D)``.
         options: Decoding options (greedy by default); beam search is not stepped.
-        show: How many of the most probable tokens each step reports.
+        top: How many of the most probable tokens each step reports.
+
+    Raises:
+        InvalidOptionError: Beam search, or several captions, asked for.
 
     Example:
         >>> stepper = Stepper(captioner, "photo.jpg")
@@ -102,62 +109,54 @@ class Stepper:
         >>> stepper.run()            # the rest; stepper.text == captioner.caption("photo.jpg").text
     """
 
-    def __init__(self, captioner, image, options: DecodingOptions | None = None, show: int = 10):
+    def __init__(self, captioner, image, options: DecodingOptions | None = None, top: int = 10):
         self.options = options or DecodingOptions()
-        if self.options.num_beams > 1:
-            raise ValueError("the stepper shows greedy decoding and sampling, not beam search")
+        if self.options.num_beams > 1 or self.options.num_return_sequences > 1:
+            raise InvalidOptionError("the stepper shows one caption by greedy decoding or sampling, not beam search or several captions")
         self.captioner = captioner
         self.features = image if isinstance(image, torch.Tensor) and image.dim() == 3 else captioner.encode_image(image)
-        decoder, tokenizer = captioner.text_decoder, captioner.tokenizer
-        self.prompt_ids = encode_prompt(tokenizer, self.options, decoder.max_positions)
-        self.state = decoder.start(self.features, len(self.prompt_ids) + self.options.max_new_tokens)
-        self.generator = None
-        if self.options.temperature > 0 and self.options.seed is not None:
-            self.generator = torch.Generator(device=decoder.device).manual_seed(self.options.seed)
-        self.show = show
+        task = DecodingTask(captioner.text_decoder, captioner.tokenizer, self.features, self.options)
+        self.prompt_ids = task.prompt_ids[0]
+        self._decoder = SamplingDecoder(task)
+        self.top = top
         self.steps: list[DecodeStep] = []
-        self.token_ids: list[int] = []
-        self._next_input = self.prompt_ids
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The tokens chosen so far (the ending ``[SEP]`` not included)."""
+        return self._decoder.token_ids[0]
 
     @property
     def done(self) -> bool:
         """True once ``[SEP]`` was chosen or ``max_new_tokens`` steps were made."""
-        return bool(self.steps and self.steps[-1].finished) or len(self.steps) >= self.options.max_new_tokens
+        return self._decoder.done
 
     @property
     def text(self) -> str:
         """The caption so far, prompt included."""
         return self.captioner.tokenizer.decode(self.prompt_ids[1:] + self.token_ids).strip()
 
-    @torch.inference_mode()
     def step(self) -> DecodeStep | None:
         """Make one step; None when the caption is already complete."""
-        if self.done:
+        result = self._decoder.step()
+        if result is None:
             return None
-        decoder, tokenizer = self.captioner.text_decoder, self.captioner.tokenizer
-        inputs = torch.tensor([self._next_input], device=decoder.device)
-        logits = decoder(inputs, self.state)[:, -1].float()
-        sequence = torch.tensor([self.prompt_ids + self.token_ids], device=decoder.device)
-        scores = process_scores(logits, sequence, len(self.token_ids), self.options)
-        options = self.options
-        chosen = int(sample_next_token(scores, options.temperature, options.top_k, options.top_p, self.generator)[0])
-        probabilities = logits.softmax(dim=-1)[0]
-        top = probabilities.topk(self.show)
+        tokenizer = self.captioner.tokenizer
+        probabilities = softmax(result.logits[0])
+        top = np.argsort(-probabilities, kind="stable")[: self.top]
+        chosen = result.chosen[0]
         step = DecodeStep(
             index=len(self.steps),
-            input_ids=list(self._next_input),
-            input_tokens=tokenizer.convert_ids_to_tokens(self._next_input),
-            cache_length=self.state.length,
-            top=list(zip(tokenizer.convert_ids_to_tokens(top.indices.tolist()), top.values.tolist())),
+            input_ids=result.input_ids[0],
+            input_tokens=tokenizer.convert_ids_to_tokens(result.input_ids[0]),
+            cache_length=result.cache_length,
+            top=list(zip(tokenizer.convert_ids_to_tokens(top), probabilities[top].tolist())),
             chosen_id=chosen,
             chosen_token=tokenizer.tokens[chosen],
             chosen_probability=float(probabilities[chosen]),
             finished=chosen == SEP_TOKEN_ID,
         )
         self.steps.append(step)
-        if not step.finished:
-            self.token_ids.append(chosen)
-        self._next_input = [chosen]
         return step
 
     def run(self) -> list[DecodeStep]:
@@ -165,3 +164,8 @@ class Stepper:
         while self.step() is not None:
             pass
         return self.steps
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of ``(V,)`` logits."""
+    return np.exp(log_softmax(logits[None].astype(np.float64))[0])

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import InvalidOptionError
 
 __all__ = ["DecoderState", "TextDecoder"]
 
@@ -35,6 +38,8 @@ class DecoderState:
         cross_values: Per layer, the image values ``(B, H, N, Dh)``.
         self_keys: Per layer, the self-attention key cache ``(B, H, max_length, Dh)``.
         self_values: Per layer, the self-attention value cache ``(B, H, max_length, Dh)``.
+        padding: ``(B,)`` how many cache slots before each sequence hold no token (prompts of
+            different lengths, left-padded); None when no sequence is padded.
         length: How many positions of the cache are filled.
     """
 
@@ -42,20 +47,19 @@ class DecoderState:
     cross_values: list[torch.Tensor]
     self_keys: list[torch.Tensor]
     self_values: list[torch.Tensor]
+    padding: torch.Tensor | None = None
     length: int = 0
     max_length: int = field(init=False)
 
     def __post_init__(self):
         self.max_length = self.self_keys[0].shape[2]
 
-    @property
-    def batch_size(self) -> int:
-        return self.self_keys[0].shape[0]
-
-    def select(self, rows: torch.Tensor) -> "DecoderState":
-        """A state for a subset or reordering of the batch rows (``rows``: index tensor)."""
+    def select(self, rows) -> "DecoderState":
+        """A state for a subset or reordering of the batch rows (an index tensor or array)."""
+        rows = torch.as_tensor(rows, device=self.self_keys[0].device)
         pick = lambda tensors: [t.index_select(0, rows) for t in tensors]  # noqa: E731
-        state = DecoderState(pick(self.cross_keys), pick(self.cross_values), pick(self.self_keys), pick(self.self_values))
+        padding = None if self.padding is None else self.padding.index_select(0, rows)
+        state = DecoderState(pick(self.cross_keys), pick(self.cross_values), pick(self.self_keys), pick(self.self_values), padding)
         state.length = self.length
         return state
 
@@ -80,7 +84,6 @@ class TextDecoder(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.max_positions = config.max_position_embeddings
-        self.vocab_size = config.vocab_size
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -100,29 +103,40 @@ class TextDecoder(nn.Module):
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     @torch.inference_mode()
-    def start(self, image_features: torch.Tensor, max_length: int) -> DecoderState:
+    def start(self, image_features: torch.Tensor, max_length: int, padding=None, image_rows=None) -> DecoderState:
         """Prepare decoding over a batch of images.
 
         Args:
             image_features: Image encoder output ``(B, N, D)``.
             max_length: Longest sequence (prompt + generated tokens) the cache must hold.
+            padding: ``(R,)`` slots of left padding before each sequence's prompt (prompts of
+                different lengths in one batch); None for none.
+            image_rows: ``(R,)`` the image of each sequence, to decode an image several times
+                (samples, beams); None for one sequence per image.
 
         Returns:
             A fresh :class:`DecoderState` with the image keys and values of every layer.
+
+        Raises:
+            InvalidOptionError: ``max_length`` exceeds the decoder's positions (512).
         """
         if max_length > self.max_positions:
-            raise ValueError(f"max_length {max_length} exceeds the decoder's {self.max_positions} positions")
+            raise InvalidOptionError(f"max_length {max_length} exceeds the decoder's {self.max_positions} positions")
         image_features = image_features.to(device=self.device, dtype=self.dtype)
-        batch = image_features.shape[0]
         cross_keys, cross_values, self_keys, self_values = [], [], [], []
+        rows = None if image_rows is None else torch.as_tensor(image_rows, device=self.device)
         for layer in self.layers:
             attention = layer.crossattention.self
-            cross_keys.append(self._split_heads(attention.key(image_features)).contiguous())
-            cross_values.append(self._split_heads(attention.value(image_features)).contiguous())
-            cache_shape = (batch, self.num_heads, max_length, self.head_dim)
+            keys = self._split_heads(attention.key(image_features)).contiguous()
+            values = self._split_heads(attention.value(image_features)).contiguous()
+            # Each image's keys and values are computed once, then given to each of its rows.
+            cross_keys.append(keys if rows is None else keys.index_select(0, rows))
+            cross_values.append(values if rows is None else values.index_select(0, rows))
+            cache_shape = (cross_keys[-1].shape[0], self.num_heads, max_length, self.head_dim)
             self_keys.append(torch.empty(cache_shape, device=self.device, dtype=self.dtype))
             self_values.append(torch.empty(cache_shape, device=self.device, dtype=self.dtype))
-        return DecoderState(cross_keys, cross_values, self_keys, self_values)
+        padding = None if padding is None else torch.as_tensor(padding, device=self.device)
+        return DecoderState(cross_keys, cross_values, self_keys, self_values, padding)
 
     @torch.inference_mode()
     def forward(
@@ -141,21 +155,29 @@ class TextDecoder(nn.Module):
         Returns:
             Logits ``(B, S, V)`` for the token after each input position; with
             ``return_cross_attention``, also a tuple of L tensors ``(B, H, S, N)``.
+
+        Raises:
+            InvalidOptionError: The cache cannot hold ``S`` more positions.
         """
         batch, steps = input_ids.shape
         start, end = state.length, state.length + steps
         if end > state.max_length:
-            raise ValueError(f"the cache holds {state.max_length} positions; {end} needed")
+            raise InvalidOptionError(f"the cache holds {state.max_length} positions; {end} needed")
         embeddings = self.lm.bert.embeddings
         positions = torch.arange(start, end, device=input_ids.device)
+        mask = None
+        if steps > 1:  # within the new tokens attention is causal; every cached position is visible
+            mask = torch.arange(end, device=input_ids.device)[None, :] <= positions[:, None]  # (S, end)
+        if state.padding is not None:
+            # A padded sequence's positions count from its first token, and no query sees the
+            # padding; a padding slot sees itself only, so that its (unused) state stays finite.
+            slots = torch.arange(end, device=input_ids.device)
+            visible = (slots[None, :] >= state.padding[:, None])[:, None, None, :]  # (B, 1, 1, end)
+            mask = visible if mask is None else visible & mask
+            mask = mask | (slots[None, :] == positions[:, None])  # (B, 1, S, end)
+            positions = (positions[None, :] - state.padding[:, None]).clamp_min(0)  # (B, S)
         hidden = embeddings.word_embeddings(input_ids) + embeddings.position_embeddings(positions)
         hidden = embeddings.LayerNorm(hidden)
-
-        # Within the new tokens attention is causal; every cached position is visible.
-        causal_mask = None
-        if steps > 1:
-            query_positions = torch.arange(start, end, device=hidden.device)[:, None]
-            causal_mask = torch.arange(end, device=hidden.device)[None, :] <= query_positions
 
         cross_attentions = []
         for index, layer in enumerate(self.layers):
@@ -166,7 +188,7 @@ class TextDecoder(nn.Module):
                 self._split_heads(attention.query(hidden)),
                 state.self_keys[index][:, :, :end],
                 state.self_values[index][:, :, :end],
-                causal_mask,
+                mask,
             )
             hidden = layer.attention.output(self._merge_heads(context), hidden)
 
@@ -187,6 +209,24 @@ class TextDecoder(nn.Module):
         if return_cross_attention:
             return logits, tuple(cross_attentions)
         return logits
+
+    # The decoding engine's view (bliptk.decoding.DecoderBackend): NumPy in, NumPy out.
+
+    @torch.inference_mode()
+    def step(self, state: DecoderState, input_ids: np.ndarray, return_attention: bool = False):
+        """Feed ``(R, S)`` ids; the float32 logits ``(R, V)`` of the token after the last one and,
+        with ``return_attention``, that position's cross-attention ``(R, L, H, N)``."""
+        ids = torch.from_numpy(np.ascontiguousarray(input_ids)).to(self.device)
+        if not return_attention:
+            return self(ids, state)[:, -1].float().cpu().numpy(), None
+        logits, cross_attention = self(ids, state, return_cross_attention=True)
+        # L x (R, H, S, N) -> (R, L, H, N): the weights of the position that predicts the token.
+        attention = torch.stack([weights[:, :, -1] for weights in cross_attention], dim=1)
+        return logits[:, -1].float().cpu().numpy(), attention.float().cpu().numpy()
+
+    @staticmethod
+    def select(state: DecoderState, rows: np.ndarray) -> DecoderState:
+        return state.select(rows)
 
     def _attend(self, query, keys, values, mask=None) -> torch.Tensor:
         """Attention of ``(B, H, S, Dh)`` queries over ``(B, H, T, Dh)`` keys and values."""

@@ -15,6 +15,8 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as _WordPieceTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
+from .errors import InputError
+
 __all__ = ["Tokenizer", "load_tokenizer", "DEC_TOKEN_ID", "ENC_TOKEN_ID", "SEP_TOKEN_ID", "PAD_TOKEN_ID"]
 
 PAD_TOKEN_ID = 0
@@ -36,9 +38,7 @@ class Tokenizer:
             ``NetExtract[tokenizer, "Tokens"]``, 0-based).
     """
 
-    bos_token_id = DEC_TOKEN_ID
-    eos_token_id = SEP_TOKEN_ID
-    pad_token_id = PAD_TOKEN_ID
+    eos_token_id = SEP_TOKEN_ID  # what ends a caption (as on transformers' tokenizers)
 
     def __init__(self, vocab_file: str | Path):
         vocab_lines = Path(vocab_file).read_text(encoding="utf-8").splitlines()
@@ -54,9 +54,10 @@ class Tokenizer:
             [AddedToken(t, normalized=False, special=True) for t in ("[DEC]", "[ENC]")]
         )
         if wordpiece.token_to_id("[DEC]") != DEC_TOKEN_ID or wordpiece.token_to_id("[ENC]") != ENC_TOKEN_ID:
-            raise ValueError(
-                f"{vocab_file}: expected BERT's 30,522-entry vocabulary (got {len(vocab)} entries, "
-                f"{added} tokens added), so that [DEC]={DEC_TOKEN_ID} and [ENC]={ENC_TOKEN_ID}"
+            raise InputError(
+                vocab_file,
+                f"expected BERT's 30,522-entry vocabulary (got {len(vocab)} entries, {added} tokens added), "
+                f"so that [DEC]={DEC_TOKEN_ID} and [ENC]={ENC_TOKEN_ID}",
             )
         self._wordpiece = wordpiece
         self.vocab_file = str(vocab_file)

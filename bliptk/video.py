@@ -396,6 +396,7 @@ def caption_timeline(
     frames_per_segment: int = 4,
     prompt: str | None = None,
     pooling: str = "mean",
+    options=None,
     **decoding_options,
 ) -> list[TimelineSegment]:
     """Caption K consecutive, equal segments of a video, each from its own frames.
@@ -407,7 +408,9 @@ def caption_timeline(
         frames_per_segment: Uniformly spaced frames whose features make each segment's caption.
         prompt: Text each caption starts with (None: ``"a video of"``).
         pooling: ``"mean"`` or ``"concat"`` of each segment's frame features.
-        **decoding_options: ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``.
+        options: :class:`~bliptk.DecodingOptions` to start from.
+        **decoding_options: Fields of :class:`~bliptk.DecodingOptions` (``max_new_tokens``,
+            ``temperature``, ...).
 
     Returns:
         K :class:`TimelineSegment` rows ``(start, end, caption)`` in time order.
@@ -419,6 +422,6 @@ def caption_timeline(
     rows = []
     for start, end in zip(bounds, bounds[1:]):
         frames = video_frames(video, frames_per_segment, start=start, end=end)
-        caption = captioner.caption(frames, prompt=prompt, pooling=pooling, **decoding_options)
+        caption = captioner.caption(frames, prompt, options=options, pooling=pooling, **decoding_options)
         rows.append(TimelineSegment(start, end, caption))
     return rows

@@ -15,22 +15,65 @@ text form says so.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, fields
 
 from .attention import attention_maps, overlay_attention
-from .decoding import DecodingOptions
+from .decoding import DEFAULT_PROMPT, DecodingOptions
+from .errors import MissingDependencyError
 from .preprocess import load_image
 from .stepper import Stepper, token_alternatives
 
 __all__ = ["AttentionExplorer", "CaptionExplorer", "StepThroughDecoder"]
 
+# The layer selector's value for the mean over every decoder layer.
+ALL_LAYERS = "all"
+
 _NO_FRONTEND = "{name}: an interactive ipywidgets view; display it in JupyterLab or Jupyter Notebook to use it."
+
+
+@dataclass(frozen=True)
+class _OptionControl:
+    """How the caption explorer shows one field of :class:`DecodingOptions`: a widget class, its
+    range, and the widget value that stands for the field's None."""
+
+    widget: str
+    limits: dict
+    none_value: object = None
+
+    def to_option(self, value):
+        return None if self.none_value is not None and value == self.none_value else value
+
+
+# The decoding options the caption explorer offers; each control starts at its field's default.
+_OPTION_CONTROLS = {
+    "prompt": _OptionControl("Text", {}, none_value=DEFAULT_PROMPT),
+    "max_new_tokens": _OptionControl("IntSlider", {"min": 1, "max": 60}),
+    "temperature": _OptionControl("FloatSlider", {"min": 0.0, "max": 2.0, "step": 0.05}),
+    "top_k": _OptionControl("IntSlider", {"min": 1, "max": 100}),
+    "top_p": _OptionControl("FloatSlider", {"min": 0.05, "max": 1.0, "step": 0.05}, none_value=1.0),  # 1: no limit
+    "num_beams": _OptionControl("IntSlider", {"min": 1, "max": 8}),
+    "seed": _OptionControl("IntText", {}, none_value=-1),  # -1: fresh randomness
+}
+
+
+def _option_controls(w) -> dict:
+    """One widget per offered field of :class:`DecodingOptions`, at the field's default."""
+    defaults = DecodingOptions()
+    controls = {}
+    for option in fields(DecodingOptions):
+        if option.name in _OPTION_CONTROLS:
+            spec = _OPTION_CONTROLS[option.name]
+            default = getattr(defaults, option.name)
+            value = spec.none_value if default is None else default
+            controls[option.name] = getattr(w, spec.widget)(value=value, description=option.name.replace("_", " "), **spec.limits)
+    return controls
 
 
 def _widgets():
     try:
         import ipywidgets
     except ImportError:  # pragma: no cover - ipywidgets is a dependency
-        raise ImportError("bliptk.widgets needs ipywidgets: pip install ipywidgets") from None
+        raise MissingDependencyError("bliptk.widgets needs ipywidgets: pip install ipywidgets") from None
     return ipywidgets
 
 
@@ -78,20 +121,16 @@ class CaptionExplorer(_Explorer):
         self._images = {str(path): path for path in images}
         self.image = w.Dropdown(options=list(self._images), description="image")
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload")
-        self.prompt = w.Text(value="a photography of", description="prompt")
-        self.max_new_tokens = w.IntSlider(value=25, min=1, max=60, description="max tokens")
-        self.temperature = w.FloatSlider(value=0.0, min=0.0, max=2.0, step=0.05, description="temperature")
-        self.top_k = w.IntSlider(value=10, min=1, max=100, description="top-k")
-        self.top_p = w.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p")
-        self.num_beams = w.IntSlider(value=1, min=1, max=8, description="beams")
-        self.seed = w.IntText(value=0, description="seed")
+        self.controls = _option_controls(w)
+        for name, control in self.controls.items():
+            setattr(self, name, control)
         self.token = w.IntSlider(value=0, min=0, max=0, description="token")
         self.text = w.HTML()
         self.table = w.HTML()
         self.chart = w.Image(format="png")
         self.caption = None
         self.choices = []
-        controls = [self.image, self.upload, self.prompt, self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.num_beams, self.seed]
+        controls = [self.image, self.upload, *self.controls.values()]
         for control in controls:
             control.observe(self._changed, names="value")
         self.token.observe(lambda change: self._draw_chart(), names="value")
@@ -100,16 +139,11 @@ class CaptionExplorer(_Explorer):
             self.update()
 
     def options(self) -> DecodingOptions:
-        """The decoding options the controls say."""
-        return DecodingOptions(
-            self.prompt.value,
-            self.max_new_tokens.value,
-            self.temperature.value if self.num_beams.value == 1 else 0.0,
-            self.top_k.value,
-            None if self.top_p.value >= 1.0 else self.top_p.value,
-            self.seed.value,
-            num_beams=self.num_beams.value,
-        )
+        """The decoding options the controls say (temperature 0 with beams, which are greedy)."""
+        values = {name: _OPTION_CONTROLS[name].to_option(control.value) for name, control in self.controls.items()}
+        if values["num_beams"] > 1:
+            values["temperature"] = 0.0
+        return DecodingOptions(**values)
 
     def features(self):
         """The chosen image's features, computed once per image."""
@@ -180,7 +214,7 @@ class AttentionExplorer(_Explorer):
         self.caption = captioner.caption(self.picture, prompt, return_attention=True, **decoding_options)
         layers, heads = self.caption.cross_attention.shape[1:3]
         self.token = w.IntSlider(value=0, min=0, max=max(0, len(self.caption.tokens) - 1), description="token")
-        self.layer = w.Dropdown(options=[("all", -100)] + [(str(i), i) for i in range(layers)], value=layers - 1, description="layer")
+        self.layer = w.Dropdown(options=[("all", ALL_LAYERS)] + [(str(i), i) for i in range(layers)], value=layers - 1, description="layer")
         self.heads = w.Dropdown(options=[("mean", "mean"), ("max", "max")] + [(str(i), i) for i in range(heads)], value="mean", description="heads")
         self.label = w.HTML()
         self.view = w.Image(format="png")
@@ -193,7 +227,7 @@ class AttentionExplorer(_Explorer):
     def map_options(self) -> dict:
         """The :func:`~bliptk.attention_maps` options the controls say."""
         layers = self.caption.cross_attention.shape[1]
-        layer = list(range(layers)) if self.layer.value == -100 else self.layer.value
+        layer = list(range(layers)) if self.layer.value == ALL_LAYERS else self.layer.value
         return {"layer": layer, "heads": self.heads.value}
 
     def update(self) -> None:
@@ -214,22 +248,22 @@ class StepThroughDecoder(_Explorer):
         captioner: A :class:`~bliptk.Captioner`.
         image: The image.
         options: Decoding options (greedy by default).
-        show: How many of the most probable next tokens to list.
+        top: How many of the most probable next tokens to list.
 
     Attributes:
         stepper: The :class:`~bliptk.stepper.Stepper` it drives.
     """
 
-    def __init__(self, captioner, image, options: DecodingOptions | None = None, show: int = 10):
+    def __init__(self, captioner, image, options: DecodingOptions | None = None, top: int = 10):
         w = _widgets()
-        self.stepper = Stepper(captioner, image, options, show=show)
+        self.stepper = Stepper(captioner, image, options, top=top)
         self.button = w.Button(description="next token")
         self.reset_button = w.Button(description="restart")
         self.state = w.HTML()
         self.caption = w.HTML(f"<b>{self.stepper.text}</b>")
         self.button.on_click(lambda _: self.next())
         self.reset_button.on_click(lambda _: self.reset())
-        self._arguments = (captioner, image, options, show)
+        self._arguments = (captioner, image, options, top)
         self.widget = w.VBox([w.HBox([self.button, self.reset_button]), self.caption, self.state])
 
     def next(self):
@@ -252,7 +286,8 @@ class StepThroughDecoder(_Explorer):
 
     def reset(self) -> None:
         """Start the caption again."""
-        self.stepper = Stepper(*self._arguments[:2], self._arguments[2], show=self._arguments[3])
+        captioner, _, options, top = self._arguments
+        self.stepper = Stepper(captioner, self.stepper.features, options, top=top)  # the image is encoded once
         self.button.disabled = False
         self.caption.value = f"<b>{self.stepper.text}</b>"
         self.state.value = ""

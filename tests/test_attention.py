@@ -1,4 +1,3 @@
-import json
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ def _transformers_cross_attention(captioner, features, caption):
     return stacked[:, :, positions].permute(2, 0, 1, 3)
 
 
-@pytest.mark.parametrize("model", ["tiny", "vit_b"])
+@pytest.mark.parametrize("model", ["tiny", pytest.param("vit_b", marks=pytest.mark.slow)])
 def test_captured_weights_equal_transformers(model, photos, request):
     captioner = request.getfixturevalue(model)
     images = photos[:2]
@@ -33,7 +32,7 @@ def test_captured_weights_equal_transformers(model, photos, request):
         torch.testing.assert_close(caption.cross_attention, expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("model", ["tiny", "vit_b"])
+@pytest.mark.parametrize("model", ["tiny", pytest.param("vit_b", marks=pytest.mark.slow)])
 def test_capture_does_not_change_the_caption(model, photos, request):
     captioner = request.getfixturevalue(model)
     plain = captioner.caption(photos, max_new_tokens=8)
@@ -50,6 +49,7 @@ def test_unconditional_prompt_and_finished_caption_shapes(tiny, photos):
     torch.testing.assert_close(caption.cross_attention.sum(-1), torch.ones(3, 2, 4))
 
 
+@pytest.mark.slow
 def test_vit_l_shapes(photos):
     vit_l = bliptk.load("ViT-L/16", pretrained=False)
     caption = vit_l.caption(photos[0], max_new_tokens=3, return_attention=True)
@@ -67,21 +67,12 @@ def test_grid_follows_the_image_size(tmp_path, photos):
     assert bliptk.attention_maps(caption).shape == (4, 10, 10)
 
 
-def _hooks(module):
-    """Every hook on every submodule (transformers installs its own output-capturing hooks once)."""
-    return [
-        (name, kind, key)
-        for name, m in module.named_modules()
-        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
-        for key in getattr(m, kind)
-    ]
-
-
-def test_no_hooks_or_state_left_behind_even_when_generation_raises(tiny, photos, monkeypatch):
-    before = tiny.caption(photos[0], max_new_tokens=6)
-    hooks_before = _hooks(tiny.model)
-    global_hooks_before = dict(torch.nn.modules.module._global_forward_hooks)
-    layer = tiny.model.text_decoder.bert.encoder.layer[1].output
+def test_a_capture_that_raises_leaves_nothing_behind(photos, monkeypatch):
+    """Attention is computed in the decoding pass itself: a failure mid-caption leaves the
+    captioner as it was, and the next captions, with and without attention, are the same."""
+    captioner = bliptk.load("tiny")
+    before = captioner.caption(photos[0], max_new_tokens=6, return_attention=True)
+    layer = captioner.model.text_decoder.bert.encoder.layer[1].output
     original_forward = layer.forward
     calls = {"n": 0}
 
@@ -93,12 +84,11 @@ def test_no_hooks_or_state_left_behind_even_when_generation_raises(tiny, photos,
 
     monkeypatch.setattr(layer, "forward", failing_forward)
     with pytest.raises(RuntimeError, match="boom in step 3"):
-        tiny.caption(photos[0], max_new_tokens=6, return_attention=True)
+        captioner.caption(photos[0], max_new_tokens=6, return_attention=True)
     monkeypatch.undo()
-    assert _hooks(tiny.model) == hooks_before
-    assert dict(torch.nn.modules.module._global_forward_hooks) == global_hooks_before
-    after = tiny.caption(photos[0], max_new_tokens=6, return_attention=True)
-    assert after.token_ids == before.token_ids and tiny.caption(photos[0], max_new_tokens=6).cross_attention is None
+    after = captioner.caption(photos[0], max_new_tokens=6, return_attention=True)
+    assert after.token_ids == before.token_ids and torch.equal(after.cross_attention, before.cross_attention)
+    assert captioner.caption(photos[0], max_new_tokens=6).cross_attention is None
 
 
 def test_maps_follow_the_pages_recipe(tiny, photos):

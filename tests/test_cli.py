@@ -130,3 +130,18 @@ def test_random_weights_say_so_once_on_stderr(photos, capsys):
         "bliptk: warning: tiny has random weights (seed 0): its captions are random words and its embeddings carry "
         "no meaning. Load pretrained weights for real results.\n"
     )
+
+
+def test_decoding_flags_are_the_fields_of_decoding_options():
+    from dataclasses import fields
+
+    from bliptk.cli import _parser
+
+    caption = _parser()._subparsers._group_actions[0].choices["caption"]
+    flags = {action.dest: action for action in caption._actions}
+    for option in fields(bliptk.DecodingOptions):
+        if option.metadata.get("per_input", True):
+            assert flags[option.name].option_strings == [f"--{option.name.replace('_', '-')}"]
+            assert flags[option.name].default == option.default and option.metadata["help"] in flags[option.name].help
+        else:
+            assert option.name not in flags  # a batch job writes one caption per input

@@ -1,45 +1,25 @@
+"""The decoding engine: greedy, sampling and beam search against transformers, prompts of
+different lengths in one batch, and the options."""
+
 import pytest
-import torch
 
 import bliptk
 from bliptk.decoding import decode
+from bliptk.testing import hf_generate
 
 
-def _transformers_beams(captioner, pixel_values, max_new_tokens, **options):
-    prompt = captioner.tokenizer.encode("a photography of")[1:]
-    input_ids = torch.tensor([[101, *prompt, 102]] * pixel_values.shape[0])
-    with torch.inference_mode():
-        output = captioner.model.generate(pixel_values=pixel_values, input_ids=input_ids, max_new_tokens=max_new_tokens, do_sample=False, **options)
-    return [row[: row.index(102)] if 102 in row else row for row in output[:, 1 + len(prompt) :].tolist()]
-
-
-def _ours(captioner, features, max_new_tokens, **options):
+def _ours(captioner, pixel_values, max_new_tokens, **options):
+    features = captioner.image_encoder(pixel_values)
     captions = decode(captioner.text_decoder, captioner.tokenizer, features, bliptk.DecodingOptions(max_new_tokens=max_new_tokens, **options))
     return [c.token_ids for c in captions]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_new_tokens", [4, 12])
 def test_three_beams_equal_transformers_full_size_vit_b(vit_b, photos, max_new_tokens):
     pixel_values = vit_b.preprocessor(photos[:2])
-    features = vit_b.image_encoder(pixel_values)
-    expected = _transformers_beams(vit_b, pixel_values, max_new_tokens, num_beams=3)
-    assert _ours(vit_b, features, max_new_tokens, num_beams=3) == expected
-
-
-@pytest.fixture
-def sep_likely(tiny):
-    """Raise [SEP]'s bias so that captions end at many different lengths."""
-    bias = tiny.model.text_decoder.cls.predictions.decoder.bias
-    original = bias.detach().clone()
-
-    def set_bias(boost):
-        with torch.no_grad():
-            bias.copy_(original)
-            bias[102] += boost
-
-    yield set_bias
-    with torch.no_grad():
-        bias.copy_(original)
+    expected = hf_generate(vit_b, pixel_values, "a photography of", max_new_tokens, num_beams=3)
+    assert _ours(vit_b, pixel_values, max_new_tokens, num_beams=3) == expected
 
 
 @pytest.mark.parametrize("boost", [0.0, 6.5])
@@ -55,16 +35,14 @@ def sep_likely(tiny):
     ],
     ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
 )
-def test_beam_options_equal_transformers_tiny(tiny, photos, sep_likely, boost, options):
-    sep_likely(boost)
-    pixel_values = tiny.preprocessor(photos)
-    features = tiny.image_encoder(pixel_values)
-    assert _ours(tiny, features, 12, **options) == _transformers_beams(tiny, pixel_values, 12, **options)
+def test_beam_options_equal_transformers_tiny(photos, sep_likely, boost, options):
+    captioner = sep_likely(boost)
+    pixel_values = captioner.preprocessor(photos)
+    assert _ours(captioner, pixel_values, 12, **options) == hf_generate(captioner, pixel_values, "a photography of", 12, **options)
 
 
-def test_beams_end_at_different_lengths(tiny, photos, sep_likely):
-    sep_likely(6.0)
-    captions = tiny.caption(photos, max_new_tokens=12, num_beams=3, num_return_sequences=3)
+def test_beams_end_at_different_lengths(photos, sep_likely):
+    captions = sep_likely(6.0).caption(photos, max_new_tokens=12, num_beams=3, num_return_sequences=3)
     lengths = {len(c.token_ids) for per_image in captions for c in per_image}
     assert len(lengths) > 2 and any(c.finished for per_image in captions for c in per_image)
     for per_image in captions:
@@ -77,11 +55,10 @@ def test_beams_end_at_different_lengths(tiny, photos, sep_likely):
     "options",
     [{"repetition_penalty": 1.3}, {"min_new_tokens": 5}],
 )
-def test_greedy_processors_equal_transformers(tiny, photos, sep_likely, options):
-    sep_likely(6.0)
-    pixel_values = tiny.preprocessor(photos)
-    features = tiny.image_encoder(pixel_values)
-    assert _ours(tiny, features, 10, **options) == _transformers_beams(tiny, pixel_values, 10, num_beams=1, **options)
+def test_greedy_processors_equal_transformers(photos, sep_likely, options):
+    captioner = sep_likely(6.0)
+    pixel_values = captioner.preprocessor(photos)
+    assert _ours(captioner, pixel_values, 10, **options) == hf_generate(captioner, pixel_values, "a photography of", 10, **options)
 
 
 def test_several_samples_per_image(tiny, photos):
@@ -107,3 +84,80 @@ def test_several_samples_per_image(tiny, photos):
 def test_bad_beam_options(tiny, photos, options, message):
     with pytest.raises(bliptk.InvalidOptionError, match=message):
         tiny.caption(photos[0], **options)
+
+
+PROMPTS_OF_MANY_LENGTHS = ["the woman", "", "a photography of", "there is a very long prompt here with many words in it", None]
+STRATEGIES = {
+    "greedy": {},
+    "sampling": {"temperature": 1.0, "top_k": 20, "seed": 3},
+    "beam search": {"num_beams": 3},
+}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_one_image_with_prompts_of_many_lengths_equals_each_alone(tiny, photos, strategy):
+    options = {"max_new_tokens": 8, **STRATEGIES[strategy]}
+    together = tiny.caption(photos[0], PROMPTS_OF_MANY_LENGTHS, **options)
+    alone = [tiny.caption(photos[0], prompt, **options) for prompt in PROMPTS_OF_MANY_LENGTHS]
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+    assert [c.text for c in together] == [c.text for c in alone]
+    assert [c.prompt for c in together] == [p if p is not None else "a photography of" for p in PROMPTS_OF_MANY_LENGTHS]
+    for ours, theirs in zip(together, alone):
+        assert ours.logprobs == pytest.approx(theirs.logprobs, abs=1e-4)
+    assert len({tuple(c.token_ids) for c in together}) > 1  # the prompts do matter
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_batch_with_one_prompt_per_image_equals_each_alone(tiny, photos, strategy):
+    options = {"max_new_tokens": 8, **STRATEGIES[strategy]}
+    prompts = ["", "the woman sitting at a table", "a"]
+    together = tiny.caption(photos, prompts, **options)
+    alone = [tiny.caption(photo, prompt, **options) for photo, prompt in zip(photos, prompts)]
+    assert [c.token_ids for c in together] == [c.token_ids for c in alone]
+    small_batches = tiny.caption(photos, prompts, batch_size=2, **options)
+    assert [c.token_ids for c in small_batches] == [c.token_ids for c in alone]
+
+
+def test_several_samples_per_image_equal_each_image_alone(tiny, photos):
+    together = tiny.caption(photos, ["", "the woman", "a"], temperature=1.0, seed=5, num_return_sequences=2, max_new_tokens=6)
+    alone = [tiny.caption(photo, prompt, temperature=1.0, seed=5, num_return_sequences=2, max_new_tokens=6) for photo, prompt in zip(photos, ["", "the woman", "a"])]
+    assert [[c.token_ids for c in per_image] for per_image in together] == [[c.token_ids for c in per_image] for per_image in alone]
+
+
+def test_prompts_must_match_the_images(tiny, photos):
+    with pytest.raises(bliptk.InvalidOptionError, match="2 prompts for 3 images"):
+        tiny.caption(photos, ["a", "b"])
+    with pytest.raises(bliptk.InvalidOptionError, match="unknown decoding option.*tempreature"):
+        tiny.caption(photos[0], tempreature=1.0)
+
+
+def test_options_are_built_by_keyword_only(tiny, photos):
+    with pytest.raises(TypeError):
+        bliptk.DecodingOptions("the woman", 20)
+    options = bliptk.DecodingOptions(prompt="the woman", max_new_tokens=5)
+    assert tiny.caption(photos[0], options=options).token_ids == tiny.caption(photos[0], "the woman", max_new_tokens=5).token_ids
+    assert tiny.caption(photos[0], options=options, max_new_tokens=2).token_ids == tiny.caption(photos[0], "the woman", max_new_tokens=2).token_ids
+
+
+BAD_OPTIONS = [
+    ({"max_new_tokens": -1}, "max_new_tokens must be a non-negative integer"),
+    ({"max_new_tokens": 2.5}, "max_new_tokens must be a non-negative integer"),
+    ({"temperature": -0.1}, "temperature must be a finite number >= 0"),
+    ({"top_k": 0}, "top_k must be an integer >= 1"),
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+    ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ({"prompt": "word " * 600}, "the decoder has 512"),
+]
+
+
+@pytest.mark.parametrize("options, message", BAD_OPTIONS)
+@pytest.mark.parametrize("verb", ["caption", "caption_files"])
+def test_bad_options_are_refused_before_any_work(tiny, photos, tmp_path, verb, options, message):
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(bliptk.InvalidOptionError, match=message):
+        if verb == "caption":
+            tiny.caption(photos[0], **options)
+        else:
+            next(iter(tiny.caption_files(photos, out, **options)))
+    assert not out.exists()

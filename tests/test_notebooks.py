@@ -15,6 +15,7 @@ def test_there_are_notebooks():
     assert [n.name for n in NOTEBOOKS][:1] == ["01_captioning_basics.ipynb"]
 
 
+@pytest.mark.slow
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_from_the_repository_root(path, monkeypatch):

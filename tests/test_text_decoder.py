@@ -8,7 +8,7 @@ def _features(captioner, photos):
     return captioner.encode_image(photos[:2])
 
 
-@pytest.mark.parametrize("model", ["tiny", "vit_b"])
+@pytest.mark.parametrize("model", ["tiny", pytest.param("vit_b", marks=pytest.mark.slow)])
 def test_logits_equal_transformers_forward(model, photos, request):
     captioner = request.getfixturevalue(model)
     features = _features(captioner, photos)
@@ -22,7 +22,7 @@ def test_logits_equal_transformers_forward(model, photos, request):
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("model", ["tiny", "vit_b"])
+@pytest.mark.parametrize("model", ["tiny", pytest.param("vit_b", marks=pytest.mark.slow)])
 def test_logits_with_cache_equal_logits_without(model, photos, request):
     captioner = request.getfixturevalue(model)
     decoder = captioner.text_decoder

@@ -9,7 +9,8 @@ from PIL import Image
 
 import bliptk
 from bliptk.cli import main
-from conftest import VIDEOS, make_video
+from bliptk.testing import make_video
+from conftest import VIDEOS
 
 REAL_VIDEOS = {"bigbuckbunny.mp4": 5.28, "car-detection.mp4": 30.16, "bottle-detection.mp4": 39.85}
 
@@ -110,7 +111,7 @@ def test_encode_video_is_the_mean_of_the_frames_features(tiny):
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(tiny.encode_video(path, 5, batch_size=2), expected, atol=1e-5, rtol=1e-5)
     caption = tiny.caption(path, num_frames=5, max_new_tokens=8)
-    decoded = tiny.caption_features(expected[None], bliptk.DecodingOptions("a video of", max_new_tokens=8))[0]
+    decoded = tiny.caption_features(expected[None], bliptk.DecodingOptions(prompt="a video of", max_new_tokens=8))[0]
     assert caption.token_ids == decoded.token_ids and caption.text.startswith("a video of")
     assert tiny.caption(frames, max_new_tokens=8).token_ids == decoded.token_ids
 
@@ -121,7 +122,7 @@ def test_concat_pooling(tiny):
     assert features.shape == (3 * 37, 48)
     torch.testing.assert_close(features, tiny.encode_image(list(frames)).flatten(0, 1))
     caption = tiny.caption(frames, pooling="concat", max_new_tokens=6)
-    expected = tiny.caption_features(features[None], bliptk.DecodingOptions("a video of", max_new_tokens=6))[0]
+    expected = tiny.caption_features(features[None], bliptk.DecodingOptions(prompt="a video of", max_new_tokens=6))[0]
     assert caption.token_ids == expected.token_ids
     with pytest.raises(bliptk.InvalidOptionError, match="pooling must be one of mean, concat"):
         tiny.encode_video(frames, pooling="max")

@@ -60,9 +60,9 @@ def test_attention_explorer_overlays_equal_the_api(tiny, photos):
     view = AttentionExplorer(tiny, photos[0], max_new_tokens=6)
     caption = tiny.caption(photos[0], max_new_tokens=6, return_attention=True)
     assert view.caption.token_ids == caption.token_ids
-    for token, layer, heads in [(0, 1, "mean"), (3, 0, 2), (5, -100, "max")]:
+    for token, layer, heads in [(0, 1, "mean"), (3, 0, 2), (5, "all", "max")]:
         view.token.value, view.layer.value, view.heads.value = token, layer, heads
-        expected_map = bliptk.attention_maps(caption, layer=[0, 1] if layer == -100 else layer, heads=heads)[token]
+        expected_map = bliptk.attention_maps(caption, layer=[0, 1] if layer == "all" else layer, heads=heads)[token]
         expected = bliptk.overlay_attention(photos[0], expected_map.numpy())
         assert np.array_equal(np.asarray(view.overlay), np.asarray(expected))
         assert caption.tokens[token] in view.label.value and bytes(view.view.value).startswith(b"\x89PNG")
@@ -96,3 +96,9 @@ def test_text_form_says_a_frontend_is_needed(tiny, photos, explorer):
     assert "display it in JupyterLab or Jupyter Notebook" in repr(explorer)
     bundle = explorer._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and "ipywidgets view" in bundle["text/plain"]
+
+
+def test_the_controls_start_at_the_decoding_options_defaults(explorer):
+    defaults = bliptk.DecodingOptions()
+    assert explorer.options() == defaults
+    assert explorer.prompt.value == bliptk.DEFAULT_PROMPT and explorer.max_new_tokens.value == defaults.max_new_tokens
