@@ -28,7 +28,7 @@ __version__ = "0.2.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
-    "attention": ("attention_maps", "overlay_attention", "plot_attention_map", "plot_attention_maps", "plot_attention_overlays"),
+    "attention": ("attention_entropy", "attention_maps", "overlay_attention", "plot_attention_map", "plot_attention_maps", "plot_attention_overlays"),
     "captioner": ("Captioner", "DEFAULT_VIDEO_PROMPT"),
     "decoding": ("Caption", "DecodingOptions", "DEFAULT_PROMPT"),
     "errors": tuple(_errors.__all__),

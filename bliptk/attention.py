@@ -18,10 +18,17 @@ from PIL import Image
 
 from .decoding import Caption
 from .errors import InvalidOptionError
-from .figures import grid_axes, new_figure
+from .figures import displayable, grid_axes, new_figure
 from .preprocess import load_image
 
-__all__ = ["attention_maps", "overlay_attention", "plot_attention_map", "plot_attention_maps", "plot_attention_overlays"]
+__all__ = [
+    "attention_entropy",
+    "attention_maps",
+    "overlay_attention",
+    "plot_attention_map",
+    "plot_attention_maps",
+    "plot_attention_overlays",
+]
 
 
 def attention_maps(
@@ -74,6 +81,31 @@ def attention_maps(
     return patches.reshape(tokens, grid, grid)
 
 
+def attention_entropy(caption: Caption) -> torch.Tensor:
+    """How spread out each token's attention over the image patches is, per layer and head.
+
+    The entropy (in nats) of the weights on the ``grid**2`` patches, the first image feature (the
+    ViT's class token) dropped and the rest renormalised to sum to 1: 0 when a head looks at one
+    patch, ``log(grid**2)`` (6.36 for 24 x 24) when it looks at all alike. The mean over tokens
+    and heads, ``attention_entropy(caption).mean(dim=(0, 2))``, tells which layer looks most
+    sharply.
+
+    Args:
+        caption: A caption generated with ``return_attention=True``.
+
+    Returns:
+        ``(T, L, H)`` float tensor.
+
+    Raises:
+        InvalidOptionError: The caption carries no attention.
+    """
+    if caption.cross_attention is None:
+        raise InvalidOptionError("this caption carries no cross-attention; caption it with return_attention=True")
+    patches = caption.cross_attention[..., 1:].float()
+    patches = patches / patches.sum(dim=-1, keepdim=True)
+    return -(patches * patches.clamp_min(1e-12).log()).sum(dim=-1)
+
+
 def _rescaled(attention_map) -> np.ndarray:
     """Rescale a map to [0, 1] (the page's ``ImageAdjust``)."""
     values = np.asarray(attention_map, dtype=np.float64)
@@ -122,7 +154,7 @@ def plot_attention_map(attention_map, title: str | None = None, image=None, alph
     else:
         ax.imshow(overlay_attention(image, values, alpha))
     if title is not None:
-        ax.set_title(title)
+        ax.set_title(displayable(title))
     ax.set_axis_off()
     return ax.figure
 

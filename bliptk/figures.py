@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
-__all__ = ["grid_axes", "new_figure"]
+__all__ = ["displayable", "grid_axes", "new_figure"]
 
 
 def new_figure(**figure_options):
@@ -45,3 +46,29 @@ def grid_axes(count: int, columns: int, panel_inches: float, fig=None, aspect: f
     for ax in axes[count:]:
         ax.set_axis_off()
     return fig, axes[:count]
+
+
+def displayable(text: str) -> str:
+    """``text`` with each character that matplotlib's fonts cannot draw written as an escape
+    (``\\u0925``), so that a token from any script shows as something, with no empty box and no
+    "missing glyph" warning in the notebook."""
+    fonts = _fonts()
+    return "".join(c if c.isspace() or any(font.get_char_index(ord(c)) for font in fonts) else f"\\u{ord(c):04x}" for c in text)
+
+
+@lru_cache(maxsize=1)
+def _fonts():
+    """The fonts matplotlib draws text with (its ``font.family``, fallbacks included)."""
+    from matplotlib import font_manager, ft2font, rcParams
+
+    generic = ("serif", "sans-serif", "monospace", "cursive", "fantasy")
+    names = [name for family in rcParams["font.family"] for name in (rcParams[f"font.{family}"] if family in generic else [family])]
+    paths = []
+    for name in names:
+        try:
+            path = font_manager.findfont(font_manager.FontProperties(family=name), fallback_to_default=False)
+        except ValueError:  # a font of the list that this machine lacks
+            continue
+        if path not in paths:
+            paths.append(path)
+    return [ft2font.FT2Font(path) for path in paths]

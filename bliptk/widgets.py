@@ -14,6 +14,7 @@ text form says so.
 
 from __future__ import annotations
 
+import html
 import io
 from dataclasses import dataclass, fields
 
@@ -39,6 +40,7 @@ class _OptionControl:
     widget: str
     limits: dict
     none_value: object = None
+    tooltip: str | None = None
 
     def to_option(self, value):
         return None if self.none_value is not None and value == self.none_value else value
@@ -52,7 +54,7 @@ _OPTION_CONTROLS = {
     "top_k": _OptionControl("IntSlider", {"min": 1, "max": 100}),
     "top_p": _OptionControl("FloatSlider", {"min": 0.05, "max": 1.0, "step": 0.05}, none_value=1.0),  # 1: no limit
     "num_beams": _OptionControl("IntSlider", {"min": 1, "max": 8}),
-    "seed": _OptionControl("IntText", {}, none_value=-1),  # -1: fresh randomness
+    "seed": _OptionControl("IntText", {}, none_value=-1, tooltip="-1: fresh randomness each time"),
 }
 
 
@@ -65,7 +67,9 @@ def _option_controls(w) -> dict:
             spec = _OPTION_CONTROLS[option.name]
             default = getattr(defaults, option.name)
             value = spec.none_value if default is None else default
-            controls[option.name] = getattr(w, spec.widget)(value=value, description=option.name.replace("_", " "), **spec.limits)
+            control = getattr(w, spec.widget)(value=value, description=option.name.replace("_", " "), **spec.limits)
+            control.tooltip = spec.tooltip or option.metadata["help"]
+            controls[option.name] = control
     return controls
 
 
@@ -77,13 +81,48 @@ def _widgets():
     return ipywidgets
 
 
-def _png(figure_or_image) -> bytes:
+# Display sizes, chosen so that the controls and the output sit side by side in a 1280 x 800
+# window: the controls' column, and the box a picture or chart is drawn in.
+CONTROLS_WIDTH, OUTPUT_WIDTH = 330, 480
+
+
+def _show(picture_widget, figure_or_image) -> None:
+    """Draw a figure or image in an image widget, fitted into an ``OUTPUT_WIDTH`` square, from
+    pixels at twice that size (so that it stays sharp on every screen)."""
     buffer = io.BytesIO()
     if hasattr(figure_or_image, "savefig"):
-        figure_or_image.savefig(buffer, format="png", dpi=80)
+        width, height = figure_or_image.get_size_inches()
+        figure_or_image.savefig(buffer, format="png", dpi=2 * OUTPUT_WIDTH / width)
     else:
-        figure_or_image.save(buffer, format="PNG")
-    return buffer.getvalue()
+        picture = figure_or_image.copy()
+        width, height = picture.size
+        picture.thumbnail((2 * OUTPUT_WIDTH, 2 * OUTPUT_WIDTH))
+        picture.save(buffer, format="PNG")
+    scale = OUTPUT_WIDTH / max(width, height)
+    picture_widget.layout.width, picture_widget.layout.height = f"{round(width * scale)}px", f"{round(height * scale)}px"
+    picture_widget.value = buffer.getvalue()
+
+
+def _two_columns(w, controls: list, output: list):
+    """Controls in a fixed column on the left, the output beside them; long text wraps instead
+    of widening the output."""
+    for control in controls:
+        if "description_width" in getattr(getattr(control, "style", None), "keys", ()):  # labels whole, alike
+            control.style.description_width = "118px"
+            control.layout.width = f"{CONTROLS_WIDTH - 10}px"
+    left = w.VBox(controls, layout=w.Layout(width=f"{CONTROLS_WIDTH}px", flex="0 0 auto"))
+    right = w.VBox(output, layout=w.Layout(flex="1 1 auto", min_width="0", max_width=f"{OUTPUT_WIDTH + 40}px"))
+    return w.HBox([left, right], layout=w.Layout(align_items="flex-start"))
+
+
+def _picture(w):
+    """An image widget for :func:`_show`."""
+    return w.Image(format="png", layout=w.Layout(object_fit="contain"))
+
+
+def _wrapping(text: str) -> str:
+    """HTML for text that wraps within its column, escaped."""
+    return f'<div style="white-space: normal; overflow-wrap: anywhere; line-height: 1.4">{text}</div>'
 
 
 class _Explorer:
@@ -119,7 +158,7 @@ class CaptionExplorer(_Explorer):
         self.encoder_runs = 0
         self._features: dict[str, object] = {}
         self._images = {str(path): path for path in images}
-        self.image = w.Dropdown(options=list(self._images), description="image")
+        self.image = w.Dropdown(options=self._image_choices(), description="image")
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload")
         self.controls = _option_controls(w)
         for name, control in self.controls.items():
@@ -127,16 +166,22 @@ class CaptionExplorer(_Explorer):
         self.token = w.IntSlider(value=0, min=0, max=0, description="token")
         self.text = w.HTML()
         self.table = w.HTML()
-        self.chart = w.Image(format="png")
+        self.chart = _picture(w)
         self.caption = None
         self.choices = []
         controls = [self.image, self.upload, *self.controls.values()]
         for control in controls:
             control.observe(self._changed, names="value")
         self.token.observe(lambda change: self._draw_chart(), names="value")
-        self.widget = w.HBox([w.VBox(controls), w.VBox([self.text, self.table, self.token, self.chart])])
+        self.widget = _two_columns(w, controls, [self.text, self.table, self.token, self.chart])
         if self._images:
             self.update()
+
+    def _image_choices(self) -> list[tuple[str, str]]:
+        """(label, key) of each image: its file name, not its whole path."""
+        from pathlib import Path
+
+        return [(Path(key).name, key) for key in self._images]
 
     def options(self) -> DecodingOptions:
         """The decoding options the controls say (temperature 0 with beams, which are greedy)."""
@@ -159,7 +204,7 @@ class CaptionExplorer(_Explorer):
             from PIL import Image
 
             self._images[item["name"]] = load_image(Image.open(io.BytesIO(bytes(item["content"]))))
-            self.image.options = list(self._images)
+            self.image.options = self._image_choices()
             self.image.value = item["name"]
             return
         self.update()
@@ -171,27 +216,31 @@ class CaptionExplorer(_Explorer):
         features = self.features()
         self.caption = self.captioner.caption_features(features, self.options())[0]
         self.choices = token_alternatives(self.captioner, features, self.caption, self.alternatives)
-        self.text.value = f"<b>{self.caption.text}</b>"
-        rows = "".join(f"<tr><td>{c.token}</td><td>{c.probability:.3f}</td></tr>" for c in self.choices)
-        self.table.value = f"<table><tr><th>token</th><th>probability</th></tr>{rows}</table>"
+        self.text.value = _wrapping(f"<b>{html.escape(self.caption.text)}</b>")
+        # Each token with its probability, in a line that wraps (a 25-token caption takes a few lines).
+        chips = " ".join(
+            f'<span title="token {i}" style="white-space: nowrap">{html.escape(c.token)}&nbsp;<small>{c.probability:.3f}</small></span>'
+            for i, c in enumerate(self.choices)
+        )
+        self.table.value = _wrapping(chips)
         self.token.max = max(0, len(self.choices) - 1)
         self.token.value = min(self.token.value, self.token.max)
         self._draw_chart()
 
     def _draw_chart(self) -> None:
-        from .figures import new_figure
+        from .figures import displayable, new_figure
 
         if not self.choices:
             self.chart.value = b""
             return
         choice = self.choices[self.token.value]
-        ax = new_figure(figsize=(4, 2.5), layout="constrained").subplots()
+        ax = new_figure(figsize=(4.8, 2.6), layout="constrained").subplots()
         names, values = zip(*choice.alternatives)
         ax.barh(range(len(names))[::-1], values, color=["C3" if n == choice.token else "C0" for n in names])
-        ax.set_yticks(range(len(names))[::-1], names)
+        ax.set_yticks(range(len(names))[::-1], [displayable(name) for name in names])
         ax.set_xlabel("probability")
-        ax.set_title(f"token {self.token.value}: {choice.token}")
-        self.chart.value = _png(ax.figure)
+        ax.set_title(f"token {self.token.value}: {displayable(choice.token)}")
+        _show(self.chart, ax.figure)
 
 
 class AttentionExplorer(_Explorer):
@@ -217,11 +266,12 @@ class AttentionExplorer(_Explorer):
         self.layer = w.Dropdown(options=[("all", ALL_LAYERS)] + [(str(i), i) for i in range(layers)], value=layers - 1, description="layer")
         self.heads = w.Dropdown(options=[("mean", "mean"), ("max", "max")] + [(str(i), i) for i in range(heads)], value="mean", description="heads")
         self.label = w.HTML()
-        self.view = w.Image(format="png")
+        self.view = _picture(w)
         self.overlay = None
         for control in (self.token, self.layer, self.heads):
             control.observe(lambda change: self.update(), names="value")
-        self.widget = w.VBox([w.HTML(f"<b>{self.caption.text}</b>"), w.HBox([self.token, self.layer, self.heads]), self.label, self.view])
+        caption = w.HTML(_wrapping(f"<b>{html.escape(self.caption.text)}</b>"))
+        self.widget = _two_columns(w, [caption, self.token, self.layer, self.heads, self.label], [self.view])
         self.update()
 
     def map_options(self) -> dict:
@@ -237,8 +287,8 @@ class AttentionExplorer(_Explorer):
             return
         attention_map = attention_maps(self.caption, **self.map_options())[self.token.value]
         self.overlay = overlay_attention(self.picture, attention_map.numpy())
-        self.label.value = f"token {self.token.value}: <b>{self.caption.tokens[self.token.value]}</b>"
-        self.view.value = _png(self.overlay)
+        self.label.value = f"token {self.token.value}: <b>{html.escape(self.caption.tokens[self.token.value])}</b>"
+        _show(self.view, self.overlay)
 
 
 class StepThroughDecoder(_Explorer):
@@ -260,27 +310,26 @@ class StepThroughDecoder(_Explorer):
         self.button = w.Button(description="next token")
         self.reset_button = w.Button(description="restart")
         self.state = w.HTML()
-        self.caption = w.HTML(f"<b>{self.stepper.text}</b>")
+        self.caption = w.HTML(_wrapping(f"<b>{html.escape(self.stepper.text)}</b>"))
         self.button.on_click(lambda _: self.next())
         self.reset_button.on_click(lambda _: self.reset())
         self._arguments = (captioner, image, options, top)
-        self.widget = w.VBox([w.HBox([self.button, self.reset_button]), self.caption, self.state])
+        self.widget = _two_columns(w, [w.HBox([self.button, self.reset_button]), self.caption], [self.state])
 
     def next(self):
         """Advance one token and redraw; returns the :class:`~bliptk.stepper.DecodeStep` (None when done)."""
         step = self.stepper.step()
-        self.caption.value = f"<b>{self.stepper.text}</b>"
+        self.caption.value = _wrapping(f"<b>{html.escape(self.stepper.text)}</b>")
         if step is None:
             self.button.disabled = True
             return None
         rows = "".join(
-            f"<tr><td>{'&rarr; ' if token == step.chosen_token else ''}{token}</td><td>{p:.3f}</td></tr>" for token, p in step.top
+            f"<tr><td>{'&rarr; ' if token == step.chosen_token else ''}{html.escape(token)}</td><td>{p:.3f}</td></tr>" for token, p in step.top
         )
-        self.state.value = (
-            f"step {step.index}: input {' '.join(step.input_tokens)} &middot; KV cache {step.cache_length} positions"
-            f" &middot; chosen <b>{step.chosen_token}</b> ({step.chosen_probability:.3f})"
-            f"<table><tr><th>next token</th><th>probability</th></tr>{rows}</table>"
-        )
+        self.state.value = _wrapping(
+            f"step {step.index}: input {html.escape(' '.join(step.input_tokens))} &middot; KV cache {step.cache_length} positions"
+            f" &middot; chosen <b>{html.escape(step.chosen_token)}</b> ({step.chosen_probability:.3f})"
+        ) + f"<table><tr><th>next token</th><th>probability</th></tr>{rows}</table>"
         self.button.disabled = self.stepper.done
         return step
 
@@ -289,5 +338,5 @@ class StepThroughDecoder(_Explorer):
         captioner, _, options, top = self._arguments
         self.stepper = Stepper(captioner, self.stepper.features, options, top=top)  # the image is encoded once
         self.button.disabled = False
-        self.caption.value = f"<b>{self.stepper.text}</b>"
+        self.caption.value = _wrapping(f"<b>{html.escape(self.stepper.text)}</b>")
         self.state.value = ""

@@ -1,3 +1,5 @@
+import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -156,3 +158,16 @@ def test_cli_writes_the_grid(tiny, photos, tmp_path, capsys):
     assert Image.open(out).size == (500, 560)  # 2 x 2 panels of 2.5 x 2.8 inches at 100 dpi
     assert main(args + ["--layer", "7"]) == 2
     assert "layer must be in [-2, 1]" in capsys.readouterr().err
+
+
+def test_attention_entropy_spans_one_patch_to_all_alike(tiny, photos):
+    caption = tiny.caption(photos[0], max_new_tokens=4, return_attention=True)
+    entropy = bliptk.attention_entropy(caption)
+    assert entropy.shape == (4, 2, 4) and bool((entropy > 0).all()) and bool((entropy < math.log(36)).all())
+    uniform = replace(caption, cross_attention=torch.full_like(caption.cross_attention, 1 / 37))
+    torch.testing.assert_close(bliptk.attention_entropy(uniform), torch.full((4, 2, 4), math.log(36)))
+    one_patch = torch.zeros_like(caption.cross_attention)
+    one_patch[..., 0], one_patch[..., 7] = 0.5, 0.5  # the class token is dropped
+    torch.testing.assert_close(bliptk.attention_entropy(replace(caption, cross_attention=one_patch)), torch.zeros(4, 2, 4))
+    with pytest.raises(bliptk.InvalidOptionError, match="return_attention=True"):
+        bliptk.attention_entropy(tiny.caption(photos[0], max_new_tokens=2))

@@ -1,5 +1,7 @@
 import datetime
+import html
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ def test_caption_explorer_shows_the_api_caption_and_probabilities(tiny, photos, 
     assert explorer.caption.token_ids == expected.token_ids and expected.text in explorer.text.value
     choices = bliptk.token_alternatives(tiny, tiny.encode_image(photos[0]), expected, 4)
     assert [c.probability for c in explorer.choices] == pytest.approx([c.probability for c in choices], abs=1e-6)
-    assert all(f"<td>{c.token}</td>" in explorer.table.value for c in choices)
+    assert all(f"{html.escape(c.token)}&nbsp;<small>{c.probability:.3f}</small>" in explorer.table.value for c in choices)
     assert [round(np.exp(lp), 5) for lp in expected.logprobs] == pytest.approx([c.probability for c in choices], abs=1e-5)
     assert bytes(explorer.chart.value).startswith(b"\x89PNG")
 
@@ -102,3 +104,35 @@ def test_the_controls_start_at_the_decoding_options_defaults(explorer):
     defaults = bliptk.DecodingOptions()
     assert explorer.options() == defaults
     assert explorer.prompt.value == bliptk.DEFAULT_PROMPT and explorer.max_new_tokens.value == defaults.max_new_tokens
+
+
+def test_the_layout_keeps_the_controls_beside_a_bounded_output(tiny, photos, explorer):
+    from bliptk.widgets import CONTROLS_WIDTH, OUTPUT_WIDTH
+
+    view = AttentionExplorer(tiny, photos[0], max_new_tokens=4)
+    stepper = StepThroughDecoder(tiny, photos[0])
+    for widget in (explorer.widget, view.widget, stepper.widget):
+        controls, output = widget.children
+        assert controls.layout.width == f"{CONTROLS_WIDTH}px" and controls.layout.flex == "0 0 auto"
+        assert output.layout.min_width == "0" and output.layout.max_width == f"{OUTPUT_WIDTH + 40}px"
+    # A 426 x 640 photo fits a 480 px square, from its own pixels; the chart from pixels at twice its size.
+    portrait = AttentionExplorer(tiny, bliptk.example_path("images/woman-with-cake.jpg"), max_new_tokens=2)
+    assert (portrait.view.layout.width, portrait.view.layout.height) == ("320px", f"{OUTPUT_WIDTH}px")
+    assert Image.open(io.BytesIO(bytes(portrait.view.value))).size == (426, 640)
+    assert (explorer.chart.layout.width, explorer.chart.layout.height) == (f"{OUTPUT_WIDTH}px", "260px")
+    assert Image.open(io.BytesIO(bytes(explorer.chart.value))).size == (2 * OUTPUT_WIDTH, 520)
+    long_caption = tiny.caption(photos[0], max_new_tokens=25).text
+    assert "overflow-wrap: anywhere" in explorer.text.value and html.escape(long_caption) in explorer.text.value
+
+
+def test_tokens_without_a_glyph_are_escaped_without_a_warning(tiny, explorer):
+    from bliptk.stepper import TokenChoice
+
+    explorer.choices = [TokenChoice("\u0925", 1349, 0.6, [("\u0925", 0.6), ("cake", 0.3)])]
+    explorer.token.value = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explorer._draw_chart()
+        figure = bliptk.plot_attention_map(np.eye(6), "\u0925")
+        figure.savefig(io.BytesIO())
+    assert figure.axes[0].get_title() == "\\u0925"
