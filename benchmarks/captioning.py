@@ -1,20 +1,23 @@
-"""bliptk against transformers on the same inputs, measured in one run.
+"""bliptk against transformers, and against this machine's own measured limits, in one run.
 
     python benchmarks/captioning.py --model ViT-B/16      # or ViT-L/16; --quick for a short run
 
-Builds the full-size architecture with random weights (speed does not depend on weight values),
-then prints:
+Builds the full-size architecture with random weights (speed does not depend on weight values), then:
 
-1. Exact path (float32, batch 1, 20 generated tokens): seconds per image of bliptk
-   (``image_encoder`` + ``caption_features``) and of ``BlipForConditionalGeneration.generate`` on the
-   same pixels, alternating, with the ratio (min and median). Both must give the same tokens.
-2. Throughput path: images per second over the 64 photos of ``benchmarks/photos`` with
-   ``caption_files`` (bfloat16 where the CPU supports it, batches, preprocessing in worker threads),
-   against ``generate`` in float32 at batch 1; and the machine's floor for the same work (encoder
-   FLOPs at the bfloat16 peak plus the decoder's weight traffic at memory bandwidth).
-3. Encoder GFLOP/s in float32 and bfloat16 against the machine's peaks.
-4. How often bfloat16 changes the tokens against float32 on the 64 photos.
-5. Peak memory (resident set) of each path in a fresh process, against transformers.
+0. Measures the machine: memory read bandwidth (the faster of ``torch.sum`` over 256 MB and a
+   matrix-vector product over a 256 MB matrix split across the cores) and the matrix-product rate in
+   float32 and bfloat16 at the encoder's own shapes. Every floor below is computed from these.
+1. The decode step on its own (batch 1): ms per step against its floor, the bytes it must read
+   (the step's weights and the cached image keys and values) at the measured bandwidth.
+2. The exact path (float32, batch 1, 20 tokens, same tokens): bliptk against
+   ``BlipForConditionalGeneration.generate``, alternating, medians; against its floor (the encoder and
+   the image keys/values at the float32 rate, 20 steps at bandwidth).
+3. Throughput over the 64 photos of ``benchmarks/photos``: ``caption_files`` in bfloat16 (batches) and
+   int8 (bfloat16 with int8 decoder weights) against ``generate`` float32 batch 1, and against each
+   path's floor.
+4. Fidelity of bfloat16 and int8 against float32 on the photos: teacher-forced top-1 agreement and mean
+   KL divergence of the next-token distribution along float32's own captions.
+5. Peak memory (resident set) of each path in a fresh process.
 """
 
 from __future__ import annotations
@@ -36,33 +39,7 @@ ROOT = Path(__file__).resolve().parent
 PHOTOS = sorted((ROOT / "photos").glob("*.jpg"))
 EXACT_PHOTOS = sorted((ROOT.parent / "tests" / "data" / "images").glob("*.jpg"))
 TOKENS = 20
-PEAK_FP32, PEAK_BF16, MEMORY_BANDWIDTH = 435e9, 870e9, 80e9  # this machine's rough limits (2 cores)
-
-
-def encoder_flops(config) -> float:
-    """Multiply-adds x 2 of the ViT for one image."""
-    vision = config.vision_config
-    tokens = (vision.image_size // vision.patch_size) ** 2 + 1
-    width, layers = vision.hidden_size, vision.num_hidden_layers
-    per_layer = 2 * tokens * width * (3 * width + width + 2 * vision.intermediate_size) + 4 * tokens * tokens * width
-    patch = 2 * (tokens - 1) * width * 3 * vision.patch_size**2
-    return layers * per_layer + patch
-
-
-def decoder_step_bytes(captioner, bytes_per_value: int) -> float:
-    """Weights one decoder step reads (everything but the cross-attention keys and values)."""
-    decoder = captioner.model.text_decoder
-    skipped = sum(p.numel() for n, p in decoder.named_parameters() if ".crossattention.self.key" in n or ".crossattention.self.value" in n)
-    return (sum(p.numel() for p in decoder.parameters()) - skipped) * bytes_per_value
-
-
-def transformers_generate(captioner, pixel_values):
-    return hf_generate(captioner, pixel_values, "a photography of", TOKENS)
-
-
-def bliptk_exact(captioner, pixel_values):
-    features = captioner.image_encoder(pixel_values)
-    return [c.token_ids for c in captioner.caption_features(features, bliptk.DecodingOptions(max_new_tokens=TOKENS))]
+PROMPT = "a photography of"
 
 
 def timed(function, *args):
@@ -71,118 +48,263 @@ def timed(function, *args):
     return time.perf_counter() - started, result
 
 
-def exact_path(captioner, repeats: int) -> None:
-    print(f"\n1. exact path: float32, batch 1, {TOKENS} tokens, {len(EXACT_PHOTOS)} photos x {repeats} repeats (alternating)")
-    ours, theirs, ratios = [], [], []
+def best_of(function, repeats: int = 5) -> float:
+    function()
+    return min(timed(function)[0] for _ in range(repeats))
+
+
+# --- 0. the machine ----------------------------------------------------------------------------
+
+
+def measure_machine(config) -> dict:
+    """Read bandwidth (bytes/s) and matrix-product rates (FLOP/s) measured here, now."""
+    values = torch.randn(64 * 1024 * 1024)  # 256 MB
+    by_sum = values.numel() * 4 / best_of(lambda: values.sum())
+    from bliptk.text_decoder import _split_product
+
+    matrix, vector = values.view(65536, 1024), torch.randn(1, 1024)  # a matrix-vector product over 256 MB
+    by_product = values.numel() * 4 / best_of(lambda: _split_product(matrix, vector))
+    del values, matrix
+    vision = config.vision_config
+    width, hidden, tokens = vision.hidden_size, vision.intermediate_size, (vision.image_size // vision.patch_size) ** 2 + 1
+    shapes = [(width, 3 * width), (width, width), (width, hidden), (hidden, width)]
+    rates = {}
+    for dtype, rows in ((torch.float32, tokens), (torch.bfloat16, 8 * tokens)):
+        pairs = [(torch.randn(rows, k, dtype=dtype), torch.randn(k, n, dtype=dtype)) for k, n in shapes]
+        seconds = sum(best_of(lambda a=a, b=b: a @ b, 3) for a, b in pairs)
+        rates[dtype] = sum(2 * rows * k * n for k, n in shapes) / seconds
+    return {"bandwidth": max(by_sum, by_product), "by_sum": by_sum, "by_product": by_product, "gemm": rates}
+
+
+def encoder_flops(config) -> float:
+    """Multiply-adds x 2 of the ViT for one image: its matrix products and attention."""
+    vision = config.vision_config
+    tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+    width, layers = vision.hidden_size, vision.num_hidden_layers
+    per_layer = 2 * tokens * width * (4 * width + 2 * vision.intermediate_size) + 4 * tokens * tokens * width
+    return layers * per_layer + 2 * (tokens - 1) * width * 3 * vision.patch_size**2
+
+
+def image_kv_flops(config) -> float:
+    """The image keys and values of every cross-attention layer, once per image."""
+    text, vision = config.text_config, config.vision_config
+    tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+    return text.num_hidden_layers * 2 * 2 * tokens * vision.hidden_size * text.hidden_size
+
+
+def step_weights(captioner) -> int:
+    """Elements of the weights one decoding step reads (all but the cross-attention's key and
+    value projections, used once per image, and the embeddings, of which it reads one row)."""
+    decoder = captioner.model.text_decoder
+    skipped = (".crossattention.self.key", ".crossattention.self.value", "embeddings.")
+    return sum(p.numel() for n, p in decoder.named_parameters() if not any(s in n for s in skipped)) + decoder.config.vocab_size * decoder.config.hidden_size
+
+
+def step_cost(captioner, weight_bytes: float, cache_bytes: float, batch: int) -> tuple[float, float]:
+    """(bytes read, FLOPs) of one decoding step of ``batch`` captions."""
+    text, vision = captioner.model.config.text_config, captioner.model.config.vision_config
+    tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+    cached = 2 * text.num_hidden_layers * tokens * text.hidden_size * cache_bytes  # image keys and values, per caption
+    return step_weights(captioner) * weight_bytes + batch * cached, 2 * batch * step_weights(captioner)
+
+
+def floors(captioner, machine: dict) -> dict:
+    """Seconds that this machine's measured limits allow, per image (or per step)."""
+    config = captioner.model.config
+    bandwidth, gemm = machine["bandwidth"], machine["gemm"]
+    step_bytes, _ = step_cost(captioner, 4, 4, 1)
+    result = {"step float32": step_bytes / bandwidth}
+    result["exact float32"] = (encoder_flops(config) + image_kv_flops(config)) / gemm[torch.float32] + TOKENS * result["step float32"]
+    for name, weight_bytes, batch in (("bfloat16", 2, 16), ("bfloat16", 2, 8), ("int8", 1, 1), ("bfloat16", 2, 1)):
+        bytes_read, flops = step_cost(captioner, weight_bytes, 2, batch)
+        per_step = max(bytes_read / bandwidth, flops / gemm[torch.bfloat16]) / batch
+        result[f"{name} batch {batch}"] = (encoder_flops(config) + image_kv_flops(config)) / gemm[torch.bfloat16] + TOKENS * per_step
+        result[f"step {name} batch {batch}"] = per_step * batch
+    return result
+
+
+def report_machine(captioner, machine: dict, floor: dict) -> None:
+    print("\n0. this machine (2 threads), measured now")
+    print(f"   memory read: {machine['by_sum'] / 1e9:.1f} GB/s (torch.sum, 256 MB), {machine['by_product'] / 1e9:.1f} GB/s "
+          f"(split matrix-vector product, 256 MB): floors use {machine['bandwidth'] / 1e9:.1f} GB/s")
+    print(f"   matrix products at the encoder's shapes: float32 {machine['gemm'][torch.float32] / 1e9:.0f} GFLOP/s, "
+          f"bfloat16 {machine['gemm'][torch.bfloat16] / 1e9:.0f} GFLOP/s")
+    step_bytes, _ = step_cost(captioner, 4, 4, 1)
+    print(f"   a float32 decoding step reads {step_bytes / 1e6:.0f} MB: floor {floor['step float32'] * 1e3:.1f} ms; "
+          f"the exact path's floor (encoder {encoder_flops(captioner.model.config) / 1e9:.0f} GFLOP + image keys/values at the "
+          f"float32 rate, {TOKENS} steps at bandwidth): {floor['exact float32']:.3f} s per image")
+
+
+# --- 1. the decode step --------------------------------------------------------------------------
+
+
+def decode_step_times(captioner, batch: int = 1, steps: int = 12, repeats: int = 4) -> list[float]:
+    decoder = captioner.text_decoder
+    features = torch.randn(batch, *captioner.image_encoder.feature_shape, dtype=captioner.dtype)
+    times = []
     for _ in range(repeats):
+        state = decoder.start(features, 4 + steps)
+        decoder(torch.tensor([[30522, 1037, 5855, 1997]] * batch), state)
+        token = torch.tensor([[2450]] * batch)
+        for _ in range(steps - 1):
+            times.append(timed(decoder, token, state)[0])
+    return times
+
+
+def report_steps(models: dict, floor: dict) -> None:
+    print("\n1. one decoding step, batch 1 (median of 44 steps)")
+    for name, captioner in models.items():
+        median = statistics.median(decode_step_times(captioner))
+        key = "step float32" if name == "float32" else f"step {name} batch 1"
+        print(f"   {name:9}: {median * 1e3:5.1f} ms per step = {median / floor[key]:.2f}x its floor ({floor[key] * 1e3:.1f} ms)")
+
+
+# --- 2. the exact path ---------------------------------------------------------------------------
+
+
+def transformers_generate(captioner, pixel_values):
+    return hf_generate(captioner, pixel_values, PROMPT, TOKENS)
+
+
+def bliptk_exact(captioner, pixel_values):
+    features = captioner.image_encoder(pixel_values)
+    return [c.token_ids for c in captioner.caption_features(features, bliptk.DecodingOptions(max_new_tokens=TOKENS))]
+
+
+def exact_path(captioner, floor: dict, repeats: int) -> dict:
+    print(f"\n2. exact path: float32, batch 1, {TOKENS} tokens, {len(EXACT_PHOTOS)} photos x {repeats} repeats (alternating)")
+    ours, theirs = [], []
+    for repeat in range(repeats):
         for photo in EXACT_PHOTOS:
             pixels = captioner.preprocessor(photo)
-            their_time, their_tokens = timed(transformers_generate, captioner, pixels)
-            our_time, our_tokens = timed(bliptk_exact, captioner, pixels)
-            assert our_tokens == their_tokens, "bliptk and transformers disagree"
-            ours.append(our_time)
-            theirs.append(their_time)
-            ratios.append(our_time / their_time)
-    print(f"   transformers generate: min {min(theirs):.3f} s, median {statistics.median(theirs):.3f} s per image")
-    print(f"   bliptk               : min {min(ours):.3f} s, median {statistics.median(ours):.3f} s per image")
-    print(f"   ratio bliptk / transformers: min {min(ratios):.2f}, median {statistics.median(ratios):.2f} (same tokens: yes)")
+            runs = [("theirs", transformers_generate), ("ours", bliptk_exact)]
+            for name, function in runs if repeat % 2 == 0 else runs[::-1]:
+                seconds, tokens = timed(function, captioner, pixels)
+                (ours if name == "ours" else theirs).append((seconds, tokens))
+            assert ours[-1][1] == theirs[-1][1], "bliptk and transformers disagree"
+    mine, reference = statistics.median(s for s, _ in ours), statistics.median(s for s, _ in theirs)
+    print(f"   transformers generate: median {reference:.3f} s per image ({reference / floor['exact float32']:.2f}x the floor)")
+    print(f"   bliptk               : median {mine:.3f} s per image ({mine / floor['exact float32']:.2f}x the floor)")
+    print(f"   ratio bliptk / generate: {mine / reference:.2f} (same tokens: yes)")
+    return {"generate": reference, "bliptk": mine}
 
 
-def throughput_path(captioner, fast, photos, baseline_images: int) -> dict:
-    print(f"\n2. throughput: {len(photos)} photos, {TOKENS} tokens")
+# --- 3. throughput -------------------------------------------------------------------------------
+
+
+def throughput(captioner, models: dict, photos: list, floor: dict, baseline_images: int) -> dict:
+    print(f"\n3. throughput: {len(photos)} photos, {TOKENS} tokens, preprocessing included")
     started = time.perf_counter()
     for photo in photos[:baseline_images]:
         transformers_generate(captioner, captioner.preprocessor(photo))
     baseline = baseline_images / (time.perf_counter() - started)
     print(f"   transformers generate, float32, batch 1 ({baseline_images} photos): {baseline:.3f} images/s")
-    records = {}
-    for batch_size in (8, 16):
+    rates = {"generate": baseline}
+    for name, batch, count in (("bfloat16", 8, len(photos)), ("bfloat16", 16, len(photos)), ("int8", 1, len(photos) // 4), ("bfloat16", 1, len(photos) // 4)):
+        model = models[name]
         started = time.perf_counter()
-        done = list(fast.caption_files(photos, max_new_tokens=TOKENS, batch_size=batch_size, workers=1, progress=False))
+        done = list(model.caption_files(photos[:count], max_new_tokens=TOKENS, batch_size=batch, workers=1, progress=False))
         rate = len(done) / (time.perf_counter() - started)
-        records[batch_size] = done
-        print(f"   bliptk caption_files, {str(fast.dtype).removeprefix('torch.')}, batch {batch_size}: {rate:.3f} images/s = {rate / baseline:.2f}x transformers")
-    floor = encoder_flops(captioner.model.config) / PEAK_BF16 + decoder_step_bytes(captioner, 2) * TOKENS / MEMORY_BANDWIDTH / 16
-    print(f"   machine floor (encoder at {PEAK_BF16 / 1e9:.0f} GFLOP/s + decoder weights at {MEMORY_BANDWIDTH / 1e9:.0f} GB/s, batch 16): "
-          f"{1 / floor:.2f} images/s; bliptk is at {floor * rate:.2f} of it ({1 / (floor * rate):.2f}x the floor's time)")
-    return records[16]
+        rates[f"{name} batch {batch}"] = rate
+        print(f"   bliptk caption_files, {name}, batch {batch:2} ({count} photos): {rate:.3f} images/s = {rate / baseline:.2f}x generate, "
+              f"{1 / (rate * floor[f'{name} batch {batch}']):.2f}x its floor ({1 / floor[f'{name} batch {batch}']:.2f} images/s)")
+    return rates
 
 
-def encoder_speed(captioner, fast) -> None:
-    print("\n3. image encoder, batch 8")
-    flops = encoder_flops(captioner.model.config)
-    pixels = torch.randn(8, 3, captioner.preprocessor.image_size, captioner.preprocessor.image_size)
-    for model, peak in ((captioner, PEAK_FP32), (fast, PEAK_BF16)):
-        model.image_encoder(pixels[:2])
-        seconds = min(timed(model.image_encoder, pixels)[0] for _ in range(2))
-        rate = 8 * flops / seconds
-        print(f"   {str(model.dtype).removeprefix('torch.'):9}: {seconds / 8:.3f} s/image, {rate / 1e9:.0f} GFLOP/s = {rate / peak:.0%} of {peak / 1e9:.0f} GFLOP/s ({flops / 1e9:.0f} GFLOP per image)")
+# --- 4. fidelity ---------------------------------------------------------------------------------
 
 
-def bf16_agreement(captioner, fast_records, photos) -> None:
-    print("\n4. bfloat16 against float32 tokens (same weights)")
-    exact = {str(p): c.token_ids for p, c in zip(photos, captioner.caption(photos, max_new_tokens=TOKENS, batch_size=16))}
-    same = 0
-    divergences = []
-    for record in fast_records:
-        ours, reference = record["token_ids"], exact[record["path"]]
-        if ours == reference:
-            same += 1
-        else:
-            divergences.append(next((i for i, (a, b) in enumerate(zip(ours, reference)) if a != b), min(len(ours), len(reference))))
-    print(f"   identical captions: {same}/{len(fast_records)}", end="")
-    if divergences:
-        print(f"; where they differ, the first differing token is at position {statistics.median(divergences):.0f} (median)")
-    else:
-        print()
+@torch.inference_mode()
+def teacher_forced(captioner, pixel_values, sequences: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of each next token along ``sequences`` (prompt + caption), one step at a
+    time as decoding runs: ``(B, T, V)`` float32."""
+    decoder = captioner.text_decoder
+    features = captioner.image_encoder(pixel_values)
+    state = decoder.start(features, sequences.shape[1])
+    prompt = len(captioner.tokenizer.encode(PROMPT))
+    steps = [decoder(sequences[:, :prompt], state)[:, -1]]
+    for position in range(prompt, sequences.shape[1] - 1):
+        steps.append(decoder(sequences[:, position : position + 1], state)[:, -1])
+    return torch.stack(steps, dim=1).float().log_softmax(dim=-1)
+
+
+def fidelity(models: dict, photos: list) -> None:
+    print(f"\n4. fidelity against float32 on {len(photos)} photos: teacher-forced along float32's captions ({TOKENS} tokens)")
+    exact = models["float32"]
+    options = bliptk.DecodingOptions(max_new_tokens=TOKENS, min_new_tokens=TOKENS)  # every caption TOKENS long
+    agreement = {name: [] for name in models if name != "float32"}
+    divergence = {name: [] for name in agreement}
+    for start in range(0, len(photos), 8):
+        pixels = exact.preprocessor(photos[start : start + 8])
+        captions = exact.caption_features(exact.image_encoder(pixels), options)
+        prompt = exact.tokenizer.encode(PROMPT)
+        sequences = torch.tensor([prompt + c.token_ids for c in captions])
+        reference = teacher_forced(exact, pixels, sequences)
+        for name in agreement:
+            ours = teacher_forced(models[name], pixels, sequences)
+            agreement[name].append((ours.argmax(-1) == reference.argmax(-1)).float().flatten())
+            divergence[name].append((reference.exp() * (reference - ours)).sum(-1).flatten())
+    for name in agreement:
+        print(f"   {name:9}: top-1 agreement {torch.cat(agreement[name]).mean():.3f}, mean KL {torch.cat(divergence[name]).mean():.2e} nats")
+
+
+# --- 5. peak memory ------------------------------------------------------------------------------
 
 
 def peak_memory(model: str) -> None:
-    print("\n5. peak memory (resident set while captioning 8 photos at batch 8, model included; fresh process each)")
+    print("\n5. peak memory (resident set while captioning 8 photos, model included; fresh process each)")
     results = {}
-    for path in ("transformers", "exact", "throughput"):
+    for path in ("transformers", "exact", "bfloat16 batch 8", "int8 batch 1"):
         output = subprocess.run([sys.executable, __file__, "--model", model, "--memory-probe", path], capture_output=True, text=True, check=True)
         results[path] = json.loads(output.stdout.strip().splitlines()[-1])["peak_mb"]
     for path, megabytes in results.items():
-        print(f"   {path:12}: {megabytes:7.0f} MB ({megabytes / results['transformers']:.2f}x transformers)")
+        print(f"   {path:16}: {megabytes:7.0f} MB ({megabytes / results['transformers']:.2f}x transformers)")
 
 
 def memory_probe(model: str, path: str) -> None:
     import gc
 
-    torch.manual_seed(0)
-    captioner = bliptk.load(model, pretrained=False, dtype="bfloat16" if path == "throughput" else None)
+    dtype = {"bfloat16 batch 8": "bfloat16", "int8 batch 1": "int8"}.get(path)
+    captioner = bliptk.load(model, pretrained=False, dtype=dtype)
     photos = PHOTOS[:8]
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak: measure the job, not building the model
     if path == "transformers":
-        transformers_generate(captioner, captioner.preprocessor(photos))
+        for photo in photos:
+            transformers_generate(captioner, captioner.preprocessor(photo))
     elif path == "exact":
-        bliptk_exact(captioner, captioner.preprocessor(photos))
+        for photo in photos:
+            bliptk_exact(captioner, captioner.preprocessor(photo))
     else:
-        list(captioner.caption_files(photos, max_new_tokens=TOKENS, batch_size=8, workers=1, progress=False))
+        list(captioner.caption_files(photos, max_new_tokens=TOKENS, batch_size=8 if dtype == "bfloat16" else 1, workers=1, progress=False))
     status = Path("/proc/self/status").read_text()
     peak_kb = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
     print(json.dumps({"peak_mb": peak_kb / 1024}))
 
 
 def main() -> None:
+    import warnings
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B/16")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="16 photos and 1 repeat")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    warnings.simplefilter("ignore", bliptk.RandomWeightsWarning)  # random weights on purpose
     if args.memory_probe:
         return memory_probe(args.model, args.memory_probe)
     photos = PHOTOS[:16] if args.quick else PHOTOS
     print(f"{args.model}, random weights, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    captioner = bliptk.load(args.model, pretrained=False)
-    fast = bliptk.load(args.model, pretrained=False, dtype="bfloat16")  # the same seed: the same weights
-    exact_path(captioner, 1 if args.quick else args.repeats)
-    records = throughput_path(captioner, fast, photos, baseline_images=4 if args.quick else 8)
-    encoder_speed(captioner, fast)
-    bf16_agreement(captioner, records, photos)
+    models = {dtype: bliptk.load(args.model, pretrained=False, dtype=dtype) for dtype in ("float32", "bfloat16", "int8")}  # one seed: the same weights
+    captioner = models["float32"]
+    machine = measure_machine(captioner.model.config)
+    floor = floors(captioner, machine)
+    report_machine(captioner, machine, floor)
+    report_steps(models, floor)
+    exact_path(captioner, floor, 1 if args.quick else args.repeats)
+    throughput(captioner, models, photos, floor, baseline_images=4 if args.quick else 8)
+    fidelity(models, photos)
     peak_memory(args.model)
 
 
