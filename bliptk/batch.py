@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
+
 from .decoding import DecodingOptions, options_with, prompt_ids
 from .errors import (
     BliptkError,
@@ -200,7 +202,7 @@ def _load_item(path: str, max_pixels: int | None, preprocessor):
     try:
         if is_video(path):
             return "video", None, None
-        return "image", preprocessor.tensor(load_image(path, max_pixels=max_pixels)), None
+        return "image", preprocessor.array(load_image(path, max_pixels=max_pixels)), None
     except Exception as error:  # an input must never end the job: record what happened
         return "image", None, input_error(error, path)
 
@@ -351,7 +353,7 @@ def caption_files(
         raise InvalidOptionError(f"workers must be an integer >= 0, got {workers!r}")
     if max_pixels is not None:
         check_positive_int("max_pixels", max_pixels)
-    prompt_ids(captioner.tokenizer, options.prompt_text, options.max_new_tokens, captioner.text_decoder.max_positions)
+    prompt_ids(captioner.tokenizer, options.prompt_text, options.max_new_tokens, captioner.max_positions)
     record_options = {**options.as_dict(), "num_frames": num_frames, "pooling": pooling}
     paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs, recursive)
     status = status if status is not None else BatchStatus()
@@ -408,10 +410,8 @@ def caption_files(
                     batch.append((path, pixels))
                 last = index == len(paths) - 1
                 if len(batch) == batch_size or (last and batch):
-                    import torch
-
-                    features = captioner.image_encoder(torch.stack([pixels for _, pixels in batch]))
-                    for (image_path, _), caption in zip(batch, captioner.caption_features(features, options)):
+                    pixels = np.stack([pixels for _, pixels in batch])
+                    for (image_path, _), caption in zip(batch, captioner.caption_pixels(pixels, options)):
                         yield emit(result(image_path, "image", caption))
                     batch = []
                 bar.update(1)

@@ -7,7 +7,7 @@ import warnings
 import torch
 
 from .batch import caption_files
-from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions, decode, options_with
+from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions, decode, options_with, requested_captions
 from .errors import InvalidOptionError, RandomWeightsWarning, check_positive_int
 from .image_encoder import ImageEncoder
 from .provenance import Weights
@@ -48,6 +48,11 @@ class Captioner:
     def pretrained(self) -> bool:
         """False for the uninitialized net (random weights), whose captions are random words."""
         return self.weights.source == "pretrained"
+
+    @property
+    def max_positions(self) -> int:
+        """Most positions (prompt and caption) the text decoder takes: 512."""
+        return self.text_decoder.max_positions
 
     @property
     def device(self) -> torch.device:
@@ -192,20 +197,12 @@ class Captioner:
             InvalidOptionError: An unknown or invalid option, or as many prompts as images
                 were not given.
         """
-        from .video import VideoFrames, is_video
+        from .video import is_video
 
         self._say_if_random()
         options = options_with(options, **decoding_options)
         check_positive_int("batch_size", batch_size)
-        single = not isinstance(images, list | tuple) or isinstance(images, VideoFrames)
-        items = [images] if single else list(images)
-        if isinstance(prompt, list | tuple):
-            if not single and len(prompt) != len(items):
-                raise InvalidOptionError(f"{len(prompt)} prompts for {len(items)} images: give one prompt per image, or several for one image")
-            rows = [(0, text) for text in prompt] if single else list(enumerate(prompt))
-            single = False
-        else:
-            rows = [(item, prompt) for item in range(len(items))]
+        items, rows, single = requested_captions(images, prompt)
         videos = {item for item, _ in rows if is_video(items[item])}
 
         def prompt_of(row: int) -> str:
@@ -233,6 +230,12 @@ class Captioner:
                 decode_rows(features.expand(len(chunk), *features.shape), chunk)
         ordered = [captions[row] if options.num_return_sequences > 1 else captions[row][0] for row in range(len(rows))]
         return ordered[0] if single else ordered
+
+    def caption_pixels(self, pixel_values, options: DecodingOptions | None = None) -> list[Caption]:
+        """Captions of preprocessed pixels ``(B, 3, S, S)`` (a NumPy array or tensor), as the batch
+        command feeds them."""
+        pixels = torch.as_tensor(pixel_values)
+        return self.caption_features(self.image_encoder(pixels), options)
 
     def caption_features(
         self,

@@ -25,7 +25,10 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"architecture name, hub id or checkpoint folder (default {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help=f"architecture name, hub id, checkpoint folder, or (caption) an ONNX export folder (default {DEFAULT_MODEL})",
+    )
     parser.add_argument("--random-weights", action="store_true", help="build the architecture with random weights (no download; captions are random words)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
     parser.add_argument("--dtype", default=None, help="float32 (default) or bfloat16")
@@ -118,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     coco.add_argument("--max-length", type=int, default=20, help="prompt plus caption tokens, as in BLIP's code (default 20)")
     coco.add_argument("--min-length", type=int, default=5, help="prompt plus caption tokens (default 5)")
 
+    export = commands.add_parser("export", help="export a model to ONNX, to caption with ONNX Runtime (no torch needed)")
+    _model_arguments(export)
+    export.add_argument("--out", required=True, help="folder to write the graphs, tokenizer, preprocessing config and manifest to")
+    export.add_argument("--int8", action="store_true", help="also write dynamically quantized (int8) graphs, used by default")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+
     commands.add_parser("models", help="list the model family")
 
     info = commands.add_parser("info", help="net information: parameters and layer types (no weights needed)")
@@ -126,7 +135,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args):
+def _load(args, exports: bool = False):
+    """The captioner the flags name; with ``exports``, an ONNX export folder as --model gives its
+    ONNX Runtime captioner (which only captions)."""
+    from .onnx import is_export
+
+    if is_export(args.model):
+        if not exports:
+            raise InvalidOptionError(f"{args.model} is an ONNX export, which captions only; give the model itself for {args.command}")
+        if args.random_weights or args.dtype or args.device:
+            raise InvalidOptionError("an ONNX export has its own weights and runs on the CPU: drop --random-weights, --dtype and --device")
+        from .onnx import load as load_export
+
+        return load_export(args.model)
     from .loading import load
 
     return load(args.model, pretrained=not args.random_weights, device=args.device, dtype=args.dtype)
@@ -149,7 +170,7 @@ def _caption(args) -> int:
     if args.segments and args.out:
         raise InvalidOptionError("--segments prints a timeline; it can't be combined with --out")
     inputs = expand_inputs(args.inputs, args.recursive)  # nothing to caption: say so before loading a model
-    captioner = _load(args)
+    captioner = _load(args, exports=True)
     if args.segments:
         videos = [path for path in inputs if is_video(path)]
         inputs = [path for path in inputs if path not in videos]
@@ -351,6 +372,19 @@ def _info(args) -> int:
     return EXIT_OK
 
 
+def _export(args) -> int:
+    from .onnx import export
+
+    captioner = _load(args)
+    folder = export(captioner, args.out, int8=args.int8, overwrite=args.overwrite)
+    check = json.loads((folder / "manifest.json").read_text())["check"]
+    print(
+        f"exported {captioner.name} to {folder}: features within {check['features_max_abs_diff']:.1e} and logits within "
+        f"{check['logits_max_abs_diff']:.1e} of torch (tolerance {check['tolerance']['logits']:g})"
+    )
+    return EXIT_OK
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"bliptk: warning: {message}", file=sys.stderr, flush=True)
 
@@ -362,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     commands = {
         "models": _models, "info": _info, "attention": _attention, "eval": _eval, "eval-coco": _eval_coco,
-        "embed": _embed, "map": _map, "caption": _caption,
+        "embed": _embed, "map": _map, "caption": _caption, "export": _export,
     }
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning

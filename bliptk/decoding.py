@@ -37,6 +37,7 @@ __all__ = [
     "StepResult",
     "decode",
     "options_with",
+    "requested_captions",
 ]
 
 DEFAULT_PROMPT = "a photography of"
@@ -134,6 +135,32 @@ def options_with(options: DecodingOptions | None = None, **overrides) -> Decodin
     if unknown:
         raise InvalidOptionError(f"unknown decoding option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
     return replace(options or DecodingOptions(), **overrides)
+
+
+def requested_captions(images, prompt) -> tuple[list, list[tuple[int, str | None]], bool]:
+    """What a ``caption(images, prompt)`` call asks for.
+
+    Args:
+        images: One input (image, video, or a video's frames) or a list of them.
+        prompt: None, a prompt, or a list: one prompt per input of a list, or several prompts for
+            one input.
+
+    Returns:
+        The inputs; one ``(input index, prompt)`` row per caption; and whether the answer is one
+        caption rather than a list.
+
+    Raises:
+        InvalidOptionError: A list of prompts that does not match a list of inputs.
+    """
+    from .video import VideoFrames  # a video's frames are one input, though a list
+
+    single = not isinstance(images, list | tuple) or isinstance(images, VideoFrames)
+    items = [images] if single else list(images)
+    if not isinstance(prompt, list | tuple):
+        return items, [(item, prompt) for item in range(len(items))], single
+    if not single and len(prompt) != len(items):
+        raise InvalidOptionError(f"{len(prompt)} prompts for {len(items)} images: give one prompt per image, or several for one image")
+    return items, [(0, text) for text in prompt] if single else list(enumerate(prompt)), False
 
 
 def _is_int(value) -> bool:

@@ -158,12 +158,6 @@ class Preprocessor:
             images = [images]
         return np.stack([self.array(load_image(image)) for image in images])
 
-    def tensor(self, image: Image.Image):
-        """One RGB PIL image -> ``(3, S, S)`` float32 torch tensor."""
-        import torch
-
-        return torch.from_numpy(self.array(image))
-
     def array(self, image: Image.Image) -> np.ndarray:
         """One RGB PIL image -> ``(3, S, S)`` float32 NumPy array."""
         resized = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)

@@ -10,9 +10,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 
-import torch
-from torch import nn
-
 __all__ = ["Weights", "weights_fingerprint"]
 
 # Elements read from each array for the fingerprint: enough that any fine-tuning shows, few
@@ -45,14 +42,15 @@ class Weights:
         return f"{made}, fingerprint {self.fingerprint}, {self.dtype}"
 
 
-@torch.no_grad()
-def weights_fingerprint(module: nn.Module) -> str:
-    """A hash of a module's parameters: every array's name and shape, and evenly spaced samples
-    of its values (as float32). Arrays shared by two modules count once.
+def weights_fingerprint(module) -> str:
+    """A hash of a torch module's parameters: every array's name and shape, and evenly spaced
+    samples of its values (as float32). Arrays shared by two modules count once.
 
     Returns:
         16 hex digits.
     """
+    import torch
+
     digest = hashlib.sha256()
     for name, parameter in module.named_parameters():  # shared arrays are listed once
         values = parameter.detach().reshape(-1)

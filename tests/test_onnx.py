@@ -1,0 +1,127 @@
+"""Export to ONNX and caption with ONNX Runtime: the same tokens as bliptk's torch path, no torch
+needed at run time, clear errors for bad exports."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+import bliptk  # noqa: E402
+import bliptk.onnx as bliptk_onnx  # noqa: E402
+from bliptk.cli import main  # noqa: E402
+
+PROMPTS = ["a picture of", "", "the woman"]
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny, tmp_path_factory):
+    return bliptk_onnx.export(tiny, tmp_path_factory.mktemp("onnx") / "tiny", int8=True)
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_export):
+    return bliptk_onnx.load(tiny_export, int8=False)
+
+
+def _ids(captions):
+    return [c.token_ids for c in captions]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_tokens_equal_the_torch_path_tiny(tiny, runner, photos, prompt):
+    assert _ids(runner.caption(photos[:2], prompt, max_new_tokens=12)) == _ids(tiny.caption(photos[:2], prompt, max_new_tokens=12))
+
+
+def test_beam_search_sampling_and_mixed_prompts_equal_the_torch_path(tiny, runner, photos):
+    assert _ids(runner.caption(photos[:2], num_beams=3, max_new_tokens=10)) == _ids(tiny.caption(photos[:2], num_beams=3, max_new_tokens=10))
+    sampled = {"temperature": 1.0, "top_k": 20, "seed": 4, "max_new_tokens": 8}
+    assert runner.caption(photos[0], **sampled).token_ids == tiny.caption(photos[0], **sampled).token_ids
+    prompts = ["a", "the woman is sitting at a table with", ""]
+    assert _ids(runner.caption(photos[1], prompts, max_new_tokens=8)) == _ids(tiny.caption(photos[1], prompts, max_new_tokens=8))
+    ours, theirs = runner.caption(photos[0], max_new_tokens=6), tiny.caption(photos[0], max_new_tokens=6)
+    assert ours.text == theirs.text and ours.logprobs == pytest.approx(theirs.logprobs, abs=1e-4)
+
+
+def test_the_manifest_says_how_the_export_was_made(tiny, tiny_export):
+    manifest = json.loads((tiny_export / "manifest.json").read_text())
+    assert manifest["format"] == "bliptk-onnx" and manifest["bliptk_version"] == bliptk.__version__ and manifest["opset"] == 20
+    assert manifest["model"] == "tiny" and manifest["weights"] == tiny.weights.as_dict()
+    check = manifest["check"]
+    assert check["features_max_abs_diff"] <= check["tolerance"]["features"] and check["logits_max_abs_diff"] <= check["tolerance"]["logits"]
+    assert set(manifest["sha256"]) == {"encoder.onnx", "image_kv.onnx", "decoder.onnx", "encoder.int8.onnx", "image_kv.int8.onnx", "decoder.int8.onnx"}
+    records = list(bliptk_onnx.load(tiny_export, int8=False).caption_files([bliptk.example_path("images/woman-with-cake.jpg")], max_new_tokens=3))
+    assert records[0]["weights"] == {**tiny.weights.as_dict(), "dtype": "onnx float32"}  # never taken for torch's records
+
+
+def test_int8_graphs_are_used_by_default(tiny_export, photos):
+    quantized = bliptk_onnx.load(tiny_export)
+    assert quantized.weights["dtype"] == "onnx int8" and len(quantized.caption(photos[0], max_new_tokens=5).token_ids) == 5
+    assert (tiny_export / "decoder.int8.onnx").stat().st_size < (tiny_export / "decoder.onnx").stat().st_size / 2
+
+
+def test_preprocessing_without_torch_equals_blip_image_processor(runner, photos):
+    from PIL import Image
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    ours = runner.preprocessor.arrays(photos)  # NumPy only, at the tiny net's 96 px
+    expected = BlipImageProcessorPil(size={"height": 96, "width": 96})(images=[Image.open(p) for p in photos], return_tensors="np").pixel_values
+    assert ours.shape == (3, 3, 96, 96) and abs(ours - expected).max() < 1e-5
+
+
+def test_the_runner_works_where_torch_cannot_be_imported(tiny, tiny_export, photos):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import bliptk.onnx\n"
+        f"runner = bliptk.onnx.load({str(tiny_export)!r}, int8=False)\n"
+        f"print(runner.caption({str(photos[0])!r}, max_new_tokens=8).token_ids)\n"
+        "assert 'torch' not in {name.split('.')[0] for name, module in sys.modules.items() if module is not None}\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == tiny.caption(photos[0], max_new_tokens=8).token_ids
+
+
+def test_bad_exports_give_clear_errors(tiny_export, tmp_path):
+    with pytest.raises(bliptk.CheckpointError, match="not a bliptk ONNX export"):
+        bliptk_onnx.load(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_export, broken)
+    (broken / "decoder.onnx").unlink()
+    with pytest.raises(bliptk.CheckpointError, match=r"graph\(s\) missing: decoder.onnx"):
+        bliptk_onnx.load(broken, int8=False)
+    newer = tmp_path / "newer"
+    shutil.copytree(tiny_export, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99, "bliptk_version": "9.0"}))
+    with pytest.raises(bliptk.CheckpointError, match="exported by bliptk 9.0 in format 99, newer than this bliptk"):
+        bliptk_onnx.load(newer)
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_export, changed)
+    shutil.copy(tiny_export / "encoder.int8.onnx", changed / "encoder.onnx")  # other weights under the same name
+    with pytest.warns(bliptk_onnx.ExportChangedWarning, match=r"encoder.onnx changed since the export: the manifest's weights fingerprint"):
+        bliptk_onnx.load(changed, int8=False)
+    with pytest.raises(bliptk.OutputExistsError):
+        bliptk_onnx.export(bliptk.load("tiny"), tiny_export)
+
+
+def test_the_cli_exports_and_captions_with_an_export(tiny, photos, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert main(["export", "--model", "tiny", "--out", str(out)]) == 0
+    assert "exported tiny to" in capsys.readouterr().out
+    assert main(["caption", str(photos[0]), "--model", str(out), "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out == f"{photos[0]}: {tiny.caption(photos[0], max_new_tokens=6).text}\n"
+    assert main(["embed", str(photos[0].parent), "--model", str(out), "--out", str(tmp_path / "e.npz")]) == 2
+    assert "is an ONNX export, which captions only" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_size_vit_b_greedy_and_beams_equal_the_torch_path(vit_b, photos, tmp_path):
+    runner = bliptk_onnx.load(bliptk_onnx.export(vit_b, tmp_path / "vit-b"))
+    for prompt in PROMPTS:
+        assert _ids(runner.caption(photos[:2], prompt, max_new_tokens=10)) == _ids(vit_b.caption(photos[:2], prompt, max_new_tokens=10))
+    assert _ids(runner.caption(photos[:2], num_beams=3, max_new_tokens=10)) == _ids(vit_b.caption(photos[:2], num_beams=3, max_new_tokens=10))
