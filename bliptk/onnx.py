@@ -487,7 +487,7 @@ class OnnxCaptioner:
         return captions[0] if single else captions
 
 
-def load(folder, *, int8: bool | None = None, threads: int | None = None, verify: bool = True) -> OnnxCaptioner:
+def load(folder, *, int8: bool | None = None, threads: int | None = None, verify: bool = True, against=None) -> OnnxCaptioner:
     """Load an export for captioning with ONNX Runtime (no torch needed).
 
     Args:
@@ -496,6 +496,9 @@ def load(folder, *, int8: bool | None = None, threads: int | None = None, verify
         threads: ONNX Runtime's intra-op threads (None: its default, all cores).
         verify: Check each graph's sha256 against the manifest, warning
             (:class:`ExportChangedWarning`) when a graph changed since the export.
+        against: A :class:`~bliptk.Captioner` of the model the export was made from, to warn
+            (:class:`ExportChangedWarning`) when its weights changed since (their fingerprint is
+            not the manifest's).
 
     Raises:
         CheckpointError: Not an export, a graph missing, or a manifest from a newer bliptk.
@@ -532,6 +535,11 @@ def load(folder, *, int8: bool | None = None, threads: int | None = None, verify
                 f"{folder}: {', '.join(changed)} changed since the export: the manifest's weights fingerprint "
                 f"({manifest['weights']['fingerprint']}) no longer names them", ExportChangedWarning, stacklevel=2,
             )
+    if against is not None and against.weights.fingerprint != manifest["weights"]["fingerprint"]:
+        warnings.warn(
+            f"{folder} was exported from weights with fingerprint {manifest['weights']['fingerprint']}; {against.name}'s are now "
+            f"{against.weights.fingerprint}: its captions will differ from the export's; export it again", ExportChangedWarning, stacklevel=2,
+        )
     ort = _onnxruntime()
     session_options = ort.SessionOptions()
     if threads is not None:

@@ -107,6 +107,9 @@ def test_bad_exports_give_clear_errors(tiny_export, tmp_path):
         bliptk_onnx.load(changed, int8=False)
     with pytest.raises(bliptk.OutputExistsError):
         bliptk_onnx.export(bliptk.load("tiny"), tiny_export)
+    retrained = bliptk.load("tiny", seed=1)  # the model's weights changed since the export
+    with pytest.warns(bliptk_onnx.ExportChangedWarning, match=r"exported from weights with fingerprint \w+; tiny's are now"):
+        bliptk_onnx.load(tiny_export, against=retrained)
 
 
 def test_the_cli_exports_and_captions_with_an_export(tiny, photos, tmp_path, capsys):
