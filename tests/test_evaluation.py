@@ -92,6 +92,7 @@ def test_malformed_files(tmp_path):
         bliptk.evaluate(PREDICTIONS, {"annotations": [{"caption": "x"}]})
 
 
+@pytest.mark.slow
 @needs_java
 def test_cli_eval_and_eval_coco(tiny, photos, tmp_path, capsys):
     predictions = tmp_path / "predictions.json"

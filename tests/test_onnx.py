@@ -112,6 +112,7 @@ def test_bad_exports_give_clear_errors(tiny_export, tmp_path):
         bliptk_onnx.load(tiny_export, against=retrained)
 
 
+@pytest.mark.slow
 def test_the_cli_exports_and_captions_with_an_export(tiny, photos, tmp_path, capsys):
     out = tmp_path / "export"
     assert main(["export", "--model", "tiny", "--out", str(out)]) == 0
