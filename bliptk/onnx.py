@@ -406,6 +406,7 @@ class OnnxCaptioner:
         self.decoder = _OnnxDecoder(sessions["image_kv"], sessions["decoder"], manifest["config"])
         self.max_positions = manifest["config"]["max_positions"]
         self.pretrained = manifest["weights"]["source"] == "pretrained"
+        self._said_random = False
 
     def __repr__(self) -> str:
         return f"OnnxCaptioner({self.name!r}, {self.weights['source']} weights, {self.weights['dtype']}, {self.folder})"
@@ -414,11 +415,12 @@ class OnnxCaptioner:
         return {"model": self.name, "weights": dict(self.weights)}
 
     def _say_if_random(self) -> None:
-        if not self.pretrained:
+        """Warn once, when an export of random weights first captions."""
+        if not self.pretrained and not self._said_random:
             from .errors import RandomWeightsWarning
 
+            self._said_random = True
             warnings.warn(f"{self.name} (ONNX export) has random weights: its captions are random words", RandomWeightsWarning, stacklevel=3)
-            self.pretrained = True  # said once
 
     def encode(self, pixel_values: np.ndarray) -> np.ndarray:
         """Image features ``(B, N, D)`` of preprocessed pixels ``(B, 3, S, S)``."""

@@ -60,7 +60,10 @@ def test_the_manifest_says_how_the_export_was_made(tiny, tiny_export):
 
 def test_int8_graphs_are_used_by_default(tiny_export, photos):
     quantized = bliptk_onnx.load(tiny_export)
-    assert quantized.weights["dtype"] == "onnx int8" and len(quantized.caption(photos[0], max_new_tokens=5).token_ids) == 5
+    with pytest.warns(bliptk.RandomWeightsWarning, match=r"tiny \(ONNX export\) has random weights") as said:
+        assert quantized.weights["dtype"] == "onnx int8" and len(quantized.caption(photos[0], max_new_tokens=5).token_ids) == 5
+        quantized.caption(photos[1], max_new_tokens=2)
+    assert len(said) == 1 and quantized.pretrained is False  # said once, and still random
     assert (tiny_export / "decoder.int8.onnx").stat().st_size < (tiny_export / "decoder.onnx").stat().st_size / 2
 
 
