@@ -29,8 +29,8 @@ __version__ = "0.2.0"
 # Public name -> the module that defines it.
 _EXPORTS = {
     "attention": ("attention_entropy", "attention_maps", "overlay_attention", "plot_attention_map", "plot_attention_maps", "plot_attention_overlays"),
-    "captioner": ("Captioner", "DEFAULT_VIDEO_PROMPT"),
-    "decoding": ("Caption", "DecodingOptions", "DEFAULT_PROMPT"),
+    "captioner": ("Captioner",),
+    "decoding": ("Caption", "DecodingOptions", "DEFAULT_PROMPT", "DEFAULT_VIDEO_PROMPT"),
     "errors": tuple(_errors.__all__),
     "evaluation": ("evaluate", "EvaluationError", "EvaluationResult"),
     "feature_space": ("cluster", "ClusterResult", "near_duplicates", "nearest", "Neighbour", "plot_feature_space", "project"),

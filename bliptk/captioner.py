@@ -7,16 +7,15 @@ import warnings
 import torch
 
 from .batch import caption_files
-from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions, decode, options_with, requested_captions
+from .decoding import Caption, DecodingOptions, decode, group_captions, options_with, request_prompt, requested_captions
 from .errors import InvalidOptionError, RandomWeightsWarning, check_positive_int
 from .image_encoder import ImageEncoder
 from .provenance import Weights
 from .text_decoder import TextDecoder
 from .tokenizer import Tokenizer
 
-__all__ = ["Captioner", "DEFAULT_VIDEO_PROMPT"]
+__all__ = ["Captioner"]
 
-DEFAULT_VIDEO_PROMPT = "a video of"
 VIDEO_POOLINGS = ("mean", "concat")
 
 
@@ -205,17 +204,12 @@ class Captioner:
         items, rows, single = requested_captions(images, prompt)
         videos = {item for item, _ in rows if is_video(items[item])}
 
-        def prompt_of(row: int) -> str:
-            item, text = rows[row]
-            text = options.prompt if text is None else text
-            return text if text is not None else (DEFAULT_VIDEO_PROMPT if item in videos else DEFAULT_PROMPT)
-
         def decode_rows(features: torch.Tensor, chunk: list[int]) -> None:
-            decoded = self.caption_features(features, options, return_attention, [prompt_of(row) for row in chunk])
-            per_row = options.num_return_sequences
-            captions.update((row, decoded[i * per_row : (i + 1) * per_row]) for i, row in enumerate(chunk))
+            prompts = [request_prompt(rows[row][1], options, rows[row][0] in videos) for row in chunk]
+            decoded = self.caption_features(features, options, return_attention, prompts)
+            captions.update(zip(chunk, group_captions(decoded, options.num_return_sequences)))
 
-        captions: dict[int, list[Caption]] = {}
+        captions: dict[int, Caption | list[Caption]] = {}
         image_rows = [row for row, (item, _) in enumerate(rows) if item not in videos]
         for start in range(0, len(image_rows), batch_size):
             chunk = image_rows[start : start + batch_size]
@@ -228,7 +222,7 @@ class Captioner:
             for start in range(0, len(video_rows), batch_size):
                 chunk = video_rows[start : start + batch_size]
                 decode_rows(features.expand(len(chunk), *features.shape), chunk)
-        ordered = [captions[row] if options.num_return_sequences > 1 else captions[row][0] for row in range(len(rows))]
+        ordered = [captions[row] for row in range(len(rows))]
         return ordered[0] if single else ordered
 
     def caption_pixels(self, pixel_values, options: DecodingOptions | None = None) -> list[Caption]:

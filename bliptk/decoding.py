@@ -33,14 +33,18 @@ __all__ = [
     "DecodingOptions",
     "DecodingTask",
     "DEFAULT_PROMPT",
+    "DEFAULT_VIDEO_PROMPT",
     "SamplingDecoder",
     "StepResult",
     "decode",
+    "group_captions",
     "options_with",
+    "request_prompt",
     "requested_captions",
 ]
 
 DEFAULT_PROMPT = "a photography of"
+DEFAULT_VIDEO_PROMPT = "a video of"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +165,23 @@ def requested_captions(images, prompt) -> tuple[list, list[tuple[int, str | None
     if not single and len(prompt) != len(items):
         raise InvalidOptionError(f"{len(prompt)} prompts for {len(items)} images: give one prompt per image, or several for one image")
     return items, [(0, text) for text in prompt] if single else list(enumerate(prompt)), False
+
+
+def request_prompt(text: str | None, options: DecodingOptions, video: bool = False) -> str:
+    """The prompt of one requested caption (a row of :func:`requested_captions`): its own, else
+    ``options.prompt``, else ``"a photography of"`` for an image and ``"a video of"`` for a video."""
+    text = options.prompt if text is None else text
+    if text is not None:
+        return text
+    return DEFAULT_VIDEO_PROMPT if video else DEFAULT_PROMPT
+
+
+def group_captions(decoded: list, per_request: int) -> list:
+    """:func:`decode`'s captions (``per_request`` for each request, together) as one entry per
+    request: the caption itself, or with ``per_request`` > 1 (``num_return_sequences``) the list."""
+    if per_request == 1:
+        return list(decoded)
+    return [decoded[start : start + per_request] for start in range(0, len(decoded), per_request)]
 
 
 def _is_int(value) -> bool:

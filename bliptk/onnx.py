@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .batch import caption_files
-from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions, decode, options_with, requested_captions
+from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions, decode, group_captions, options_with, request_prompt, requested_captions
 from .errors import CheckpointError, InvalidOptionError, MissingDependencyError, OutputExistsError, check_positive_int
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "OnnxCaptioner", "export", "load"]
@@ -483,17 +483,12 @@ class OnnxCaptioner:
             chunk = still[start : start + batch_size]
             features.update((item, (vector, False)) for item, vector in zip(chunk, self.encode_image([items[i] for i in chunk])))
 
-        def prompt_of(item, text):
-            text = options.prompt if text is None else text
-            return text if text is not None else ("a video of" if features[item][1] else DEFAULT_PROMPT)
-
         captions = []
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             stacked = np.stack([features[item][0] for item, _ in chunk])
-            decoded = decode(self.decoder, self.tokenizer, stacked, options, [prompt_of(item, text) for item, text in chunk])
-            per_row = options.num_return_sequences
-            captions += [decoded[i * per_row : (i + 1) * per_row] if per_row > 1 else decoded[i * per_row] for i in range(len(chunk))]
+            prompts = [request_prompt(text, options, features[item][1]) for item, text in chunk]
+            captions += group_captions(decode(self.decoder, self.tokenizer, stacked, options, prompts), options.num_return_sequences)
         return captions[0] if single else captions
 
 

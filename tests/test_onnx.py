@@ -14,6 +14,7 @@ pytest.importorskip("onnxscript")
 import bliptk  # noqa: E402
 import bliptk.onnx as bliptk_onnx  # noqa: E402
 from bliptk.cli import main  # noqa: E402
+from conftest import VIDEOS  # noqa: E402
 
 PROMPTS = ["a picture of", "", "the woman"]
 
@@ -45,6 +46,17 @@ def test_beam_search_sampling_and_mixed_prompts_equal_the_torch_path(tiny, runne
     assert _ids(runner.caption(photos[1], prompts, max_new_tokens=8)) == _ids(tiny.caption(photos[1], prompts, max_new_tokens=8))
     ours, theirs = runner.caption(photos[0], max_new_tokens=6), tiny.caption(photos[0], max_new_tokens=6)
     assert ours.text == theirs.text and ours.logprobs == pytest.approx(theirs.logprobs, abs=1e-4)
+
+
+def test_several_captions_per_image_and_a_video_as_the_torch_path(tiny, runner, photos):
+    sampled = {"temperature": 1.0, "top_k": 20, "seed": 2, "max_new_tokens": 6, "num_return_sequences": 3}
+    ours, theirs = runner.caption(photos[:2], **sampled), tiny.caption(photos[:2], **sampled)
+    assert [len(group) for group in ours] == [3, 3]
+    assert [_ids(group) for group in ours] == [_ids(group) for group in theirs]
+    video = VIDEOS / "bigbuckbunny.mp4"
+    ours, theirs = runner.caption([video, photos[0]], num_frames=4, max_new_tokens=6), tiny.caption([video, photos[0]], num_frames=4, max_new_tokens=6)
+    assert [c.prompt for c in ours] == ["a video of", "a photography of"]
+    assert _ids(ours) == _ids(theirs)
 
 
 def test_the_manifest_says_how_the_export_was_made(tiny, tiny_export):
