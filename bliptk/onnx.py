@@ -231,11 +231,7 @@ def export(captioner, folder, *, int8: bool = False, overwrite: bool = False) ->
             )
             program.save(str(folder / name), external_data=False)
     shutil.copy(captioner.tokenizer.vocab_file, folder / "vocab.txt")
-    preprocessor = captioner.preprocessor
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "BlipImageProcessor", "size": {"height": preprocessor.image_size, "width": preprocessor.image_size},
-        "image_mean": list(preprocessor.mean), "image_std": list(preprocessor.std), "do_resize": True, "do_normalize": True,
-    }, indent=1))
+    (folder / "preprocessor_config.json").write_text(json.dumps(captioner.preprocessor.to_config(), indent=1))
     from . import __version__
 
     manifest = {

@@ -141,6 +141,17 @@ class Preprocessor:
             size = size.get("height", size.get("shortest_edge", image_size))
         return cls(int(size), tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD)))
 
+    def to_config(self) -> dict:
+        """As a Hugging Face ``preprocessor_config.json`` dict (what :meth:`from_config` reads)."""
+        return {
+            "image_processor_type": "BlipImageProcessor",
+            "size": {"height": self.image_size, "width": self.image_size},
+            "image_mean": list(self.mean),
+            "image_std": list(self.std),
+            "do_resize": True,
+            "do_normalize": True,
+        }
+
     def __call__(self, images):
         """Preprocess one image or a list of them.
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["fake_hub_cache", "hf_generate", "make_video", "save_checkpoint"]
+from .tokenizer import CLS_TOKEN_ID, SEP_TOKEN_ID
 
-CLS_TOKEN_ID, SEP_TOKEN_ID = 101, 102
+__all__ = ["fake_hub_cache", "hf_generate", "make_video", "save_checkpoint"]
 
 
 def hf_generate(captioner, pixel_values: torch.Tensor, prompt: str, max_new_tokens: int, **generate_options) -> list[list[int]]:
@@ -53,16 +53,7 @@ def save_checkpoint(captioner, folder: Path) -> Path:
     folder = Path(folder)
     captioner.model.save_pretrained(folder)
     shutil.copy(captioner.tokenizer.vocab_file, folder / "vocab.txt")
-    preprocessor = captioner.preprocessor
-    config = {
-        "image_processor_type": "BlipImageProcessor",
-        "size": {"height": preprocessor.image_size, "width": preprocessor.image_size},
-        "image_mean": list(preprocessor.mean),
-        "image_std": list(preprocessor.std),
-        "do_resize": True,
-        "do_normalize": True,
-    }
-    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    (folder / "preprocessor_config.json").write_text(json.dumps(captioner.preprocessor.to_config()))
     return folder
 
 

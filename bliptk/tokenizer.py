@@ -17,9 +17,10 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from .errors import InputError
 
-__all__ = ["Tokenizer", "load_tokenizer", "DEC_TOKEN_ID", "ENC_TOKEN_ID", "SEP_TOKEN_ID", "PAD_TOKEN_ID"]
+__all__ = ["Tokenizer", "load_tokenizer", "CLS_TOKEN_ID", "DEC_TOKEN_ID", "ENC_TOKEN_ID", "SEP_TOKEN_ID", "PAD_TOKEN_ID"]
 
 PAD_TOKEN_ID = 0
+CLS_TOKEN_ID = 101  # BERT's; BLIP's processor starts a prompt with it, generate swaps it for [DEC]
 SEP_TOKEN_ID = 102
 DEC_TOKEN_ID = 30522
 ENC_TOKEN_ID = 30523

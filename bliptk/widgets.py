@@ -120,9 +120,14 @@ def _picture(w):
     return w.Image(format="png", layout=w.Layout(object_fit="contain"))
 
 
-def _wrapping(text: str) -> str:
-    """HTML for text that wraps within its column, escaped."""
-    return f'<div style="white-space: normal; overflow-wrap: anywhere; line-height: 1.4">{text}</div>'
+def _wrapping(markup: str) -> str:
+    """``markup`` (HTML, its text escaped by the caller) in a block that wraps within its column."""
+    return f'<div style="white-space: normal; overflow-wrap: anywhere; line-height: 1.4">{markup}</div>'
+
+
+def _caption_html(text: str) -> str:
+    """A caption in bold, escaped, wrapping."""
+    return _wrapping(f"<b>{html.escape(text)}</b>")
 
 
 class _Explorer:
@@ -216,7 +221,7 @@ class CaptionExplorer(_Explorer):
         features = self.features()
         self.caption = self.captioner.caption_features(features, self.options())[0]
         self.choices = token_alternatives(self.captioner, features, self.caption, self.alternatives)
-        self.text.value = _wrapping(f"<b>{html.escape(self.caption.text)}</b>")
+        self.text.value = _caption_html(self.caption.text)
         # Each token with its probability, in a line that wraps (a 25-token caption takes a few lines).
         chips = " ".join(
             f'<span title="token {i}" style="white-space: nowrap">{html.escape(c.token)}&nbsp;<small>{c.probability:.3f}</small></span>'
@@ -270,7 +275,7 @@ class AttentionExplorer(_Explorer):
         self.overlay = None
         for control in (self.token, self.layer, self.heads):
             control.observe(lambda change: self.update(), names="value")
-        caption = w.HTML(_wrapping(f"<b>{html.escape(self.caption.text)}</b>"))
+        caption = w.HTML(_caption_html(self.caption.text))
         self.widget = _two_columns(w, [caption, self.token, self.layer, self.heads, self.label], [self.view])
         self.update()
 
@@ -310,7 +315,7 @@ class StepThroughDecoder(_Explorer):
         self.button = w.Button(description="next token")
         self.reset_button = w.Button(description="restart")
         self.state = w.HTML()
-        self.caption = w.HTML(_wrapping(f"<b>{html.escape(self.stepper.text)}</b>"))
+        self.caption = w.HTML(_caption_html(self.stepper.text))
         self.button.on_click(lambda _: self.next())
         self.reset_button.on_click(lambda _: self.reset())
         self._arguments = (captioner, image, options, top)
@@ -319,7 +324,7 @@ class StepThroughDecoder(_Explorer):
     def next(self):
         """Advance one token and redraw; returns the :class:`~bliptk.stepper.DecodeStep` (None when done)."""
         step = self.stepper.step()
-        self.caption.value = _wrapping(f"<b>{html.escape(self.stepper.text)}</b>")
+        self.caption.value = _caption_html(self.stepper.text)
         if step is None:
             self.button.disabled = True
             return None
@@ -338,5 +343,5 @@ class StepThroughDecoder(_Explorer):
         captioner, _, options, top = self._arguments
         self.stepper = Stepper(captioner, self.stepper.features, options, top=top)  # the image is encoded once
         self.button.disabled = False
-        self.caption.value = _wrapping(f"<b>{html.escape(self.stepper.text)}</b>")
+        self.caption.value = _caption_html(self.stepper.text)
         self.state.value = ""
