@@ -57,9 +57,7 @@ def attention_maps(
     Raises:
         InvalidOptionError: The caption carries no attention, or an option is out of range.
     """
-    weights = caption.cross_attention
-    if weights is None:
-        raise InvalidOptionError("this caption carries no cross-attention; caption it with return_attention=True")
+    weights = _cross_attention(caption)
     tokens, layers, num_heads, features = weights.shape
     grid = math.isqrt(features - 1)
     if grid * grid != features - 1:
@@ -99,11 +97,16 @@ def attention_entropy(caption: Caption) -> torch.Tensor:
     Raises:
         InvalidOptionError: The caption carries no attention.
     """
-    if caption.cross_attention is None:
-        raise InvalidOptionError("this caption carries no cross-attention; caption it with return_attention=True")
-    patches = caption.cross_attention[..., 1:].float()
+    patches = _cross_attention(caption)[..., 1:].float()
     patches = patches / patches.sum(dim=-1, keepdim=True)
     return -(patches * patches.clamp_min(1e-12).log()).sum(dim=-1)
+
+
+def _cross_attention(caption: Caption) -> torch.Tensor:
+    """The caption's cross-attention weights ``(T, L, H, N)``, or the error that it has none."""
+    if caption.cross_attention is None:
+        raise InvalidOptionError("this caption carries no cross-attention; caption it with return_attention=True")
+    return caption.cross_attention
 
 
 def _rescaled(attention_map) -> np.ndarray:
