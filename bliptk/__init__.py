@@ -32,7 +32,7 @@ _EXPORTS = {
     "captioner": ("Captioner",),
     "decoding": ("Caption", "DecodingOptions", "DEFAULT_PROMPT", "DEFAULT_VIDEO_PROMPT"),
     "errors": tuple(_errors.__all__),
-    "evaluation": ("evaluate", "EvaluationError", "EvaluationResult"),
+    "evaluation": ("evaluate", "EvaluationResult"),
     "feature_space": ("cluster", "ClusterResult", "near_duplicates", "nearest", "Neighbour", "plot_feature_space", "project"),
     "files": ("example_path", "image_files"),
     "image_encoder": ("ImageEncoder",),
@@ -53,12 +53,24 @@ __all__ = sorted(_MODULE_OF, key=str.lower)
 
 def __getattr__(name: str):
     if name in _MODULE_OF:
-        value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+        value = getattr(_import(_MODULE_OF[name]), name)
         globals()[name] = value  # later lookups are plain attribute reads
         return value
     if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f".{name}", __name__)  # a module: bliptk.decoding, bliptk.models...
+        return _import(name)  # a module: bliptk.decoding, bliptk.models...
     raise AttributeError(f"module 'bliptk' has no attribute {name!r}")
+
+
+def _import(module: str):
+    """A module of bliptk's; a package it needs and that is missing (torch, in a torch-free
+    install) is a :class:`MissingDependencyError` that says what to install."""
+    try:
+        return importlib.import_module(f".{module}", __name__)
+    except ModuleNotFoundError as error:
+        missing = _errors.missing_dependency(error)
+        if missing is None:
+            raise
+        raise missing from None
 
 
 def __dir__() -> list[str]:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .decoding import Caption
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, option_error
 from .figures import displayable, grid_axes, new_figure
 from .preprocess import load_image
 
@@ -64,7 +64,7 @@ def attention_maps(
         raise InvalidOptionError(f"{features} image features are not 1 + a square grid of patches")
     layer_list = [layer] if isinstance(layer, int) else list(layer)
     if not layer_list or any(not -layers <= i < layers for i in layer_list):
-        raise InvalidOptionError(f"layer must be in [{-layers}, {layers - 1}] (the decoder has {layers} layers), got {layer!r}")
+        raise option_error(f"layer must be in [{-layers}, {layers - 1}] (the decoder has {layers} layers), got {layer!r}", "layer")
     patches = weights[:, layer_list, :, 1:].float().mean(dim=1)  # (T, H, grid**2)
     if subtract_min and tokens > 0:
         patches = patches - patches.min(dim=0, keepdim=True).values
@@ -75,7 +75,7 @@ def attention_maps(
     elif isinstance(heads, int) and not isinstance(heads, bool) and -num_heads <= heads < num_heads:
         patches = patches[:, heads]
     else:
-        raise InvalidOptionError(f'heads must be "mean", "max" or a head index in [{-num_heads}, {num_heads - 1}], got {heads!r}')
+        raise option_error(f'heads must be "mean", "max" or a head index in [{-num_heads}, {num_heads - 1}], got {heads!r}', "heads")
     return patches.reshape(tokens, grid, grid)
 
 

@@ -1,7 +1,9 @@
 """The ``bliptk`` command (also ``python -m bliptk``).
 
-Exit codes: 0 success; 1 some inputs failed (each reported); 2 usage or option error; 130
-interrupted (Ctrl-C; finished records are kept).
+Exit codes: 0 success; 1 some inputs failed (each reported), or an unexpected error (a bug,
+reported in one line; ``--debug`` shows its traceback); 2 a caller's mistake, a bad input, a broken
+file or a missing extra (every :class:`~bliptk.BliptkError`); 130 interrupted (Ctrl-C; finished
+records are kept); 141 the output pipe closed (``bliptk info --arrays | head``).
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import logging
 import sys
 import warnings
 from dataclasses import fields
+from pathlib import Path
 
-from .batch import RECORD_FORMATS
 from .decoding import DecodingOptions
 from .distributed import SHARD_FORMATS
-from .errors import BliptkError, InvalidOptionError, RandomWeightsWarning
+from .errors import BliptkError, InvalidOptionError, NoInputsError, OutputError, OutputExistsError, RandomWeightsWarning, first_line, missing_dependency
 from .models import DEFAULT_MODEL, available_models
+from .records import RECORD_FORMATS
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 0, 1, 2, 130, 141
+EXIT_BUG = 1  # an unexpected error: a bug of bliptk's, reported in one line (the traceback with --debug)
 
 
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +55,8 @@ def _options(args) -> DecodingOptions:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bliptk", description="BLIP image captioning.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what bliptk does")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what bliptk does (and show an unexpected error's traceback)")
+    parser.add_argument("--debug", action="store_true", help="show an unexpected error's traceback")
     commands = parser.add_subparsers(dest="command", required=True)
 
     caption = commands.add_parser("caption", help="caption images")
@@ -81,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     attention.add_argument("--heads", default="mean", help='"mean" (default), "max", or a head index')
     attention.add_argument("--raw", action="store_true", help="draw the raw maps instead of overlays on the image")
     attention.add_argument("--columns", type=int, default=6)
+    attention.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     embed = commands.add_parser("embed", help="image-encoder embeddings of a folder, to an .npz file")
     embed.add_argument("folder", metavar="FOLDER")
@@ -90,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--batch-size", type=int, default=16)
     embed.add_argument("--cache", default=None, help="folder to cache embeddings in (keyed by content and model)")
     embed.add_argument("--recursive", action="store_true", help="include subfolders")
+    embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     feature_map = commands.add_parser("map", help="feature-space map of a folder, as a PNG")
     feature_map.add_argument("folder", metavar="FOLDER")
@@ -103,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     feature_map.add_argument("--cache", default=None, help="folder to cache embeddings in")
     feature_map.add_argument("--seed", type=int, default=0, help="projection seed")
     feature_map.add_argument("--recursive", action="store_true", help="include subfolders")
+    feature_map.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     evaluation = commands.add_parser("eval", help="COCO caption metrics of predictions against references")
     evaluation.add_argument("predictions", help="COCO results JSON ([{image_id, caption}]) or bliptk records (.jsonl/.csv)")
@@ -148,21 +156,47 @@ def _load(args, exports: bool = False):
         from .onnx import load as load_export
 
         return load_export(args.model)
-    from .loading import load
-
+    load = _torch_module("loading").load
     return load(args.model, pretrained=not args.random_weights, device=args.device, dtype=args.dtype)
 
 
+def _torch_module(name: str):
+    """A module of bliptk's that needs torch; without torch, the error that says what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(f".{name}", __package__)
+    except ModuleNotFoundError as error:
+        missing = missing_dependency(error)
+        if missing is None:
+            raise
+        raise missing from None
+
+
+def _check_prompts(args, options: DecodingOptions) -> None:
+    """Check the prompt against the vocabulary the model will use (it fits the decoder; characters
+    outside the vocabulary are warned about), before any model loads."""
+    from .decoding import prompt_ids
+    from .tokenizer import load_tokenizer
+
+    vocabulary = Path(args.model) / "vocab.txt"
+    tokenizer = load_tokenizer(vocabulary if vocabulary.is_file() else None)
+    prompt_ids(tokenizer, options.prompt_text, options.max_new_tokens, 512)
+
+
 def _caption(args) -> int:
-    from .batch import BatchStatus, expand_inputs
+    from contextlib import nullcontext
+
+    from .batch import BatchStatus, check_batch_options, expand_inputs
+    from .records import RecordOutput
     from .video import caption_timeline, is_video
 
     options = _options(args)
-    for name in ("frames", "batch_size", "max_pixels") + (("segments",) if args.segments is not None else ()):
+    check_batch_options(options, args.batch_size, args.workers, args.max_pixels)
+    for name in ("frames",) + (("segments",) if args.segments is not None else ()):
         if getattr(args, name) < 1:
-            raise InvalidOptionError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.workers < 0:
-        raise InvalidOptionError(f"--workers must be >= 0, got {args.workers}")
+            raise InvalidOptionError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    _check_prompts(args, options)
     if args.ray:
         return _caption_on_ray(args, options)
     if args.resume and not args.out:
@@ -170,24 +204,25 @@ def _caption(args) -> int:
     if args.segments and args.out:
         raise InvalidOptionError("--segments prints a timeline; it can't be combined with --out")
     inputs = expand_inputs(args.inputs, args.recursive)  # nothing to caption: say so before loading a model
-    captioner = _load(args, exports=True)
-    if args.segments:
-        videos = [path for path in inputs if is_video(path)]
-        inputs = [path for path in inputs if path not in videos]
-        for path in videos:
-            rows = caption_timeline(captioner, path, args.segments, args.frames, pooling=args.pooling, options=options)
-            _report_timeline(args, path, rows, captioner, options)
-        if not inputs:
-            return EXIT_OK
-    status = BatchStatus()
-    records = captioner.caption_files(
-        inputs, args.out, format=args.format, recursive=args.recursive, batch_size=args.batch_size,
-        workers=args.workers, resume=args.resume, max_pixels=args.max_pixels, num_frames=args.frames,
-        pooling=args.pooling, progress=None if args.out else False, status=status, options=options,
-    )
-    for record in records:
-        if args.out is None or record["error"]:
-            _report(args, record)
+    # The output is checked and locked before the model loads: a mistake there costs no waiting.
+    with RecordOutput(args.out, args.format, args.resume) if args.out else nullcontext() as output:
+        captioner = _load(args, exports=True)
+        if args.segments:
+            videos = [path for path in inputs if is_video(path)]
+            inputs = [path for path in inputs if path not in videos]
+            for path in videos:
+                rows = caption_timeline(captioner, path, args.segments, args.frames, pooling=args.pooling, options=options)
+                _report_timeline(args, path, rows, captioner, options)
+            if not inputs:
+                return EXIT_OK
+        status = BatchStatus()
+        records = captioner.caption_files(
+            inputs, output, batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels, num_frames=args.frames,
+            pooling=args.pooling, progress=None if args.out else False, status=status, options=options,
+        )
+        for record in records:
+            if args.out is None or record["error"]:
+                _report(args, record)
     if args.out:
         print(
             f"bliptk: {status.captioned} captioned, {status.failed} failed, {status.skipped} already done "
@@ -233,9 +268,17 @@ def _report(args, record: dict) -> None:
     if args.json and not args.out:
         print(json.dumps(record), flush=True)
     elif record.get("error"):
-        print(f"bliptk: error: {record['error']['message']}", file=sys.stderr, flush=True)
+        print(f"bliptk: error: {_one_line(record['error']['message'])}", file=sys.stderr, flush=True)
     else:
-        print(f"{record['path']}: {record['caption']}", flush=True)
+        print(f"{_one_line(record['path'])}: {record['caption']}", flush=True)
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line: a path may hold a newline or other control characters (escaped as in
+    Python, ``\\n``), or bytes that are no UTF-8 (as ``\\x..``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii") for c in text)
 
 
 def _attention(args) -> int:
@@ -244,6 +287,8 @@ def _attention(args) -> int:
 
     heads = int(args.heads) if args.heads.lstrip("-").isdigit() else args.heads
     options = _options(args)
+    _check_prompts(args, options)
+    out = _output_file(args)
     image = load_image(args.image)
     captioner = _load(args)
     caption = captioner.caption_features(captioner.encode_image(image), options, return_attention=True)[0]
@@ -259,36 +304,66 @@ def _attention(args) -> int:
     return EXIT_OK
 
 
-def _folder_images(args) -> list:
-    from pathlib import Path
+def _output_file(args, suffix: str = "") -> Path:
+    """The --out file of a command that writes one, checked before any model loads: its folder
+    exists, it names no folder, and it is replaced only with --overwrite."""
+    out = Path(args.out)
+    if suffix and out.suffix != suffix:  # as np.savez names it
+        out = out.with_name(out.name + suffix)
+    if not out.parent.is_dir():
+        raise OutputError(f"{out}: the folder {out.parent} does not exist; create it, or choose another --out")
+    if out.is_dir():
+        raise OutputError(f"{out} is a folder; name a file")
+    if out.exists() and not args.overwrite:
+        raise OutputExistsError(out, "pass --overwrite to replace it", "pass --overwrite to replace it")
+    return out
 
-    from .batch import expand_inputs
+
+def _write(out: Path, write) -> None:
+    """Run ``write``, whose failure to write ``out`` (a full disk, a read-only folder) is an
+    :class:`~bliptk.errors.OutputError`, leaving no partial file."""
+    try:
+        write()
+    except OSError as error:
+        out.unlink(missing_ok=True)
+        raise OutputError(f"{out}: cannot write ({error.strerror or error})") from None
+
+
+def _folder_images(args) -> list[Path]:
+    from .files import image_files
 
     if not Path(args.folder).is_dir():
         raise InvalidOptionError(f"{args.folder}: not a folder")
-    return [Path(path) for path in expand_inputs([args.folder], recursive=args.recursive)]
+    paths = image_files(args.folder, recursive=args.recursive)
+    if not paths:
+        raise NoInputsError([f"folder {args.folder} holds no image files"], 0 if args.recursive else len(image_files(args.folder, recursive=True)))
+    return paths
 
 
 def _embed(args) -> int:
     import numpy as np
 
+    out = _output_file(args, ".npz")
     paths = _folder_images(args)
     captioner = _load(args)
     embeddings = captioner.embed(paths, pooling=args.pooling, batch_size=args.batch_size, cache=args.cache)
-    np.savez(
-        args.out, paths=np.array([str(p) for p in paths]), embeddings=embeddings, model=captioner.name,
-        weights=json.dumps(captioner.weights.as_dict()), pooling=args.pooling,
-    )
-    print(f"{len(paths)} embeddings of size {embeddings.shape[1]} written to {args.out}")
+    arrays = {
+        "paths": np.array([str(p) for p in paths]), "embeddings": embeddings, "model": captioner.name,
+        "weights": json.dumps(captioner.weights.as_dict()), "pooling": args.pooling,
+    }
+    _write(out, lambda: np.savez(out, **arrays))
+    print(f"{len(paths)} embeddings of size {embeddings.shape[1]} written to {out}")
     return EXIT_OK
 
 
 def _map(args) -> int:
     import csv
-    from pathlib import Path
 
     from .feature_space import cluster, plot_feature_space
 
+    out = _output_file(args)
+    if args.clusters is not None and args.clusters != "auto" and not args.clusters.isdigit():
+        raise InvalidOptionError(f"--clusters must be an integer or 'auto', got {args.clusters!r}")
     paths = _folder_images(args)
     labels = None
     if args.labels:
@@ -298,8 +373,6 @@ def _map(args) -> int:
     captioner = _load(args)
     embeddings = captioner.embed(paths, pooling=args.pooling, cache=args.cache)
     if args.clusters is not None:
-        if args.clusters != "auto" and not args.clusters.isdigit():
-            raise InvalidOptionError(f"--clusters must be an integer or 'auto', got {args.clusters!r}")
         result = cluster(embeddings, k=None if args.clusters == "auto" else int(args.clusters), true_labels=labels)
         scores = f"k={result.k}, silhouette={result.silhouette}"
         if labels is not None:
@@ -307,8 +380,8 @@ def _map(args) -> int:
         print(scores)
         labels = [f"cluster {label}" for label in result.labels]
     figure = plot_feature_space(embeddings, images=paths, labels=labels, method=args.method, random_state=args.seed, callouts=args.callouts)
-    figure.savefig(args.out, dpi=100)
-    print(f"{len(paths)} images mapped to {Path(args.out)}")
+    _write(out, lambda: figure.savefig(out, dpi=100))
+    print(f"{len(paths)} images mapped to {out}")
     return EXIT_OK
 
 
@@ -328,27 +401,28 @@ def _eval(args) -> int:
 
 
 def _eval_coco(args) -> int:
-    from pathlib import Path
+    from .evaluation import evaluate, load_predictions, load_references, numeric_ids
 
-    from .evaluation import evaluate, load_predictions, load_references
+    from .records import RecordOutput
 
-    captioner = _load(args)
-    prompt_length = len(captioner.tokenizer.encode(args.prompt))
-    # BLIP's max_length and min_length count the prompt's tokens ([DEC] included) too.
-    options = DecodingOptions(
-        prompt=args.prompt, max_new_tokens=max(0, args.max_length - prompt_length), num_beams=args.num_beams,
-        min_new_tokens=max(0, args.min_length - prompt_length),
-    )
     references = load_references(args.annotations)
     out = Path(args.out)
     records_file = out.with_suffix(".jsonl")
-    records = captioner.caption_files(args.images, records_file, resume=args.resume, batch_size=args.batch_size, options=options)
-    failed = [record for record in records if record["error"]]
+    with RecordOutput(records_file, resume=args.resume) as output:
+        captioner = _load(args)
+        prompt_length = len(captioner.tokenizer.encode(args.prompt))
+        # BLIP's max_length and min_length count the prompt's tokens ([DEC] included) too.
+        options = DecodingOptions(
+            prompt=args.prompt, max_new_tokens=max(0, args.max_length - prompt_length), num_beams=args.num_beams,
+            min_new_tokens=max(0, args.min_length - prompt_length),
+        )
+        records = captioner.caption_files(args.images, output, batch_size=args.batch_size, options=options)
+        failed = [record for record in records if record["error"]]
     for record in failed:
-        print(f"bliptk: error: {record['error']['message']}", file=sys.stderr)
-    predictions = load_predictions(records_file)
+        print(f"bliptk: error: {_one_line(record['error']['message'])}", file=sys.stderr)
+    predictions = load_predictions(records_file, numeric_ids(references))
     results = [{"image_id": image_id, "caption": caption} for image_id, caption in predictions.items()]
-    out.write_text(json.dumps(results, indent=1))
+    _write(out, lambda: out.write_text(json.dumps(results, indent=1)))
     print(f"{len(results)} captions written to {out}")
     _print_evaluation(evaluate(results, {i: references[i] for i in predictions if i in references}), 5)
     return EXIT_SOME_FAILED if failed else EXIT_OK
@@ -404,11 +478,35 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return commands[args.command](args)
         except BliptkError as error:
-            print(f"bliptk: error: {error.command_line_message()}", file=sys.stderr)
+            print(f"bliptk: error: {_one_line(error.command_line_message())}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
             print("bliptk: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:  # the reader went away (| head): stop quietly
+            _silence_stdout()
+            return EXIT_PIPE_CLOSED
+        except Exception as error:  # a bug: one line, the traceback on request
+            if args.debug or args.verbose:
+                import traceback
+
+                traceback.print_exc()
+            print(
+                f"bliptk: internal error: {type(error).__name__}: {_one_line(first_line(error))}. This is a bug in bliptk; "
+                "please report it, with the output of the same command run with --debug",
+                file=sys.stderr,
+            )
+            return EXIT_BUG
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (pytest's capture)
+        pass
 
 
 def _models(args) -> int:

@@ -18,12 +18,13 @@ session (:mod:`bliptk.onnx`). It never imports torch, so the same logic serves b
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import InvalidOptionError, check_positive_int
+from .errors import InvalidOptionError, PromptWarning, check_positive_int, option_error
 from .tokenizer import DEC_TOKEN_ID, PAD_TOKEN_ID, SEP_TOKEN_ID, Tokenizer
 
 __all__ = [
@@ -92,31 +93,33 @@ class DecodingOptions:
 
     def __post_init__(self):
         if self.prompt is not None and not isinstance(self.prompt, str):
-            raise InvalidOptionError(f"prompt must be a string or None, got {type(self.prompt).__name__}")
+            raise option_error(f"prompt must be a string or None, got {type(self.prompt).__name__}", "prompt")
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
-            raise InvalidOptionError(f"max_new_tokens must be a non-negative integer, got {self.max_new_tokens!r}")
+            raise option_error(f"max_new_tokens must be a non-negative integer, got {self.max_new_tokens!r}", "max_new_tokens")
         if not _finite_number(self.temperature) or self.temperature < 0:
-            raise InvalidOptionError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+            raise option_error(f"temperature must be a finite number >= 0, got {self.temperature!r}", "temperature")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
-            raise InvalidOptionError(f"top_k must be an integer >= 1 or None, got {self.top_k!r}")
+            raise option_error(f"top_k must be an integer >= 1 or None, got {self.top_k!r}", "top_k")
         if self.top_p is not None and (not _finite_number(self.top_p) or not 0 < self.top_p <= 1):
-            raise InvalidOptionError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
-        if self.seed is not None and not _is_int(self.seed):
-            raise InvalidOptionError(f"seed must be an integer or None, got {self.seed!r}")
+            raise option_error(f"top_p must be in (0, 1] or None, got {self.top_p!r}", "top_p")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise option_error(f"seed must be an integer >= 0 or None, got {self.seed!r}", "seed")
         check_positive_int("num_beams", self.num_beams)
         check_positive_int("num_return_sequences", self.num_return_sequences)
         if not _is_int(self.min_new_tokens) or self.min_new_tokens < 0:
-            raise InvalidOptionError(f"min_new_tokens must be a non-negative integer, got {self.min_new_tokens!r}")
+            raise option_error(f"min_new_tokens must be a non-negative integer, got {self.min_new_tokens!r}", "min_new_tokens")
         if not _finite_number(self.length_penalty):
-            raise InvalidOptionError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
+            raise option_error(f"length_penalty must be a finite number, got {self.length_penalty!r}", "length_penalty")
         if not _finite_number(self.repetition_penalty) or self.repetition_penalty <= 0:
-            raise InvalidOptionError(f"repetition_penalty must be a number > 0, got {self.repetition_penalty!r}")
+            raise option_error(f"repetition_penalty must be a number > 0, got {self.repetition_penalty!r}", "repetition_penalty")
         if self.num_beams > 1 and self.temperature > 0:
-            raise InvalidOptionError("beam search is deterministic: use num_beams > 1 with temperature 0")
+            raise option_error("beam search is deterministic: use num_beams > 1 with temperature 0", "num_beams", "temperature")
         if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
-            raise InvalidOptionError(f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams})")
+            raise option_error(
+                f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams})", "num_return_sequences", "num_beams"
+            )
         if self.num_beams == 1 and self.temperature == 0 and self.num_return_sequences > 1:
-            raise InvalidOptionError("several greedy captions would all be the same: sample (temperature > 0) or use beams")
+            raise option_error("several greedy captions would all be the same: sample (temperature > 0) or use beams", "temperature")
 
     @property
     def prompt_text(self) -> str:
@@ -154,12 +157,16 @@ def requested_captions(images, prompt) -> tuple[list, list[tuple[int, str | None
         caption rather than a list.
 
     Raises:
-        InvalidOptionError: A list of prompts that does not match a list of inputs.
+        InvalidOptionError: A prompt that is no string, or a list of prompts that does not match a
+            list of inputs.
     """
     from .video import VideoFrames  # a video's frames are one input, though a list
 
     single = not isinstance(images, list | tuple) or isinstance(images, VideoFrames)
     items = [images] if single else list(images)
+    for text in prompt if isinstance(prompt, list | tuple) else [prompt]:
+        if text is not None and not isinstance(text, str):
+            raise InvalidOptionError(f"a prompt must be a string or None, got {type(text).__name__} {text!r}")
     if not isinstance(prompt, list | tuple):
         return items, [(item, prompt) for item in range(len(items))], single
     if not single and len(prompt) != len(items):
@@ -394,9 +401,23 @@ class DecodingTask:
 def prompt_ids(tokenizer: Tokenizer, prompt: str, max_new_tokens: int, max_positions: int) -> list[int]:
     """A prompt's decoder ids, checked to leave room for ``max_new_tokens`` in the decoder.
 
+    Warns:
+        PromptWarning: The prompt has characters outside the vocabulary (once per prompt).
+
     Raises:
-        InvalidOptionError: Prompt plus ``max_new_tokens`` exceed ``max_positions`` (512).
+        InvalidOptionError: The prompt is no string, or it and ``max_new_tokens`` exceed
+            ``max_positions`` (512).
     """
+    if not isinstance(prompt, str):
+        raise InvalidOptionError(f"a prompt must be a string or None, got {type(prompt).__name__} {prompt!r}")
+    unknown = tokenizer.unknown_text(prompt)
+    if unknown:
+        warnings.warn(
+            f"prompt {prompt!r} has text outside BLIP's vocabulary, which the tokenizer turns into [UNK] and the caption "
+            f"loses: {', '.join(map(repr, unknown))}",
+            PromptWarning,
+            stacklevel=2,
+        )
     ids = tokenizer.encode(prompt)
     if len(ids) + max_new_tokens > max_positions:
         raise InvalidOptionError(

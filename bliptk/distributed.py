@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import done_inputs, error_summary, expand_inputs, input_error, make_record, record_key
+from .batch import expand_inputs
+from .records import done_inputs, error_summary, input_error, input_identity, key_of, make_record
 from .decoding import DecodingOptions, options_with
 from .errors import InvalidOptionError, MissingDependencyError, check_positive_int
 from .files import IMAGE_EXTENSIONS
@@ -69,7 +70,7 @@ def read_output(output) -> list[dict]:
         return []
     latest: dict[tuple, dict] = {}
     for record in _read_shards(sorted(folder.iterdir(), key=lambda shard: (shard.stat().st_mtime_ns, shard.name))):
-        key = record_key(record["path"], record, record["options"])
+        key = key_of(record)
         if key not in latest or latest[key]["error"]:
             latest[key] = record
     return list(latest.values())
@@ -295,8 +296,8 @@ def caption_dataset(
         total, skipped, dataset = None, 0, source
         if done:
             paths = [str(row["path"]) for row in source.select_columns(["path"]).take_all()]
-            total, skipped = len(paths), sum(path in done for path in paths)
-            dataset = source.filter(lambda row: str(row["path"]) not in done)
+            total, skipped = len(paths), sum(input_identity(path) in done for path in paths)
+            dataset = source.filter(lambda row: input_identity(str(row["path"])) not in done)
     else:
         paths = expand_inputs([source] if isinstance(source, (str, os.PathLike)) else source, recursive)
         todo = [path for path in paths if path not in done]

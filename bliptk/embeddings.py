@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InvalidOptionError, check_positive_int
+from .errors import InvalidOptionError, OutputError, check_positive_int
 from .files import image_files
 
 __all__ = ["EMBEDDING_POOLINGS", "content_key", "embed"]
@@ -51,11 +51,38 @@ def _cache_folder(cache: Path, captioner, pooling: str) -> Path:
     pooling. A ``manifest.json`` in it records the model, weights and pooling."""
     weights = captioner.weights
     folder = cache / f"{weights.fingerprint}-{weights.dtype}-{pooling}"
-    folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        manifest.write_text(json.dumps({**captioner.provenance(), "pooling": pooling}, indent=1))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not manifest.is_file():
+            manifest.write_text(json.dumps({**captioner.provenance(), "pooling": pooling}, indent=1))
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot write the embedding cache ({error.strerror or error}); choose another cache folder") from None
     return folder
+
+
+def _read_cached(path: Path) -> np.ndarray | None:
+    """A cached embedding, or None when there is none or it is unreadable (then computed again)."""
+    if not path.is_file():
+        return None
+    try:
+        vector = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        logger.warning("%s: an unreadable cache entry; computing it again", path)
+        return None
+    return vector if vector.ndim == 1 else None
+
+
+def _write_cached(path: Path, vector: np.ndarray) -> None:
+    """Write a cache entry whole or not at all (a temporary file of this process's, then renamed)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            np.save(file, vector)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OutputError(f"{path.parent}: cannot write the embedding cache ({error.strerror or error})") from None
 
 
 def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=None, progress: bool | None = None) -> np.ndarray:
@@ -77,9 +104,7 @@ def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=N
         cache_folder = _cache_folder(Path(cache), captioner, pooling)
         keys = [content_key(item) for item in items]
         for index, key in enumerate(keys):
-            cached = cache_folder / f"{key}.npy"
-            if cached.is_file():
-                vectors[index] = np.load(cached)
+            vectors[index] = _read_cached(cache_folder / f"{key}.npy")
     missing = [index for index, vector in enumerate(vectors) if vector is None]
     if cache is not None:
         logger.info("embeddings: %d cached, %d to compute", len(items) - len(missing), len(missing))
@@ -92,7 +117,7 @@ def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=N
             for row, vector in zip(rows, pooled):
                 vectors[row] = vector
                 if cache_folder is not None:
-                    np.save(cache_folder / f"{keys[row]}.npy", vector)
+                    _write_cached(cache_folder / f"{keys[row]}.npy", vector)
             bar.update(len(rows))
     if not vectors:
         return np.zeros((0, captioner.image_encoder.hidden_size), dtype=np.float32)

@@ -9,19 +9,26 @@ that generic handlers keep working.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BliptkError",
     "CheckpointError",
     "CheckpointNotFoundError",
     "DeviceError",
+    "EvaluationError",
     "ExampleNotFoundError",
+    "ExportChangedWarning",
     "ImageLoadError",
     "InputError",
     "InvalidArgumentError",
     "InvalidOptionError",
     "MissingDependencyError",
     "NoInputsError",
+    "OutputError",
     "OutputExistsError",
+    "OutputLockedError",
+    "PromptWarning",
     "RandomWeightsWarning",
     "UnknownModelError",
     "VideoLoadError",
@@ -29,12 +36,25 @@ __all__ = [
 
 
 class BliptkError(Exception):
-    """Base class of every error raised by bliptk."""
+    """Base class of every error raised by bliptk.
+
+    Args:
+        message: What is wrong and how to fix it, in Python's terms.
+        command_line: Replacements that turn the message into the command line's terms, for a
+            fix that is an option: ``{"method='pca'": "--method pca"}``.
+    """
+
+    def __init__(self, *args, command_line: dict[str, str] | None = None):
+        super().__init__(*args)
+        self._command_line = command_line or {}
 
     def command_line_message(self) -> str:
         """The message as the ``bliptk`` command shows it: where the fix is an option, the
         command's flag is named instead of the Python argument."""
-        return str(self)
+        message = str(self)
+        for python, flag in self._command_line.items():  # whole words only: top_k is not inside top_k_x
+            message = re.sub(rf"(?<![\w-]){re.escape(python)}(?![\w])", lambda _, flag=flag: flag, message)
+        return message
 
 
 class InvalidOptionError(BliptkError, ValueError):
@@ -88,12 +108,32 @@ class CheckpointNotFoundError(CheckpointError):
 class OutputExistsError(InvalidOptionError):
     """An output file exists and would be overwritten; resume it or choose another file."""
 
-    def __init__(self, path):
+    def __init__(self, path, fix: str = "pass resume=True to continue it", command_line_fix: str = "pass --resume to continue it"):
         self.path = path
-        super().__init__(f"{path} exists; pass resume=True to continue it, or choose another file")
+        super().__init__(f"{path} exists; {fix}, or choose another file", command_line={fix: command_line_fix})
 
-    def command_line_message(self) -> str:
-        return f"{self.path} exists; pass --resume to continue it, or choose another file"
+
+class OutputError(BliptkError, OSError):
+    """An output cannot be written: its folder is missing or read-only, it names a folder, the
+    disk is full. Every record finished before the error is kept."""
+
+
+class OutputLockedError(OutputError):
+    """Another process is writing the same output (one writer per output).
+
+    Attributes:
+        path: The output.
+        holder: What the lock says of the process that holds it (``pid``, ``host``, ``since``),
+            empty when it could not be read.
+    """
+
+    def __init__(self, path, holder: dict):
+        self.path, self.holder = path, holder
+        who = "another process"
+        if holder.get("pid"):
+            who = f"process {holder['pid']}" + (f" on {holder['host']}" if holder.get("host") else "")
+            who += f" (since {holder['since']})" if holder.get("since") else ""
+        super().__init__(f"{path} is being written by {who}; wait for it to finish, or choose another output")
 
 
 class NoInputsError(InvalidOptionError):
@@ -108,16 +148,14 @@ class NoInputsError(InvalidOptionError):
     def __init__(self, searched: list[str], in_subfolders: int = 0):
         self.searched = searched
         self.in_subfolders = in_subfolders
-        super().__init__(self._message("recursive=True"))
+        message = "no files to caption: " + "; ".join(searched)
+        if in_subfolders:
+            message += f". Subfolders hold {in_subfolders} image or video files: pass recursive=True to caption them"
+        super().__init__(message, command_line={"recursive=True": "--recursive"})
 
-    def _message(self, recursive: str) -> str:
-        message = "no files to caption: " + "; ".join(self.searched)
-        if self.in_subfolders:
-            message += f". Subfolders hold {self.in_subfolders} image files: pass {recursive} to caption them"
-        return message
 
-    def command_line_message(self) -> str:
-        return self._message("--recursive")
+class EvaluationError(BliptkError, ValueError):
+    """Predictions or references cannot be evaluated (malformed, mismatched ids, ...)."""
 
 
 class ExampleNotFoundError(BliptkError, FileNotFoundError):
@@ -154,7 +192,45 @@ class RandomWeightsWarning(UserWarning):
     """A captioner with random weights is captioning or embedding: the results carry no meaning."""
 
 
+class PromptWarning(UserWarning):
+    """A prompt has characters outside BLIP's vocabulary, which the tokenizer turns into ``[UNK]``."""
+
+
+class ExportChangedWarning(UserWarning):
+    """An ONNX export is loaded without checking its graphs (``verify=False``), or from weights
+    that changed since the export."""
+
+
+def option_error(message: str, *names: str) -> InvalidOptionError:
+    """An :class:`InvalidOptionError` about the options ``names``, which the command line names as
+    its flags (``max_new_tokens`` as ``--max-new-tokens``)."""
+    return InvalidOptionError(message, command_line={name: "--" + name.replace("_", "-") for name in names})
+
+
 def check_positive_int(name: str, value) -> None:
     """Raise :class:`InvalidOptionError` unless ``value`` is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidOptionError(f"{name} must be an integer >= 1, got {value!r}")
+        raise option_error(f"{name} must be an integer >= 1, got {value!r}", name)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (at most 200 characters), or its type's name: how a
+    library's own error is quoted inside bliptk's."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+# What to install for a package bliptk imports where a feature needs it.
+_INSTALL = {
+    "torch": "PyTorch is not installed: see the README's Install section (the CPU build: pip install torch "
+    "--index-url https://download.pytorch.org/whl/cpu); without torch, bliptk captions from an ONNX export (--model FOLDER)",
+    "transformers": "transformers is not installed: pip install 'transformers>=5,<6'",
+    "av": "reading videos needs PyAV: pip install av",
+    "onnxruntime": "ONNX captioning needs ONNX Runtime: pip install 'bliptk[onnx]'",
+}
+
+
+def missing_dependency(error: ModuleNotFoundError) -> MissingDependencyError | None:
+    """The :class:`MissingDependencyError` of a package bliptk knows how to install, or None."""
+    top = (error.name or "").split(".")[0]
+    return MissingDependencyError(_INSTALL[top]) if top in _INSTALL else None

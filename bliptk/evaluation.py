@@ -16,13 +16,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BliptkError
+from .errors import EvaluationError, InputError, MissingDependencyError
 
-__all__ = ["EvaluationError", "EvaluationResult", "evaluate", "load_predictions", "load_references"]
-
-
-class EvaluationError(BliptkError, ValueError):
-    """Predictions or references cannot be evaluated (malformed, mismatched, or the tools are missing)."""
+__all__ = ["EvaluationResult", "evaluate", "load_predictions", "load_references"]
 
 
 @dataclass(frozen=True)
@@ -43,58 +39,96 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
-def _image_id(text) -> object:
-    """An image id from an id or a COCO file name (``COCO_val2014_000000000042.jpg`` -> 42)."""
-    if isinstance(text, int):
-        return text
-    text = str(text)
-    if text.isdigit():
-        return int(text)
-    digits = re.findall(r"\d+", Path(text).stem)
-    return int(digits[-1]) if digits else Path(text).stem
+def _image_id(value) -> int | str:
+    """An id as given: an integer (a string of digits counts as one), else the string."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise EvaluationError(f"an image id must be a number or a name, got {value!r}")
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+def _id_from_path(path: str, numeric: bool) -> int | str:
+    """The id of a captioned file: its name's stem (``cat.jpg`` -> ``"cat"``), or with ``numeric``
+    the stem's last number (``COCO_val2014_000000000042.jpg`` -> 42), as COCO names its files."""
+    stem = Path(path).stem
+    if not numeric:
+        return _image_id(stem)
+    digits = re.findall(r"\d+", stem)
+    if not digits:
+        raise EvaluationError(f"{path}: the references use numeric image ids, and this file's name holds no number")
+    return int(digits[-1])
+
+
+def _one_kind_of_id(ids, what: str) -> None:
+    kinds = {type(i) for i in ids}
+    if len(kinds) > 1:
+        number = next(i for i in ids if isinstance(i, int))
+        name = next(i for i in ids if isinstance(i, str))
+        raise EvaluationError(f"the {what} mix numeric image ids and names (e.g. {number!r} and {name!r}); use one kind")
 
 
 def _read_json(source, what: str):
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise EvaluationError(f"{what} {path}: no such file")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() in (".jsonl", ".csv"):
-            from .batch import read_records
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise EvaluationError(f"{what} {path}: no such file")
+    if path.suffix.lower() in (".jsonl", ".csv"):
+        from .records import read_records
 
-            return read_records(path)
         try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise EvaluationError(f"{what} {path}: not valid JSON ({error})") from None
-    return source
+            return read_records(path)
+        except InputError as error:
+            raise EvaluationError(f"{what} {error}") from None
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise EvaluationError(f"{what} {path}: not a text file (not UTF-8); give a JSON file or bliptk records") from None
+    except json.JSONDecodeError as error:
+        raise EvaluationError(f"{what} {path}: not valid JSON ({error})") from None
 
 
-def load_predictions(source) -> dict[object, str]:
+def load_predictions(source, numeric_ids: bool = False) -> dict[int | str, str]:
     """``{image_id: caption}`` from a COCO results list (``[{"image_id", "caption"}]``), bliptk batch
-    records (a ``.jsonl``/``.csv`` file or their dicts; image ids from the file names), or a map."""
+    records (a ``.jsonl``/``.csv`` file or their dicts), or a ``{image_id: caption}`` map.
+
+    A record's id is its COCO ``image_id`` when it has one, else its file's name: the whole stem,
+    or with ``numeric_ids`` (references with numeric ids, as COCO's) the stem's last number. Failed
+    inputs' records are left out.
+
+    Raises:
+        EvaluationError: Malformed input; a prediction without a caption; two predictions of one
+            image id (naming both); numeric ids mixed with names.
+    """
     data = _read_json(source, "predictions")
     if isinstance(data, dict):
-        return {_image_id(key): str(value) for key, value in data.items()}
-    if not isinstance(data, list):
+        items = [{"image_id": key, "caption": value} for key, value in data.items()]
+    elif isinstance(data, list):
+        items = data
+    else:
         raise EvaluationError(f"predictions must be a list of {{image_id, caption}} or bliptk records, got {type(data).__name__}")
-    predictions = {}
-    for index, item in enumerate(data):
+    predictions: dict[int | str, str] = {}
+    origin: dict[int | str, str] = {}
+    for index, item in enumerate(items):
         if not isinstance(item, dict) or "caption" not in item or not ("image_id" in item or "path" in item):
             raise EvaluationError(f"prediction {index} is not {{image_id, caption}} nor a bliptk record: {str(item)[:80]}")
         if item.get("error"):
             continue  # a failed input has no caption to score
-        key = _image_id(item["image_id"] if "image_id" in item else item["path"])
-        predictions[key] = str(item["caption"])
+        where = str(item["path"]) if "path" in item else f"prediction {index}"
+        if not isinstance(item["caption"], str):
+            raise EvaluationError(f"{where} has no caption ({json.dumps(item['caption'])}); a caption is a string")
+        key = _image_id(item["image_id"]) if "image_id" in item else _id_from_path(str(item["path"]), numeric_ids)
+        if key in predictions:
+            raise EvaluationError(f"{origin[key]} and {where} both have image id {key!r}; give each image one prediction")
+        predictions[key], origin[key] = item["caption"], where
+    _one_kind_of_id(predictions, "predictions")
     return predictions
 
 
-def load_references(source) -> dict[object, list[str]]:
+def load_references(source) -> dict[int | str, list[str]]:
     """``{image_id: [captions]}`` from the COCO captions annotation format (``images`` and
     ``annotations``), a list of ``{"image_id", "captions"}``, or such a map."""
     data = _read_json(source, "references")
-    references: dict[object, list[str]] = {}
+    references: dict[int | str, list[str]] = {}
     if isinstance(data, dict) and "annotations" in data:
         for annotation in data["annotations"]:
             try:
@@ -115,7 +149,14 @@ def load_references(source) -> dict[object, list[str]]:
         raise EvaluationError(f"references must be COCO annotations or a map of captions, got {type(data).__name__}")
     if not references:
         raise EvaluationError("the references hold no captions")
+    _one_kind_of_id(references, "references")
     return references
+
+
+def numeric_ids(references: dict) -> bool:
+    """Whether references use numeric image ids (as COCO's), so files are matched by the number in
+    their names."""
+    return all(isinstance(key, int) for key in references)
 
 
 def _scorers():
@@ -126,9 +167,9 @@ def _scorers():
         from pycocoevalcap.rouge.rouge import Rouge
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     except ImportError:
-        raise EvaluationError("caption metrics need pycocoevalcap: pip install 'bliptk[eval]'") from None
+        raise MissingDependencyError("caption metrics need pycocoevalcap: pip install 'bliptk[eval]'") from None
     if shutil.which("java") is None:
-        raise EvaluationError("caption metrics need Java (PTB tokenization and METEOR run on it): install a JRE, e.g. apt-get install default-jre")
+        raise MissingDependencyError("caption metrics need Java (PTB tokenization and METEOR run on it): install a JRE, e.g. apt-get install default-jre")
     return PTBTokenizer, [(Bleu(4), ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]), (Meteor(), ["METEOR"]), (Rouge(), ["ROUGE_L"]), (Cider(), ["CIDEr"])]
 
 
@@ -144,10 +185,11 @@ def evaluate(predictions, references) -> EvaluationResult:
 
     Raises:
         EvaluationError: Malformed input, ids that do not match (the message says how many are
-            missing on each side), or pycocoevalcap or Java missing.
+            missing on each side), two predictions of one image.
+        MissingDependencyError: pycocoevalcap or Java is missing.
     """
-    predicted = load_predictions(predictions)
     referenced = load_references(references)
+    predicted = load_predictions(predictions, numeric_ids(referenced))
     without_references = sorted(set(predicted) - set(referenced), key=str)
     without_prediction = sorted(set(referenced) - set(predicted), key=str)
     if without_references or without_prediction:

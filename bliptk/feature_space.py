@@ -60,7 +60,7 @@ def project(embeddings, method: str = "umap", random_state: int = 0, n_component
     count = len(points)
     if count < _MIN_POINTS[method]:
         hint = "; use method='pca' for fewer" if method == "umap" else ""
-        raise InvalidOptionError(f"{method} needs at least {_MIN_POINTS[method]} points, got {count}{hint}")
+        raise InvalidOptionError(f"{method} needs at least {_MIN_POINTS[method]} points, got {count}{hint}", command_line={"method='pca'": "--method pca"})
     if method == "pca":
         from sklearn.decomposition import PCA
 

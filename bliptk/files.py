@@ -1,4 +1,4 @@
-"""Finding files: the image files of folders and globs, and the notebooks' example files."""
+"""Finding files: the image and video files of folders and globs, and the notebooks' example files."""
 
 from __future__ import annotations
 
@@ -8,26 +8,44 @@ from pathlib import Path
 
 from .errors import ExampleNotFoundError
 
-__all__ = ["IMAGE_EXTENSIONS", "example_path", "image_files"]
+__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "example_path", "image_files", "media_files"]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".heic", ".heif", ".avif"}
+)
+# A file with one of these names is a video, and fails as one when it cannot be read.
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ogv", ".ts", ".mts"}
 )
 
 
 def image_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
     """The image files of a folder (by extension, case-insensitive), sorted by path.
 
+    Every entry with an image file's name is listed, unless it is a folder: one that cannot be
+    read (a FIFO, a broken link, a link loop) is listed too, so that a batch job gives it an error
+    record instead of skipping it silently.
+
     Args:
         folder: A folder, or a glob pattern such as ``"photos/*.jpg"``.
         recursive: Also look in subfolders (for a glob: let ``**`` match them).
     """
+    return _files(folder, recursive, IMAGE_EXTENSIONS)
+
+
+def media_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The image and video files of a folder (by extension, case-insensitive), sorted by path, as
+    :func:`image_files` lists images."""
+    return _files(folder, recursive, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
+
+
+def _files(folder: str | os.PathLike, recursive: bool, extensions: frozenset[str]) -> list[Path]:
     folder = os.fspath(folder)
     if glob.has_magic(folder):
-        return sorted(Path(p) for p in glob.glob(folder, recursive=recursive) if Path(p).is_file())
+        return sorted(Path(p) for p in glob.glob(folder, recursive=recursive) if not Path(p).is_dir())
     root = Path(folder)
     candidates = root.rglob("*") if recursive else root.iterdir()
-    return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in candidates if p.suffix.lower() in extensions and not p.is_dir())
 
 
 def example_path(name: str = "") -> Path:

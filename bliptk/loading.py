@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .captioner import Captioner
-from .errors import CheckpointError, CheckpointNotFoundError, DeviceError, InvalidOptionError, UnknownModelError
+from .errors import CheckpointError, CheckpointNotFoundError, DeviceError, InvalidOptionError, UnknownModelError, first_line
 from .image_encoder import ImageEncoder
 from .models import DEFAULT_MODEL, ModelSpec, _REGISTRY, find_model_spec
 from .preprocess import Preprocessor
@@ -162,20 +162,85 @@ def _snapshot(hub_id: str, known: bool = True) -> Path:
 
 def _from_pretrained(folder: Path):
     """The model of a checkpoint folder: safetensors when present, else PyTorch files read with
-    ``torch.load(weights_only=True)`` (``transformers``' default), never remote code."""
+    ``torch.load(weights_only=True)`` (``transformers``' default), never remote code. The config and
+    the weights' shapes are checked first, so that a broken folder fails clearly and an absurd
+    config allocates nothing."""
     import pickle
 
     from transformers import BlipForConditionalGeneration
 
+    config, skeleton = _checked_config(folder)
+    _check_weight_shapes(folder, skeleton)
     use_safetensors = True if any(folder.glob("*.safetensors")) else None
     try:
-        return BlipForConditionalGeneration.from_pretrained(folder, use_safetensors=use_safetensors, trust_remote_code=False)
+        return BlipForConditionalGeneration.from_pretrained(folder, config=config, use_safetensors=use_safetensors, trust_remote_code=False)
     except pickle.UnpicklingError:
         raise CheckpointError(
             f"{folder}: the weights file holds Python objects besides tensors, and bliptk reads PyTorch "
             "weights with torch.load(weights_only=True) only, so it refused to load it. Use a safetensors "
             "file from a source you trust."
         ) from None
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{folder}: its weights cannot be loaded ({first_line(error)}); the checkpoint is damaged or not BLIP's") from None
+
+
+def _checked_config(folder: Path):
+    """A folder's ``BlipConfig`` and its architecture on the meta device (no memory), checked to
+    be a BLIP captioning config that fits in this machine's memory.
+
+    Raises:
+        CheckpointError: ``config.json`` is not valid JSON, not a BLIP config, or describes a net
+            larger than this machine's memory.
+    """
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    try:
+        config = BlipConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            skeleton = BlipForConditionalGeneration(config)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as error:
+        raise CheckpointError(f"{folder / 'config.json'} is not a BLIP captioning config: {first_line(error)}") from None
+    needed = sum(parameter.numel() for parameter in skeleton.parameters()) * 4  # float32
+    memory = _physical_memory()
+    if memory is not None and needed > memory:
+        raise CheckpointError(
+            f"{folder / 'config.json'} describes a net of {needed / 1e9:,.1f} GB in float32, more than this machine's "
+            f"{memory / 1e9:,.1f} GB of memory; the config is wrong, or the net needs a larger machine"
+        )
+    return config, skeleton
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on this platform
+        return None
+
+
+def _check_weight_shapes(folder: Path, skeleton) -> None:
+    """Compare the shapes in the folder's safetensors headers with the architecture's, before
+    reading any weight.
+
+    Raises:
+        CheckpointError: A safetensors file is truncated or not one, or a tensor's shape is not
+            the one its config describes (the message names it).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+    mismatched = []
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(file, "pt") as weights:
+                for name in weights.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    shape = tuple(weights.get_slice(name).get_shape())
+                    if name in expected and shape != expected[name]:
+                        mismatched.append(f"{name} is {shape}, the config says {expected[name]}")
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{file}: not a readable safetensors file, or truncated ({first_line(error)})") from None
+    if mismatched:
+        more = f" (and {len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+        raise CheckpointError(f"{folder}: the weights do not fit its config.json: {'; '.join(mismatched[:3])}{more}")
 
 
 def preprocessor_for(folder: Path | None, image_size: int) -> Preprocessor:
@@ -245,14 +310,13 @@ def load(
 
 
 def _folder_config(folder: Path, model: str):
-    """The ``BlipConfig`` of a folder holding a ``config.json``."""
-    from transformers import BlipConfig
-
+    """The ``BlipConfig`` of a folder holding a ``config.json`` (checked as :func:`_checked_config`
+    checks it)."""
     if not (folder / "config.json").is_file():
         raise UnknownModelError(
             f"unknown model {model!r}: not an architecture name ({', '.join(_REGISTRY)}) and not a folder with a config.json"
         )
-    return BlipConfig.from_pretrained(folder)
+    return _checked_config(folder)[0]
 
 
 def _random_net(config, seed: int):

@@ -35,7 +35,15 @@ import numpy as np
 
 from .batch import caption_files
 from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions, decode, group_captions, options_with, request_prompt, requested_captions
-from .errors import CheckpointError, InvalidOptionError, MissingDependencyError, OutputExistsError, check_positive_int
+from .errors import (
+    CheckpointError,
+    ExportChangedWarning,
+    InvalidOptionError,
+    MissingDependencyError,
+    OutputExistsError,
+    check_positive_int,
+    first_line,
+)
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "OnnxCaptioner", "export", "load"]
 
@@ -49,17 +57,11 @@ OPSET = 20
 TOLERANCE = {"features": 1e-3, "logits": 1e-3}
 
 
-class ExportChangedWarning(UserWarning):
-    """An export's graphs are not the ones its manifest names (changed since, or mixed)."""
-
-
 def is_export(folder) -> bool:
-    """Whether ``folder`` holds a bliptk ONNX export (its manifest)."""
-    manifest = Path(os.fspath(folder)).expanduser() / "manifest.json"
-    try:
-        return manifest.is_file() and json.loads(manifest.read_text()).get("format") == FORMAT
-    except (OSError, json.JSONDecodeError):
-        return False
+    """Whether ``folder`` is meant as a bliptk ONNX export: it holds a ``manifest.json`` (which
+    :func:`load` then checks) and no checkpoint's ``config.json``."""
+    folder = Path(os.fspath(folder)).expanduser()
+    return (folder / "manifest.json").is_file() and not (folder / "config.json").is_file()
 
 
 # --- export (torch) ------------------------------------------------------------------------------
@@ -242,12 +244,13 @@ def export(captioner, folder, *, int8: bool = False, overwrite: bool = False) ->
             "max_positions": decoder.max_positions,
         },
         "graphs": dict(GRAPHS), "tokenizer": "vocab.txt", "preprocessor": "preprocessor_config.json",
+        "sha256": {name: _sha256(folder / name) for name in GRAPHS.values()},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     manifest["check"] = _check(captioner, folder)
     if int8:
         manifest["int8_graphs"] = _quantize(folder)
-    manifest["sha256"] = {name: _sha256(folder / name) for name in list(GRAPHS.values()) + list(manifest.get("int8_graphs", {}).values())}
+        manifest["sha256"].update({name: _sha256(folder / name) for name in manifest["int8_graphs"].values()})
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     logger.info("exported %s to %s", captioner.name, folder)
     return folder
@@ -260,7 +263,7 @@ def _check(captioner, folder: Path) -> dict:
 
     from .files import example_path
 
-    runner = load(folder, int8=False, verify=False)
+    runner = load(folder, int8=False)
     try:
         photo = example_path("images/woman-with-cake.jpg")
     except Exception:  # an installed bliptk without the notebooks: any picture will do
@@ -395,9 +398,13 @@ class OnnxCaptioner:
         self.folder, self.manifest = folder, manifest
         self.name = manifest["model"]
         self.weights = {**manifest["weights"], "dtype": f"onnx {'int8' if int8 else 'float32'}"}
-        self.tokenizer = load_tokenizer(folder / manifest["tokenizer"])
-        config = json.loads((folder / manifest["preprocessor"]).read_text())
-        self.preprocessor = Preprocessor.from_config(config, manifest["config"]["image_size"])
+        self.tokenizer = load_tokenizer(_inside(folder, manifest["tokenizer"], "tokenizer"))
+        preprocessor = _inside(folder, manifest["preprocessor"], "preprocessor config")
+        try:
+            config = json.loads(preprocessor.read_bytes().decode("utf-8"))
+            self.preprocessor = Preprocessor.from_config(config, manifest["config"]["image_size"])
+        except (UnicodeDecodeError, ValueError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"{preprocessor}: not a preprocessor config ({first_line(error)}); export the model again") from None
         self.encoder = sessions["encoder"]
         self.decoder = _OnnxDecoder(sessions["image_kv"], sessions["decoder"], manifest["config"])
         self.max_positions = manifest["config"]["max_positions"]
@@ -488,59 +495,132 @@ class OnnxCaptioner:
         return captions[0] if single else captions
 
 
+# The manifest's fields and their types: what load() checks before it opens anything.
+_MANIFEST_FIELDS = {
+    "format": str, "format_version": int, "model": str, "weights": dict, "config": dict, "graphs": dict,
+    "tokenizer": str, "preprocessor": str, "sha256": dict,
+}
+_WEIGHTS_FIELDS = {"source": str, "fingerprint": str, "dtype": str}
+_CONFIG_FIELDS = ("layers", "heads", "head_dim", "image_size", "image_tokens", "max_positions")
+
+
+def _read_manifest(folder: Path) -> dict:
+    """The export's manifest, each field checked.
+
+    Raises:
+        CheckpointError: No manifest, not JSON, a field missing or of the wrong type, or an export
+            in a newer format.
+    """
+    from . import __version__
+
+    manifest_file = folder / "manifest.json"
+    if not manifest_file.is_file():
+        raise CheckpointError(f"{folder}: not a bliptk ONNX export (no manifest.json); write one with bliptk export --out {folder}")
+    try:
+        manifest = json.loads(manifest_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{manifest_file}: not valid JSON ({error}); export the model again") from None
+
+    def broken(what: str) -> CheckpointError:
+        return CheckpointError(f"{manifest_file}: {what}; the export is damaged: export the model again")
+
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{folder}: manifest.json is not a bliptk ONNX export's (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    if isinstance(manifest.get("format_version"), int) and manifest["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{folder}: exported by bliptk {manifest.get('bliptk_version')} in format {manifest['format_version']}, newer than this "
+            f"bliptk {__version__} reads ({FORMAT_VERSION}); upgrade bliptk"
+        )
+    for fields, section, where in ((_MANIFEST_FIELDS, manifest, ""), (_WEIGHTS_FIELDS, manifest.get("weights"), "weights.")):
+        for name, kind in fields.items():
+            if not isinstance(section, dict) or name not in section:
+                raise broken(f"{where}{name} is missing")
+            if not isinstance(section[name], kind) or isinstance(section[name], bool):
+                raise broken(f"{where}{name} must be a {kind.__name__}, not {type(section[name]).__name__}")
+    for name in _CONFIG_FIELDS:
+        value = manifest["config"].get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise broken(f"config.{name} must be a positive integer, not {value!r}")
+    for table in ("graphs", "int8_graphs"):
+        graphs = manifest.get(table, {})
+        if not isinstance(graphs, dict) or (table == "graphs" and set(graphs) != set(GRAPHS)) or set(graphs) - set(GRAPHS):
+            raise broken(f"{table} must name the graphs {', '.join(GRAPHS)}")
+    for name, value in [*manifest["graphs"].items(), *manifest.get("int8_graphs", {}).items(), *manifest["sha256"].items()]:
+        if not isinstance(value, str):
+            raise broken(f"{name} must be a string, not {type(value).__name__}")
+    return manifest
+
+
+def _inside(folder: Path, name: str, what: str) -> Path:
+    """The plain file ``name`` names inside the export folder.
+
+    Raises:
+        CheckpointError: ``name`` is absolute, climbs out with ``..``, leads out through a link,
+            or is not a plain file.
+    """
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise CheckpointError(f"{folder}/manifest.json: {what} {name!r} is not a file name inside the export; bliptk reads only its own folder")
+    path = folder / relative
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise CheckpointError(f"{folder}: {what} {name} is missing; export the model again") from None
+    if not resolved.is_relative_to(folder.resolve()):
+        raise CheckpointError(f"{folder}: {what} {name} is a link that leads out of the export ({resolved}); bliptk reads only its own folder")
+    if not resolved.is_file():
+        raise CheckpointError(f"{folder}: {what} {name} is not a plain file")
+    return resolved
+
+
 def load(folder, *, int8: bool | None = None, threads: int | None = None, verify: bool = True, against=None) -> OnnxCaptioner:
     """Load an export for captioning with ONNX Runtime (no torch needed).
+
+    Only plain files inside the export folder are opened, and each graph only after its sha256
+    matches the manifest's.
 
     Args:
         folder: A folder written by :func:`export`.
         int8: Use the quantized graphs; None uses them when the export has them.
         threads: ONNX Runtime's intra-op threads (None: its default, all cores).
-        verify: Check each graph's sha256 against the manifest, warning
-            (:class:`ExportChangedWarning`) when a graph changed since the export.
+        verify: Check each graph's sha256 against the manifest (a graph without one, or that
+            changed since the export, is an error). False loads them unchecked, with an
+            :class:`~bliptk.errors.ExportChangedWarning`.
         against: A :class:`~bliptk.Captioner` of the model the export was made from, to warn
-            (:class:`ExportChangedWarning`) when its weights changed since (their fingerprint is
-            not the manifest's).
+            (:class:`~bliptk.errors.ExportChangedWarning`) when its weights changed since (their
+            fingerprint is not the manifest's).
 
     Raises:
-        CheckpointError: Not an export, a graph missing, or a manifest from a newer bliptk.
+        CheckpointError: Not an export; a manifest field missing or wrong; a file outside the
+            folder, missing, or whose sha256 is not the manifest's; a graph ONNX Runtime cannot
+            read; a manifest from a newer bliptk.
         MissingDependencyError: ONNX Runtime is not installed.
     """
-    from . import __version__
-
     folder = Path(os.fspath(folder)).expanduser()
-    manifest_file = folder / "manifest.json"
-    if not manifest_file.is_file():
-        raise CheckpointError(f"{folder}: not a bliptk ONNX export (no manifest.json); write one with bliptk export --out {folder}")
-    try:
-        manifest = json.loads(manifest_file.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{manifest_file}: not valid JSON ({error})") from None
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{folder}: manifest.json is not a bliptk ONNX export's (format {manifest.get('format')!r})")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{folder}: exported by bliptk {manifest.get('bliptk_version')} in format {manifest['format_version']}, newer than this "
-            f"bliptk {__version__} reads ({FORMAT_VERSION}); upgrade bliptk"
-        )
+    manifest = _read_manifest(folder)
     use_int8 = bool(manifest.get("int8_graphs")) if int8 is None else int8
     if use_int8 and not manifest.get("int8_graphs"):
-        raise CheckpointError(f"{folder}: this export has no int8 graphs; export it with int8=True (--int8)")
-    files = manifest["int8_graphs"] if use_int8 else manifest["graphs"]
-    missing = [file for file in files.values() if not (folder / file).is_file()]
-    if missing:
-        raise CheckpointError(f"{folder}: graph(s) missing: {', '.join(missing)}")
+        raise CheckpointError(f"{folder}: this export has no int8 graphs; export it with int8=True", command_line={"int8=True": "--int8"})
+    files = {name: _inside(folder, file, "graph") for name, file in (manifest["int8_graphs"] if use_int8 else manifest["graphs"]).items()}
     if verify:
-        changed = [file for file in files.values() if manifest.get("sha256", {}).get(file) not in (None, _sha256(folder / file))]
-        if changed:
-            warnings.warn(
-                f"{folder}: {', '.join(changed)} changed since the export: the manifest's weights fingerprint "
-                f"({manifest['weights']['fingerprint']}) no longer names them", ExportChangedWarning, stacklevel=2,
-            )
+        for name, path in files.items():
+            expected = manifest["sha256"].get(path.name)
+            if expected is None:
+                raise CheckpointError(f"{folder}: the manifest has no sha256 of {path.name}, so it cannot be checked; export the model again")
+            if _sha256(path) != expected:
+                raise CheckpointError(f"{folder}: {path.name} is not the graph that was exported (its sha256 differs); export the model again")
+    else:
+        warnings.warn(f"{folder}: loading its graphs without checking them (verify=False)", ExportChangedWarning, stacklevel=2)
     if against is not None and against.weights.fingerprint != manifest["weights"]["fingerprint"]:
         warnings.warn(
             f"{folder} was exported from weights with fingerprint {manifest['weights']['fingerprint']}; {against.name}'s are now "
             f"{against.weights.fingerprint}: its captions will differ from the export's; export it again", ExportChangedWarning, stacklevel=2,
         )
+    return OnnxCaptioner(folder, manifest, _sessions(files, threads), use_int8)
+
+
+def _sessions(files: dict[str, Path], threads: int | None) -> dict:
+    """An ONNX Runtime session per graph file."""
     ort = _onnxruntime()
     session_options = ort.SessionOptions()
     # Threads that spin between runs keep the cores busy for whatever runs next (the other graph,
@@ -548,8 +628,10 @@ def load(folder, *, int8: bool | None = None, threads: int | None = None, verify
     session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         session_options.intra_op_num_threads = threads
-    sessions = {
-        name: ort.InferenceSession(str(folder / file), session_options, providers=["CPUExecutionProvider"]) for name, file in files.items()
-    }
-    return OnnxCaptioner(folder, manifest, sessions, use_int8)
-
+    sessions = {}
+    for name, path in files.items():
+        try:
+            sessions[name] = ort.InferenceSession(str(path), session_options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ONNX Runtime raises its own (InvalidProtobuf, Fail, ...), none an OSError
+            raise CheckpointError(f"{path}: ONNX Runtime cannot read this graph ({first_line(error)}); export the model again") from None
+    return sessions

@@ -9,13 +9,15 @@ PIL images of any mode, NumPy arrays and torch tensors, with EXIF orientation ap
 from __future__ import annotations
 
 import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageLoadError
+from .errors import ImageLoadError, InputError, VideoLoadError
 
 __all__ = ["Preprocessor", "load_image", "to_rgb", "CLIP_MEAN", "CLIP_STD"]
 
@@ -60,14 +62,28 @@ def _is_torch_tensor(source) -> bool:
     return type(source).__module__.split(".")[0] == "torch" and hasattr(source, "detach")
 
 
-def _open_path(path: Path, max_pixels: int | None) -> Image.Image:
-    if not path.exists():
-        raise ImageLoadError(path, "no such file")
-    if path.is_dir():
-        raise ImageLoadError(path, "is a directory, not an image file")
+def check_readable_file(path: Path, error: type[InputError] = ImageLoadError) -> None:
+    """Raise ``error`` (naming ``path``) unless it is a non-empty regular file: never open a FIFO,
+    a device or a link loop, which would hang or fail obscurely."""
     try:
-        if path.stat().st_size == 0:
-            raise ImageLoadError(path, "empty file (0 bytes)")
+        status = path.stat()
+    except FileNotFoundError:
+        raise error(path, "no such file (or a broken link)" if path.is_symlink() else "no such file") from None
+    except PermissionError:
+        raise error(path, "permission denied") from None
+    except OSError as problem:  # a link loop, a name too long, ...
+        raise error(path, f"cannot be read ({problem.strerror or problem})") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise error(path, f"is a directory, not {'a video' if error is VideoLoadError else 'an image'} file")
+    if not stat.S_ISREG(status.st_mode):
+        raise error(path, "is not a regular file (a FIFO, socket or device); bliptk reads files only")
+    if status.st_size == 0:
+        raise error(path, "empty file (0 bytes)")
+
+
+def _open_path(path: Path, max_pixels: int | None) -> Image.Image:
+    check_readable_file(path)
+    try:
         with Image.open(path) as image:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
@@ -77,13 +93,23 @@ def _open_path(path: Path, max_pixels: int | None) -> Image.Image:
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageLoadError(path, f"over Pillow's pixel limit for safety ({error})") from None
+        raise ImageLoadError(path, _bomb_reason(error, max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageLoadError(path, "not an image file Pillow can read") from None
     except PermissionError:
         raise ImageLoadError(path, "permission denied") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageLoadError(path, f"corrupt or truncated image ({error})") from None
+
+
+def _bomb_reason(error: Exception, max_pixels: int | None) -> str:
+    """Why an image past Pillow's own limit is refused, worded as bliptk's limit is. Pillow refuses
+    it while reading the header, before its size can be asked, and names its pixel count only."""
+    pixels = re.search(r"\((\d+) pixels\)", str(error))
+    count = f"{int(pixels.group(1)):,} pixels" if pixels else "more pixels than Pillow opens"
+    if max_pixels is not None:
+        return f"{count}, over the limit of {max_pixels:,} (max_pixels)"
+    return f"{count}, over Pillow's safety limit of {2 * (Image.MAX_IMAGE_PIXELS or 0):,} (Image.MAX_IMAGE_PIXELS)"
 
 
 def _from_array(array: np.ndarray, kind: str, channels_last: bool) -> Image.Image:

@@ -69,14 +69,22 @@ def fake_hub_cache(cache: Path, checkpoint: Path, hub_id: str = "Salesforce/blip
     return Path(cache)
 
 
-def make_video(path: Path, frames: int = 20, fps: int = 10, keyframe_interval: int = 10, rotation: int | None = None, size=(64, 48)) -> Path:
-    """Write a small MPEG-4 video whose frame i is grey level 10 * i with a white left band."""
+def make_video(
+    path: Path, frames: int = 20, fps: int = 10, keyframe_interval: int = 10, rotation: int | None = None, size=(64, 48), codec: str = "mpeg4"
+) -> Path:
+    """Write a small MPEG-4 video whose frame i is grey level 10 * i with a white left band.
+
+    Keyframes come exactly every ``keyframe_interval`` frames (the encoder's own scene cuts are
+    off): up to 600 with ``"mpeg4"``, any number with ``"libx264"`` (one keyframe for a whole
+    video).
+    """
     import av
     import numpy as np
 
     width, height = size
+    options = {"x264-params": f"keyint={keyframe_interval}:scenecut=0"} if codec == "libx264" else {"sc_threshold": "1000000000"}
     with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
+        stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = keyframe_interval
         if rotation is not None:

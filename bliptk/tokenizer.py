@@ -17,9 +17,10 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from .errors import InputError
 
-__all__ = ["Tokenizer", "load_tokenizer", "CLS_TOKEN_ID", "DEC_TOKEN_ID", "ENC_TOKEN_ID", "SEP_TOKEN_ID", "PAD_TOKEN_ID"]
+__all__ = ["Tokenizer", "load_tokenizer", "CLS_TOKEN_ID", "DEC_TOKEN_ID", "ENC_TOKEN_ID", "SEP_TOKEN_ID", "PAD_TOKEN_ID", "UNK_TOKEN_ID"]
 
 PAD_TOKEN_ID = 0
+UNK_TOKEN_ID = 100
 CLS_TOKEN_ID = 101  # BERT's; BLIP's processor starts a prompt with it, generate swaps it for [DEC]
 SEP_TOKEN_ID = 102
 DEC_TOKEN_ID = 30522
@@ -80,8 +81,22 @@ class Tokenizer:
     __call__ = encode
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        """Text of a sequence of ids (WordPieces joined, ``##`` continuations merged)."""
-        return self._wordpiece.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        """Text of a sequence of ids (WordPieces joined, ``##`` continuations merged; a continuation
+        with no word before it, as an unconditional caption may start, stands alone)."""
+        text = self._wordpiece.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        return text[2:] if text.startswith("##") else text
+
+    def unknown_text(self, text: str) -> list[str]:
+        """The characters of ``text`` that BLIP's vocabulary cannot spell: the tokenizer turns the
+        word holding each into ``[UNK]`` (id 100), and the caption loses it."""
+        encoding = self._wordpiece.encode(text, add_special_tokens=False)
+        unknown: list[str] = []
+        for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+            if token_id == UNK_TOKEN_ID:
+                word = text[start:end]
+                spelled = [c for c in word if self._wordpiece.encode(c, add_special_tokens=False).ids == [UNK_TOKEN_ID]]
+                unknown += [c for c in spelled or [word] if c not in unknown]
+        return unknown
 
     def convert_ids_to_tokens(self, ids) -> list[str]:
         """The WordPiece string of each id."""

@@ -3,12 +3,13 @@
 The page captions a video from N uniformly spaced frames (``VideoFrameList[video, N]``) whose image
 features are averaged. :func:`video_frames` takes the frame shown at the middle of each of N equal
 parts of the video (or of a segment of it), honouring rotation metadata and variable frame rates,
-and converts only those frames to RGB; decoding jumps ahead by seeking when the next frame is far
-away, so that a long video is not decoded whole.
+and converts only those frames to RGB; decoding jumps ahead by seeking when a keyframe lies between
+it and the next frame, and never goes back, so that no video is decoded more than once over.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InvalidOptionError, VideoLoadError, check_positive_int
+from .errors import InvalidOptionError, MissingDependencyError, VideoLoadError, check_positive_int
+from .files import VIDEO_EXTENSIONS
+from .preprocess import check_readable_file
 
 __all__ = [
     "TimelineSegment",
@@ -30,9 +33,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# Before any keyframe interval has been seen, assume keyframes at most this far apart (seconds).
-_DEFAULT_KEYFRAME_INTERVAL = 10.0
 
 
 class VideoFrames(list):
@@ -100,22 +100,23 @@ def _still_image(path: Path) -> bool:
 
 def _check_file(path) -> Path:
     path = Path(path)
-    if not path.exists():
-        raise VideoLoadError(path, "no such file")
-    if path.is_dir():
-        raise VideoLoadError(path, "is a directory, not a video file")
-    if not path.is_file():
-        raise VideoLoadError(path, "is not a regular file")
-    if path.stat().st_size == 0:
-        raise VideoLoadError(path, "empty file (0 bytes)")
+    check_readable_file(path, VideoLoadError)
     if _still_image(path):
         raise VideoLoadError(path, "is a still image, not a video; caption it as an image")
     return path
 
 
-def _open(path: Path):
-    import av
+def _av():
+    """PyAV, or the error that says how to install it (a torch-free install may lack it)."""
+    try:
+        import av
+    except ImportError:
+        raise MissingDependencyError("reading videos needs PyAV: pip install av") from None
+    return av
 
+
+def _open(path: Path):
+    av = _av()
     try:
         return av.open(str(path), metadata_errors="ignore")
     except PermissionError:
@@ -181,7 +182,7 @@ def video_info(path) -> VideoInfo:
 
 def _scan_duration(container, stream, path: Path) -> float:
     """End time of the stream found by decoding it (for containers that do not say)."""
-    import av
+    av = _av()
 
     last, step = None, 0.0
     try:
@@ -230,21 +231,20 @@ def video_frames(path, num_frames: int = 16, *, start: float | None = None, end:
     """
     check_positive_int("num_frames", num_frames)
     path = _check_file(path)
-    import av
-
+    av = _av()
     with _open(path) as container:
         stream = _video_stream(container, path)
         first, duration = _start_and_duration(container, stream, path)
-        segment_start = 0.0 if start is None else float(start)
-        segment_end = duration if end is None else min(float(end), duration)
-        if not 0 <= segment_start < segment_end:
-            raise InvalidOptionError(f"{path}: segment [{start}, {end}) is empty or outside the video's {duration:.2f} s")
-        step = (segment_end - segment_start) / num_frames
-        targets = [first + segment_start + (i + 0.5) * step for i in range(num_frames)]
-        try:
-            frames, times, decoded = _frames_at(container, stream, targets)
-        except av.error.FFmpegError as error:
-            raise VideoLoadError(path, f"corrupt or truncated video ({error})") from None
+    segment_start = 0.0 if start is None else float(start)
+    segment_end = duration if end is None else min(float(end), duration)
+    if not 0 <= segment_start < segment_end:
+        raise InvalidOptionError(f"{path}: segment [{start}, {end}) is empty or outside the video's {duration:.2f} s")
+    step = (segment_end - segment_start) / num_frames
+    targets = [first + segment_start + (i + 0.5) * step for i in range(num_frames)]
+    try:
+        frames, times, decoded = _frames_at(path, targets)
+    except av.error.FFmpegError as error:
+        raise VideoLoadError(path, f"corrupt or truncated video ({error})") from None
     if not frames:
         raise VideoLoadError(path, "its video stream has no frames")
     if len(frames) < num_frames:
@@ -257,96 +257,126 @@ def video_frames(path, num_frames: int = 16, *, start: float | None = None, end:
     return VideoFrames(frames, [t - first for t in times], source=str(path), duration=duration, decoded_frames=decoded)
 
 
-def _frames_at(container, stream, targets: list[float]):
+class _Demuxer:
+    """One opened copy of a video file: its stream, and a decoding iterator once it decodes."""
+
+    def __init__(self, path: Path):
+        self.container = _open(path)
+        self.stream = _video_stream(self.container, path)
+        self.frames = None
+
+    def keyframe_before(self, target: float) -> tuple[float | None, object] | None:
+        """Seek to the keyframe at or before ``target`` (seconds) and read its packet: the
+        keyframe's time (None when the packet has no timestamp) and the packet; None when the
+        container cannot seek."""
+        av = _av()
+        stream = self.stream
+        try:
+            self.container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+            packet = next(self.container.demux(stream), None)
+        except av.error.FFmpegError:
+            return None
+        if packet is None:
+            return None
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        return (None if stamp is None else float(stamp * stream.time_base)), packet
+
+    def decode_from(self, packet=None) -> None:
+        """Decode from ``packet`` on (None: from the file's start)."""
+
+        def frames():
+            packets = self.container.demux(self.stream)
+            for each in itertools.chain([] if packet is None else [packet], packets):
+                yield from each.decode()
+
+        self.frames = frames()
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _frames_at(path: Path, targets: list[float]):
     """The frame shown at each target time (the last frame starting at or before it).
 
-    Decodes forward while the next target is near, and seeks when it is further than the longest
-    keyframe interval seen so far (a keyframe must then lie in between, so seeking saves work).
+    Decoding never goes back, so no frame is decoded twice: at most one pass over the file,
+    whatever its keyframes. Before jumping ahead to a target, a second copy of the file seeks there
+    and reads one packet, the keyframe decoding would restart from; decoding jumps (on that copy)
+    only when that keyframe lies past the last decoded frame, and otherwise decodes on.
     Returns distinct frames (as RGB images), their times, and how many frames were decoded.
     """
     images, times = [], []
     decoded = 0
-    keyframe_interval = _DEFAULT_KEYFRAME_INTERVAL  # the longest seen, once one is seen
-    seen_interval = False
-    last_keyframe = None
-    frames = None  # the decoding iterator
+    current, spare = None, _Demuxer(path)  # the copy that decodes, and the one that looks ahead
     shown = None  # (time, frame): the latest decoded frame at or before the current target
     ahead = None  # (time, frame): a decoded frame past the current target, not yet shown
+    position = None  # time of the latest decoded frame
     chosen_pts = None
-
-    for target in targets:
-        if frames is None:
-            frames = _decode_from(container, stream, target if target > keyframe_interval else None)
-        else:
-            position = ahead[0] if ahead is not None else (shown[0] if shown is not None else None)
-            if position is not None and target - position > keyframe_interval:
-                seeked = _decode_from(container, stream, target)
-                if seeked is not None:
-                    frames, shown, ahead, last_keyframe = seeked, None, None, None
-        if frames is None:  # the container cannot seek: decode from the start
-            frames = container.decode(stream)
-        while True:
-            if ahead is None:
-                frame = next(frames, None)
-                if frame is None:
+    try:
+        for target in targets:
+            if position is None or target > position:
+                found = spare.keyframe_before(target)
+                keyframe = found[0] if found is not None else None
+                if current is None or (keyframe is not None and keyframe > position):
+                    if current is not None:
+                        current.close()
+                    current, spare = spare, _Demuxer(path)
+                    current.decode_from(found[1] if found is not None else None)
+                    shown = ahead = None
+            stream = current.stream
+            while True:
+                if ahead is None:
+                    frame = next(current.frames, None)
+                    if frame is None:
+                        break
+                    decoded += 1
+                    time = _frame_time(frame, stream)
+                    if time is None:
+                        time = (position + 1 / float(stream.average_rate or 25)) if position is not None else 0.0
+                    ahead, position = (time, frame), time
+                if ahead[0] > target:
                     break
-                decoded += 1
-                time = _frame_time(frame, stream)
-                if time is None:
-                    time = (shown[0] + 1 / float(stream.average_rate or 25)) if shown is not None else 0.0
-                if frame.key_frame:
-                    if last_keyframe is not None and (not seen_interval or time - last_keyframe > keyframe_interval):
-                        keyframe_interval, seen_interval = time - last_keyframe, True
-                    last_keyframe = time
-                ahead = (time, frame)
-            if ahead[0] > target:
-                break
-            shown, ahead = ahead, None
-        pick = shown if shown is not None else ahead
-        if pick is None:
-            continue
-        if pick[1].pts is None or pick[1].pts != chosen_pts:
-            chosen_pts = pick[1].pts
-            images.append(_to_image(pick[1]))
-            times.append(pick[0])
+                shown, ahead = ahead, None
+            pick = shown if shown is not None else ahead
+            if pick is None:
+                continue
+            if pick[1].pts is None or pick[1].pts != chosen_pts:
+                chosen_pts = pick[1].pts
+                images.append(_to_image(pick[1]))
+                times.append(pick[0])
+    finally:
+        for demuxer in (current, spare):
+            if demuxer is not None:
+                demuxer.close()
     return images, times, decoded
 
 
-def _decode_from(container, stream, target: float | None):
-    """A decoding iterator from the keyframe at or before ``target`` (None: from the start), or
-    None when the container cannot seek."""
-    import av
-
-    if target is None:
-        return container.decode(stream)
-    try:
-        container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
-    except av.error.FFmpegError:
-        return None
-    return container.decode(stream)
-
-
 def is_video(source) -> bool:
-    """Whether ``source`` is a video: :class:`VideoFrames`, or a file whose content PyAV reads as
-    a video and Pillow does not read as an image (animated GIFs count as images)."""
+    """Whether ``source`` is a video: :class:`VideoFrames`; a file whose name says so (``.mp4``,
+    ``.mov``, ... :data:`~bliptk.files.VIDEO_EXTENSIONS`), whatever it holds, so that a broken one
+    fails as a video; or a file Pillow does not read as an image and PyAV reads as a video
+    (animated GIFs count as images)."""
     if isinstance(source, VideoFrames):
         return True
     if not isinstance(source, (str, Path)) and not hasattr(source, "__fspath__"):
         return False
     path = Path(source)
-    if not path.is_file() or path.stat().st_size == 0:
-        return False
+    if path.suffix.lower() in VIDEO_EXTENSIONS:
+        return True
     try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
         with Image.open(path):
             return False
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except Exception:  # anything Pillow cannot open (or refuses to) may still be a video
         pass
-    import av
-
+    try:
+        av = _av()
+    except MissingDependencyError:
+        return False
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             return bool(container.streams.video) and not _is_image_format(container)
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError):
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError, OSError):
         return False
 
 

@@ -44,6 +44,15 @@ def tiny_checkpoint(tiny, tmp_path_factory) -> Path:
     return save_checkpoint(tiny, tmp_path_factory.mktemp("tiny-checkpoint"))
 
 
+@pytest.fixture(scope="session")
+def tiny_export(tiny, tmp_path_factory) -> Path:
+    """An ONNX export of the tiny model, with int8 graphs."""
+    pytest.importorskip("onnxscript")
+    import bliptk.onnx
+
+    return bliptk.onnx.export(tiny, tmp_path_factory.mktemp("onnx") / "tiny", int8=True)
+
+
 @pytest.fixture
 def sep_likely():
     """A fresh tiny model whose [SEP] bias is raised by ``boost``, so that captions end at many

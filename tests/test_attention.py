@@ -156,8 +156,10 @@ def test_cli_writes_the_grid(tiny, photos, tmp_path, capsys):
     caption = tiny.caption(photos[0], prompt="the woman", max_new_tokens=4)
     assert capsys.readouterr().out.startswith(f"{photos[0]}: {caption.text}\n")
     assert Image.open(out).size == (500, 560)  # 2 x 2 panels of 2.5 x 2.8 inches at 100 dpi
-    assert main(args + ["--layer", "7"]) == 2
-    assert "layer must be in [-2, 1]" in capsys.readouterr().err
+    assert main(args + ["--layer", "7"]) == 2  # an existing --out is replaced only on request
+    assert capsys.readouterr().err == f"bliptk: error: {out} exists; pass --overwrite to replace it, or choose another file\n"
+    assert main(args + ["--layer", "7", "--overwrite"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("bliptk: error: --layer must be in [-2, 1]")
 
 
 def test_attention_entropy_spans_one_patch_to_all_alike(tiny, photos):

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 import bliptk
-from bliptk.batch import BatchStatus, expand_inputs, read_records
+from bliptk.batch import BatchStatus, expand_inputs
+from bliptk.records import read_records
 from bliptk.cli import main
 from bliptk.testing import fake_hub_cache, make_video
 
@@ -230,18 +231,18 @@ def test_bad_batch_options_fail_before_any_work(tiny, photos, tmp_path, options,
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--max-new-tokens", "-2"], "max_new_tokens must be a non-negative integer"),
+        (["--max-new-tokens", "-2"], "--max-new-tokens must be a non-negative integer"),
         (["--max-new-tokens", "2.5"], "argument --max-new-tokens: invalid int value: '2.5'"),
-        (["--temperature", "-1"], "temperature must be a finite number >= 0"),
-        (["--top-k", "0"], "top_k must be an integer >= 1"),
-        (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+        (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+        (["--top-k", "0"], "--top-k must be an integer >= 1"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (["--prompt", "a " * 520], "the decoder has 512"),
         (["--model", "ViT-X/99"], "ViT-B/16, ViT-L/16"),
         (["--model", "vit-huge"], "unknown model 'vit-huge'"),
         (["--device", "cuda:7"], "cuda:7"),
         (["--device", "tpu"], "'tpu' is not a device name"),
         (["--resume"], "--resume continues an --out file"),
-        (["--workers", "-1"], "--workers must be >= 0"),
+        (["--workers", "-1"], "--workers must be an integer >= 0"),
     ],
 )
 def test_bad_options_from_the_cli(photos, tmp_path, capsys, monkeypatch, arguments, message):
@@ -262,7 +263,18 @@ def test_expand_inputs(photos, tmp_path):
     (tmp_path / "dir.jpg").mkdir()
     assert expand_inputs([tmp_path]) == [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
     assert expand_inputs([str(tmp_path / "*.jpg")]) == [str(tmp_path / "b.jpg"), str(tmp_path / "dir.jpg")]
-    assert expand_inputs([str(tmp_path / "*.gif"), "x.jpg"]) == ["x.jpg"]  # the empty pattern is logged
+    assert expand_inputs([str(tmp_path / "*.gif"), "x.jpg"]) == [str(Path.cwd() / "x.jpg")]  # the empty pattern is logged
+
+
+def test_inputs_are_identified_by_their_resolved_path(photos, tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    for photo in photos:
+        shutil.copy(photo, tmp_path / "photos")
+    (tmp_path / "link").symlink_to(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    absolute = expand_inputs([tmp_path / "photos"])
+    assert absolute == [str(tmp_path / "photos" / photo.name) for photo in photos]
+    assert expand_inputs(["photos", "./photos/", "link", str(tmp_path / "photos" / photos[0].name)]) == absolute
 
 
 def test_records_say_which_weights_made_them_and_resume_reuses_only_those(tiny, photos, tmp_path):
@@ -286,7 +298,7 @@ def test_records_of_an_older_bliptk_without_weights_are_kept_and_redone(tiny, ph
     old = {name: value for name, value in record.items() if name != "weights"}
     out.write_text(json.dumps(old) + "\n")
     [redone] = tiny.caption_files(photos[:1], out, max_new_tokens=3, resume=True)
-    assert redone["weights"] == tiny.weights.as_dict() and read_records(out) == [old, redone]
+    assert redone["weights"] == tiny.weights.as_dict() and read_records(out) == [{**old, "weights": None}, redone]
 
 
 @pytest.mark.slow
@@ -333,3 +345,17 @@ def test_a_file_named_like_a_pattern_is_a_file(photos, tmp_path):
     bracketed = tmp_path / "photo[1].jpg"
     shutil.copy(photos[0], bracketed)
     assert expand_inputs([bracketed]) == [str(bracketed)]
+
+
+def test_resume_finds_inputs_given_another_way(tiny, photos, tmp_path, monkeypatch):
+    """Issue 22: the same folder given as an absolute path captioned all again."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in photos:
+        shutil.copy(photo, folder)
+    monkeypatch.chdir(tmp_path)
+    first = list(tiny.caption_files("photos", "c.jsonl", max_new_tokens=2))
+    assert [r["path"] for r in first] == [str(folder / p.name) for p in photos]
+    status = BatchStatus()
+    assert list(tiny.caption_files([str(folder), "./photos/" + photos[0].name], "c.jsonl", max_new_tokens=2, resume=True, status=status)) == []
+    assert status.skipped == len(photos) and read_records(tmp_path / "c.jsonl") == first

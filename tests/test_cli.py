@@ -2,6 +2,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,10 +44,10 @@ def test_a_missing_file_fails_alone(tiny, photos, capsys, tmp_path):
 @pytest.mark.parametrize(
     "option, message",
     [
-        (["--max-new-tokens", "-3"], "max_new_tokens must be a non-negative integer"),
-        (["--temperature", "-1"], "temperature must be a finite number >= 0"),
-        (["--top-k", "0"], "top_k must be an integer >= 1"),
-        (["--top-p", "2"], r"top_p must be in (0, 1]"),
+        (["--max-new-tokens", "-3"], "--max-new-tokens must be a non-negative integer"),
+        (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+        (["--top-k", "0"], "--top-k must be an integer >= 1"),
+        (["--top-p", "2"], r"--top-p must be in (0, 1]"),
         (["--model", "vit-huge"], "unknown model 'vit-huge'"),
         (["--device", "cuda:99"], "cuda:99"),
     ],
@@ -64,10 +65,13 @@ def test_info_prints_counts(capsys):
 
 
 def test_console_script_and_module_entry_point():
-    for command in (["bliptk", "models"], [sys.executable, "-m", "bliptk", "models"]):
+    # The console script beside this Python, so that the suite runs as venv/bin/python -m pytest
+    # without an activated venv (and never picks another install's bliptk from PATH).
+    script = str(Path(sys.executable).parent / "bliptk")
+    for command in ([script, "models"], [sys.executable, "-m", "bliptk", "models"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "ViT-L/16" in result.stdout
-    usage = subprocess.run(["bliptk", "caption"], capture_output=True, text=True, timeout=60)
+    usage = subprocess.run([script, "caption"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "usage:" in usage.stderr
 
 
@@ -78,11 +82,11 @@ def test_zero_inputs_exit_2_and_say_what_was_searched(photos, tmp_path, capsys):
     for photo in photos:
         shutil.copy(photo, nested / "day-1")
     assert main(["caption", str(empty), "--model", "tiny", "--out", str(out)]) == 2
-    assert capsys.readouterr().err == f"bliptk: error: no files to caption: folder {empty} holds no image files\n"
+    assert capsys.readouterr().err == f"bliptk: error: no files to caption: folder {empty} holds no image or video files\n"
     assert main(["caption", str(nested), "--model", "tiny", "--out", str(out)]) == 2
     assert capsys.readouterr().err == (
-        f"bliptk: error: no files to caption: folder {nested} holds no image files. "
-        "Subfolders hold 3 image files: pass --recursive to caption them\n"
+        f"bliptk: error: no files to caption: folder {nested} holds no image or video files. "
+        "Subfolders hold 3 image or video files: pass --recursive to caption them\n"
     )
     assert main(["caption", str(tmp_path / "*.png"), "--model", "tiny"]) == 2
     assert f"pattern '{tmp_path / '*.png'}' matches no files" in capsys.readouterr().err

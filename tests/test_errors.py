@@ -2,6 +2,14 @@
 built-in error it refines, and the command line maps them all to exit code 2."""
 
 import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +17,9 @@ import pytest
 import torch
 
 import bliptk
+import bliptk.onnx as bliptk_onnx
 from bliptk.cli import main
+from conftest import VIDEOS
 
 
 def _caption_with_attention(tiny, photos):
@@ -62,11 +72,408 @@ def test_every_mistake_raises_a_bliptk_error_that_keeps_its_builtin_base(tiny, p
 
 def test_the_command_line_maps_bliptk_errors_to_exit_2_without_a_table_of_types():
     source = (Path(bliptk.__file__).parent / "cli.py").read_text()
-    handled = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ExceptHandler) and node.type is not None]
-    caught = {ast.unparse(handler.type) for handler in handled}
-    assert caught == {"BliptkError", "KeyboardInterrupt"}
+    main_function = next(node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef) and node.name == "main")
+    handled = [node for node in ast.walk(main_function) if isinstance(node, ast.ExceptHandler) and node.type is not None]
+    caught = [ast.unparse(handler.type) for handler in handled]
+    assert caught == ["BliptkError", "KeyboardInterrupt", "BrokenPipeError", "Exception"]
 
 
 def test_an_error_deep_in_a_command_exits_2(tiny, photos, capsys):
     assert main(["attention", str(photos[0]), "--out", "x.png", "--model", "tiny", "--heads", "median", "--max-new-tokens", "2"]) == 2
-    assert capsys.readouterr().err.splitlines()[-1].startswith('bliptk: error: heads must be "mean", "max" or a head index')
+    assert capsys.readouterr().err.splitlines()[-1].startswith('bliptk: error: --heads must be "mean", "max" or a head index')
+
+
+# --- the faults of issue 22, each for the command line and the Python API -------------------------------
+#
+# Each case builds what it needs under a folder of its own and says: the command line's arguments
+# (None where the fault has no command-line form), the Python call, the error type, and the message
+# (a regex; ``cli`` when the command line words it otherwise). The command line must exit 2 with
+# that message on one line and no traceback; the Python call must raise that type. Faults that need
+# more than one process or a full disk have their own tests in test_records.py (two runs on one
+# output, a full disk, a read-only folder); bad inputs, which end in records rather than errors, are
+# in test_every_bad_input_gets_its_own_error_record below.
+
+
+@dataclass
+class Fault:
+    cli: list[str] | None
+    api: Callable | None
+    error: type
+    message: str
+    cli_message: str | None = None
+
+
+def _records(folder: Path, names: list[str]) -> Path:
+    records = folder / "predictions.jsonl"
+    records.write_text("".join(json.dumps({"path": name, "caption": "a cat", "error": None, "model": "m", "options": {}}) + "\n" for name in names))
+    return records
+
+
+def _references(folder: Path, references) -> Path:
+    path = folder / "references.json"
+    path.write_text(json.dumps(references))
+    return path
+
+
+def _checkpoint(ctx, change) -> Path:
+    folder = ctx.tmp / "checkpoint"
+    shutil.copytree(ctx.tiny_checkpoint, folder)
+    change(folder)
+    return folder
+
+
+def _wrong_shape(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    weights["text_decoder.bert.encoder.layer.0.attention.self.query.weight"] = torch.zeros(3, 3)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def _truncate(file: Path) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+
+
+def _absurd(folder: Path) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["hidden_size"] = config["text_config"]["intermediate_size"] = 10**6
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _export(ctx, change) -> Path:
+    folder = ctx.tmp / "export"
+    shutil.copytree(ctx.tiny_export, folder)
+    change(folder)
+    return folder
+
+
+def _manifest(change):
+    def edit(folder: Path) -> None:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        change(manifest)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    return edit
+
+
+def _overwrite_bytes(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 256] = bytes(range(256))
+    file.write_bytes(bytes(data))
+
+
+def _link_out(folder: Path) -> None:
+    outside = folder.parent / "outside.onnx"
+    shutil.copy(folder / "decoder.onnx", outside)
+    (folder / "decoder.onnx").unlink()
+    (folder / "decoder.onnx").symlink_to(outside)
+
+
+def _caption_with(model: Path, photo: Path) -> list[str]:
+    return ["caption", str(photo), "--model", str(model), "--max-new-tokens", "2"]
+
+
+FAULTS: dict[str, Callable] = {
+    "eval: two files with one image id": lambda ctx: Fault(
+        ["eval", str(_records(ctx.tmp, ["photos/a/img1.jpg", "photos/b/IMG_0001.png"])), str(_references(ctx.tmp, {"1": ["a cat"]}))],
+        lambda: bliptk.evaluate(ctx.tmp / "predictions.jsonl", ctx.tmp / "references.json"),
+        bliptk.EvaluationError, r"photos/a/img1.jpg and photos/b/IMG_0001.png both have image id 1",
+    ),
+    "eval: a binary predictions file": lambda ctx: Fault(
+        ["eval", str(_binary(ctx.tmp / "predictions.json")), str(_references(ctx.tmp, {"1": ["a cat"]}))],
+        lambda: bliptk.evaluate(ctx.tmp / "predictions.json", {1: ["a cat"]}),
+        bliptk.EvaluationError, r"predictions.json: not a text file \(not UTF-8\)",
+    ),
+    "eval: ids mixing numbers and names": lambda ctx: Fault(
+        ["eval", str(_json(ctx.tmp / "mixed.json", [{"image_id": 1, "caption": "a"}, {"image_id": "cat", "caption": "b"}])),
+         str(_references(ctx.tmp, {"1": ["a"], "2": ["b"]}))],
+        lambda: bliptk.evaluate([{"image_id": 1, "caption": "a"}, {"image_id": "cat", "caption": "b"}], {1: ["a"], "cat": ["b"]}),
+        bliptk.EvaluationError, r"mix numeric image ids and names \(e.g. 1 and 'cat'\)",
+    ),
+    "eval: a null caption": lambda ctx: Fault(
+        None, lambda: bliptk.evaluate([{"image_id": 1, "caption": None}], {1: ["a cat"]}), bliptk.EvaluationError, r"prediction 0 has no caption \(null\)",
+    ),
+    "out: a folder that does not exist": lambda ctx: Fault(
+        ["caption", str(ctx.photos[0]), "--model", "tiny", "--out", str(ctx.tmp / "nosuch" / "dir" / "x.jsonl")],
+        lambda: next(ctx.tiny.caption_files(ctx.photos[0], ctx.tmp / "nosuch" / "dir" / "x.jsonl")),
+        bliptk.OutputError, r"x.jsonl: the folder \S+/nosuch/dir does not exist; create it, or choose another output",
+    ),
+    "out: a folder": lambda ctx: Fault(
+        ["caption", str(ctx.photos[0]), "--model", "tiny", "--out", str(_folder(ctx.tmp / "out.jsonl")), "--resume"],
+        lambda: next(ctx.tiny.caption_files(ctx.photos[0], ctx.tmp / "out.jsonl", resume=True)),
+        bliptk.OutputError, r"out.jsonl is a folder; name a .jsonl file",
+    ),
+    "out: Parquet without Ray": lambda ctx: Fault(
+        ["caption", str(ctx.photos[0]), "--model", "tiny", "--out", str(ctx.tmp / "x.parquet")],
+        lambda: next(ctx.tiny.caption_files(ctx.photos[0], ctx.tmp / "x.parquet")),
+        bliptk.InvalidOptionError, r"records are written as .jsonl or .csv, not .parquet \(Parquet shards are written by the Ray path: ray=True",
+        r"not .parquet \(Parquet shards are written by the Ray path: ray=True, --ray\); name the file so, or pass --format",
+    ),
+    "out: an existing figure": lambda ctx: Fault(
+        ["attention", str(ctx.photos[0]), "--model", "tiny", "--out", str(_file(ctx.tmp / "grid.png"))], None,
+        bliptk.OutputExistsError, r"grid.png exists; pass --overwrite to replace it, or choose another file",
+    ),
+    "checkpoint: a tensor of the wrong shape": lambda ctx: Fault(
+        _caption_with(_checkpoint(ctx, _wrong_shape), ctx.photos[0]), lambda: bliptk.load(ctx.tmp / "checkpoint"), bliptk.CheckpointError,
+        r"the weights do not fit its config.json: text_decoder.bert.encoder.layer.0.attention.self.query.weight is \(3, 3\), the config says \(32, 32\)",
+    ),
+    "checkpoint: a truncated safetensors file": lambda ctx: Fault(
+        _caption_with(_checkpoint(ctx, lambda f: _truncate(f / "model.safetensors")), ctx.photos[0]),
+        lambda: bliptk.load(ctx.tmp / "checkpoint"), bliptk.CheckpointError, r"model.safetensors: not a readable safetensors file, or truncated",
+    ),
+    "checkpoint: an invalid config.json": lambda ctx: Fault(
+        _caption_with(_checkpoint(ctx, lambda f: (f / "config.json").write_text("{oops")), ctx.photos[0]),
+        lambda: bliptk.load(ctx.tmp / "checkpoint"), bliptk.CheckpointError, r"config.json is not a BLIP captioning config",
+    ),
+    "checkpoint: absurd sizes": lambda ctx: Fault(
+        _caption_with(_checkpoint(ctx, _absurd), ctx.photos[0]), lambda: bliptk.load(ctx.tmp / "checkpoint", pretrained=False),
+        bliptk.CheckpointError, r"describes a net of [\d,.]+ GB in float32, more than this machine's [\d,.]+ GB of memory",
+    ),
+    "export: a graph with overwritten bytes": lambda ctx: Fault(
+        _caption_with(_export(ctx, lambda f: _overwrite_bytes(f / "decoder.int8.onnx")), ctx.photos[0]), lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError, r"decoder.int8.onnx is not the graph that was exported \(its sha256 differs\)",
+    ),
+    "export: a corrupted graph, unchecked": lambda ctx: Fault(
+        None, lambda: _unchecked(_export(ctx, lambda f: _truncate(f / "decoder.onnx"))),
+        bliptk.CheckpointError, r"decoder.onnx: ONNX Runtime cannot read this graph",
+    ),
+    "export: a manifest missing a key": lambda ctx: Fault(
+        _caption_with(_export(ctx, _manifest(lambda m: m.pop("config"))), ctx.photos[0]), lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError, r"manifest.json: config is missing; the export is damaged: export the model again",
+    ),
+    "export: a manifest field of the wrong type": lambda ctx: Fault(
+        _caption_with(_export(ctx, _manifest(lambda m: m.update(graphs=["encoder.onnx"]))), ctx.photos[0]),
+        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"manifest.json: graphs must be a dict, not list",
+    ),
+    "export: a manifest that is no JSON": lambda ctx: Fault(
+        _caption_with(_export(ctx, lambda f: (f / "manifest.json").write_text("{oops")), ctx.photos[0]),
+        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"manifest.json: not valid JSON",
+    ),
+    "export: a graph outside the folder": lambda ctx: Fault(
+        _caption_with(_export(ctx, _manifest(lambda m: m["int8_graphs"].update(decoder="../../outside/decoder.onnx"))), ctx.photos[0]),
+        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError,
+        r"graph '../../outside/decoder.onnx' is not a file name inside the export; bliptk reads only its own folder",
+    ),
+    "export: an absolute graph path": lambda ctx: Fault(
+        _caption_with(_export(ctx, _manifest(lambda m: m["int8_graphs"].update(encoder="/etc/passwd"))), ctx.photos[0]),
+        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"graph '/etc/passwd' is not a file name inside the export",
+    ),
+    "export: a tokenizer outside the folder": lambda ctx: Fault(
+        _caption_with(_export(ctx, _manifest(lambda m: m.update(tokenizer="../../../etc/passwd"))), ctx.photos[0]),
+        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"tokenizer '../../../etc/passwd' is not a file name inside the export",
+    ),
+    "export: a link that leads out": lambda ctx: Fault(
+        None, lambda: bliptk_onnx.load(_export(ctx, _link_out), int8=False), bliptk.CheckpointError, r"decoder.onnx is a link that leads out of the export",
+    ),
+    "export: a graph without a hash": lambda ctx: Fault(
+        _caption_with(_export(ctx, _manifest(lambda m: m["sha256"].pop("decoder.int8.onnx"))), ctx.photos[0]),
+        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"the manifest has no sha256 of decoder.int8.onnx, so it cannot be checked",
+    ),
+    "prompt: not a string": lambda ctx: Fault(
+        None, lambda: ctx.tiny.caption(ctx.photos[0], prompt=123), bliptk.InvalidOptionError, r"a prompt must be a string or None, got int 123",
+    ),
+    "option: a negative seed": lambda ctx: Fault(
+        ["caption", str(ctx.photos[0]), "--model", "tiny", "--temperature", "1", "--seed", "-1"],
+        lambda: ctx.tiny.caption(ctx.photos[0], temperature=1.0, seed=-1), bliptk.InvalidOptionError,
+        r"seed must be an integer >= 0 or None, got -1", r"--seed must be an integer >= 0 or None, got -1",
+    ),
+    "option: UMAP of too few images": lambda ctx: Fault(
+        ["map", str(ctx.photos[0].parent), "--model", "tiny", "--out", str(ctx.tmp / "map.png")],
+        lambda: bliptk.project(np.eye(3)), bliptk.InvalidOptionError, r"umap needs at least 4 points, got 3; use method='pca' for fewer",
+        r"umap needs at least 4 points, got 3; use --method pca for fewer",
+    ),
+}
+
+
+def _unchecked(folder: Path):
+    with pytest.warns(bliptk.ExportChangedWarning, match="without checking them"):
+        return bliptk_onnx.load(folder, int8=False, verify=False)
+
+
+def _json(path: Path, data) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _binary(path: Path) -> Path:
+    path.write_bytes(bytes(range(256)) * 8)
+    return path
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _file(path: Path) -> Path:
+    path.write_bytes(b"\x89PNG")
+    return path
+
+
+@dataclass
+class _Context:
+    tmp: Path
+    tiny: object
+    photos: list
+    tiny_checkpoint: Path
+    tiny_export: Path
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_every_fault_is_a_bliptk_error_in_python_and_exit_2_in_one_line(fault, tiny, photos, tiny_checkpoint, tiny_export, tmp_path, capsys, caplog):
+    case = FAULTS[fault](_Context(tmp_path, tiny, photos, tiny_checkpoint, tiny_export))
+    if case.api is not None:
+        with pytest.raises(case.error, match=case.message):
+            case.api()
+    if case.cli is not None:
+        capsys.readouterr()
+        assert main(case.cli) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if not line.startswith("bliptk: warning:")]
+        assert len(lines) == 1 and lines[0].startswith("bliptk: error: "), err
+        assert re.search(case.cli_message or case.message, lines[0]), lines[0]
+    assert "Traceback" not in caplog.text
+
+
+def test_the_onnx_loader_opens_no_file_outside_the_export(tiny_export, tmp_path):
+    """An audit hook sees every file Python opens: none outside the folder, whatever the manifest names."""
+    opened: list[str] = []
+
+    def watch(event, args):
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            opened.append(os.fsdecode(args[0]))
+
+    sys.addaudithook(watch)
+    folder = tmp_path / "export"
+    for name, change in [
+        ("graphs.decoder", lambda m: m["graphs"].update(decoder="../outside.onnx")),
+        ("tokenizer", lambda m: m.update(tokenizer="/etc/passwd")),
+        ("preprocessor", lambda m: m.update(preprocessor="../../x.json")),
+    ]:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(tiny_export, folder)
+        (tmp_path / "outside.onnx").write_bytes((folder / "decoder.onnx").read_bytes())
+        _manifest(change)(folder)
+        opened.clear()
+        with pytest.raises(bliptk.CheckpointError, match="is not a file name inside the export"):
+            bliptk_onnx.load(folder, int8=False)
+        outside = [path for path in opened if not Path(path).resolve().is_relative_to(folder.resolve()) and path.endswith((".onnx", ".json", ".txt", "passwd"))]
+        assert outside == [], name
+
+
+@pytest.fixture(scope="module")
+def bad_videos(tmp_path_factory, tiny):
+    """Broken videos, each named as a video (issue 22: they were reported as images)."""
+    import av
+
+    folder = tmp_path_factory.mktemp("bad-videos")
+    (folder / "zero.mp4").write_bytes(b"")
+    data = (VIDEOS / "bigbuckbunny.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (folder / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    with av.open(str(folder / "audio-only.mp4"), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for index in range(20):
+            samples = np.zeros((1, 1024), dtype=np.float32)
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, index * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return folder
+
+
+BAD_VIDEOS = {
+    "zero.mp4": "empty file (0 bytes)",
+    "truncated.mp4": "not a video PyAV can read, or corrupt or truncated",
+    "noise.mp4": "not a video PyAV can read, or corrupt or truncated",
+    "audio-only.mp4": "has no video stream (audio only)",
+}
+
+
+def test_every_bad_video_fails_as_a_video_with_its_own_record(tiny, bad_videos, capsys, caplog):
+    records = {Path(r["path"]).name: r for r in tiny.caption_files(bad_videos, max_new_tokens=2)}
+    assert {name: (r["kind"], r["error"]["type"]) for name, r in records.items()} == {name: ("video", "VideoLoadError") for name in BAD_VIDEOS}
+    for name, reason in BAD_VIDEOS.items():
+        assert reason in records[name]["error"]["message"], records[name]
+    assert main(["caption", str(bad_videos), "--model", "tiny", "--max-new-tokens", "2"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert sorted(line for line in err if line.startswith("bliptk: error:")) == sorted(
+        f"bliptk: error: {bad_videos / name}: {records[name]['error']['message'].split(': ', 1)[1]}" for name in BAD_VIDEOS
+    )
+    assert "Traceback" not in caplog.text and "unexpected error" not in caplog.text
+
+
+def test_a_decompression_bomb_is_refused_in_the_documented_words(tiny, tmp_path, caplog):
+    import zlib
+
+    bomb = tmp_path / "bomb.png"  # 30000 x 30000 grey pixels, 900 million, in a few hundred kilobytes
+    row = b"\x00" + bytes(30000)
+    data = zlib.compress(row * 30000, 9)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    header = (30000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    [record] = tiny.caption_files(bomb)
+    assert record["error"] == {"type": "ImageLoadError", "message": f"{bomb}: 900,000,000 pixels, over the limit of 100,000,000 (max_pixels)"}
+    assert "unexpected error" not in caplog.text
+
+
+def test_a_symlink_loop_and_a_fifo_in_a_folder_each_get_a_record(tiny, photos, tmp_path):
+    shutil.copy(photos[0], tmp_path / "photo.jpg")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    records = {Path(r["path"]).name: r for r in tiny.caption_files(tmp_path, max_new_tokens=2)}
+    assert set(records) == {"photo.jpg", "loop.jpg", "pipe.jpg"} and records["photo.jpg"]["error"] is None
+    assert records["loop.jpg"]["error"]["message"].endswith("loop.jpg: cannot be read (Too many levels of symbolic links)")
+    assert records["pipe.jpg"]["error"]["message"].endswith("pipe.jpg: is not a regular file (a FIFO, socket or device); bliptk reads files only")
+
+
+def test_prompts_outside_the_vocabulary_are_warned_about_once(tiny, photos):
+    with pytest.warns(bliptk.PromptWarning, match=r"prompt 'a 猫 on a 🛋' has text outside BLIP's vocabulary, .* loses: '猫', '🛋'") as said:
+        tiny.caption(photos[0], prompt="a 猫 on a 🛋", max_new_tokens=2)
+    assert len(said) == 1
+    blank = tiny.caption(photos[0], prompt="   ", max_new_tokens=6)
+    assert not blank.text.startswith("##") and blank.text == tiny.tokenizer.decode(blank.token_ids)
+
+
+def test_a_missing_torch_or_pyav_is_a_missing_dependency_error(photos, tmp_path):
+    """A torch-free install: the command line names what to install, no traceback."""
+    (tmp_path / "clip.mp4").write_bytes((VIDEOS / "bigbuckbunny.mp4").read_bytes())
+    code = "import sys; sys.modules['torch'] = sys.modules['av'] = None\nfrom bliptk.cli import main\nsys.exit(main(sys.argv[1:]))"
+    torchless = subprocess.run(
+        [sys.executable, "-c", code, "caption", str(photos[0]), "--model", "ViT-B/16", "--random-weights"], capture_output=True, text=True, timeout=120
+    )
+    assert torchless.returncode == 2 and torchless.stderr.startswith("bliptk: error: PyTorch is not installed: see the README's Install section")
+    assert "Traceback" not in torchless.stderr
+    script = "import sys; sys.modules['av'] = None\nfrom bliptk.cli import main\nsys.exit(main(sys.argv[1:]))"
+    no_av = subprocess.run(
+        [sys.executable, "-c", script, "caption", str(tmp_path / "clip.mp4"), str(photos[0]), "--model", "tiny", "--max-new-tokens", "2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert no_av.returncode == 1 and "Traceback" not in no_av.stderr, no_av.stderr
+    assert f"bliptk: error: reading videos needs PyAV: pip install av" in no_av.stderr and no_av.stdout.startswith(f"{photos[0]}: a photography of")
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    result = subprocess.run(f"{sys.executable} -m bliptk info --model tiny --arrays | head -n 1", shell=True, capture_output=True, text=True, timeout=120)
+    assert result.stdout == "model: tiny\n" and result.stderr == ""
+
+
+def test_an_unexpected_error_is_reported_as_a_bug_in_one_line(photos, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("something inside went wrong")
+
+    monkeypatch.setattr("bliptk.info.net_information", broken)
+    assert main(["info", "--model", "tiny"]) == 1
+    assert capsys.readouterr().err == (
+        "bliptk: internal error: RuntimeError: something inside went wrong. This is a bug in bliptk; please report it, "
+        "with the output of the same command run with --debug\n"
+    )
+    assert main(["--debug", "info", "--model", "tiny"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and 'raise RuntimeError("something inside went wrong")' in err

@@ -71,7 +71,8 @@ def test_input_formats(tmp_path):
         + json.dumps({"path": "photos/COCO_val2014_000000000009.jpg", "caption": None, "error": {"type": "ImageLoadError", "message": "x"}, "model": "m", "options": {}})
         + "\n"
     )
-    assert load_predictions(records) == {p["image_id"]: p["caption"] for p in PREDICTIONS}
+    assert load_predictions(records, numeric_ids=True) == {p["image_id"]: p["caption"] for p in PREDICTIONS}
+    assert load_predictions(records) == {f"COCO_val2014_{p['image_id']:012d}": p["caption"] for p in PREDICTIONS}
 
 
 def test_mismatched_ids_say_how_many_are_missing_on_each_side():

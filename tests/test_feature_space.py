@@ -120,5 +120,5 @@ def test_cli_embed_and_map(tiny, photos, tmp_path, capsys):
     png = tmp_path / "map.png"
     assert main(["map", str(folder), "--out", str(png), "--model", "tiny", "--method", "pca", "--clusters", "2", "--labels", str(labels)]) == 0
     assert "k=2" in capsys.readouterr().out and Image.open(png).size == (800, 700)
-    assert main(["map", str(tmp_path / "nowhere"), "--out", str(png), "--model", "tiny"]) == 2
+    assert main(["map", str(tmp_path / "nowhere"), "--out", str(tmp_path / "other.png"), "--model", "tiny"]) == 2
     assert "not a folder" in capsys.readouterr().err

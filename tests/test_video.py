@@ -68,6 +68,18 @@ def test_a_long_video_is_not_decoded_whole(tmp_path):
     assert levels == pytest.approx([(10 * round(t * 10)) % 256 for t in frames.timestamps], abs=6)
 
 
+@pytest.mark.parametrize("count", [4, 16])
+def test_no_video_is_decoded_more_than_once_over(tmp_path, count):
+    """Issue 22's video: one keyframe at the start, so that every seek would land back on it
+    (before, 4 frames decoded 30,008 frames of 15,000)."""
+    single_keyframe = make_video(tmp_path / "one-keyframe.mp4", frames=1500, fps=25, keyframe_interval=100_000, codec="libx264")
+    frames = bliptk.video_frames(single_keyframe, count)
+    assert len(frames) == count and frames.decoded_frames <= 1500
+    assert frames.timestamps == pytest.approx([(i + 0.5) * 60 / count for i in range(count)], abs=0.04)
+    levels = [int(np.asarray(frame)[24, 40, 0]) for frame in frames]
+    assert levels == pytest.approx([(10 * round(t * 25)) % 256 for t in frames.timestamps], abs=6)
+
+
 def test_only_the_returned_frames_are_converted(monkeypatch):
     converted = []
     original = av.VideoFrame.to_image
@@ -128,16 +140,22 @@ def test_concat_pooling(tiny):
         tiny.encode_video(frames, pooling="max")
 
 
-def test_videos_are_detected_by_content(tiny, photos, tmp_path, clip):
+def test_videos_are_detected_by_content_or_by_name(tiny, photos, tmp_path, clip):
     disguised = tmp_path / "movie.jpg"
     disguised.write_bytes(clip.read_bytes())
-    picture = tmp_path / "picture.mp4"
+    picture = tmp_path / "picture.png"
     picture.write_bytes(photos[0].read_bytes())
     assert bliptk.is_video(disguised) and not bliptk.is_video(picture) and not bliptk.is_video(photos[0])
     captions = tiny.caption([disguised, picture], max_new_tokens=4, num_frames=4)
     assert captions[0].prompt == "a video of" and captions[1].prompt == "a photography of"
     assert captions[1].token_ids == tiny.caption(photos[0], max_new_tokens=4).token_ids
     assert tiny.caption(disguised, prompt="the", num_frames=4).prompt == "the"
+    # A file named as a video is one, whatever it holds: a photo so named fails as a video.
+    misnamed = tmp_path / "picture.mp4"
+    misnamed.write_bytes(photos[0].read_bytes())
+    assert bliptk.is_video(misnamed) and bliptk.is_video(tmp_path / "missing.mov")
+    with pytest.raises(bliptk.VideoLoadError, match="is a still image, not a video; caption it as an image"):
+        tiny.caption(misnamed)
 
 
 def test_timeline(tiny, clip):
