@@ -59,6 +59,15 @@ def best_of(function, repeats: int = 5) -> float:
 # --- 0. the machine ----------------------------------------------------------------------------
 
 
+def _read_rates() -> tuple[float, float]:
+    """Bytes per second read by a sum, and by a matrix-vector product, over 256 MB."""
+    from bliptk.text_decoder import _split_product
+
+    values = torch.randn(64 * 1024 * 1024)  # 256 MB
+    matrix, vector = values.view(65536, 1024), torch.randn(1, 1024)
+    return values.numel() * 4 / median_of(lambda: values.sum()), values.numel() * 4 / median_of(lambda: _split_product(matrix, vector))
+
+
 def median_of(function, repeats: int = 9) -> float:
     function()
     return statistics.median(timed(function)[0] for _ in range(repeats))
@@ -73,13 +82,7 @@ def measure_machine(config) -> dict:
     nothing about the steps that follow. Matrix-product rates are the best of 3 (they cannot
     come out above what the cores compute).
     """
-    values = torch.randn(64 * 1024 * 1024)  # 256 MB
-    by_sum = values.numel() * 4 / median_of(lambda: values.sum())
-    from bliptk.text_decoder import _split_product
-
-    matrix, vector = values.view(65536, 1024), torch.randn(1, 1024)  # a matrix-vector product over 256 MB
-    by_product = values.numel() * 4 / median_of(lambda: _split_product(matrix, vector))
-    del values, matrix
+    by_sum, by_product = _read_rates()
     vision = config.vision_config
     width, hidden, tokens = vision.hidden_size, vision.intermediate_size, (vision.image_size // vision.patch_size) ** 2 + 1
     shapes = [(width, 3 * width), (width, width), (width, hidden), (hidden, width)]

@@ -60,7 +60,7 @@ def latency(paths: dict, repeats: int) -> None:
 def throughput(paths: dict, photos: list) -> None:
     print(f"\n2. throughput: {len(photos)} photos, {TOKENS} tokens, preprocessing included")
     for name, (captioner, batch) in paths.items():
-        seconds, records = timed(lambda: list(captioner.caption_files(photos, max_new_tokens=TOKENS, batch_size=batch, workers=1, progress=False)))
+        seconds, records = timed(lambda captioner=captioner, batch=batch: list(captioner.caption_files(photos, max_new_tokens=TOKENS, batch_size=batch, workers=1, progress=False)))
         print(f"   {name:26}: {len(records) / seconds:.3f} images/s")
 
 
@@ -69,7 +69,7 @@ def teacher_forced(runner, pixels: np.ndarray, sequences: np.ndarray, prompt_len
     from bliptk.decoding import log_softmax
 
     decoder = runner.decoder
-    state = decoder.start(runner.encode(pixels), sequences.shape[1], None, np.arange(len(sequences)))
+    state = decoder.start(decoder.image_keys_values(runner.encode(pixels)), sequences.shape[1], None, np.arange(len(sequences)))
     steps = [decoder.step(state, sequences[:, :prompt_length])[0]]
     for position in range(prompt_length, sequences.shape[1] - 1):
         steps.append(decoder.step(state, sequences[:, position : position + 1])[0])
@@ -105,7 +105,7 @@ def main() -> None:
         sizes = {path.name: path.stat().st_size / 1e6 for path in folder.glob("*.onnx")}
         print(f"{args.model}, random weights: exported in {seconds:.0f} s; graphs float32 {sum(v for k, v in sizes.items() if '.int8.' not in k):.0f} MB, "
               f"int8 {sum(v for k, v in sizes.items() if '.int8.' in k):.0f} MB")
-        runner, quantized = bliptk.onnx.load(folder, int8=False), bliptk.onnx.load(folder, int8=True)
+        runner, quantized = bliptk.onnx.load(folder), bliptk.onnx.load(folder, dtype="int8")
         torch_int8 = bliptk.load(args.model, pretrained=False, dtype="int8")
         latency({"torch float32 (exact)": exact, "torch int8": torch_int8, "ONNX float32": runner, "ONNX int8": quantized}, 1 if args.quick else args.repeats)
         del torch_int8

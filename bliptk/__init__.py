@@ -21,34 +21,217 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from typing import TYPE_CHECKING
 
 from . import errors as _errors  # light: the exceptions only
 
 __version__ = "0.2.0"
 
-# Public name -> the module that defines it.
-_EXPORTS = {
-    "attention": ("attention_entropy", "attention_maps", "overlay_attention", "plot_attention_map", "plot_attention_maps", "plot_attention_overlays"),
-    "captioner": ("Captioner",),
-    "decoding": ("Caption", "DecodingOptions", "DEFAULT_PROMPT", "DEFAULT_VIDEO_PROMPT"),
-    "errors": tuple(_errors.__all__),
-    "evaluation": ("evaluate", "EvaluationResult"),
-    "feature_space": ("cluster", "ClusterResult", "near_duplicates", "nearest", "Neighbour", "plot_feature_space", "project"),
-    "files": ("example_path", "image_files"),
-    "image_encoder": ("ImageEncoder",),
-    "info": ("net_information", "NetInformation"),
-    "loading": ("load",),
-    "models": ("available_models", "ModelSpec"),
-    "preprocess": ("load_image", "Preprocessor"),
-    "provenance": ("Weights",),
-    "stepper": ("DecodeStep", "Stepper", "token_alternatives", "TokenChoice"),
-    "text_decoder": ("DecoderState", "TextDecoder"),
-    "tokenizer": ("load_tokenizer", "Tokenizer"),
-    "video": ("caption_timeline", "is_video", "plot_video_frames", "TimelineSegment", "video_frames", "video_info", "VideoFrames", "VideoInfo"),
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+if TYPE_CHECKING:  # what IDEs, mypy and ruff read; at run time each name is imported when first used
+    from .attention import (
+        attention_entropy,
+        attention_maps,
+        overlay_attention,
+        plot_attention_map,
+        plot_attention_maps,
+        plot_attention_overlays,
+    )
+    from .batch import BatchStatus, caption_files
+    from .captioner import Captioner
+    from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions
+    from .errors import (
+        BliptkError,
+        CheckpointError,
+        CheckpointNotFoundError,
+        DeviceError,
+        EvaluationError,
+        ExampleNotFoundError,
+        ExportChangedWarning,
+        ExportError,
+        ImageLoadError,
+        InputError,
+        InvalidArgumentError,
+        InvalidOptionError,
+        MissingDependencyError,
+        NoInputsError,
+        OutputError,
+        OutputExistsError,
+        OutputLockedError,
+        PromptWarning,
+        RandomWeightsWarning,
+        UnknownModelError,
+        VideoLoadError,
+    )
+    from .evaluation import EvaluationResult, evaluate
+    from .feature_space import ClusterResult, Neighbour, cluster, near_duplicates, nearest, plot_feature_space, project
+    from .files import example_path, image_files, media_files
+    from .image_encoder import ImageEncoder
+    from .info import NetInformation, net_information
+    from .loading import load
+    from .models import ModelSpec, available_models
+    from .pipeline import CaptionBackend, TimelineSegment, caption_timeline
+    from .preprocess import Preprocessor, load_image
+    from .provenance import Weights
+    from .records import read_records
+    from .stepper import DecodeStep, Stepper, TokenChoice, token_alternatives
+    from .text_decoder import DecoderState, TextDecoder
+    from .tokenizer import Tokenizer, load_tokenizer
+    from .video import DEFAULT_VIDEO_PROMPT, VideoFrames, VideoInfo, VideoOptions, is_video, plot_video_frames, video_frames, video_info
 
-__all__ = sorted(_MODULE_OF, key=str.lower)
+__all__ = [
+    "attention_entropy",
+    "attention_maps",
+    "available_models",
+    "BatchStatus",
+    "BliptkError",
+    "Caption",
+    "caption_files",
+    "caption_timeline",
+    "CaptionBackend",
+    "Captioner",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "cluster",
+    "ClusterResult",
+    "DecoderState",
+    "DecodeStep",
+    "DecodingOptions",
+    "DEFAULT_PROMPT",
+    "DEFAULT_VIDEO_PROMPT",
+    "DeviceError",
+    "evaluate",
+    "EvaluationError",
+    "EvaluationResult",
+    "example_path",
+    "ExampleNotFoundError",
+    "ExportChangedWarning",
+    "ExportError",
+    "image_files",
+    "ImageEncoder",
+    "ImageLoadError",
+    "InputError",
+    "InvalidArgumentError",
+    "InvalidOptionError",
+    "is_video",
+    "load",
+    "load_image",
+    "load_tokenizer",
+    "media_files",
+    "MissingDependencyError",
+    "ModelSpec",
+    "near_duplicates",
+    "nearest",
+    "Neighbour",
+    "net_information",
+    "NetInformation",
+    "NoInputsError",
+    "OutputError",
+    "OutputExistsError",
+    "OutputLockedError",
+    "overlay_attention",
+    "plot_attention_map",
+    "plot_attention_maps",
+    "plot_attention_overlays",
+    "plot_feature_space",
+    "plot_video_frames",
+    "Preprocessor",
+    "project",
+    "PromptWarning",
+    "RandomWeightsWarning",
+    "read_records",
+    "Stepper",
+    "TextDecoder",
+    "TimelineSegment",
+    "token_alternatives",
+    "TokenChoice",
+    "Tokenizer",
+    "UnknownModelError",
+    "video_frames",
+    "video_info",
+    "VideoFrames",
+    "VideoInfo",
+    "VideoLoadError",
+    "VideoOptions",
+    "Weights",
+]
+
+# Public name -> the module that defines it.
+_MODULE_OF = {
+    "attention_entropy": "attention",
+    "attention_maps": "attention",
+    "overlay_attention": "attention",
+    "plot_attention_map": "attention",
+    "plot_attention_maps": "attention",
+    "plot_attention_overlays": "attention",
+    "BatchStatus": "batch",
+    "caption_files": "batch",
+    "Captioner": "captioner",
+    "Caption": "decoding",
+    "DecodingOptions": "decoding",
+    "DEFAULT_PROMPT": "decoding",
+    "BliptkError": "errors",
+    "CheckpointError": "errors",
+    "CheckpointNotFoundError": "errors",
+    "DeviceError": "errors",
+    "EvaluationError": "errors",
+    "ExampleNotFoundError": "errors",
+    "ExportChangedWarning": "errors",
+    "ExportError": "errors",
+    "ImageLoadError": "errors",
+    "InputError": "errors",
+    "InvalidArgumentError": "errors",
+    "InvalidOptionError": "errors",
+    "MissingDependencyError": "errors",
+    "NoInputsError": "errors",
+    "OutputError": "errors",
+    "OutputExistsError": "errors",
+    "OutputLockedError": "errors",
+    "PromptWarning": "errors",
+    "RandomWeightsWarning": "errors",
+    "UnknownModelError": "errors",
+    "VideoLoadError": "errors",
+    "evaluate": "evaluation",
+    "EvaluationResult": "evaluation",
+    "cluster": "feature_space",
+    "ClusterResult": "feature_space",
+    "near_duplicates": "feature_space",
+    "nearest": "feature_space",
+    "Neighbour": "feature_space",
+    "plot_feature_space": "feature_space",
+    "project": "feature_space",
+    "example_path": "files",
+    "image_files": "files",
+    "media_files": "files",
+    "ImageEncoder": "image_encoder",
+    "net_information": "info",
+    "NetInformation": "info",
+    "load": "loading",
+    "available_models": "models",
+    "ModelSpec": "models",
+    "CaptionBackend": "pipeline",
+    "caption_timeline": "pipeline",
+    "TimelineSegment": "pipeline",
+    "load_image": "preprocess",
+    "Preprocessor": "preprocess",
+    "Weights": "provenance",
+    "read_records": "records",
+    "DecodeStep": "stepper",
+    "Stepper": "stepper",
+    "token_alternatives": "stepper",
+    "TokenChoice": "stepper",
+    "DecoderState": "text_decoder",
+    "TextDecoder": "text_decoder",
+    "load_tokenizer": "tokenizer",
+    "Tokenizer": "tokenizer",
+    "DEFAULT_VIDEO_PROMPT": "video",
+    "is_video": "video",
+    "plot_video_frames": "video",
+    "video_frames": "video",
+    "video_info": "video",
+    "VideoFrames": "video",
+    "VideoInfo": "video",
+    "VideoOptions": "video",
+}
 
 
 def __getattr__(name: str):

@@ -10,7 +10,7 @@ default, and draws them.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -128,8 +128,7 @@ def overlay_attention(image, attention_map, alpha: float = 0.4) -> Image.Image:
         An RGB image of the input's size.
     """
     picture = load_image(image)
-    heat = _rescaled(attention_map)
-    heat = Image.fromarray((heat * 255).round().astype(np.uint8)).resize(picture.size, Image.Resampling.BICUBIC)
+    heat = Image.fromarray((_rescaled(attention_map) * 255).round().astype(np.uint8)).resize(picture.size, Image.Resampling.BICUBIC)
     level = np.asarray(heat, dtype=np.float64)[..., None] / 255.0
     red = np.concatenate([np.ones_like(level), 1 - level, 1 - level], axis=-1)
     blended = (1 - alpha) * np.asarray(picture, dtype=np.float64) / 255.0 + alpha * red
@@ -176,7 +175,7 @@ def plot_attention_maps(caption: Caption, columns: int = 5, fig=None, **map_opti
     """
     maps = attention_maps(caption, **map_options)
     fig, axes = grid_axes(len(caption.tokens), columns, 2.0, fig)
-    for ax, attention_map, token in zip(axes, maps, caption.tokens):
+    for ax, attention_map, token in zip(axes, maps, caption.tokens, strict=True):
         plot_attention_map(attention_map.numpy(), token, ax=ax)
     return fig
 
@@ -199,6 +198,6 @@ def plot_attention_overlays(image, caption: Caption, columns: int = 6, alpha: fl
     picture = load_image(image)
     maps = attention_maps(caption, **map_options)
     fig, axes = grid_axes(len(caption.tokens), columns, 2.5, fig)
-    for ax, attention_map, token in zip(axes, maps, caption.tokens):
+    for ax, attention_map, token in zip(axes, maps, caption.tokens, strict=True):
         plot_attention_map(attention_map.numpy(), token, image=picture, alpha=alpha, ax=ax)
     return fig

@@ -12,6 +12,7 @@ the rule of what is done.
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 import os
 import signal
@@ -23,13 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .decoding import DecodingOptions, options_with, prompt_ids
+from . import pipeline
+from .decoding import Caption, DecodingOptions, prompt_ids
 from .errors import NoInputsError, check_positive_int, option_error
 from .files import media_files
 from .preprocess import DEFAULT_MAX_PIXELS, load_image
-from .records import RecordOutput, done_inputs, input_error, input_identity, key_of, make_record, record_key
+from .records import RecordOutput, done_inputs, input_error, input_identity, key_of, make_record, record_key, record_options
+from .video import VideoOptions
 
-__all__ = ["BatchStatus", "caption_files", "check_batch_options", "expand_inputs"]
+__all__ = ["BatchStatus", "Prepared", "caption_files", "caption_prepared", "check_batch_options", "expand_inputs", "prepare"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,24 +108,61 @@ class BatchStatus:
     failures: list[dict] = field(default_factory=list)
 
 
-def _load_item(path: str, max_pixels: int | None, preprocessor):
-    """(kind, pixels or None, error or None) for one input; never raises for a bad input."""
+@dataclass
+class Prepared:
+    """An input made ready for captioning: an image's pixels ``(3, S, S)``, a video's path, or the
+    error that stopped it (an exception, or a record's ``{"type", "message"}``)."""
+
+    path: str
+    kind: str
+    pixels: np.ndarray | None = None
+    error: Exception | dict | None = None
+
+
+def prepare(path: str, max_pixels: int | None, preprocessor) -> Prepared:
+    """Read and preprocess one input; never raises for a bad input (its error is kept)."""
     from .video import is_video
 
-    kind = "image"
     try:
         if is_video(path):
-            return "video", None, None
-        return kind, preprocessor.array(load_image(path, max_pixels=max_pixels)), None
+            return Prepared(path, "video")
+        return Prepared(path, "image", preprocessor.array(load_image(path, max_pixels=max_pixels)))
     except Exception as error:  # an input must never end the job: record what happened
-        return kind, None, input_error(error, path, kind)
+        return Prepared(path, "image", error=input_error(error, path, "image"))
 
 
-def _prefetched(paths: list[str], load, workers: int, window: int) -> Iterator[tuple[str, tuple]]:
-    """``(path, load(path))`` in order, loading up to ``window`` ahead on ``workers`` threads."""
+def caption_prepared(
+    backend, batch: list[Prepared], options: DecodingOptions, video_options: VideoOptions
+) -> list[tuple[Prepared, Caption | None, Exception | dict | None]]:
+    """``(input, caption, error)`` for each input of a batch, in order: its images captioned
+    together, each video from its frames; an input that fails gets its error, never stopping the
+    others. The one captioning step of the batch command and of the Ray actors."""
+    images = [item for item in batch if item.error is None and item.kind == "image" and item.pixels is not None]
+    captions = {}
+    if images:
+        decoded = pipeline.caption_pixels(backend, np.stack([item.pixels for item in images if item.pixels is not None]), options)
+        captions = {id(item): caption for item, caption in zip(images, decoded, strict=True)}
+    results: list[tuple[Prepared, Caption | None, Exception | dict | None]] = []
+    for item in batch:
+        if item.error is not None:
+            results.append((item, None, item.error))
+        elif item.kind == "video":
+            try:
+                features = pipeline.encode_video(backend, item.path, video_options)
+                [caption] = pipeline.caption_features(backend, features[None], options, [pipeline.request_prompt(None, options, video=True)])
+                results.append((item, caption, None))
+            except Exception as error:  # like an image, a video must never end the job
+                results.append((item, None, input_error(error, item.path, "video")))
+        else:
+            results.append((item, captions[id(item)], None))
+    return results
+
+
+def _prefetched(paths: list[str], load, workers: int, window: int) -> Iterator[Prepared]:
+    """``load(path)`` of each path in order, loading up to ``window`` ahead on ``workers`` threads."""
     if workers == 0:
         for path in paths:
-            yield path, load(path)
+            yield load(path)
         return
     from concurrent.futures import ThreadPoolExecutor
 
@@ -138,7 +178,7 @@ def _prefetched(paths: list[str], load, workers: int, window: int) -> Iterator[t
             following = next(remaining, None)
             if following is not None:
                 pending.append((following, pool.submit(load, following)))
-            yield path, future.result()
+            yield future.result()
 
 
 class _StopAfterBatch:
@@ -176,15 +216,14 @@ def caption_files(
     workers: int = 2,
     resume: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    num_frames: int = 16,
-    pooling: str = "mean",
     progress: bool | None = None,
     status: BatchStatus | None = None,
     options: DecodingOptions | None = None,
-    **decoding_options,
+    video_options: VideoOptions | None = None,
+    **keywords,
 ) -> Iterator[dict]:
     """Caption many files, yielding one record per input as it is made
-    (:meth:`bliptk.Captioner.caption_files`).
+    (:meth:`bliptk.Captioner.caption_files`, or any captioner's).
 
     Bad inputs never stop the job: each gets a record with an ``error`` (its type and
     message) instead of a caption. With ``out``, each record is also appended to that file
@@ -194,24 +233,24 @@ def caption_files(
     output has one writer: a second job on it fails at once, naming the process that writes it.
 
     Args:
-        captioner: The :class:`~bliptk.Captioner` (``self`` of the method).
+        captioner: Any captioner (a :class:`~bliptk.pipeline.CaptionBackend`).
         inputs: Files, folders (their image and video files) and glob patterns, or one of them.
         out: A ``.jsonl`` or ``.csv`` file to write records to (or a :class:`RecordOutput`
             already opened, which the caller closes); None only yields them.
         format: ``"jsonl"`` or ``"csv"``; None picks by ``out``'s extension.
         recursive: Look in subfolders of folders (and let ``**`` match in patterns).
-        batch_size: Images captioned together.
+        batch_size: Inputs captioned together.
         workers: Threads that read and preprocess the next images while the model works (0:
             none).
         resume: Continue an existing ``out`` (without it, an existing non-empty ``out`` is
             an error, so that nothing is overwritten by accident).
         max_pixels: Refuse images with more pixels than this (decompression bombs).
-        num_frames, pooling: For videos, as in :meth:`caption`.
         progress: Show a ``tqdm`` progress bar (None: when there is more than one batch).
         status: A :class:`~bliptk.batch.BatchStatus` to keep counts in.
         options: :class:`~bliptk.DecodingOptions` to start from.
-        **decoding_options: Fields of :class:`~bliptk.DecodingOptions` (``prompt``,
-            ``max_new_tokens``, ``temperature``, ...) that replace those of ``options``.
+        video_options: :class:`~bliptk.VideoOptions` for the videos among the inputs.
+        **keywords: Fields of either options (``prompt``, ``max_new_tokens``, ``num_frames``,
+            ...) that replace theirs.
 
     Yields:
         Records (dicts): ``path`` (the input's resolved path), ``kind`` (image or video),
@@ -223,14 +262,14 @@ def caption_files(
             Before any work; OutputError also when a write fails (a full disk), every record
             before it kept.
     """
-    options = options_with(options, **decoding_options)
+    options, video_options = pipeline.resolve_options(options, video_options, **keywords)
     check_batch_options(options, batch_size, workers, max_pixels)
-    prompt_ids(captioner.tokenizer, options.prompt_text, options.max_new_tokens, captioner.max_positions)
-    paths = expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs, recursive)
-    output = RecordOutput(out, format, resume) if isinstance(out, (str, os.PathLike)) else out
+    prompt_ids(captioner.tokenizer, options.prompt_text, options.max_new_tokens, captioner.decoder.max_positions)
+    paths = expand_inputs([inputs] if isinstance(inputs, str | os.PathLike) else inputs, recursive)
+    output = RecordOutput(out, format, resume) if isinstance(out, str | os.PathLike) else out
     try:
-        captioner._say_if_random()
-        job = _Job(captioner, options, {**options.as_dict(), "num_frames": num_frames, "pooling": pooling}, status or BatchStatus())
+        pipeline.say_if_random(captioner)
+        job = _Job(captioner, options, video_options, status or BatchStatus())
         job.status.total = len(paths)
         if output is not None:
             paths = job.resume(output, paths)
@@ -243,9 +282,10 @@ def caption_files(
 class _Job:
     """One batch run: its captioner, options and counts."""
 
-    def __init__(self, captioner, options: DecodingOptions, record_options: dict, status: BatchStatus):
-        self.captioner, self.options, self.record_options, self.status = captioner, options, record_options, status
-        self.provenance = captioner.provenance()
+    def __init__(self, captioner, options: DecodingOptions, video_options: VideoOptions, status: BatchStatus):
+        self.captioner, self.options, self.video_options, self.status = captioner, options, video_options, status
+        self.provenance = pipeline.provenance(captioner)
+        self.record_options = record_options(options, video_options)
 
     def resume(self, output: RecordOutput, paths: list[str]) -> list[str]:
         """Start the output: keep its records but the failures of this job's inputs (tried
@@ -257,8 +297,8 @@ class _Job:
         self.status.skipped = len(paths) - len(todo)
         return todo
 
-    def record(self, path: str, kind: str, caption=None, error=None) -> dict:
-        record = make_record(path, kind, self.provenance, self.record_options, caption, error)
+    def record(self, item: Prepared, caption, error) -> dict:
+        record = make_record(item.path, item.kind, self.provenance, self.record_options, caption, error)
         if error is not None:
             self.status.failed += 1
             self.status.failures.append(record)
@@ -266,40 +306,21 @@ class _Job:
             self.status.captioned += 1
         return record
 
-    def run(self, paths, output, batch_size, workers, max_pixels, progress) -> Iterator[dict]:
+    def run(self, paths: list[str], output: RecordOutput | None, batch_size: int, workers: int, max_pixels: int | None, progress) -> Iterator[dict]:
         from tqdm.auto import tqdm
 
-        captioner, options = self.captioner, self.options
         show_progress = progress if progress is not None else len(paths) > batch_size
-        load = lambda path: _load_item(path, max_pixels, captioner.preprocessor)  # noqa: E731
-        with tqdm(total=len(paths), desc="captioning", unit="img", disable=not show_progress) as bar, _StopAfterBatch() as stop:
-            batch: list[tuple[str, np.ndarray]] = []
-            for index, (path, (kind, pixels, error)) in enumerate(_prefetched(paths, load, workers, window=batch_size * (workers + 1))):
-                records = []
-                if error is not None:
-                    records.append(self.record(path, kind, error=error))
-                elif kind == "video":
-                    records.append(self._caption_video(path))
-                else:
-                    batch.append((path, pixels))
-                if batch and (len(batch) == batch_size or index == len(paths) - 1):
-                    captions = captioner.caption_pixels(np.stack([pixels for _, pixels in batch]), options)
-                    records += [self.record(image, "image", caption) for (image, _), caption in zip(batch, captions, strict=True)]
-                    batch = []
-                for record in records:
+        load = lambda path: prepare(path, max_pixels, self.captioner.preprocessor)  # noqa: E731
+        prepared = _prefetched(paths, load, workers, window=batch_size * (workers + 1))
+        with tqdm(total=len(paths), desc="captioning", unit="file", disable=not show_progress) as bar, _StopAfterBatch() as stop:
+            while batch := list(itertools.islice(prepared, batch_size)):
+                for item, caption, error in caption_prepared(self.captioner, batch, self.options, self.video_options):
+                    record = self.record(item, caption, error)
                     if output is not None:
                         output.write(record)
                     yield record
-                bar.update(1)
+                bar.update(len(batch))
                 bar.set_postfix(failed=self.status.failed, refresh=False)
-                if stop.requested and not batch:
+                if stop.requested:
                     self.status.interrupted = True
                     break
-
-    def _caption_video(self, path: str) -> dict:
-        record_options = self.record_options
-        try:
-            caption = self.captioner.caption(path, options=self.options, num_frames=record_options["num_frames"], pooling=record_options["pooling"])
-        except Exception as error:  # like an image, a video must never end the job
-            return self.record(path, "video", error=input_error(error, path, "video"))
-        return self.record(path, "video", caption)

@@ -17,10 +17,20 @@ from dataclasses import fields
 from pathlib import Path
 
 from .decoding import DecodingOptions
-from .distributed import SHARD_FORMATS
-from .errors import BliptkError, InvalidOptionError, NoInputsError, OutputError, OutputExistsError, RandomWeightsWarning, first_line, missing_dependency
+from .errors import (
+    BliptkError,
+    InvalidOptionError,
+    NoInputsError,
+    OutputError,
+    OutputExistsError,
+    RandomWeightsWarning,
+    check_positive_int,
+    first_line,
+    missing_dependency,
+)
 from .models import DEFAULT_MODEL, available_models
-from .records import RECORD_FORMATS
+from .records import RECORD_FORMATS, SHARD_FORMATS
+from .video import VideoOptions
 
 __all__ = ["main"]
 
@@ -28,29 +38,41 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 0, 1
 EXIT_BUG = 1  # an unexpected error: a bug of bliptk's, reported in one line (the traceback with --debug)
 
 
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
+def _model_arguments(parser: argparse.ArgumentParser, exports: bool = False) -> None:
+    """--model, --random-weights, --device, --dtype; with ``exports``, an ONNX export folder too."""
+    export = ", or an ONNX export folder" if exports else ""
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL,
-        help=f"architecture name, hub id, checkpoint folder, or (caption) an ONNX export folder (default {DEFAULT_MODEL})",
+        "--model", default=DEFAULT_MODEL, help=f"ViT-B/16, ViT-L/16, tiny (the test net), a hub id, a checkpoint folder{export} (default {DEFAULT_MODEL})"
     )
     parser.add_argument("--random-weights", action="store_true", help="build the architecture with random weights (no download; captions are random words)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
-    parser.add_argument("--dtype", default=None, help="float32 (default) or bfloat16")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA when present)")
+    dtypes = "float32 (default), bfloat16, or int8 (CPU: bfloat16 with int8 decoder weights; fastest at batch 1)"
+    if exports:
+        dtypes += (
+            "; an ONNX export: float32 (default) or int8, its quantized graphs, whose activations are quantized per "
+            "batch, so that a caption can change with what else is in the batch"
+        )
+    parser.add_argument("--dtype", default=None, help=dtypes)
 
 
-def _decoding_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
-    """One flag per field of :class:`DecodingOptions` (or of ``names``), with its type, default
-    and help from the field: ``max_new_tokens`` becomes ``--max-new-tokens``."""
-    for option in fields(DecodingOptions):
+def _option_arguments(parser: argparse.ArgumentParser, options: type, names: tuple[str, ...] | None = None) -> None:
+    """One flag per field of an options dataclass (:class:`DecodingOptions`, :class:`VideoOptions`;
+    or of ``names``), with its type, default, choices and help from the field: ``max_new_tokens``
+    becomes ``--max-new-tokens``."""
+    for option in fields(options):
         if (names is None and option.metadata.get("per_input", True)) or (names is not None and option.name in names):
-            kind = next(t for t in (int, float, str) if t.__name__ in option.type)
+            kind = next(t for t in (int, float, str) if t.__name__ in str(option.type))
             default = "" if option.default is None else f" (default {option.default})"
-            parser.add_argument(f"--{option.name.replace('_', '-')}", type=kind, default=option.default, help=option.metadata["help"] + default)
+            flags = [f"--{option.name.replace('_', '-')}", *option.metadata.get("aliases", ())]
+            parser.add_argument(
+                *flags, dest=option.name, type=kind, default=option.default, choices=option.metadata.get("choices"),
+                help=option.metadata["help"] + default,
+            )
 
 
-def _options(args) -> DecodingOptions:
-    """The :class:`DecodingOptions` of the flags :func:`_decoding_arguments` added."""
-    return DecodingOptions(**{option.name: getattr(args, option.name) for option in fields(DecodingOptions) if hasattr(args, option.name)})
+def _options(args, options: type = DecodingOptions):
+    """The options dataclass ``options`` of the flags :func:`_option_arguments` added."""
+    return options(**{option.name: getattr(args, option.name) for option in fields(options) if hasattr(args, option.name)})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,10 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show an unexpected error's traceback")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    caption = commands.add_parser("caption", help="caption images")
-    caption.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders, glob patterns")
-    _model_arguments(caption)
-    _decoding_arguments(caption)
+    caption = commands.add_parser("caption", help="caption images and videos")
+    caption.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders (their images and videos), glob patterns")
+    _model_arguments(caption, exports=True)
+    _option_arguments(caption, DecodingOptions)
+    _option_arguments(caption, VideoOptions)
     caption.add_argument("--batch-size", type=int, default=8)
     caption.add_argument("--json", action="store_true", help="print one JSON record per line")
     caption.add_argument("--out", default=None, help="write records to this .jsonl or .csv file (appended and flushed one by one)")
@@ -73,15 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("--recursive", action="store_true", help="look in subfolders too")
     caption.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing images ahead (default 2)")
     caption.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (default 100,000,000)")
-    caption.add_argument("--frames", type=int, default=16, help="frames per video (per segment with --segments)")
-    caption.add_argument("--pooling", choices=("mean", "concat"), default="mean", help="how a video's frame features are pooled")
     caption.add_argument("--segments", type=int, default=None, help="caption a video as K consecutive segments")
 
     attention = commands.add_parser("attention", help="draw where each caption token looked, as a PNG grid")
     attention.add_argument("image", metavar="IMAGE")
     attention.add_argument("--out", required=True, help="PNG file to write")
     _model_arguments(attention)
-    _decoding_arguments(attention, ("prompt", "max_new_tokens"))
+    _option_arguments(attention, DecodingOptions, ("prompt", "max_new_tokens"))
     attention.add_argument("--layer", type=int, nargs="+", default=[-1], help="decoder layer(s), averaged (default: the last)")
     attention.add_argument("--heads", default="mean", help='"mean" (default), "max", or a head index')
     attention.add_argument("--raw", action="store_true", help="draw the raw maps instead of overlays on the image")
@@ -151,11 +172,11 @@ def _load(args, exports: bool = False):
     if is_export(args.model):
         if not exports:
             raise InvalidOptionError(f"{args.model} is an ONNX export, which captions only; give the model itself for {args.command}")
-        if args.random_weights or args.dtype or args.device:
-            raise InvalidOptionError("an ONNX export has its own weights and runs on the CPU: drop --random-weights, --dtype and --device")
+        if args.random_weights or args.device:
+            raise InvalidOptionError("an ONNX export has its own weights and runs on the CPU: drop --random-weights and --device")
         from .onnx import load as load_export
 
-        return load_export(args.model)
+        return load_export(args.model, dtype=args.dtype or "float32")
     load = _torch_module("loading").load
     return load(args.model, pretrained=not args.random_weights, device=args.device, dtype=args.dtype)
 
@@ -188,17 +209,17 @@ def _caption(args) -> int:
     from contextlib import nullcontext
 
     from .batch import BatchStatus, check_batch_options, expand_inputs
+    from .pipeline import caption_timeline
     from .records import RecordOutput
-    from .video import caption_timeline, is_video
+    from .video import is_video
 
-    options = _options(args)
+    options, video_options = _options(args), _options(args, VideoOptions)
     check_batch_options(options, args.batch_size, args.workers, args.max_pixels)
-    for name in ("frames",) + (("segments",) if args.segments is not None else ()):
-        if getattr(args, name) < 1:
-            raise InvalidOptionError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.segments is not None:
+        check_positive_int("segments", args.segments)
     _check_prompts(args, options)
     if args.ray:
-        return _caption_on_ray(args, options)
+        return _caption_on_ray(args, options, video_options)
     if args.resume and not args.out:
         raise InvalidOptionError("--resume continues an --out file; give --out")
     if args.segments and args.out:
@@ -211,14 +232,14 @@ def _caption(args) -> int:
             videos = [path for path in inputs if is_video(path)]
             inputs = [path for path in inputs if path not in videos]
             for path in videos:
-                rows = caption_timeline(captioner, path, args.segments, args.frames, pooling=args.pooling, options=options)
+                rows = caption_timeline(captioner, path, args.segments, options=options, video_options=video_options)
                 _report_timeline(args, path, rows, captioner, options)
             if not inputs:
                 return EXIT_OK
         status = BatchStatus()
         records = captioner.caption_files(
-            inputs, output, batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels, num_frames=args.frames,
-            pooling=args.pooling, progress=None if args.out else False, status=status, options=options,
+            inputs, output, batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
+            progress=None if args.out else False, status=status, options=options, video_options=video_options,
         )
         for record in records:
             if args.out is None or record["error"]:
@@ -234,7 +255,7 @@ def _caption(args) -> int:
     return EXIT_SOME_FAILED if status.failed else EXIT_OK
 
 
-def _caption_on_ray(args, options: DecodingOptions) -> int:
+def _caption_on_ray(args, options: DecodingOptions, video_options: VideoOptions) -> int:
     from .distributed import caption_dataset
 
     if not args.out:
@@ -243,7 +264,7 @@ def _caption_on_ray(args, options: DecodingOptions) -> int:
         # One input stays a string, so that a folder URI (s3://bucket/photos/) is listed by Ray.
         args.inputs[0] if len(args.inputs) == 1 else args.inputs, output=args.out, model=args.model, pretrained=not args.random_weights, dtype=args.dtype,
         batch_size=args.batch_size, format=args.format or "jsonl", recursive=args.recursive, max_pixels=args.max_pixels,
-        address=None if args.ray == "local" else args.ray, options=options,
+        address=None if args.ray == "local" else args.ray, options=options, video_options=video_options,
     )
     print(
         f"bliptk: {summary.captioned} captioned, {summary.failed} failed, {summary.skipped} already done "
@@ -299,8 +320,8 @@ def _attention(args) -> int:
         figure = plot_attention_maps(caption, columns=args.columns, **map_options)
     else:
         figure = plot_attention_overlays(image, caption, columns=args.columns, **map_options)
-    figure.savefig(args.out, dpi=100)
-    print(f"{args.image}: {caption.text}\nwrote {args.out}")
+    _write(out, lambda: figure.savefig(out, dpi=100))
+    print(f"{args.image}: {caption.text}\nwrote {out}")
     return EXIT_OK
 
 
@@ -402,9 +423,10 @@ def _eval(args) -> int:
 
 def _eval_coco(args) -> int:
     from .evaluation import evaluate, load_predictions, load_references, numeric_ids
-
     from .records import RecordOutput
 
+    if not Path(args.images).is_dir():
+        raise InvalidOptionError(f"--images {args.images}: not a folder; give the folder of the split's images")
     references = load_references(args.annotations)
     out = Path(args.out)
     records_file = out.with_suffix(".jsonl")
@@ -501,12 +523,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
+    import contextlib
     import os
 
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no real stdout (pytest's capture)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):  # no real stdout (pytest's capture)
-        pass
 
 
 def _models(args) -> int:

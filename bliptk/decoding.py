@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -34,18 +34,14 @@ __all__ = [
     "DecodingOptions",
     "DecodingTask",
     "DEFAULT_PROMPT",
-    "DEFAULT_VIDEO_PROMPT",
     "SamplingDecoder",
     "StepResult",
+    "ImageKeysValues",
     "decode",
-    "group_captions",
     "options_with",
-    "request_prompt",
-    "requested_captions",
 ]
 
 DEFAULT_PROMPT = "a photography of"
-DEFAULT_VIDEO_PROMPT = "a video of"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,53 +140,6 @@ def options_with(options: DecodingOptions | None = None, **overrides) -> Decodin
     return replace(options or DecodingOptions(), **overrides)
 
 
-def requested_captions(images, prompt) -> tuple[list, list[tuple[int, str | None]], bool]:
-    """What a ``caption(images, prompt)`` call asks for.
-
-    Args:
-        images: One input (image, video, or a video's frames) or a list of them.
-        prompt: None, a prompt, or a list: one prompt per input of a list, or several prompts for
-            one input.
-
-    Returns:
-        The inputs; one ``(input index, prompt)`` row per caption; and whether the answer is one
-        caption rather than a list.
-
-    Raises:
-        InvalidOptionError: A prompt that is no string, or a list of prompts that does not match a
-            list of inputs.
-    """
-    from .video import VideoFrames  # a video's frames are one input, though a list
-
-    single = not isinstance(images, list | tuple) or isinstance(images, VideoFrames)
-    items = [images] if single else list(images)
-    for text in prompt if isinstance(prompt, list | tuple) else [prompt]:
-        if text is not None and not isinstance(text, str):
-            raise InvalidOptionError(f"a prompt must be a string or None, got {type(text).__name__} {text!r}")
-    if not isinstance(prompt, list | tuple):
-        return items, [(item, prompt) for item in range(len(items))], single
-    if not single and len(prompt) != len(items):
-        raise InvalidOptionError(f"{len(prompt)} prompts for {len(items)} images: give one prompt per image, or several for one image")
-    return items, [(0, text) for text in prompt] if single else list(enumerate(prompt)), False
-
-
-def request_prompt(text: str | None, options: DecodingOptions, video: bool = False) -> str:
-    """The prompt of one requested caption (a row of :func:`requested_captions`): its own, else
-    ``options.prompt``, else ``"a photography of"`` for an image and ``"a video of"`` for a video."""
-    text = options.prompt if text is None else text
-    if text is not None:
-        return text
-    return DEFAULT_VIDEO_PROMPT if video else DEFAULT_PROMPT
-
-
-def group_captions(decoded: list, per_request: int) -> list:
-    """:func:`decode`'s captions (``per_request`` for each request, together) as one entry per
-    request: the caption itself, or with ``per_request`` > 1 (``num_return_sequences``) the list."""
-    if per_request == 1:
-        return list(decoded)
-    return [decoded[start : start + per_request] for start in range(0, len(decoded), per_request)]
-
-
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -233,6 +182,14 @@ class Caption:
         return float(sum(self.logprobs))
 
 
+class ImageKeysValues(NamedTuple):
+    """What every cross-attention layer reads from the images, computed once per image: per layer,
+    keys and values ``(B, H, N, Dh)`` in the backend's own array type."""
+
+    keys: list
+    values: list
+
+
 class DecoderBackend(Protocol):
     """What the engine needs of a model's text decoder.
 
@@ -242,9 +199,13 @@ class DecoderBackend(Protocol):
 
     max_positions: int
 
-    def start(self, image_features, max_length: int, padding: np.ndarray | None, image_rows: np.ndarray) -> Any:
-        """A decoder state for rows ``image_rows`` (indices into the images' features), whose
-        prompts are left-padded by ``padding`` (None: no padding)."""
+    def image_keys_values(self, image_features: np.ndarray) -> ImageKeysValues:
+        """The images' keys and values for every cross-attention layer, from their features
+        ``(B, N, D)`` (float32)."""
+
+    def start(self, image: ImageKeysValues, max_length: int, padding: np.ndarray | None, image_rows: np.ndarray) -> Any:
+        """A decoder state for rows ``image_rows`` (indices into the images), whose prompts are
+        left-padded by ``padding`` (None: no padding), with room for ``max_length`` positions."""
 
     def step(self, state, input_ids: np.ndarray, return_attention: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Feed ``(R, S)`` ids; return float32 next-token logits ``(R, V)`` (those after the last
@@ -358,10 +319,10 @@ class DecodingTask:
         padding = np.array([self.prompt_length - len(ids) for ids in self.prompt_ids])
         # Every row's tokens so far, the prompt's left-padded. The penalty reads the padding as
         # [DEC], which every prompt starts with, so that it sees each row's own set of tokens.
-        self.prompt_input = np.array([[PAD_TOKEN_ID] * pad + ids for pad, ids in zip(padding, self.prompt_ids)], dtype=np.int64)
+        self.prompt_input = np.array([[PAD_TOKEN_ID] * pad + ids for pad, ids in zip(padding, self.prompt_ids, strict=True)], dtype=np.int64)
         self.sequences = np.where(np.arange(self.prompt_length) < padding[:, None], DEC_TOKEN_ID, self.prompt_input)
         self.state = backend.start(
-            image_features, self.prompt_length + options.max_new_tokens, padding if padding.any() else None, self.image_rows
+            backend.image_keys_values(image_features), self.prompt_length + options.max_new_tokens, padding if padding.any() else None, self.image_rows
         )
 
     @property
@@ -478,6 +439,7 @@ class SamplingDecoder:
         self.logprobs: list[list[float]] = [[] for _ in range(task.rows)]
         self.attention: list[list[np.ndarray]] = [[] for _ in range(task.rows)]
         self.finished = [False] * task.rows
+        self.attention_shape: tuple[int, ...] = ()  # (L, H, N) of one token's cross-attention, once seen
         self.steps = 0
 
     @property
@@ -490,11 +452,13 @@ class SamplingDecoder:
             return None
         task = self.task
         logits, attention = task.logits(self.input_ids, self.return_attention)
+        if attention is not None:
+            self.attention_shape = attention.shape[1:]
         next_ids = self._choose(task.scores(logits, self.steps))
         logprobs = np.take_along_axis(log_softmax(logits), next_ids[:, None], axis=-1)[:, 0]
         result = StepResult(list(self.active), self.input_ids.tolist(), logits, next_ids.tolist(), task.prompt_length + self.steps)
         going_on = []
-        for position, (row, token) in enumerate(zip(self.active, next_ids.tolist())):
+        for position, (row, token) in enumerate(zip(self.active, next_ids.tolist(), strict=True)):
             if token == SEP_TOKEN_ID:
                 self.finished[row] = True
                 continue
@@ -520,7 +484,7 @@ class SamplingDecoder:
             return scores.argmax(axis=-1)
         probabilities = sampling_distribution(scores, options.temperature, options.top_k, options.top_p)
         images = self.task.image_rows[self.active]
-        return np.array([draw(row, self.generators[image]) for row, image in zip(probabilities, images)], dtype=np.int64)
+        return np.array([draw(row, self.generators[image]) for row, image in zip(probabilities, images, strict=True)], dtype=np.int64)
 
     def run(self) -> list[Caption]:
         while self.step() is not None:
@@ -533,8 +497,8 @@ class SamplingDecoder:
         captions = []
         for row in range(task.rows):
             attention = None
-            if self.return_attention:
-                attention = np.stack(self.attention[row]) if self.attention[row] else None
+            if self.return_attention:  # (T, L, H, N); a caption that ended at once has T = 0
+                attention = np.stack(self.attention[row]) if self.attention[row] else np.zeros((0, *self.attention_shape), dtype=np.float32)
             captions.append(task.caption(row, self.token_ids[row], self.logprobs[row], self.finished[row], attention))
         return captions
 
@@ -556,9 +520,11 @@ class _Finished:
         position = next((i for i, old in enumerate(self.scores) if score > old), len(self.scores))
         if position >= capacity:
             return
-        for values, value in ((self.scores, score), (self.tokens, tokens), (self.logprobs, logprobs), (self.ended, ended)):
-            values.insert(position, value)
-            del values[capacity:]
+        self.scores.insert(position, score)
+        self.tokens.insert(position, tokens)
+        self.logprobs.insert(position, logprobs)
+        self.ended.insert(position, ended)
+        del self.scores[capacity:], self.tokens[capacity:], self.logprobs[capacity:], self.ended[capacity:]
 
     def full(self, capacity: int) -> bool:
         return len(self.scores) >= capacity
@@ -640,7 +606,7 @@ class BeamSearchDecoder:
             keep_scores, keep = _top(going_on, beams)
             chosen_rows = np.take_along_axis(source_rows, keep, axis=-1).reshape(-1)
             chosen_tokens = np.take_along_axis(tokens, keep, axis=-1).reshape(-1)
-            running_logprobs = [running_logprobs[row] + [float(logprobs[row, token])] for row, token in zip(chosen_rows, chosen_tokens)]
+            running_logprobs = [running_logprobs[row] + [float(logprobs[row, token])] for row, token in zip(chosen_rows, chosen_tokens, strict=True)]
             running_scores = keep_scores
             task.extend(chosen_tokens, chosen_rows)
             input_ids = chosen_tokens[:, None]

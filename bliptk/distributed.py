@@ -1,11 +1,12 @@
 """Captioning on a Ray cluster through Ray Data.
 
 bliptk grows no scheduler of its own: :func:`caption_dataset` builds a Ray Data pipeline in which
-Ray tasks read and preprocess images and an actor pool captions them, each actor loading the
-captioner once. Records have the schema of the batch command (:mod:`bliptk.batch`) and go to
-JSONL or Parquet shards in an output folder; a rerun skips the inputs already captioned with the
-same model and options. Ray is optional (``pip install 'bliptk[ray]'``); importing bliptk never
-imports it.
+Ray tasks read and preprocess the inputs and an actor pool captions them, each actor loading the
+captioner once and captioning each batch with the batch command's own step
+(:func:`bliptk.batch.caption_prepared`: images together, videos from their frames). Records have
+the schema of :mod:`bliptk.records` and go to JSONL or Parquet shards in an output folder; a rerun
+skips the inputs already captioned with the same model, weights and options. Ray is optional
+(``pip install 'bliptk[ray]'``); importing bliptk never imports it.
 """
 
 from __future__ import annotations
@@ -19,19 +20,35 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import expand_inputs
-from .records import done_inputs, error_summary, input_error, input_identity, key_of, make_record
-from .decoding import DecodingOptions, options_with
-from .errors import InvalidOptionError, MissingDependencyError, check_positive_int
+from .batch import Prepared, caption_prepared, check_batch_options, expand_inputs, prepare
+from .decoding import DecodingOptions
+from .errors import MissingDependencyError, check_positive_int, option_error
 from .files import IMAGE_EXTENSIONS
 from .models import find_model_spec
-from .preprocess import DEFAULT_MAX_PIXELS, Preprocessor, load_image
+from .pipeline import provenance, resolve_options
+from .preprocess import DEFAULT_MAX_PIXELS, Preprocessor, load_image_bytes
+from .records import (
+    SHARD_FORMATS,
+    arrow_table,
+    done_inputs,
+    error_summary,
+    input_error,
+    input_identity,
+    make_record,
+    read_output,
+    read_shards,
+    record_options,
+)
+from .video import VideoOptions
 
-__all__ = ["RunSummary", "caption_dataset", "read_output"]
+__all__ = ["ActorPool", "RunSummary", "caption_dataset", "read_output"]
 
 logger = logging.getLogger(__name__)
 
-SHARD_FORMATS = ("jsonl", "parquet")
+# CPUs kept beside the captioning actors for reading, preprocessing and writing tasks: half for
+# the reads and half for the writes, so that records are written while captioning goes on.
+READ_CPUS = 0.5
+TASK_CPUS = READ_CPUS / 2
 
 
 def _ray():
@@ -48,7 +65,7 @@ class RunSummary:
 
     Attributes:
         total: Inputs in the source.
-        skipped: Inputs already captioned in the output (same model and options).
+        skipped: Inputs already captioned in the output (same model, weights and options).
         captioned: Inputs captioned in this run.
         failed: Inputs that got an error record in this run.
         output: The output folder.
@@ -61,52 +78,56 @@ class RunSummary:
     output: str
 
 
-def read_output(output) -> list[dict]:
-    """The records in an output folder's JSONL and Parquet shards, one per input and way of making
-    it (model, weights, options): an input that failed and was captioned on a rerun has only its
-    caption; one that failed on every run has its latest failure."""
-    folder = Path(output)
-    if not folder.is_dir():
-        return []
-    latest: dict[tuple, dict] = {}
-    for record in _read_shards(sorted(folder.iterdir(), key=lambda shard: (shard.stat().st_mtime_ns, shard.name))):
-        key = key_of(record)
-        if key not in latest or latest[key]["error"]:
-            latest[key] = record
-    return list(latest.values())
+@dataclass(frozen=True, kw_only=True)
+class ActorPool:
+    """The captioning actors of a Ray job.
+
+    Attributes:
+        num_workers: Captioning actors. None: with ``gpus_per_worker`` one per share of the
+            cluster's GPUs, else as many as fit beside the CPUs kept for the reading tasks (at
+            least 1).
+        cpus_per_worker: CPUs each actor requests; it runs that many torch threads, rounded up.
+            None: 1 with GPUs, else ``min(4, CPUs - 0.5)``, so that a small machine gives its one
+            actor all but the reading share and a large one runs actors of 4 CPUs.
+        gpus_per_worker: GPUs each actor requests.
+    """
+
+    num_workers: int | None = None
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float = 0
+
+    def __post_init__(self):
+        if self.num_workers is not None:
+            check_positive_int("num_workers", self.num_workers)
+        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
+            raise option_error(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}", "cpus_per_worker")
+        if not self.gpus_per_worker >= 0:
+            raise option_error(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}", "gpus_per_worker")
+
+    def size(self, resources: dict, read_cpus: float = READ_CPUS) -> tuple[int, float]:
+        """(actors, CPUs per actor) on a cluster with ``resources``: the actors leave ``read_cpus``
+        to the reading tasks (on 2 CPUs, two 1-CPU actors starve the reads and the job hangs)."""
+        cpus = float(resources.get("CPU", 1))
+        free = max(0.5, cpus - read_cpus)
+        cpus_per_worker = self.cpus_per_worker
+        if cpus_per_worker is None:
+            cpus_per_worker = 1.0 if self.gpus_per_worker else min(4.0, free / (self.num_workers or 1))
+        num_workers = self.num_workers
+        if num_workers is None:
+            gpus = float(resources.get("GPU", 0))
+            if self.gpus_per_worker and gpus:
+                num_workers = max(1, int(gpus / self.gpus_per_worker))
+            else:
+                num_workers = max(1, int(free // cpus_per_worker))
+        if num_workers * cpus_per_worker > free:
+            logger.warning(
+                "%d actors of %g CPUs need more than the %g CPUs this cluster has beside the reading tasks: "
+                "the job waits until the cluster grows", num_workers, cpus_per_worker, free,
+            )
+        return num_workers, cpus_per_worker
 
 
-def _read_shards(shards: list[Path]) -> list[dict]:
-    records: list[dict] = []
-    for shard in shards:
-        if ".json" in shard.name:
-            for line in shard.read_text(encoding="utf-8").splitlines():
-                try:
-                    records.append(_decode_record(json.loads(line)))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    logger.warning("%s: dropping a torn line", shard)
-        elif shard.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                table = pq.read_table(shard)
-            except Exception as error:  # a shard cut short by a killed job: its inputs are captioned again
-                logger.warning("%s: skipping an unreadable shard (%s)", shard, error)
-                continue
-            records.extend(_decode_record(row) for row in table.to_pylist())
-    return records
-
-
-_JSON_COLUMNS = ("weights", "options", "error")
-
-
-def _encode_record(record: dict) -> dict:
-    # Weights, options and errors travel as JSON text so that every shard has one flat, stable schema.
-    return {**record, **{name: json.dumps(record[name], sort_keys=True) if record[name] is not None else "" for name in _JSON_COLUMNS}}
-
-
-def _decode_record(row: dict) -> dict:
-    return {**row, **{name: json.loads(row[name]) if row.get(name) else None for name in _JSON_COLUMNS}}
+# --- tasks and actors -----------------------------------------------------------------------------------
 
 
 def _preprocessor(model: str) -> Preprocessor:
@@ -125,12 +146,6 @@ def _preprocessor(model: str) -> Preprocessor:
     return Preprocessor()
 
 
-# CPUs kept beside the captioning actors for reading, preprocessing and writing tasks: half for
-# the reads and half for the writes, so that records are written while captioning goes on.
-READ_CPUS = 0.5
-TASK_CPUS = READ_CPUS / 2
-
-
 def _read_bytes(uri: str) -> bytes:
     """The bytes behind a URI: ``http(s)://`` with urllib, other schemes (``s3://``, ``gs://``,
     ``file://``, ...) through pyarrow's filesystems, which Ray Data ships with."""
@@ -147,70 +162,49 @@ def _read_bytes(uri: str) -> bytes:
 
 
 def _preprocess(row: dict, preprocessor: Preprocessor, max_pixels: int | None) -> dict:
-    """Ray task: a row with ``path`` (and optionally ``bytes``) -> pixels, or the input's error
-    (JSON ``{"type", "message"}``) in ``failure``."""
-    import io
-
-    from PIL import Image
-
+    """Ray task: a row with ``path`` (and optionally ``bytes``, the encoded file) -> its kind and
+    pixels, or its error (JSON ``{"type", "message"}``) in ``failure``. A local file is prepared as
+    the batch command prepares it (a video is captioned from its file by the actor); bytes and URIs
+    are images."""
     path = str(row["path"])
-    try:
-        if row.get("bytes") is not None:
-            source = Image.open(io.BytesIO(row["bytes"]))
-        elif "://" in path:
-            source = Image.open(io.BytesIO(_read_bytes(path)))
-        else:
-            source = path
-        pixels = preprocessor.array(load_image(source, max_pixels=max_pixels))
-        return {"path": path, "pixels": pixels, "failure": ""}
-    except Exception as error:  # an input must never fail the job
-        failure = json.dumps(error_summary(input_error(error, path)))
-    empty = np.zeros((3, preprocessor.image_size, preprocessor.image_size), dtype=np.float32)
-    return {"path": path, "pixels": empty, "failure": failure}
+    if row.get("bytes") is None and "://" not in path:
+        item = prepare(path, max_pixels, preprocessor)
+    else:
+        try:
+            data = row["bytes"] if row.get("bytes") is not None else _read_bytes(path)
+            item = Prepared(path, "image", preprocessor.array(load_image_bytes(data, path, max_pixels)))
+        except Exception as error:  # an input must never fail the job
+            item = Prepared(path, "image", error=input_error(error, path))
+    size = preprocessor.image_size
+    pixels = item.pixels if item.pixels is not None else np.zeros((3, size, size), dtype=np.float32)
+    failure = json.dumps(error_summary(item.error)) if isinstance(item.error, Exception) else ""
+    return {"path": path, "kind": item.kind, "pixels": pixels, "failure": failure}
 
 
 class _CaptionActor:
-    """Ray actor: loads the captioner once, captions batches of preprocessed images."""
+    """Ray actor: loads the captioner once, then captions batches with the batch command's step."""
 
-    def __init__(self, model: str, pretrained: bool, seed: int, dtype, threads: int, options: dict, record_options: dict):
+    def __init__(self, model: str, pretrained: bool, seed: int, dtype, threads: int, options: dict, video_options: dict):
         import torch
 
         from .loading import load
 
         torch.set_num_threads(threads)
-        self.captioner = load(model, pretrained=pretrained, dtype=dtype, seed=seed)
-        self.options = options_with(**options)
-        self.record_options = record_options
+        self.captioner = load(model, pretrained=pretrained, dtype=dtype, weights_seed=seed)
+        self.options, self.video_options = DecodingOptions(**options), VideoOptions(**video_options)
+        self.provenance = provenance(self.captioner)
+        self.record_options = record_options(self.options, self.video_options)
 
-    def __call__(self, batch: dict) -> dict:
-        import torch
-
-        failures = list(batch["failure"])
-        good = [i for i, failure in enumerate(failures) if not failure]
-        captions = {}
-        if good:
-            pixels = torch.from_numpy(np.stack([batch["pixels"][i] for i in good]))
-            decoded = self.captioner.caption_features(self.captioner.image_encoder(pixels), self.options)
-            captions = dict(zip(good, decoded))
-        provenance = self.captioner.provenance()
-        records = []
-        for i, (path, failure) in enumerate(zip(batch["path"], failures)):
-            records.append(make_record(str(path), "image", provenance, self.record_options, captions.get(i), json.loads(failure) if failure else None))
-        return _arrow_table([_encode_record(record) for record in records])
-
-
-def _arrow_table(records: list[dict]):
-    """Records as an Arrow table with one fixed schema (so every shard reads back alike)."""
-    import pyarrow as pa
-
-    schema = pa.schema(
-        [
-            ("path", pa.string()), ("kind", pa.string()), ("caption", pa.string()), ("token_ids", pa.list_(pa.int64())),
-            ("tokens", pa.list_(pa.string())), ("logprobs", pa.list_(pa.float64())), ("finished", pa.bool_()),
-            ("model", pa.string()), ("weights", pa.string()), ("options", pa.string()), ("error", pa.string()),
+    def __call__(self, batch: dict):
+        items = [
+            Prepared(str(path), str(kind), pixels, json.loads(failure) if failure else None)
+            for path, kind, pixels, failure in zip(batch["path"], batch["kind"], batch["pixels"], batch["failure"], strict=True)
         ]
-    )
-    return pa.Table.from_pylist(records, schema=schema)
+        results = caption_prepared(self.captioner, items, self.options, self.video_options)
+        return arrow_table([make_record(item.path, item.kind, self.provenance, self.record_options, caption, error) for item, caption, error in results])
+
+
+# --- the job ---------------------------------------------------------------------------------------------
 
 
 def caption_dataset(
@@ -221,18 +215,18 @@ def caption_dataset(
     pretrained: bool = True,
     weights_seed: int = 0,
     dtype=None,
-    num_workers: int | None = None,
-    cpus_per_worker: float | None = None,
-    gpus_per_worker: float = 0,
+    pool: ActorPool | None = None,
     batch_size: int = 8,
     format: str = "jsonl",
     recursive: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     address: str | None = None,
     options: DecodingOptions | None = None,
-    **decoding_options,
+    video_options: VideoOptions | None = None,
+    **keywords,
 ) -> RunSummary:
-    """Caption images with Ray Data: preprocessing in Ray tasks, captioning in an actor pool.
+    """Caption images and videos with Ray Data: reading and preprocessing in Ray tasks,
+    captioning in an actor pool.
 
     Args:
         source: A folder, a glob, a list of paths or URIs (``s3://``, ``gs://``, ``file://``,
@@ -240,49 +234,62 @@ def caption_dataset(
             by Ray tasks, subfolders included; records name them without the scheme), or a
             ``ray.data.Dataset`` with a ``path`` column and optionally ``bytes``, the encoded
             image (as ``ray.data.read_binary_files(..., include_paths=True)`` or Parquet give).
+            Videos are captioned from local files.
         output: Folder for the JSONL or Parquet shards (created; reruns add shards).
         model: Architecture name, hub id or checkpoint folder, loaded once per actor.
         pretrained: False for random weights (tests, benchmarks).
-        weights_seed: Seed of random weights (``seed`` is the decoding option).
+        weights_seed: Seed of random weights.
         dtype: Model dtype (``"bfloat16"`` for throughput on CPUs that support it).
-        num_workers: Captioning actors. None: with ``gpus_per_worker`` one per share of the
-            cluster's GPUs, else as many as fit beside half a CPU kept for the reading tasks
-            (at least 1).
-        cpus_per_worker: CPUs each actor requests; it runs that many torch threads, rounded up.
-            None: 1 with GPUs, else ``min(4, CPUs - 0.5)``, so that a small machine gives its
-            one actor all but the reading share and a large one runs actors of 4 CPUs.
-        gpus_per_worker: GPUs each actor requests.
-        batch_size: Images per captioning batch.
+        pool: The :class:`ActorPool` (actors, CPUs and GPUs each); None sizes it to the cluster.
+        batch_size: Inputs per captioning batch.
         format: ``"jsonl"`` or ``"parquet"``.
         recursive: Look in subfolders of folders.
         max_pixels: Refuse larger images (decompression bombs).
         address: A Ray cluster to connect to; None starts (or reuses) a local instance.
         options: :class:`~bliptk.DecodingOptions` to start from.
-        **decoding_options: Fields of :class:`~bliptk.DecodingOptions` that replace those of
-            ``options``.
+        video_options: :class:`~bliptk.VideoOptions` for the videos among the inputs.
+        **keywords: Fields of either options that replace theirs.
 
     Returns:
         A :class:`RunSummary`.
     """
     ray = _ray()
     if format not in SHARD_FORMATS:
-        raise InvalidOptionError(f"format must be one of {', '.join(SHARD_FORMATS)}, got {format!r}")
-    check_positive_int("batch_size", batch_size)
-    if cpus_per_worker is not None and not cpus_per_worker > 0:
-        raise InvalidOptionError(f"cpus_per_worker must be > 0, got {cpus_per_worker!r}")
-    if num_workers is not None:
-        check_positive_int("num_workers", num_workers)
-    options = options_with(options, **decoding_options)
-    if options.num_return_sequences != 1:
-        raise InvalidOptionError("caption_dataset writes one caption per input: num_return_sequences must be 1")
-    record_options = {**options.as_dict(), "num_frames": 16, "pooling": "mean"}
+        raise option_error(f"format must be one of {', '.join(SHARD_FORMATS)}, got {format!r}", "format")
+    options, video_options = resolve_options(options, video_options, **keywords)
+    check_batch_options(options, batch_size, 0, max_pixels)
+    pool = pool or ActorPool()
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    recorded = record_options(options, video_options)
+    earlier = [r for r in read_output(output) if r["model"] == _model_name(model) and r["options"] == recorded]
+    done = done_inputs(earlier, _provenance(model, pretrained, weights_seed, dtype), recorded) if earlier else set()
+    dataset, total, skipped, read_cpus = _todo(ray, source, recursive, done)
+    if dataset is None:
+        return RunSummary(total, skipped, 0, 0, str(output))
+    num_workers, cpus_per_worker = pool.size(ray.cluster_resources(), read_cpus)
+    logger.info("%d captioning actor(s) of %g CPU(s) and %g GPU(s)", num_workers, cpus_per_worker, pool.gpus_per_worker)
+    captioned = dataset.map(_preprocess, fn_kwargs={"preprocessor": _preprocessor(model), "max_pixels": max_pixels}, num_cpus=TASK_CPUS).map_batches(
+        _CaptionActor,
+        fn_constructor_args=(model, pretrained, weights_seed, dtype, math.ceil(cpus_per_worker), options.as_dict(), video_options.as_dict()),
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=num_workers),
+        num_cpus=cpus_per_worker,
+        num_gpus=pool.gpus_per_worker or None,
+        batch_format="numpy",
+        zero_copy_batch=True,
+    )
+    written = _write(captioned, Path(output), format)
+    failed = sum(1 for r in written if r["error"])
+    return RunSummary(total if total is not None else len(written), skipped, len(written) - failed, failed, str(output))
+
+
+def _todo(ray, source, recursive: bool, done: set[str]):
+    """The dataset of inputs still to caption (None when there are none), how many inputs the
+    source has (None when it is only known once read), how many are done, and the CPUs to keep
+    for reading."""
     import ray.data
 
-    # Done: the inputs captioned with this model, weights and options (failures are retried).
-    earlier = [r for r in read_output(output) if r["model"] == _model_name(model) and r["options"] == record_options]
-    done = done_inputs(earlier, _provenance(model, pretrained, weights_seed, dtype), record_options) if earlier else set()
     read_cpus = READ_CPUS
     if isinstance(source, str) and "://" in source and not source.startswith(("http://", "https://")):
         # A folder or file in object storage (s3://, gs://, ...): Ray tasks list and read it.
@@ -293,71 +300,27 @@ def caption_dataset(
     if isinstance(source, ray.data.Dataset):
         # A first run reads the source once, while captioning (every input gets a record, so the
         # records count it); only a rerun first goes over its paths to know what is left.
-        total, skipped, dataset = None, 0, source
-        if done:
-            paths = [str(row["path"]) for row in source.select_columns(["path"]).take_all()]
-            total, skipped = len(paths), sum(input_identity(path) in done for path in paths)
-            dataset = source.filter(lambda row: input_identity(str(row["path"])) not in done)
-    else:
-        paths = expand_inputs([source] if isinstance(source, (str, os.PathLike)) else source, recursive)
-        todo = [path for path in paths if path not in done]
-        total, skipped = len(paths), len(paths) - len(todo)
-        dataset = ray.data.from_items([{"path": path} for path in todo]) if todo else None
-    if skipped == total:
-        return RunSummary(total, skipped, 0, 0, str(output))
+        if not done:
+            return source, None, 0, read_cpus
+        paths = [str(row["path"]) for row in source.select_columns(["path"]).take_all()]
+        skipped = sum(input_identity(path) in done for path in paths)
+        dataset = source.filter(lambda row: input_identity(str(row["path"])) not in done) if skipped < len(paths) else None
+        return dataset, len(paths), skipped, read_cpus
+    paths = expand_inputs([source] if isinstance(source, str | os.PathLike) else source, recursive)
+    todo = [path for path in paths if path not in done]
+    return (ray.data.from_items([{"path": path} for path in todo]) if todo else None), len(paths), len(paths) - len(todo), read_cpus
 
-    num_workers, cpus_per_worker = _pool_size(ray.cluster_resources(), num_workers, cpus_per_worker, gpus_per_worker, read_cpus)
-    logger.info("%d captioning actor(s) of %g CPU(s) and %g GPU(s)", num_workers, cpus_per_worker, gpus_per_worker)
-    captioned = (
-        dataset.map(
-            _preprocess,
-            fn_kwargs={"preprocessor": _preprocessor(model), "max_pixels": max_pixels},
-            num_cpus=TASK_CPUS,
-        )
-        .map_batches(
-            _CaptionActor,
-            fn_constructor_args=(model, pretrained, weights_seed, dtype, math.ceil(cpus_per_worker), options.as_dict(), record_options),
-            batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=num_workers),
-            num_cpus=cpus_per_worker,
-            num_gpus=gpus_per_worker or None,
-            batch_format="numpy",
-            zero_copy_batch=True,
-        )
-    )
-    Path(output).mkdir(parents=True, exist_ok=True)
-    before = {p.name for p in Path(output).iterdir()}
+
+def _write(captioned, output: Path, format: str) -> list[dict]:
+    """Run the pipeline into new shards of ``output``; their records."""
+    output.mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in output.iterdir()}
     write = captioned.write_json if format == "jsonl" else captioned.write_parquet
     write(str(output), ray_remote_args={"num_cpus": TASK_CPUS})
-    new = sorted(p for p in Path(output).iterdir() if p.name not in before)
-    written = _read_shards(new)
-    failed = sum(1 for r in written if r["error"])
+    new = sorted(p for p in output.iterdir() if p.name not in before)
+    written = read_shards(new)
     logger.info("wrote %d records in %d shards", len(written), len(new))
-    total = total if total is not None else len(written)
-    return RunSummary(total, skipped, len(written) - failed, failed, str(output))
-
-
-def _pool_size(
-    resources: dict, num_workers: int | None, cpus_per_worker: float | None, gpus_per_worker: float, read_cpus: float = READ_CPUS
-) -> tuple[int, float]:
-    """(actors, CPUs per actor) for a cluster with ``resources``: the actors leave ``read_cpus``
-    to the reading tasks (on 2 CPUs, two 1-CPU actors starve the reads and the job hangs)."""
-    cpus = float(resources.get("CPU", 1))
-    free = max(0.5, cpus - read_cpus)
-    if cpus_per_worker is None:
-        cpus_per_worker = 1.0 if gpus_per_worker else min(4.0, free / (num_workers or 1))
-    if num_workers is None:
-        gpus = float(resources.get("GPU", 0))
-        if gpus_per_worker and gpus:
-            num_workers = max(1, int(gpus / gpus_per_worker))
-        else:
-            num_workers = max(1, int(free // cpus_per_worker))
-    if num_workers * cpus_per_worker > free:
-        logger.warning(
-            "%d actors of %g CPUs need more than the %g CPUs this cluster has beside the reading tasks: "
-            "the job waits until the cluster grows", num_workers, cpus_per_worker, free,
-        )
-    return num_workers, cpus_per_worker
+    return written
 
 
 def _provenance(model: str, pretrained: bool, seed: int, dtype) -> dict:
@@ -365,7 +328,7 @@ def _provenance(model: str, pretrained: bool, seed: int, dtype) -> dict:
     weights, so the model is loaded here once (on a rerun only, to compare with earlier records)."""
     from .loading import load
 
-    return load(model, pretrained=pretrained, seed=seed, dtype=dtype, device="cpu").provenance()
+    return load(model, pretrained=pretrained, weights_seed=seed, dtype=dtype, device="cpu").provenance()
 
 
 def _model_name(model: str) -> str:

@@ -99,7 +99,7 @@ def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=N
     else:
         items = [images]
     vectors: list[np.ndarray | None] = [None] * len(items)
-    cache_folder = keys = None
+    cache_folder, keys = None, [""] * len(items)
     if cache is not None:
         cache_folder = _cache_folder(Path(cache), captioner, pooling)
         keys = [content_key(item) for item in items]
@@ -114,11 +114,11 @@ def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=N
             rows = missing[start : start + batch_size]
             features = captioner.encode_image([items[row] for row in rows])
             pooled = pool(features, pooling).float().cpu().numpy()
-            for row, vector in zip(rows, pooled):
+            for row, vector in zip(rows, pooled, strict=True):
                 vectors[row] = vector
                 if cache_folder is not None:
                     _write_cached(cache_folder / f"{keys[row]}.npy", vector)
             bar.update(len(rows))
     if not vectors:
         return np.zeros((0, captioner.image_encoder.hidden_size), dtype=np.float32)
-    return np.stack(vectors).astype(np.float32)
+    return np.stack([vector for vector in vectors if vector is not None]).astype(np.float32)

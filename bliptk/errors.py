@@ -19,6 +19,7 @@ __all__ = [
     "EvaluationError",
     "ExampleNotFoundError",
     "ExportChangedWarning",
+    "ExportError",
     "ImageLoadError",
     "InputError",
     "InvalidArgumentError",
@@ -53,7 +54,7 @@ class BliptkError(Exception):
         command's flag is named instead of the Python argument."""
         message = str(self)
         for python, flag in self._command_line.items():  # whole words only: top_k is not inside top_k_x
-            message = re.sub(rf"(?<![\w-]){re.escape(python)}(?![\w])", lambda _, flag=flag: flag, message)
+            message = re.sub(rf"(?<![\w-]){re.escape(python)}(?![\w])", flag.replace("\\", r"\\"), message)
         return message
 
 
@@ -156,6 +157,11 @@ class NoInputsError(InvalidOptionError):
 
 class EvaluationError(BliptkError, ValueError):
     """Predictions or references cannot be evaluated (malformed, mismatched ids, ...)."""
+
+
+class ExportError(BliptkError, RuntimeError):
+    """An ONNX export does not match torch within its tolerance (the graphs are written, the
+    export is refused)."""
 
 
 class ExampleNotFoundError(BliptkError, FileNotFoundError):

@@ -32,7 +32,7 @@ class EvaluationResult:
     """
 
     metrics: dict[str, float]
-    per_image: list[tuple[object, str, float]]
+    per_image: list[tuple[int | str, str, float]]
 
     def __str__(self) -> str:
         lines = [f"{name:8} {value * 100:6.1f}" for name, value in self.metrics.items()]
@@ -211,8 +211,8 @@ def evaluate(predictions, references) -> EvaluationResult:
         if len(names) == 1:
             metrics[names[0]] = float(score)
         else:
-            metrics.update((name, float(value)) for name, value in zip(names, score))
+            metrics.update((name, float(value)) for name, value in zip(names, score, strict=True))
         if names == ["CIDEr"]:
-            per_image_cider = dict(zip(sorted(truths.keys()), (float(v) for v in scores)))
+            per_image_cider = dict(zip(sorted(truths.keys()), (float(v) for v in scores), strict=True))
     per_image = sorted(((i, predicted[i], per_image_cider[i]) for i in ids), key=lambda row: row[2])
     return EvaluationResult(metrics, per_image)

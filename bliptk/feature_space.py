@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -159,7 +159,7 @@ def cluster(
         for candidate in range(2, min(max_k, count - 1) + 1):
             fits[candidate] = _fit_clusters(points, candidate, method, random_state)
             by_k[candidate] = silhouette(fits[candidate]) or -1.0
-        k = max(by_k, key=by_k.get)
+        k = max(by_k, key=lambda candidate: by_k[candidate])
         labels = fits[k]
     else:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= count:
@@ -236,7 +236,7 @@ def near_duplicates(collection, threshold: float = 0.95, captioner=None, pooling
     similarities = unit @ unit.T
     rows, columns = np.triu_indices(len(unit), k=1)
     keep = similarities[rows, columns] >= threshold
-    pairs = [(int(i), int(j), float(similarities[i, j])) for i, j in zip(rows[keep], columns[keep])]
+    pairs = [(int(i), int(j), float(similarities[i, j])) for i, j in zip(rows[keep], columns[keep], strict=True)]
     return sorted(pairs, key=lambda pair: -pair[2])
 
 
@@ -287,8 +287,6 @@ def plot_feature_space(
     Returns:
         The figure.
     """
-    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
-
     from .figures import new_figure
 
     vectors, items = _embeddings_of(data, captioner, pooling)
@@ -298,39 +296,57 @@ def plot_feature_space(
             raise InvalidOptionError(f"{len(items)} images for {len(vectors)} embeddings")
     if labels is not None and len(labels) != len(vectors):
         raise InvalidOptionError(f"{len(labels)} labels for {len(vectors)} points")
+    draw_thumbnails = items is not None and len(vectors) <= max_thumbnails if thumbnails is None else thumbnails
+    if draw_thumbnails and items is None:
+        raise InvalidOptionError("thumbnails need the images: pass images= with embeddings")
     points = project(vectors, method=method, random_state=random_state)
     if ax is None:
         ax = new_figure(figsize=(8, 7), layout="constrained").subplots()
-    draw_thumbnails = items is not None and len(points) <= max_thumbnails if thumbnails is None else thumbnails
-    if draw_thumbnails and items is None:
-        raise InvalidOptionError("thumbnails need the images: pass images= with embeddings")
-
     names = [str(label) for label in labels] if labels is not None else None
-    classes = sorted(set(names)) if names is not None else []
-    colour_map = {name: f"C{i % 10}" for i, name in enumerate(classes)}
+    colours = {name: f"C{i % 10}" for i, name in enumerate(sorted(set(names or [])))}
     if draw_thumbnails:
-        ax.scatter(points[:, 0], points[:, 1], s=0)  # sets the data limits; the thumbnails do not
-        for index, (x, y) in enumerate(points):
-            box = OffsetImage(_thumbnail(items[index], thumbnail_size), zoom=1.0)
-            frame = {"edgecolor": colour_map[names[index]], "linewidth": 2} if names else {}
-            ax.add_artist(AnnotationBbox(box, (x, y), frameon=bool(names), pad=0.1, bboxprops=frame))
-        for name in classes:
-            ax.scatter([], [], color=colour_map[name], marker="s", label=name)
-    elif names:
-        for name in classes:
-            chosen = [i for i, label in enumerate(names) if label == name]
-            ax.scatter(points[chosen, 0], points[chosen, 1], s=12, color=colour_map[name], label=name)
+        _draw_thumbnails(ax, points, items, names, colours, thumbnail_size)
     else:
-        ax.scatter(points[:, 0], points[:, 1], s=12)
-    if classes:
+        _draw_dots(ax, points, names, colours)
+    if colours:
         ax.legend(loc="best", fontsize="small")
     if callouts:
-        texts = names or [Path(str(item)).stem if isinstance(item, (str, os.PathLike)) else str(i) for i, item in enumerate(items or range(len(points)))]
-        span = np.ptp(points, axis=0).max() or 1.0
-        for (x, y), text in zip(points, texts):
-            ax.annotate(text, (x, y), xytext=(x + 0.06 * span, y + 0.06 * span), fontsize="small", arrowprops={"arrowstyle": "-", "color": "0.4"})
+        _draw_callouts(ax, points, names or [_short_name(item, i) for i, item in enumerate(items or range(len(points)))])
     ax.margins(0.12)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"image features, {method.upper() if method != 'tsne' else 't-SNE'}")
     return ax.figure
+
+
+def _draw_thumbnails(ax, points: np.ndarray, items: list, names: list[str] | None, colours: dict[str, str], size: int) -> None:
+    """Each point as its image, framed in its label's colour."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    ax.scatter(points[:, 0], points[:, 1], s=0)  # sets the data limits; the thumbnails do not
+    for index, (x, y) in enumerate(points):
+        frame = {"edgecolor": colours[names[index]], "linewidth": 2} if names else {}
+        ax.add_artist(AnnotationBbox(OffsetImage(_thumbnail(items[index], size), zoom=1.0), (x, y), frameon=bool(names), pad=0.1, bboxprops=frame))
+    for name, colour in colours.items():
+        ax.scatter([], [], color=colour, marker="s", label=name)  # legend entries
+
+
+def _draw_dots(ax, points: np.ndarray, names: list[str] | None, colours: dict[str, str]) -> None:
+    """Each point as a dot, coloured by its label."""
+    if not names:
+        ax.scatter(points[:, 0], points[:, 1], s=12)
+        return
+    for name, colour in colours.items():
+        chosen = [i for i, label in enumerate(names) if label == name]
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=12, color=colour, label=name)
+
+
+def _draw_callouts(ax, points: np.ndarray, texts: list[str]) -> None:
+    """Each point's text beside it, with a line to it (the page's ``Callout``)."""
+    span = np.ptp(points, axis=0).max() or 1.0
+    for (x, y), text in zip(points, texts, strict=True):
+        ax.annotate(text, (x, y), xytext=(x + 0.06 * span, y + 0.06 * span), fontsize="small", arrowprops={"arrowstyle": "-", "color": "0.4"})
+
+
+def _short_name(item, index: int) -> str:
+    return Path(str(item)).stem if isinstance(item, str | os.PathLike) else str(index)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,13 +29,13 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, vision_model: nn.Module, preprocessor: Preprocessor):
         super().__init__()
-        self.vision_model = vision_model
+        self.vision_model: Any = vision_model  # transformers' BlipVisionModel (its attributes are not nn.Module's)
         self.preprocessor = preprocessor
-        config = vision_model.config
-        self.image_size = config.image_size
-        self.patch_size = config.patch_size
-        self.grid_size = config.image_size // config.patch_size
-        self.hidden_size = config.hidden_size
+        config: Any = vision_model.config
+        self.image_size: int = config.image_size
+        self.patch_size: int = config.patch_size
+        self.grid_size: int = config.image_size // config.patch_size
+        self.hidden_size: int = config.hidden_size
 
     @property
     def device(self) -> torch.device:

@@ -19,7 +19,7 @@ import torch
 from .captioner import Captioner
 from .errors import CheckpointError, CheckpointNotFoundError, DeviceError, InvalidOptionError, UnknownModelError, first_line
 from .image_encoder import ImageEncoder
-from .models import DEFAULT_MODEL, ModelSpec, _REGISTRY, find_model_spec
+from .models import _REGISTRY, DEFAULT_MODEL, ModelSpec, find_model_spec
 from .preprocess import Preprocessor
 from .provenance import Weights, weights_fingerprint
 from .tokenizer import load_tokenizer
@@ -114,7 +114,12 @@ def resolve_checkpoint(model: str) -> Path:
             )
         return folder
     spec = find_model_spec(model)
-    if spec is not None:
+    if spec is not None and spec.hub_id is None:
+        raise CheckpointNotFoundError(
+            f"{spec.name!r} has no checkpoint: it exists with random weights only (load({spec.name!r}) builds it)", fixable=False
+        )
+    hub_id: str
+    if spec is not None and spec.hub_id is not None:
         hub_id = spec.hub_id
     elif _HUB_ID.match(model):
         hub_id = model
@@ -256,7 +261,7 @@ def load(
     pretrained: bool = True,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
-    seed: int = 0,
+    weights_seed: int = 0,
 ) -> Captioner:
     """Load a BLIP captioning model.
 
@@ -269,7 +274,8 @@ def load(
         dtype: ``torch.float32`` (default) or ``torch.bfloat16`` (or their names); ``"int8"``:
             bfloat16 with int8 weights for the decoder's steps (CPU; faster than bfloat16 at batch
             1 only, see the README's Performance section).
-        seed: Seed of the random weights when they are random.
+        weights_seed: Seed of the random weights when they are random (the sampling seed is a
+            decoding option, :attr:`DecodingOptions.seed`).
 
     Returns:
         A :class:`Captioner` in eval mode.
@@ -284,12 +290,12 @@ def load(
     spec: ModelSpec | None = find_model_spec(model)
     folder: Path | None = None
     if spec is not None and (not pretrained or spec.hub_id is None):
-        net = _random_net(spec.config(), seed)
+        net = _random_net(spec.config(), weights_seed)
         pretrained = False
-        logger.info("built %s with random weights (seed %d)", spec.name, seed)
+        logger.info("built %s with random weights (seed %d)", spec.name, weights_seed)
     elif not pretrained:
         folder = Path(model).expanduser()
-        net = _random_net(_folder_config(folder, model), seed)
+        net = _random_net(_folder_config(folder, model), weights_seed)
     else:
         folder = resolve_checkpoint(model)
         net = _from_pretrained(folder)
@@ -297,7 +303,7 @@ def load(
     fingerprint = weights_fingerprint(net)
     net = net.to(device=resolved_device, dtype=resolved_dtype).eval()
     dtype_name = "int8" if int8 else str(resolved_dtype).removeprefix("torch.")
-    weights = Weights("pretrained" if pretrained else "random", None if pretrained else seed, fingerprint, dtype_name)
+    weights = Weights("pretrained" if pretrained else "random", None if pretrained else weights_seed, fingerprint, dtype_name)
 
     tokenizer = load_tokenizer(folder if folder is not None and (folder / "vocab.txt").is_file() else None)
     preprocessor = preprocessor_for(folder, net.config.vision_config.image_size)

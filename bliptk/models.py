@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from .errors import UnknownModelError
@@ -52,17 +52,18 @@ class ModelSpec:
 
     @property
     def patch_size(self) -> int:
+        """Side of the ViT's square patches in pixels (16)."""
         return _config_dict(self.config_asset)["vision_config"]["patch_size"]
 
     @property
     def feature_shape(self) -> tuple[int, int]:
-        """Shape of the image encoder's output for one image: ``(1 + grid**2, D)``."""
-        vision = _config_dict(self.config_asset)["vision_config"]
-        grid = vision["image_size"] // vision["patch_size"]
-        return (grid * grid + 1, vision["hidden_size"])
+        """Shape of the image encoder's output for one image: ``(1 + grid**2, D)``, the grid
+        being ``image_size // patch_size`` patches a side."""
+        grid = self.image_size // self.patch_size
+        return (grid * grid + 1, _config_dict(self.config_asset)["vision_config"]["hidden_size"])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _config_dict(asset: str) -> dict:
     return json.loads(resources.files("bliptk.assets").joinpath(asset).read_text())
 
@@ -104,7 +105,7 @@ class ModelTable(list):
     _columns = ("name", "hub_id", "image_size", "feature_shape", "parameters")
 
     def _rows(self) -> list[tuple[str, ...]]:
-        rows = [self._columns]
+        rows: list[tuple[str, ...]] = [self._columns]
         for spec in self:
             rows.append(
                 (
@@ -120,7 +121,7 @@ class ModelTable(list):
     def __str__(self) -> str:
         rows = self._rows()
         widths = [max(len(row[i]) for row in rows) for i in range(len(self._columns))]
-        return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+        return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
     __repr__ = __str__
 

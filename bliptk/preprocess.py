@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError, InputError, VideoLoadError
 
-__all__ = ["Preprocessor", "load_image", "to_rgb", "CLIP_MEAN", "CLIP_STD"]
+__all__ = ["Preprocessor", "check_readable_file", "load_image", "load_image_bytes", "to_rgb", "CLIP_MEAN", "CLIP_STD"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -83,23 +83,43 @@ def check_readable_file(path: Path, error: type[InputError] = ImageLoadError) ->
 
 def _open_path(path: Path, max_pixels: int | None) -> Image.Image:
     check_readable_file(path)
+    return _decoded(path, path, max_pixels)
+
+
+def load_image_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read one image from its encoded bytes (a file fetched from a URI), as :func:`load_image`
+    reads a file: the same checks, the same errors naming ``name``.
+
+    Raises:
+        ImageLoadError: The bytes are no image Pillow can read, or one over ``max_pixels``.
+    """
+    import io
+
+    if not data:
+        raise ImageLoadError(name, "empty file (0 bytes)")
+    return to_rgb(ImageOps.exif_transpose(_decoded(io.BytesIO(data), name, max_pixels)))
+
+
+def _decoded(source, name, max_pixels: int | None) -> Image.Image:
+    """Decode an image from a path or file object, refusing one over ``max_pixels`` before
+    decoding it."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
-                raise ImageLoadError(path, f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} (max_pixels)")
+                raise ImageLoadError(name, f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} (max_pixels)")
             image.load()
             return image
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageLoadError(path, _bomb_reason(error, max_pixels)) from None
+        raise ImageLoadError(name, _bomb_reason(error, max_pixels)) from None
     except UnidentifiedImageError:
-        raise ImageLoadError(path, "not an image file Pillow can read") from None
+        raise ImageLoadError(name, "not an image file Pillow can read") from None
     except PermissionError:
-        raise ImageLoadError(path, "permission denied") from None
+        raise ImageLoadError(name, "permission denied") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageLoadError(path, f"corrupt or truncated image ({error})") from None
+        raise ImageLoadError(name, f"corrupt or truncated image ({error})") from None
 
 
 def _bomb_reason(error: Exception, max_pixels: int | None) -> str:
@@ -160,7 +180,7 @@ class Preprocessor:
     std: tuple[float, float, float] = CLIP_STD
 
     @classmethod
-    def from_config(cls, config: dict, image_size: int) -> "Preprocessor":
+    def from_config(cls, config: dict, image_size: int) -> Preprocessor:
         """From a Hugging Face ``preprocessor_config.json`` dict."""
         size = config.get("size", image_size)
         if isinstance(size, dict):

@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import (
     BliptkError,
@@ -43,14 +44,19 @@ from .errors import (
 __all__ = [
     "RECORD_FIELDS",
     "RECORD_FORMATS",
+    "SHARD_FORMATS",
     "RecordOutput",
+    "arrow_table",
     "done_inputs",
     "error_summary",
     "input_error",
     "input_identity",
     "make_record",
+    "read_output",
     "read_records",
+    "read_shards",
     "record_key",
+    "record_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,6 +116,12 @@ def make_record(path: str, kind: str, provenance: dict, options: dict, caption=N
         "options": options,
         "error": (error if isinstance(error, dict) else error_summary(error)) if error else None,
     }
+
+
+def record_options(options, video_options) -> dict:
+    """The ``options`` of a record: every field of the decoding options and of the video options
+    (frames, pooling), which the inputs of a job share whatever they are."""
+    return {**options.as_dict(), **video_options.as_dict()}
 
 
 def record_key(path: str, provenance: dict, options: dict) -> tuple:
@@ -222,6 +234,81 @@ def _checked(record) -> dict:
     return {name: record.get(name) for name in RECORD_FIELDS}
 
 
+# --- Ray's shards: one flat schema -----------------------------------------------------------------------
+
+# In a shard, weights, options and errors are JSON text, so that every shard has one flat, stable
+# schema whatever they hold.
+_SHARD_JSON_COLUMNS = ("weights", "options", "error")
+SHARD_FORMATS = ("jsonl", "parquet")
+
+
+def flat_record(record: dict) -> dict:
+    """A record as a shard row (its nested fields as JSON text)."""
+    return {**record, **{name: json.dumps(record[name], sort_keys=True) if record[name] is not None else "" for name in _SHARD_JSON_COLUMNS}}
+
+
+def unflat_record(row: dict) -> dict:
+    """A shard row as a record."""
+    return _checked({**row, **{name: json.loads(row[name]) if row.get(name) else None for name in _SHARD_JSON_COLUMNS}})
+
+
+def arrow_table(records: list[dict]):
+    """Records as an Arrow table with one fixed schema (so that every shard reads back alike)."""
+    import pyarrow as pa
+
+    schema = pa.schema(
+        [
+            ("path", pa.string()), ("kind", pa.string()), ("caption", pa.string()), ("token_ids", pa.list_(pa.int64())),
+            ("tokens", pa.list_(pa.string())), ("logprobs", pa.list_(pa.float64())), ("finished", pa.bool_()),
+            ("model", pa.string()), ("weights", pa.string()), ("options", pa.string()), ("error", pa.string()),
+        ]
+    )
+    return pa.Table.from_pylist([flat_record(record) for record in records], schema=schema)
+
+
+def read_shards(shards: list[Path]) -> list[dict]:
+    """The records of JSONL and Parquet shards, in order. A shard cut short by a killed job (a torn
+    JSONL line, an unreadable Parquet file) gives what it holds whole: its other inputs are
+    captioned again."""
+    records: list[dict] = []
+    for shard in shards:
+        if ".json" in shard.name:
+            for line in shard.read_bytes().split(b"\n"):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(unflat_record(json.loads(line.decode("utf-8"))))
+                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                    logger.warning("%s: dropping a torn line", shard)
+        elif shard.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            try:
+                table = pq.read_table(shard)
+            except (OSError, pa.ArrowException) as error:
+                logger.warning("%s: skipping an unreadable shard (%s)", shard, first_line(error))
+                continue
+            records.extend(unflat_record(row) for row in table.to_pylist())
+    return records
+
+
+def read_output(output) -> list[dict]:
+    """The records in an output folder's shards, one per input and way of making it (model,
+    weights, options): an input that failed and was captioned on a rerun has only its caption;
+    one that failed on every run has its latest failure."""
+    folder = Path(output)
+    if not folder.is_dir():
+        return []
+    latest: dict[tuple, dict] = {}
+    shards = sorted((p for p in folder.iterdir() if p.suffix in (".json", ".jsonl", ".parquet")), key=lambda shard: (shard.stat().st_mtime_ns, shard.name))
+    for record in read_shards(shards):
+        key = key_of(record)
+        if key not in latest or latest[key]["error"]:
+            latest[key] = record
+    return list(latest.values())
+
+
 # --- writing ------------------------------------------------------------------------------------------
 
 
@@ -297,7 +384,7 @@ class RecordOutput:
         if not resume and self.path.exists() and self.path.stat().st_size > 0:
             raise OutputExistsError(self.path)
         self._lock = _OutputLock(self.path)
-        self._file = None
+        self._file: BinaryIO | None = None
         self._written = 0
         try:
             self.existing = self._read_existing() if resume else []
@@ -360,6 +447,8 @@ class RecordOutput:
         """Close a file whose last write failed, dropping what its buffer still holds (a torn line
         at most, which reading back drops)."""
         file, self._file = self._file, None
+        if file is None:
+            return
         with contextlib.suppress(OSError):
             os.close(file.fileno())
         with contextlib.suppress(OSError, ValueError):

@@ -57,7 +57,7 @@ def token_alternatives(captioner, image_features: torch.Tensor, caption: Caption
     for index, token_id in enumerate(caption.token_ids):
         row = probabilities[len(prompt_ids) - 1 + index]
         top = row.topk(k)
-        alternatives = list(zip(tokenizer.convert_ids_to_tokens(top.indices.tolist()), top.values.tolist()))
+        alternatives = list(zip(tokenizer.convert_ids_to_tokens(top.indices.tolist()), top.values.tolist(), strict=True))
         choices.append(TokenChoice(tokenizer.tokens[token_id], token_id, float(row[token_id]), alternatives))
     return choices
 
@@ -150,7 +150,7 @@ class Stepper:
             input_ids=result.input_ids[0],
             input_tokens=tokenizer.convert_ids_to_tokens(result.input_ids[0]),
             cache_length=result.cache_length,
-            top=list(zip(tokenizer.convert_ids_to_tokens(top), probabilities[top].tolist())),
+            top=list(zip(tokenizer.convert_ids_to_tokens(top), probabilities[top].tolist(), strict=True)),
             chosen_id=chosen,
             chosen_token=tokenizer.tokens[chosen],
             chosen_probability=float(probabilities[chosen]),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,7 +85,7 @@ def make_video(
     width, height = size
     options = {"x264-params": f"keyint={keyframe_interval}:scenecut=0"} if codec == "libx264" else {"sc_threshold": "1000000000"}
     with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=fps, options=options)
+        stream: Any = container.add_stream(codec, rate=fps, options=options)  # a video stream (PyAV types it as any stream)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = keyframe_interval
         if rotation is not None:

@@ -11,22 +11,25 @@ pass so that decoding is explicit, cheap and inspectable:
 * cross-attention weights can be returned for every step (``return_cross_attention=True``),
   computed in the same pass that produces the logits, with no hooks.
 
-The maths is that of ``BlipTextLMHeadModel`` (post-LayerNorm BERT layers); tests check the logits
-against it.
+The maths is written once, in :meth:`TextDecoder.run`: decoding runs it over the preallocated cache,
+and the ONNX export traces it over a cache that grows by concatenation (:class:`GrowingCache`).
+It is that of ``BlipTextLMHeadModel`` (post-LayerNorm BERT layers); tests check the logits against it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .decoding import ImageKeysValues
 from .errors import InvalidOptionError
 
-__all__ = ["DecoderState", "TextDecoder"]
+__all__ = ["DecoderState", "GrowingCache", "TextDecoder"]
 
 
 @dataclass
@@ -54,7 +57,15 @@ class DecoderState:
     def __post_init__(self):
         self.max_length = self.self_keys[0].shape[2]
 
-    def select(self, rows) -> "DecoderState":
+    def extend(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write a layer's new self-attention keys and values ``(B, H, S, Dh)`` after the cached
+        ones; every key and value so far, as views of the cache."""
+        end = self.length + keys.shape[2]
+        self.self_keys[layer][:, :, self.length : end] = keys
+        self.self_values[layer][:, :, self.length : end] = values
+        return self.self_keys[layer][:, :, :end], self.self_values[layer][:, :, :end]
+
+    def select(self, rows) -> DecoderState:
         """A state for a subset or reordering of the batch rows (an index tensor or array)."""
         rows = torch.as_tensor(rows, device=self.self_keys[0].device)
         pick = lambda tensors: [t.index_select(0, rows) for t in tensors]  # noqa: E731
@@ -62,6 +73,19 @@ class DecoderState:
         state = DecoderState(pick(self.cross_keys), pick(self.cross_values), pick(self.self_keys), pick(self.self_values), padding)
         state.length = self.length
         return state
+
+
+class GrowingCache:
+    """A self-attention cache that grows by concatenation: what an exported graph takes (the past
+    keys and values) and gives back (``keys``, ``values``: the past and the new ones)."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.keys, self.values = list(keys), list(values)
+
+    def extend(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys[layer] = torch.cat([self.keys[layer], keys], dim=2)
+        self.values[layer] = torch.cat([self.values[layer], values], dim=2)
+        return self.keys[layer], self.values[layer]
 
 
 # Up to this many rows (sequences x new tokens), a projection is a matrix-vector product, which
@@ -107,8 +131,8 @@ class TextDecoder(nn.Module):
 
     def __init__(self, lm: nn.Module):
         super().__init__()
-        self.lm = lm
-        config = lm.config
+        self.lm: Any = lm  # transformers' modules: their attributes are typed by transformers, not nn.Module
+        config: Any = lm.config
         self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
@@ -152,7 +176,8 @@ class TextDecoder(nn.Module):
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     @property
-    def layers(self) -> nn.ModuleList:
+    def layers(self) -> Any:
+        """The decoder's layers (``BlipTextLayer``: post-LayerNorm BERT with cross-attention)."""
         return self.lm.bert.encoder.layer
 
     @property
@@ -169,11 +194,31 @@ class TextDecoder(nn.Module):
         return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     @torch.inference_mode()
-    def start(self, image_features: torch.Tensor, max_length: int, padding=None, image_rows=None) -> DecoderState:
+    def image_keys_values(self, image_features) -> ImageKeysValues:
+        """The keys and values every cross-attention layer reads from the images, computed once
+        per image rather than at every step.
+
+        Args:
+            image_features: Image encoder output ``(B, N, D)``, a tensor or a NumPy array.
+
+        Returns:
+            Per layer, keys and values ``(B, H, N, Dh)``.
+        """
+        features = torch.as_tensor(image_features).to(device=self.device, dtype=self.dtype)
+        keys, values = [], []
+        for layer in self.layers:
+            attention = layer.crossattention.self
+            keys.append(self._split_heads(attention.key(features)).contiguous())
+            values.append(self._split_heads(attention.value(features)).contiguous())
+        return ImageKeysValues(keys, values)
+
+    @torch.inference_mode()
+    def start(self, image, max_length: int, padding=None, image_rows=None) -> DecoderState:
         """Prepare decoding over a batch of images.
 
         Args:
-            image_features: Image encoder output ``(B, N, D)``.
+            image: Image encoder output ``(B, N, D)`` (a tensor or a NumPy array), or its
+                :meth:`image_keys_values`.
             max_length: Longest sequence (prompt + generated tokens) the cache must hold.
             padding: ``(R,)`` slots of left padding before each sequence's prompt (prompts of
                 different lengths in one batch); None for none.
@@ -188,29 +233,19 @@ class TextDecoder(nn.Module):
         """
         if max_length > self.max_positions:
             raise InvalidOptionError(f"max_length {max_length} exceeds the decoder's {self.max_positions} positions")
-        image_features = image_features.to(device=self.device, dtype=self.dtype)
-        cross_keys, cross_values, self_keys, self_values = [], [], [], []
+        image = image if isinstance(image, ImageKeysValues) else self.image_keys_values(image)
         rows = None if image_rows is None else torch.as_tensor(image_rows, device=self.device)
-        for layer in self.layers:
-            attention = layer.crossattention.self
-            keys = self._split_heads(attention.key(image_features)).contiguous()
-            values = self._split_heads(attention.value(image_features)).contiguous()
-            # Each image's keys and values are computed once, then given to each of its rows.
-            cross_keys.append(keys if rows is None else keys.index_select(0, rows))
-            cross_values.append(values if rows is None else values.index_select(0, rows))
-            cache_shape = (cross_keys[-1].shape[0], self.num_heads, max_length, self.head_dim)
-            self_keys.append(torch.empty(cache_shape, device=self.device, dtype=self.dtype))
-            self_values.append(torch.empty(cache_shape, device=self.device, dtype=self.dtype))
+        # Each image's keys and values are computed once, then given to each of its rows.
+        pick = (lambda tensors: list(tensors)) if rows is None else (lambda tensors: [t.index_select(0, rows) for t in tensors])
+        cross_keys, cross_values = pick(image.keys), pick(image.values)
+        cache_shape = (cross_keys[0].shape[0], self.num_heads, max_length, self.head_dim)
+        self_keys = [torch.empty(cache_shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        self_values = [torch.empty(cache_shape, device=self.device, dtype=self.dtype) for _ in self.layers]
         padding = None if padding is None else torch.as_tensor(padding, device=self.device)
         return DecoderState(cross_keys, cross_values, self_keys, self_values, padding)
 
     @torch.inference_mode()
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        state: DecoderState,
-        return_cross_attention: bool = False,
-    ):
+    def forward(self, input_ids: torch.Tensor, state: DecoderState, return_cross_attention: bool = False):
         """Run the next ``S`` tokens through the decoder, extending the cache.
 
         Args:
@@ -225,55 +260,91 @@ class TextDecoder(nn.Module):
         Raises:
             InvalidOptionError: The cache cannot hold ``S`` more positions.
         """
-        batch, steps = input_ids.shape
-        start, end = state.length, state.length + steps
+        end = state.length + input_ids.shape[1]
         if end > state.max_length:
             raise InvalidOptionError(f"the cache holds {state.max_length} positions; {end} needed")
-        embeddings = self.lm.bert.embeddings
-        positions = torch.arange(start, end, device=input_ids.device)
+        result = self.run(input_ids, state.length, state, state.cross_keys, state.cross_values, state.padding, return_cross_attention=return_cross_attention)
+        state.length = end
+        return result
+
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        start,
+        cache: DecoderState | GrowingCache,
+        cross_keys: list[torch.Tensor],
+        cross_values: list[torch.Tensor],
+        padding: torch.Tensor | None = None,
+        *,
+        return_cross_attention: bool = False,
+        traced: bool = False,
+        head_weight: torch.Tensor | None = None,
+    ):
+        """The decoder's maths for ``S`` new tokens after ``start`` cached positions: one
+        implementation for decoding (:meth:`forward`) and the ONNX export (which traces it).
+
+        Within the new tokens attention is causal, and every cached position is visible; no query
+        sees the left padding of a shorter prompt (a padding slot sees itself only, so that its
+        unused state stays finite), and a padded sequence counts its positions from its first token.
+
+        Args:
+            input_ids: ``(B, S)`` token ids.
+            start: Positions already in the cache (an int, or a traced size).
+            cache: Where the new self-attention keys and values go (``extend``).
+            cross_keys, cross_values: Per layer, the image keys and values ``(B, H, N, Dh)``.
+            padding: ``(B,)`` left padding of each sequence, or None.
+            return_cross_attention: Also return each layer's cross-attention weights.
+            traced: For a traced graph: no branch on shapes or device (the mask always built,
+                plain products and fused attention), and only the last position's logits.
+            head_weight: The output head's weight, when it is not the tied word embeddings
+                (the export gives the head a copy of its own to quantize).
+
+        Returns:
+            Logits ``(B, S, V)`` (traced: ``(B, V)``); with ``return_cross_attention``, also a
+            tuple of L tensors ``(B, H, S, N)``.
+        """
+        steps = input_ids.shape[1]
+        end = start + steps
+        device = input_ids.device
+        positions = torch.arange(start, end, device=device)
         mask = None
-        if steps > 1:  # within the new tokens attention is causal; every cached position is visible
-            mask = torch.arange(end, device=input_ids.device)[None, :] <= positions[:, None]  # (S, end)
-        if state.padding is not None:
-            # A padded sequence's positions count from its first token, and no query sees the
-            # padding; a padding slot sees itself only, so that its (unused) state stays finite.
-            slots = torch.arange(end, device=input_ids.device)
-            visible = (slots[None, :] >= state.padding[:, None])[:, None, None, :]  # (B, 1, 1, end)
+        if traced or steps > 1:  # within the new tokens attention is causal; every cached position is visible
+            mask = torch.arange(end, device=device)[None, :] <= positions[:, None]  # (S, end)
+        if padding is not None:
+            slots = torch.arange(end, device=device)
+            visible = (slots[None, :] >= padding[:, None])[:, None, None, :]  # (B, 1, 1, end)
             mask = visible if mask is None else visible & mask
             mask = mask | (slots[None, :] == positions[:, None])  # (B, 1, S, end)
-            positions = (positions[None, :] - state.padding[:, None]).clamp_min(0)  # (B, S)
-        hidden = embeddings.word_embeddings(input_ids) + embeddings.position_embeddings(positions)
-        hidden = embeddings.LayerNorm(hidden)
+            positions = (positions[None, :] - padding[:, None]).clamp_min(0)  # (B, S)
+        embeddings = self.lm.bert.embeddings
+        hidden = embeddings.LayerNorm(embeddings.word_embeddings(input_ids) + embeddings.position_embeddings(positions))
+        project = (lambda linear, x: linear(x)) if traced else self._project
+        attend = (lambda q, k, v, m=None: F.scaled_dot_product_attention(q, k, v, attn_mask=m)) if traced else self._attend
 
         cross_attentions = []
         for index, layer in enumerate(self.layers):
             attention = layer.attention.self
-            state.self_keys[index][:, :, start:end] = self._split_heads(self._project(attention.key, hidden))
-            state.self_values[index][:, :, start:end] = self._split_heads(self._project(attention.value, hidden))
-            context = self._attend(
-                self._split_heads(self._project(attention.query, hidden)),
-                state.self_keys[index][:, :, :end],
-                state.self_values[index][:, :, :end],
-                mask,
-            )
-            hidden = self._residual(layer.attention.output, context, hidden)
+            keys, values = cache.extend(index, self._split_heads(project(attention.key, hidden)), self._split_heads(project(attention.value, hidden)))
+            context = attend(self._split_heads(project(attention.query, hidden)), keys, values, mask)
+            hidden = layer.attention.output.LayerNorm(project(layer.attention.output.dense, self._merge_heads(context)) + hidden)
 
-            query = self._split_heads(self._project(layer.crossattention.self.query, hidden))
-            keys, values = state.cross_keys[index], state.cross_values[index]
+            query = self._split_heads(project(layer.crossattention.self.query, hidden))
             if return_cross_attention:
-                weights = torch.softmax(query @ keys.transpose(-1, -2) / self.head_dim**0.5, dim=-1)
+                weights = torch.softmax(query @ cross_keys[index].transpose(-1, -2) / self.head_dim**0.5, dim=-1)
                 cross_attentions.append(weights)
-                context = weights @ values
+                context = weights @ cross_values[index]
             else:
-                context = self._attend(query, keys, values)
-            hidden = self._residual(layer.crossattention.output, context, hidden)
+                context = attend(query, cross_keys[index], cross_values[index])
+            hidden = layer.crossattention.output.LayerNorm(project(layer.crossattention.output.dense, self._merge_heads(context)) + hidden)
 
-            intermediate = layer.intermediate.intermediate_act_fn(self._project(layer.intermediate.dense, hidden))
-            hidden = layer.output.LayerNorm(self._project(layer.output.dense, intermediate) + hidden)
+            intermediate = layer.intermediate.intermediate_act_fn(project(layer.intermediate.dense, hidden))
+            hidden = layer.output.LayerNorm(project(layer.output.dense, intermediate) + hidden)
 
-        state.length = end
         head = self.lm.cls.predictions
-        logits = self._project(head.decoder, head.transform.LayerNorm(head.transform.transform_act_fn(self._project(head.transform.dense, hidden))))
+        if traced:
+            hidden = hidden[:, -1]
+        transformed = head.transform.LayerNorm(head.transform.transform_act_fn(project(head.transform.dense, hidden)))
+        logits = F.linear(transformed, head_weight, head.decoder.bias) if head_weight is not None else project(head.decoder, transformed)
         if return_cross_attention:
             return logits, tuple(cross_attentions)
         return logits
@@ -307,11 +378,6 @@ class TextDecoder(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         return torch.softmax(scores, dim=-1).to(query.dtype) @ values
-
-    def _residual(self, output: nn.Module, context: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """An attention block's output: its projection of ``context`` (B, H, S, Dh), added to
-        ``hidden`` and normalised (``BlipTextSelfOutput``, dropout being off in eval mode)."""
-        return output.LayerNorm(self._project(output.dense, self._merge_heads(context)) + hidden)
 
     @staticmethod
     def _merge_heads(x: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from tokenizers import AddedToken
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as _WordPieceTokenizer
-from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from .errors import InputError
 
@@ -63,7 +62,7 @@ class Tokenizer:
             )
         self._wordpiece = wordpiece
         self.vocab_file = str(vocab_file)
-        self.tokens: list[str] = [wordpiece.id_to_token(i) for i in range(wordpiece.get_vocab_size())]
+        self.tokens: list[str] = [wordpiece.id_to_token(i) or "" for i in range(wordpiece.get_vocab_size())]
 
     def __len__(self) -> int:
         return len(self.tokens)

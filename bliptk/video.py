@@ -12,20 +12,22 @@ from __future__ import annotations
 import itertools
 import logging
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InvalidOptionError, MissingDependencyError, VideoLoadError, check_positive_int
+from .errors import InvalidOptionError, MissingDependencyError, VideoLoadError, check_positive_int, option_error
 from .files import VIDEO_EXTENSIONS
 from .preprocess import check_readable_file
 
 __all__ = [
-    "TimelineSegment",
+    "DEFAULT_VIDEO_PROMPT",
+    "VIDEO_POOLINGS",
     "VideoFrames",
     "VideoInfo",
-    "caption_timeline",
+    "VideoOptions",
     "is_video",
     "plot_video_frames",
     "video_frames",
@@ -33,6 +35,37 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+DEFAULT_VIDEO_PROMPT = "a video of"
+VIDEO_POOLINGS = ("mean", "concat")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VideoOptions:
+    """How a video becomes the image features a caption is decoded from. Build it by keyword:
+    ``VideoOptions(num_frames=8)``.
+
+    Attributes:
+        num_frames: Uniformly spaced frames taken from a video file (the page's
+            ``"NumberOfFrames"``).
+        pooling: ``"mean"``: the frames' features averaged, ``(N, D)`` (the page's method);
+            ``"concat"``: one after another, ``(frames * N, D)`` (as BLIP's authors did for video
+            retrieval).
+
+    Each field's ``metadata`` holds its command-line help, as :class:`~bliptk.DecodingOptions`'.
+    """
+
+    num_frames: int = field(default=16, metadata={"help": "frames taken from each video, uniformly spaced", "aliases": ("--frames",)})
+    pooling: str = field(default="mean", metadata={"help": "how a video's frame features are pooled: mean (the page's) or concat", "choices": VIDEO_POOLINGS})
+
+    def __post_init__(self):
+        check_positive_int("num_frames", self.num_frames)
+        if self.pooling not in VIDEO_POOLINGS:
+            raise option_error(f"pooling must be one of {', '.join(VIDEO_POOLINGS)}, got {self.pooling!r}", "pooling")
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class VideoFrames(list):
@@ -263,7 +296,7 @@ class _Demuxer:
     def __init__(self, path: Path):
         self.container = _open(path)
         self.stream = _video_stream(self.container, path)
-        self.frames = None
+        self.frames: Iterator | None = None
 
     def keyframe_before(self, target: float) -> tuple[float | None, object] | None:
         """Seek to the keyframe at or before ``target`` (seconds) and read its packet: the
@@ -306,22 +339,24 @@ def _frames_at(path: Path, targets: list[float]):
     """
     images, times = [], []
     decoded = 0
-    current, spare = None, _Demuxer(path)  # the copy that decodes, and the one that looks ahead
+    current: _Demuxer | None = None  # the copy that decodes
+    spare = _Demuxer(path)  # the copy that looks ahead
     shown = None  # (time, frame): the latest decoded frame at or before the current target
     ahead = None  # (time, frame): a decoded frame past the current target, not yet shown
-    position = None  # time of the latest decoded frame
+    position: float | None = None  # time of the latest decoded frame
     chosen_pts = None
     try:
         for target in targets:
             if position is None or target > position:
                 found = spare.keyframe_before(target)
                 keyframe = found[0] if found is not None else None
-                if current is None or (keyframe is not None and keyframe > position):
+                if current is None or (keyframe is not None and (position is None or keyframe > position)):
                     if current is not None:
                         current.close()
                     current, spare = spare, _Demuxer(path)
                     current.decode_from(found[1] if found is not None else None)
                     shown = ahead = None
+            assert current is not None and current.frames is not None
             stream = current.stream
             while True:
                 if ahead is None:
@@ -399,59 +434,9 @@ def plot_video_frames(frames: VideoFrames, columns: int | None = None, fig=None)
     panel = 2.0
     fig, axes = grid_axes(len(frames), columns, panel, fig, aspect=height / width)
     timestamps = getattr(frames, "timestamps", [None] * len(frames))
-    for ax, frame, time in zip(axes, frames, timestamps):
+    for ax, frame, time in zip(axes, frames, timestamps, strict=True):
         ax.imshow(frame)
         ax.set_axis_off()
         if time is not None:
             ax.set_title(f"{time:.2f} s")
     return fig
-
-
-@dataclass(frozen=True)
-class TimelineSegment:
-    """One row of :func:`caption_timeline`: a caption of the video between two times (seconds)."""
-
-    start: float
-    end: float
-    caption: "Caption"  # noqa: F821 (bliptk.decoding.Caption)
-
-    def __str__(self) -> str:
-        return f"{self.start:7.2f} - {self.end:7.2f} s  {self.caption.text}"
-
-
-def caption_timeline(
-    captioner,
-    video,
-    segments: int = 4,
-    frames_per_segment: int = 4,
-    prompt: str | None = None,
-    pooling: str = "mean",
-    options=None,
-    **decoding_options,
-) -> list[TimelineSegment]:
-    """Caption K consecutive, equal segments of a video, each from its own frames.
-
-    Args:
-        captioner: A :class:`~bliptk.Captioner`.
-        video: A video file.
-        segments: How many segments (K).
-        frames_per_segment: Uniformly spaced frames whose features make each segment's caption.
-        prompt: Text each caption starts with (None: ``"a video of"``).
-        pooling: ``"mean"`` or ``"concat"`` of each segment's frame features.
-        options: :class:`~bliptk.DecodingOptions` to start from.
-        **decoding_options: Fields of :class:`~bliptk.DecodingOptions` (``max_new_tokens``,
-            ``temperature``, ...).
-
-    Returns:
-        K :class:`TimelineSegment` rows ``(start, end, caption)`` in time order.
-    """
-    check_positive_int("segments", segments)
-    check_positive_int("frames_per_segment", frames_per_segment)
-    duration = video_info(video).duration
-    bounds = [duration * k / segments for k in range(segments + 1)]
-    rows = []
-    for start, end in zip(bounds, bounds[1:]):
-        frames = video_frames(video, frames_per_segment, start=start, end=end)
-        caption = captioner.caption(frames, prompt, options=options, pooling=pooling, **decoding_options)
-        rows.append(TimelineSegment(start, end, caption))
-    return rows

@@ -18,11 +18,13 @@ import html
 import io
 from dataclasses import dataclass, fields
 
+import ipywidgets as w
+from PIL import Image
+
 from .attention import attention_maps, overlay_attention
-from .decoding import DEFAULT_PROMPT, DecodingOptions
-from .errors import MissingDependencyError
+from .decoding import DEFAULT_PROMPT, Caption, DecodingOptions
 from .preprocess import load_image
-from .stepper import Stepper, token_alternatives
+from .stepper import Stepper, TokenChoice, token_alternatives
 
 __all__ = ["AttentionExplorer", "CaptionExplorer", "StepThroughDecoder"]
 
@@ -58,7 +60,7 @@ _OPTION_CONTROLS = {
 }
 
 
-def _option_controls(w) -> dict:
+def _option_controls() -> dict:
     """One widget per offered field of :class:`DecodingOptions`, at the field's default."""
     defaults = DecodingOptions()
     controls = {}
@@ -71,14 +73,6 @@ def _option_controls(w) -> dict:
             control.tooltip = spec.tooltip or option.metadata["help"]
             controls[option.name] = control
     return controls
-
-
-def _widgets():
-    try:
-        import ipywidgets
-    except ImportError:  # pragma: no cover - ipywidgets is a dependency
-        raise MissingDependencyError("bliptk.widgets needs ipywidgets: pip install ipywidgets") from None
-    return ipywidgets
 
 
 # Display sizes, chosen so that the controls and the output sit side by side in a 1280 x 800
@@ -157,7 +151,6 @@ class CaptionExplorer(_Explorer):
     """
 
     def __init__(self, captioner, images=(), alternatives: int = 5):
-        w = _widgets()
         self.captioner = captioner
         self.alternatives = alternatives
         self.encoder_runs = 0
@@ -165,15 +158,15 @@ class CaptionExplorer(_Explorer):
         self._images = {str(path): path for path in images}
         self.image = w.Dropdown(options=self._image_choices(), description="image")
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload")
-        self.controls = _option_controls(w)
+        self.controls = _option_controls()
         for name, control in self.controls.items():
             setattr(self, name, control)
         self.token = w.IntSlider(value=0, min=0, max=0, description="token")
         self.text = w.HTML()
         self.table = w.HTML()
         self.chart = _picture(w)
-        self.caption = None
-        self.choices = []
+        self.caption: Caption | None = None
+        self.choices: list[TokenChoice] = []
         controls = [self.image, self.upload, *self.controls.values()]
         for control in controls:
             control.observe(self._changed, names="value")
@@ -219,9 +212,9 @@ class CaptionExplorer(_Explorer):
         if self.image.value is None:
             return
         features = self.features()
-        self.caption = self.captioner.caption_features(features, self.options())[0]
-        self.choices = token_alternatives(self.captioner, features, self.caption, self.alternatives)
-        self.text.value = _caption_html(self.caption.text)
+        caption = self.caption = self.captioner.caption_features(features, self.options())[0]
+        self.choices = token_alternatives(self.captioner, features, caption, self.alternatives)
+        self.text.value = _caption_html(caption.text)
         # Each token with its probability, in a line that wraps (a 25-token caption takes a few lines).
         chips = " ".join(
             f'<span title="token {i}" style="white-space: nowrap">{html.escape(c.token)}&nbsp;<small>{c.probability:.3f}</small></span>'
@@ -240,7 +233,7 @@ class CaptionExplorer(_Explorer):
             return
         choice = self.choices[self.token.value]
         ax = new_figure(figsize=(4.8, 2.6), layout="constrained").subplots()
-        names, values = zip(*choice.alternatives)
+        names, values = zip(*choice.alternatives, strict=True)
         ax.barh(range(len(names))[::-1], values, color=["C3" if n == choice.token else "C0" for n in names])
         ax.set_yticks(range(len(names))[::-1], [displayable(name) for name in names])
         ax.set_xlabel("probability")
@@ -263,7 +256,6 @@ class AttentionExplorer(_Explorer):
     """
 
     def __init__(self, captioner, image, prompt: str | None = None, **decoding_options):
-        w = _widgets()
         self.picture = load_image(image)
         self.caption = captioner.caption(self.picture, prompt, return_attention=True, **decoding_options)
         layers, heads = self.caption.cross_attention.shape[1:3]
@@ -272,7 +264,7 @@ class AttentionExplorer(_Explorer):
         self.heads = w.Dropdown(options=[("mean", "mean"), ("max", "max")] + [(str(i), i) for i in range(heads)], value="mean", description="heads")
         self.label = w.HTML()
         self.view = _picture(w)
-        self.overlay = None
+        self.overlay: Image.Image | None = None
         for control in (self.token, self.layer, self.heads):
             control.observe(lambda change: self.update(), names="value")
         caption = w.HTML(_caption_html(self.caption.text))
@@ -310,7 +302,6 @@ class StepThroughDecoder(_Explorer):
     """
 
     def __init__(self, captioner, image, options: DecodingOptions | None = None, top: int = 10):
-        w = _widgets()
         self.stepper = Stepper(captioner, image, options, top=top)
         self.button = w.Button(description="next token")
         self.reset_button = w.Button(description="restart")

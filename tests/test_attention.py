@@ -40,7 +40,7 @@ def test_capture_does_not_change_the_caption(model, photos, request):
     plain = captioner.caption(photos, max_new_tokens=8)
     captured = captioner.caption(photos, max_new_tokens=8, return_attention=True)
     assert [c.token_ids for c in captured] == [c.token_ids for c in plain]
-    for ours, theirs in zip(captured, plain):
+    for ours, theirs in zip(captured, plain, strict=True):
         assert ours.logprobs == pytest.approx(theirs.logprobs, abs=1e-4)
     assert all(c.cross_attention is None for c in plain)
 

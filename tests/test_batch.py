@@ -14,8 +14,8 @@ from PIL import Image
 
 import bliptk
 from bliptk.batch import BatchStatus, expand_inputs
-from bliptk.records import read_records
 from bliptk.cli import main
+from bliptk.records import read_records
 from bliptk.testing import fake_hub_cache, make_video
 
 
@@ -282,7 +282,7 @@ def test_records_say_which_weights_made_them_and_resume_reuses_only_those(tiny, 
     [record] = tiny.caption_files(photos[:1], out, max_new_tokens=3)
     assert record["weights"] == {"source": "random", "seed": 0, "fingerprint": tiny.weights.fingerprint, "dtype": "float32"}
     assert list(tiny.caption_files(photos[:1], out, max_new_tokens=3, resume=True)) == []  # same weights: reused
-    other = bliptk.load("tiny", seed=1)
+    other = bliptk.load("tiny", weights_seed=1)
     [again] = other.caption_files(photos[:1], out, max_new_tokens=3, resume=True)  # other weights: captioned
     assert again["weights"]["seed"] == 1 and again["weights"]["fingerprint"] == other.weights.fingerprint != tiny.weights.fingerprint
     assert again["token_ids"] == other.caption(photos[0], max_new_tokens=3).token_ids
@@ -334,7 +334,7 @@ def test_a_video_that_fails_unexpectedly_becomes_an_error_record(tiny, photos, t
     def broken_decoder(*args, **kwargs):
         raise RuntimeError("the decoder fell over")
 
-    monkeypatch.setattr("bliptk.video.video_frames", broken_decoder)
+    monkeypatch.setattr("bliptk.pipeline.video_frames", broken_decoder)
     records = {Path(r["path"]).name: r for r in tiny.caption_files([video, photos[0]], max_new_tokens=3)}
     assert records["clip.mp4"]["kind"] == "video" and records["clip.mp4"]["caption"] is None
     assert records["clip.mp4"]["error"] == {"type": "VideoLoadError", "message": f"{video}: RuntimeError: the decoder fell over"}

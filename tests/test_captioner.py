@@ -51,7 +51,7 @@ def test_logprobs_equal_transformers_scores(tiny, photos):
             output_scores=True,
             return_dict_in_generate=True,
         )
-    expected = [score.log_softmax(-1)[0, t].item() for score, t in zip(output.scores, caption.token_ids)]
+    expected = [score.log_softmax(-1)[0, t].item() for score, t in zip(output.scores, caption.token_ids, strict=True)]
     assert caption.logprobs == pytest.approx(expected, abs=1e-4)
     assert caption.logprob == pytest.approx(sum(expected), abs=1e-3)
 

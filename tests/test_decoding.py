@@ -102,7 +102,7 @@ def test_one_image_with_prompts_of_many_lengths_equals_each_alone(tiny, photos, 
     assert [c.token_ids for c in together] == [c.token_ids for c in alone]
     assert [c.text for c in together] == [c.text for c in alone]
     assert [c.prompt for c in together] == [p if p is not None else "a photography of" for p in PROMPTS_OF_MANY_LENGTHS]
-    for ours, theirs in zip(together, alone):
+    for ours, theirs in zip(together, alone, strict=True):
         assert ours.logprobs == pytest.approx(theirs.logprobs, abs=1e-4)
     assert len({tuple(c.token_ids) for c in together}) > 1  # the prompts do matter
 
@@ -112,7 +112,7 @@ def test_a_batch_with_one_prompt_per_image_equals_each_alone(tiny, photos, strat
     options = {"max_new_tokens": 8, **STRATEGIES[strategy]}
     prompts = ["", "the woman sitting at a table", "a"]
     together = tiny.caption(photos, prompts, **options)
-    alone = [tiny.caption(photo, prompt, **options) for photo, prompt in zip(photos, prompts)]
+    alone = [tiny.caption(photo, prompt, **options) for photo, prompt in zip(photos, prompts, strict=True)]
     assert [c.token_ids for c in together] == [c.token_ids for c in alone]
     small_batches = tiny.caption(photos, prompts, batch_size=2, **options)
     assert [c.token_ids for c in small_batches] == [c.token_ids for c in alone]
@@ -120,14 +120,14 @@ def test_a_batch_with_one_prompt_per_image_equals_each_alone(tiny, photos, strat
 
 def test_several_samples_per_image_equal_each_image_alone(tiny, photos):
     together = tiny.caption(photos, ["", "the woman", "a"], temperature=1.0, seed=5, num_return_sequences=2, max_new_tokens=6)
-    alone = [tiny.caption(photo, prompt, temperature=1.0, seed=5, num_return_sequences=2, max_new_tokens=6) for photo, prompt in zip(photos, ["", "the woman", "a"])]
+    alone = [tiny.caption(photo, prompt, temperature=1.0, seed=5, num_return_sequences=2, max_new_tokens=6) for photo, prompt in zip(photos, ["", "the woman", "a"], strict=True)]
     assert [[c.token_ids for c in per_image] for per_image in together] == [[c.token_ids for c in per_image] for per_image in alone]
 
 
 def test_prompts_must_match_the_images(tiny, photos):
     with pytest.raises(bliptk.InvalidOptionError, match="2 prompts for 3 images"):
         tiny.caption(photos, ["a", "b"])
-    with pytest.raises(bliptk.InvalidOptionError, match="unknown decoding option.*tempreature"):
+    with pytest.raises(bliptk.InvalidOptionError, match="unknown option.*tempreature"):
         tiny.caption(photos[0], tempreature=1.0)
 
 

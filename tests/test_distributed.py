@@ -11,7 +11,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import bliptk  # noqa: E402
-from bliptk.distributed import _pool_size, _preprocessor, caption_dataset, read_output  # noqa: E402
+from bliptk.distributed import ActorPool, _preprocessor, caption_dataset, read_output  # noqa: E402
 
 TIME_LIMIT_S = 240
 
@@ -119,18 +119,19 @@ def test_uris_are_read_through_their_filesystem(tiny, photos, local_ray, tmp_pat
     ],
 )
 def test_the_pool_always_leaves_room_for_reads(cpus, gpus, num_workers, cpus_per_worker, gpus_per_worker, expected):
-    assert _pool_size({"CPU": cpus, "GPU": gpus}, num_workers, cpus_per_worker, gpus_per_worker) == expected
+    pool = ActorPool(num_workers=num_workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
+    assert pool.size({"CPU": cpus, "GPU": gpus}) == expected
 
 
 def test_a_callers_dataset_keeps_a_whole_cpu_for_its_reads():
-    assert _pool_size({"CPU": 2}, None, None, 0, read_cpus=1.0) == (1, 1.0)
+    assert ActorPool().size({"CPU": 2}, read_cpus=1.0) == (1, 1.0)
 
 
 def test_bad_pool_options_are_refused(tmp_path):
     with pytest.raises(bliptk.InvalidOptionError, match="cpus_per_worker must be > 0, got 0"):
-        caption_dataset(tmp_path, output=tmp_path / "out", model="tiny", cpus_per_worker=0)
+        ActorPool(cpus_per_worker=0)
     with pytest.raises(bliptk.InvalidOptionError, match="num_workers"):
-        caption_dataset(tmp_path, output=tmp_path / "out", model="tiny", num_workers=0)
+        ActorPool(num_workers=0)
     with pytest.raises(bliptk.InvalidOptionError, match="format must be one of jsonl, parquet"):
         caption_dataset(tmp_path, output=tmp_path / "out", model="tiny", format="csv")
 

@@ -46,7 +46,7 @@ def test_the_cache_skips_the_encoder_on_a_second_run(tiny, photos, tmp_path, mon
     # Another model or pooling does not read these entries.
     tiny.embed(photos, pooling="mean", cache=cache)
     assert forward_calls == [1, 3]
-    other = bliptk.load("tiny", seed=1)
+    other = bliptk.load("tiny", weights_seed=1)
     assert other.weights.fingerprint != tiny.weights.fingerprint
     assert not np.allclose(other.embed(photos, cache=cache), first)
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import VIDEOS
 
 import bliptk
 import bliptk.onnx as bliptk_onnx
 from bliptk.cli import main
-from conftest import VIDEOS
 
 
 def _caption_with_attention(tiny, photos):
@@ -57,7 +57,7 @@ MISTAKES = {
         lambda tiny, photos: bliptk.Tokenizer(Path(__file__).parent / "data" / "references.json"),
         ValueError, "expected BERT's 30,522-entry vocabulary",
     ),
-    "an unknown decoding option": (lambda tiny, photos: tiny.caption(photos[0], beams=3), ValueError, "unknown decoding option"),
+    "an unknown option": (lambda tiny, photos: tiny.caption(photos[0], beams=3), ValueError, "unknown option"),
     "a projection of too few points": (lambda tiny, photos: bliptk.project(np.eye(3)), ValueError, "umap needs at least 4 points"),
 }
 
@@ -231,8 +231,8 @@ FAULTS: dict[str, Callable] = {
         bliptk.CheckpointError, r"describes a net of [\d,.]+ GB in float32, more than this machine's [\d,.]+ GB of memory",
     ),
     "export: a graph with overwritten bytes": lambda ctx: Fault(
-        _caption_with(_export(ctx, lambda f: _overwrite_bytes(f / "decoder.int8.onnx")), ctx.photos[0]), lambda: bliptk_onnx.load(ctx.tmp / "export"),
-        bliptk.CheckpointError, r"decoder.int8.onnx is not the graph that was exported \(its sha256 differs\)",
+        _caption_with(_export(ctx, lambda f: _overwrite_bytes(f / "decoder.onnx")), ctx.photos[0]), lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError, r"decoder.onnx is not the graph that was exported \(its sha256 differs\)",
     ),
     "export: a corrupted graph, unchecked": lambda ctx: Fault(
         None, lambda: _unchecked(_export(ctx, lambda f: _truncate(f / "decoder.onnx"))),
@@ -251,12 +251,12 @@ FAULTS: dict[str, Callable] = {
         lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"manifest.json: not valid JSON",
     ),
     "export: a graph outside the folder": lambda ctx: Fault(
-        _caption_with(_export(ctx, _manifest(lambda m: m["int8_graphs"].update(decoder="../../outside/decoder.onnx"))), ctx.photos[0]),
+        _caption_with(_export(ctx, _manifest(lambda m: m["graphs"].update(decoder="../../outside/decoder.onnx"))), ctx.photos[0]),
         lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError,
         r"graph '../../outside/decoder.onnx' is not a file name inside the export; bliptk reads only its own folder",
     ),
     "export: an absolute graph path": lambda ctx: Fault(
-        _caption_with(_export(ctx, _manifest(lambda m: m["int8_graphs"].update(encoder="/etc/passwd"))), ctx.photos[0]),
+        _caption_with(_export(ctx, _manifest(lambda m: m["graphs"].update(encoder="/etc/passwd"))), ctx.photos[0]),
         lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"graph '/etc/passwd' is not a file name inside the export",
     ),
     "export: a tokenizer outside the folder": lambda ctx: Fault(
@@ -264,11 +264,11 @@ FAULTS: dict[str, Callable] = {
         lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"tokenizer '../../../etc/passwd' is not a file name inside the export",
     ),
     "export: a link that leads out": lambda ctx: Fault(
-        None, lambda: bliptk_onnx.load(_export(ctx, _link_out), int8=False), bliptk.CheckpointError, r"decoder.onnx is a link that leads out of the export",
+        None, lambda: bliptk_onnx.load(_export(ctx, _link_out)), bliptk.CheckpointError, r"decoder.onnx is a link that leads out of the export",
     ),
     "export: a graph without a hash": lambda ctx: Fault(
-        _caption_with(_export(ctx, _manifest(lambda m: m["sha256"].pop("decoder.int8.onnx"))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"the manifest has no sha256 of decoder.int8.onnx, so it cannot be checked",
+        _caption_with(_export(ctx, _manifest(lambda m: m["sha256"].pop("decoder.onnx"))), ctx.photos[0]),
+        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"the manifest has no sha256 of decoder.onnx, so it cannot be checked",
     ),
     "prompt: not a string": lambda ctx: Fault(
         None, lambda: ctx.tiny.caption(ctx.photos[0], prompt=123), bliptk.InvalidOptionError, r"a prompt must be a string or None, got int 123",
@@ -288,7 +288,7 @@ FAULTS: dict[str, Callable] = {
 
 def _unchecked(folder: Path):
     with pytest.warns(bliptk.ExportChangedWarning, match="without checking them"):
-        return bliptk_onnx.load(folder, int8=False, verify=False)
+        return bliptk_onnx.load(folder, verify=False)
 
 
 def _json(path: Path, data) -> Path:
@@ -357,7 +357,7 @@ def test_the_onnx_loader_opens_no_file_outside_the_export(tiny_export, tmp_path)
         _manifest(change)(folder)
         opened.clear()
         with pytest.raises(bliptk.CheckpointError, match="is not a file name inside the export"):
-            bliptk_onnx.load(folder, int8=False)
+            bliptk_onnx.load(folder)
         outside = [path for path in opened if not Path(path).resolve().is_relative_to(folder.resolve()) and path.endswith((".onnx", ".json", ".txt", "passwd"))]
         assert outside == [], name
 
@@ -456,7 +456,7 @@ def test_a_missing_torch_or_pyav_is_a_missing_dependency_error(photos, tmp_path)
         capture_output=True, text=True, timeout=120,
     )
     assert no_av.returncode == 1 and "Traceback" not in no_av.stderr, no_av.stderr
-    assert f"bliptk: error: reading videos needs PyAV: pip install av" in no_av.stderr and no_av.stdout.startswith(f"{photos[0]}: a photography of")
+    assert "bliptk: error: reading videos needs PyAV: pip install av" in no_av.stderr and no_av.stdout.startswith(f"{photos[0]}: a photography of")
 
 
 def test_a_closed_pipe_ends_the_command_quietly():

@@ -2,11 +2,11 @@ import json
 import shutil
 
 import pytest
+from conftest import DATA
 
 import bliptk
 from bliptk.cli import main
 from bliptk.evaluation import load_predictions, load_references
-from conftest import DATA
 
 REFERENCES = {
     1: ["a cat sitting on a red couch", "a black cat lies on the sofa", "a cat resting on a couch"],

@@ -4,7 +4,6 @@ wrong answer fails its test; and nbgrader itself releases and grades the noteboo
 
 import copy
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -32,7 +32,7 @@ def test_checkpoint_folder_in_process(tiny, tiny_checkpoint, photos):
     loaded = bliptk.load(tiny_checkpoint)
     assert loaded.pretrained is True and loaded.name == str(tiny_checkpoint)
     assert loaded.preprocessor == tiny.preprocessor
-    for ours, theirs in zip(loaded.model.state_dict().values(), tiny.model.state_dict().values()):
+    for ours, theirs in zip(loaded.model.state_dict().values(), tiny.model.state_dict().values(), strict=True):
         torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
     assert loaded.caption(photos[1]).token_ids == tiny.caption(photos[1]).token_ids
 
@@ -90,7 +90,7 @@ def test_random_weights_are_seeded_and_leave_the_global_rng_alone():
     first, second = bliptk.load("tiny"), bliptk.load("tiny", pretrained=False)
     assert torch.equal(torch.random.get_rng_state(), state)
     torch.testing.assert_close(first.model.state_dict(), second.model.state_dict(), atol=0, rtol=0)
-    other = bliptk.load("tiny", seed=1)
+    other = bliptk.load("tiny", weights_seed=1)
     assert not torch.equal(other.model.text_decoder.cls.predictions.transform.dense.weight, first.model.text_decoder.cls.predictions.transform.dense.weight)
     assert first.pretrained is False and "random weights" in repr(first)
 

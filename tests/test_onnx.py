@@ -11,17 +11,18 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from conftest import VIDEOS  # noqa: E402
+
 import bliptk  # noqa: E402
 import bliptk.onnx as bliptk_onnx  # noqa: E402
 from bliptk.cli import main  # noqa: E402
-from conftest import VIDEOS  # noqa: E402
 
 PROMPTS = ["a picture of", "", "the woman"]
 
 
 @pytest.fixture(scope="module")
 def runner(tiny_export):
-    return bliptk_onnx.load(tiny_export, int8=False)
+    return bliptk_onnx.load(tiny_export)
 
 
 def _ids(captions):
@@ -61,14 +62,15 @@ def test_the_manifest_says_how_the_export_was_made(tiny, tiny_export):
     check = manifest["check"]
     assert check["features_max_abs_diff"] <= check["tolerance"]["features"] and check["logits_max_abs_diff"] <= check["tolerance"]["logits"]
     assert set(manifest["sha256"]) == {"encoder.onnx", "image_kv.onnx", "decoder.onnx", "encoder.int8.onnx", "image_kv.int8.onnx", "decoder.int8.onnx"}
-    records = list(bliptk_onnx.load(tiny_export, int8=False).caption_files([bliptk.example_path("images/woman-with-cake.jpg")], max_new_tokens=3))
+    records = list(bliptk_onnx.load(tiny_export).caption_files([bliptk.example_path("images/woman-with-cake.jpg")], max_new_tokens=3))
     assert records[0]["weights"] == {**tiny.weights.as_dict(), "dtype": "onnx float32"}  # never taken for torch's records
 
 
-def test_int8_graphs_are_used_by_default(tiny_export, photos):
-    quantized = bliptk_onnx.load(tiny_export)
-    with pytest.warns(bliptk.RandomWeightsWarning, match=r"tiny \(ONNX export\) has random weights") as said:
-        assert quantized.weights["dtype"] == "onnx int8" and len(quantized.caption(photos[0], max_new_tokens=5).token_ids) == 5
+def test_float32_graphs_by_default_int8_on_request(tiny_export, photos):
+    assert bliptk_onnx.load(tiny_export).weights.dtype == "onnx float32"
+    quantized = bliptk_onnx.load(tiny_export, dtype="int8")
+    with pytest.warns(bliptk.RandomWeightsWarning, match=r"tiny has random weights \(seed 0\)") as said:
+        assert quantized.weights.dtype == "onnx int8" and len(quantized.caption(photos[0], max_new_tokens=5).token_ids) == 5
         quantized.caption(photos[1], max_new_tokens=2)
     assert len(said) == 1 and quantized.pretrained is False  # said once, and still random
     assert (tiny_export / "decoder.int8.onnx").stat().st_size < (tiny_export / "decoder.onnx").stat().st_size / 2
@@ -87,7 +89,7 @@ def test_the_runner_works_where_torch_cannot_be_imported(tiny, tiny_export, phot
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "import bliptk.onnx\n"
-        f"runner = bliptk.onnx.load({str(tiny_export)!r}, int8=False)\n"
+        f"runner = bliptk.onnx.load({str(tiny_export)!r})\n"
         f"print(runner.caption({str(photos[0])!r}, max_new_tokens=8).token_ids)\n"
         "assert 'torch' not in {name.split('.')[0] for name, module in sys.modules.items() if module is not None}\n"
     )
@@ -103,7 +105,7 @@ def test_bad_exports_give_clear_errors(tiny_export, tmp_path):
     shutil.copytree(tiny_export, broken)
     (broken / "decoder.onnx").unlink()
     with pytest.raises(bliptk.CheckpointError, match=r"graph decoder.onnx is missing"):
-        bliptk_onnx.load(broken, int8=False)
+        bliptk_onnx.load(broken)
     newer = tmp_path / "newer"
     shutil.copytree(tiny_export, newer)
     manifest = json.loads((newer / "manifest.json").read_text())
@@ -114,12 +116,12 @@ def test_bad_exports_give_clear_errors(tiny_export, tmp_path):
     shutil.copytree(tiny_export, changed)
     shutil.copy(tiny_export / "encoder.int8.onnx", changed / "encoder.onnx")  # other weights under the same name
     with pytest.raises(bliptk.CheckpointError, match=r"encoder.onnx is not the graph that was exported \(its sha256 differs\)"):
-        bliptk_onnx.load(changed, int8=False)
+        bliptk_onnx.load(changed)
     with pytest.warns(bliptk.ExportChangedWarning, match=r"loading its graphs without checking them \(verify=False\)"):
-        bliptk_onnx.load(changed, int8=False, verify=False)
+        bliptk_onnx.load(changed, verify=False)
     with pytest.raises(bliptk.OutputExistsError):
         bliptk_onnx.export(bliptk.load("tiny"), tiny_export)
-    retrained = bliptk.load("tiny", seed=1)  # the model's weights changed since the export
+    retrained = bliptk.load("tiny", weights_seed=1)  # the model's weights changed since the export
     with pytest.warns(bliptk.ExportChangedWarning, match=r"exported from weights with fingerprint \w+; tiny's are now"):
         bliptk_onnx.load(tiny_export, against=retrained)
 

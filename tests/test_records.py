@@ -3,7 +3,6 @@ last line is dropped wherever it tears, an output has one writer, and a full dis
 finished record."""
 
 import errno
-import json
 import os
 import shutil
 import subprocess

@@ -1,8 +1,8 @@
 import pytest
+from conftest import DATA
 from transformers import AutoTokenizer
 
 import bliptk
-from conftest import DATA
 from bliptk.tokenizer import DEC_TOKEN_ID, ENC_TOKEN_ID, SEP_TOKEN_ID
 
 

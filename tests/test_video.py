@@ -5,12 +5,12 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import VIDEOS
 from PIL import Image
 
 import bliptk
 from bliptk.cli import main
 from bliptk.testing import make_video
-from conftest import VIDEOS
 
 REAL_VIDEOS = {"bigbuckbunny.mp4": 5.28, "car-detection.mp4": 30.16, "bottle-detection.mp4": 39.85}
 
@@ -121,7 +121,7 @@ def test_encode_video_is_the_mean_of_the_frames_features(tiny):
     features = tiny.encode_video(path, num_frames=5)
     assert features.shape == (37, 48)
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(tiny.encode_video(path, 5, batch_size=2), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tiny.encode_video(path, num_frames=5, batch_size=2), expected, atol=1e-5, rtol=1e-5)
     caption = tiny.caption(path, num_frames=5, max_new_tokens=8)
     decoded = tiny.caption_features(expected[None], bliptk.DecodingOptions(prompt="a video of", max_new_tokens=8))[0]
     assert caption.token_ids == decoded.token_ids and caption.text.startswith("a video of")
@@ -159,7 +159,7 @@ def test_videos_are_detected_by_content_or_by_name(tiny, photos, tmp_path, clip)
 
 
 def test_timeline(tiny, clip):
-    rows = bliptk.caption_timeline(tiny, clip, segments=4, frames_per_segment=2, max_new_tokens=5)
+    rows = bliptk.caption_timeline(tiny, clip, segments=4, num_frames=2, max_new_tokens=5)
     assert [bound for row in rows for bound in (row.start, row.end)] == pytest.approx([0, 1, 1, 2, 2, 3, 3, 4])
     for row in rows:
         frames = bliptk.video_frames(clip, 2, start=row.start, end=row.end)
@@ -235,9 +235,9 @@ def test_cli_video_options(tiny, clip, capsys):
     assert record["token_ids"] == tiny.caption(clip, num_frames=4, max_new_tokens=5).token_ids
     assert main(["caption", str(clip), "--model", "tiny", "--frames", "2", "--segments", "2", "--pooling", "concat", "--max-new-tokens", "4", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    expected = bliptk.caption_timeline(tiny, clip, 2, 2, pooling="concat", max_new_tokens=4)
+    expected = bliptk.caption_timeline(tiny, clip, 2, num_frames=2, pooling="concat", max_new_tokens=4)
     assert [segment["caption"] for segment in record["segments"]] == [row.caption.text for row in expected]
     assert main(["caption", str(clip), "--model", "tiny", "--segments", "2", "--frames", "2", "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.startswith(f"{clip}:\n     0.00 -    2.00 s  a video of")
     assert main(["caption", str(clip), "--model", "tiny", "--frames", "0"]) == 2
-    assert "--frames must be >= 1" in capsys.readouterr().err
+    assert "--num-frames must be an integer >= 1, got 0" in capsys.readouterr().err

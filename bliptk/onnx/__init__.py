@@ -1,0 +1,27 @@
+"""Export the captioning nets to ONNX, and caption with ONNX Runtime, with no torch needed at run time.
+
+* :func:`export` (:mod:`bliptk.onnx.exporter`, needs torch and ``'bliptk[export]'``) writes a folder
+  of graphs traced from bliptk's own torch code, checked against torch;
+* :func:`load` (:mod:`bliptk.onnx.runtime`, needs ``'bliptk[onnx]'`` only: ``onnxruntime``, NumPy,
+  ``tokenizers`` and Pillow; nothing on its path imports torch) returns an :class:`OnnxCaptioner`,
+  which captions through the same pipeline and decoding engine as :class:`bliptk.Captioner`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .runtime import DTYPES, FORMAT, FORMAT_VERSION, GRAPHS, OnnxCaptioner, is_export, load
+
+if TYPE_CHECKING:
+    from .exporter import export
+
+__all__ = ["DTYPES", "FORMAT", "FORMAT_VERSION", "GRAPHS", "OnnxCaptioner", "export", "is_export", "load"]
+
+
+def __getattr__(name: str):
+    if name == "export":  # imported when first used: the exporter needs torch, the runner does not
+        from .exporter import export
+
+        return export
+    raise AttributeError(f"module 'bliptk.onnx' has no attribute {name!r}")

@@ -1,0 +1,267 @@
+"""Exporting a captioner to ONNX (torch's dynamo exporter), checked against torch.
+
+:func:`export` writes a folder of three graphs, the tokenizer, the preprocessing config and a
+manifest:
+
+* ``encoder.onnx``: pixels ``(B, 3, S, S)`` -> image features ``(B, N, D)``;
+* ``image_kv.onnx``: features ``(B, N, D)`` -> the image keys and values of every cross-attention
+  layer, ``(B, H, N, Dh)`` each, computed once per image (a graph of its own rather than outputs of
+  the encoder, so that pooled video frames, or any features, get their keys and values too);
+* ``decoder.onnx``: one decoder call: token ids ``(B, S)``, each sequence's left padding ``(B,)``,
+  the self-attention cache (``past_key_i``, ``past_value_i``: ``(B, H, P, Dh)``) and the image keys
+  and values in; the logits of the token after the last input ``(B, V)`` and the grown cache
+  (``present_key_i``, ...) out. Batch, new tokens, past length and image tokens are dynamic.
+
+Each graph is a trace of bliptk's own torch code: the image encoder's forward, the text decoder's
+:meth:`~bliptk.TextDecoder.image_keys_values`, and its :meth:`~bliptk.TextDecoder.run` over a cache
+that grows by concatenation. No maths is written here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..decoding import DEFAULT_PROMPT
+from ..errors import ExampleNotFoundError, ExportError, MissingDependencyError, OutputExistsError
+from ..text_decoder import GrowingCache
+from .runtime import FORMAT, FORMAT_VERSION, GRAPHS, _onnxruntime, is_export, load, sha256
+
+__all__ = ["OPSET", "TOLERANCE", "export"]
+
+logger = logging.getLogger(__name__)
+
+OPSET = 20
+# How far ONNX Runtime's float32 results may stand from torch's (max abs difference), checked by
+# export() on a real photo; measured differences go into the manifest.
+TOLERANCE = {"features": 1e-3, "logits": 1e-3}
+
+
+class _Encoder(nn.Module):
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values):
+        return self.encoder.forward.__wrapped__(self.encoder, pixel_values)  # without inference_mode: exportable
+
+
+class _ImageKeysValues(nn.Module):
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, features):
+        keys, values = self.decoder.image_keys_values.__wrapped__(self.decoder, features)
+        return (*keys, *values)
+
+
+class _DecoderStep(nn.Module):
+    """:meth:`TextDecoder.run` with the cache as inputs and outputs. The head's weight is a copy of
+    its own, not the word embeddings' tied one: tied, one initializer feeds a Gather and the head's
+    MatMul, and quantize_dynamic leaves the head a float MatMul behind a dequantize (the int8 step
+    was 1.6x slower that way)."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder = decoder
+        self.head_weight = nn.Parameter(decoder.lm.cls.predictions.decoder.weight.detach().clone(), requires_grad=False)
+
+    def forward(self, input_ids, padding, past_keys: list, past_values: list, cross_keys: list, cross_values: list):
+        cache = GrowingCache(past_keys, past_values)
+        logits = self.decoder.run(
+            input_ids, past_keys[0].shape[2], cache, cross_keys, cross_values, padding, traced=True, head_weight=self.head_weight
+        )
+        return (logits, *cache.keys, *cache.values)
+
+
+def _names(layers: int, prefix: str) -> list[str]:
+    return [f"{prefix}_key_{i}" for i in range(layers)] + [f"{prefix}_value_{i}" for i in range(layers)]
+
+
+def _programs(captioner) -> list[tuple[nn.Module, tuple, list[str], list[str], dict]]:
+    """Each graph's module, example inputs, input and output names, and dynamic dimensions."""
+    encoder, decoder = captioner.image_encoder, captioner.text_decoder
+    layers, heads, head_dim = len(decoder.layers), decoder.num_heads, decoder.head_dim
+    tokens, width = encoder.feature_shape
+    dim = torch.export.Dim
+    batch, image_tokens, new_tokens, past = dim("batch"), dim("image_tokens"), dim("new_tokens"), dim("past")
+    generator = torch.Generator().manual_seed(0)
+    # Example sizes of 2 and more: torch.export specialises dimensions of size 0 and 1.
+    rows, steps, past_length = 2, 3, 5
+
+    def random(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    step_inputs = (
+        torch.randint(1000, 2000, (rows, steps), generator=generator),
+        torch.tensor([0, 2]),
+        [random(rows, heads, past_length, head_dim) for _ in range(layers)],
+        [random(rows, heads, past_length, head_dim) for _ in range(layers)],
+        [random(rows, heads, tokens, head_dim) for _ in range(layers)],
+        [random(rows, heads, tokens, head_dim) for _ in range(layers)],
+    )
+    past_spec, cross_spec = [{0: batch, 2: past}] * layers, [{0: batch, 2: image_tokens}] * layers
+    step_names = ["input_ids", "padding", *[f"past_key_{i}" for i in range(layers)], *[f"past_value_{i}" for i in range(layers)], *_names(layers, "cross")]
+    step_dynamic = {
+        "input_ids": {0: batch, 1: new_tokens}, "padding": {0: batch},
+        "past_keys": past_spec, "past_values": past_spec, "cross_keys": cross_spec, "cross_values": cross_spec,
+    }
+    return [
+        (_Encoder(encoder).eval(), (random(2, 3, encoder.image_size, encoder.image_size),), ["pixel_values"], ["features"], {"pixel_values": {0: batch}}),
+        (_ImageKeysValues(decoder).eval(), (random(2, tokens, width),), ["features"], _names(layers, "cross"), {"features": {0: batch, 1: image_tokens}}),
+        (_DecoderStep(decoder).eval(), step_inputs, step_names, ["logits", *_names(layers, "present")], step_dynamic),
+    ]
+
+
+def export(captioner, folder, *, int8: bool = False, overwrite: bool = False) -> Path:
+    """Export a captioner to a folder of ONNX graphs, and check the export.
+
+    The check runs a real photo through both runtimes and compares the image features and the
+    decoder's logits (prompt and one more token) against torch: the largest differences and the
+    tolerance (:data:`TOLERANCE`) go into ``manifest.json``, with the model, the weights'
+    fingerprint, the opset, the bliptk version and each graph's sha256.
+
+    Args:
+        captioner: A float32 :class:`~bliptk.Captioner` (on any device: a CPU copy is exported).
+        folder: Where to write (created).
+        int8: Also write dynamically quantized copies (``*.int8.onnx``: ONNX Runtime's
+            ``quantize_dynamic``, int8 weights per channel), which :func:`~bliptk.onnx.load`
+            runs with ``dtype="int8"``.
+        overwrite: Replace an existing export in ``folder``.
+
+    Returns:
+        The folder.
+
+    Raises:
+        MissingDependencyError: ``onnx``, ``onnxscript`` or ``onnxruntime`` is not installed.
+        InvalidOptionError: The captioner is not float32.
+        OutputExistsError: ``folder`` holds an export and ``overwrite`` is False.
+        ExportError: The export does not match torch within the tolerance.
+    """
+    from .. import __version__
+    from ..errors import option_error
+
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("exporting to ONNX needs onnx and onnxscript: pip install 'bliptk[export]'") from None
+    _onnxruntime()
+    if captioner.dtype != torch.float32 or captioner.weights.dtype != "float32":
+        raise option_error(f"export a float32 captioner (this one: {captioner.weights.dtype}); load it with dtype='float32'", "dtype")
+    folder = Path(folder).expanduser()
+    if is_export(folder) and not overwrite:
+        raise OutputExistsError(folder, "pass overwrite=True to replace it", "pass --overwrite to replace it")
+    folder.mkdir(parents=True, exist_ok=True)
+    if captioner.device.type != "cpu":  # the graphs are traced on the CPU, and checked against it
+        captioner = copy.copy(captioner)
+        captioner.model = copy.deepcopy(captioner.model).cpu()
+        captioner.image_encoder = copy.deepcopy(captioner.image_encoder).cpu()
+        captioner.text_decoder = copy.deepcopy(captioner.text_decoder).cpu()
+    _write_graphs(captioner, folder)
+    shutil.copy(captioner.tokenizer.vocab_file, folder / "vocab.txt")
+    (folder / "preprocessor_config.json").write_text(json.dumps(captioner.preprocessor.to_config(), indent=1))
+    decoder = captioner.text_decoder
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "bliptk_version": __version__, "opset": OPSET,
+        "model": captioner.name, "weights": captioner.weights.as_dict(),
+        "config": {
+            "layers": len(decoder.layers), "heads": decoder.num_heads, "head_dim": decoder.head_dim,
+            "image_size": captioner.image_encoder.image_size, "image_tokens": captioner.image_encoder.feature_shape[0],
+            "max_positions": decoder.max_positions,
+        },
+        "graphs": dict(GRAPHS), "tokenizer": "vocab.txt", "preprocessor": "preprocessor_config.json",
+        "sha256": {name: sha256(folder / name) for name in GRAPHS.values()},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    manifest["check"] = _check(captioner, folder)
+    if int8:
+        manifest["int8_graphs"] = _quantize(folder)
+        manifest["sha256"].update({name: sha256(folder / name) for name in manifest["int8_graphs"].values()})
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    logger.info("exported %s to %s", captioner.name, folder)
+    return folder
+
+
+def _write_graphs(captioner, folder: Path) -> None:
+    with torch.no_grad(), warnings.catch_warnings(), _quiet("torch.onnx", "torch.export", "onnxscript"):
+        warnings.simplefilter("ignore")  # the exporter's own deprecation notes
+        for (module, arguments, inputs, outputs, dynamic), name in zip(_programs(captioner), GRAPHS.values(), strict=True):
+            program = torch.onnx.export(
+                module, arguments, dynamo=True, input_names=inputs, output_names=outputs, dynamic_shapes=dynamic,
+                opset_version=OPSET, verbose=False,
+            )
+            if program is None:  # the dynamo exporter returns None only when asked not to export
+                raise ExportError(f"{folder / name}: torch.onnx.export wrote no graph")
+            program.save(str(folder / name), external_data=False)
+
+
+def _first_logits(backend, pixels: np.ndarray, prompt: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A backend's features of ``pixels`` and its logits after the prompt and one more token
+    (greedy), through the decoding engine's own interface."""
+    features = backend.encode(pixels)
+    decoder = backend.decoder
+    state = decoder.start(decoder.image_keys_values(features), prompt.shape[1] + 1, None, np.array([0]))
+    first, _ = decoder.step(state, prompt)
+    second, _ = decoder.step(state, first.argmax(-1)[:, None])
+    return features, [first, second]
+
+
+def _check(captioner, folder: Path) -> dict:
+    """Run one photo through torch and the exported graphs; the largest differences, which must
+    be within :data:`TOLERANCE`."""
+    from ..files import example_path
+
+    photo: object
+    try:
+        photo = example_path("images/woman-with-cake.jpg")
+    except ExampleNotFoundError:  # an installed bliptk without the notebooks: any picture will do
+        photo = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    pixels = captioner.preprocessor.arrays([photo])
+    prompt = np.array([captioner.tokenizer.encode(DEFAULT_PROMPT)])
+    features, logits = _first_logits(captioner, pixels, prompt)
+    onnx_features, onnx_logits = _first_logits(load(folder), pixels, prompt)
+    features_difference = float(np.abs(onnx_features - features).max())
+    logits_difference = max(float(np.abs(ours - theirs).max()) for ours, theirs in zip(onnx_logits, logits, strict=True))
+    check = {"features_max_abs_diff": features_difference, "logits_max_abs_diff": logits_difference, "tolerance": dict(TOLERANCE)}
+    if features_difference > TOLERANCE["features"] or logits_difference > TOLERANCE["logits"]:
+        raise ExportError(f"{folder}: the export does not match torch within the tolerance: {check}")
+    return check
+
+
+def _quantize(folder: Path) -> dict:
+    """Dynamically quantized copies of the graphs (int8 weights per channel)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    written = {}
+    with _quiet(""):  # the root logger: quantize_dynamic advises pre-processing on every call
+        for name, file in GRAPHS.items():
+            target = file.replace(".onnx", ".int8.onnx")
+            quantize_dynamic(folder / file, folder / target, weight_type=QuantType.QInt8, per_channel=True)
+            written[name] = target
+    return written
+
+
+class _quiet:
+    """Raise the named loggers to ERROR for a while (the exporter's progress and advice)."""
+
+    def __init__(self, *names: str):
+        self.loggers = [logging.getLogger(name) for name in names]
+
+    def __enter__(self):
+        self.levels = [logger.level for logger in self.loggers]
+        for logger in self.loggers:
+            logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        for logger, level in zip(self.loggers, self.levels, strict=True):
+            logger.setLevel(level)
