@@ -123,7 +123,10 @@ def step_weights(captioner) -> int:
     value projections, used once per image, and the embeddings, of which it reads one row)."""
     decoder = captioner.model.text_decoder
     skipped = (".crossattention.self.key", ".crossattention.self.value", "embeddings.")
-    return sum(p.numel() for n, p in decoder.named_parameters() if not any(s in n for s in skipped)) + decoder.config.vocab_size * decoder.config.hidden_size
+    return (
+        sum(p.numel() for n, p in decoder.named_parameters() if not any(s in n for s in skipped))
+        + decoder.config.vocab_size * decoder.config.hidden_size
+    )
 
 
 def step_cost(captioner, weight_bytes: float, cache_bytes: float, batch: int) -> tuple[float, float]:
@@ -151,16 +154,24 @@ def floors(captioner, machine: dict) -> dict:
 
 def report_machine(captioner, machine: dict, floor: dict) -> None:
     print("\n0. this machine (2 threads), measured now")
-    print(f"   memory read: {machine['by_sum'] / 1e9:.1f} GB/s (torch.sum, 256 MB, median of 9), {machine['by_product'] / 1e9:.1f} GB/s "
-          f"(split matrix-vector product, 256 MB): floors use {machine['bandwidth'] / 1e9:.1f} GB/s")
-    print(f"   matrix products at the encoder's shapes: float32 {machine['gemm'][torch.float32] / 1e9:.0f} GFLOP/s, "
-          f"bfloat16 {machine['gemm'][torch.bfloat16] / 1e9:.0f} GFLOP/s")
-    print(f"   torch's attention kernel (scaled_dot_product_attention) at the encoder's shape: float32 "
-          f"{machine['attention'][torch.float32] / 1e9:.0f} GFLOP/s, bfloat16 {machine['attention'][torch.bfloat16] / 1e9:.0f} GFLOP/s")
+    print(
+        f"   memory read: {machine['by_sum'] / 1e9:.1f} GB/s (torch.sum, 256 MB, median of 9), {machine['by_product'] / 1e9:.1f} GB/s "
+        f"(split matrix-vector product, 256 MB): floors use {machine['bandwidth'] / 1e9:.1f} GB/s"
+    )
+    print(
+        f"   matrix products at the encoder's shapes: float32 {machine['gemm'][torch.float32] / 1e9:.0f} GFLOP/s, "
+        f"bfloat16 {machine['gemm'][torch.bfloat16] / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        f"   torch's attention kernel (scaled_dot_product_attention) at the encoder's shape: float32 "
+        f"{machine['attention'][torch.float32] / 1e9:.0f} GFLOP/s, bfloat16 {machine['attention'][torch.bfloat16] / 1e9:.0f} GFLOP/s"
+    )
     step_bytes, _ = step_cost(captioner, 4, 4, 1)
-    print(f"   a float32 decoding step reads {step_bytes / 1e6:.0f} MB: floor {floor['step float32'] * 1e3:.1f} ms; "
-          f"the exact path's floor (encoder {encoder_flops(captioner.model.config) / 1e9:.0f} GFLOP + image keys/values at the "
-          f"float32 rate, {TOKENS} steps at bandwidth): {floor['exact float32']:.3f} s per image")
+    print(
+        f"   a float32 decoding step reads {step_bytes / 1e6:.0f} MB: floor {floor['step float32'] * 1e3:.1f} ms; "
+        f"the exact path's floor (encoder {encoder_flops(captioner.model.config) / 1e9:.0f} GFLOP + image keys/values at the "
+        f"float32 rate, {TOKENS} steps at bandwidth): {floor['exact float32']:.3f} s per image"
+    )
 
 
 # --- 1. the decode step --------------------------------------------------------------------------
@@ -228,14 +239,21 @@ def throughput(captioner, models: dict, photos: list, floor: dict, baseline_imag
     baseline = baseline_images / (time.perf_counter() - started)
     print(f"   transformers generate, float32, batch 1 ({baseline_images} photos): {baseline:.3f} images/s")
     rates = {"generate": baseline}
-    for name, batch, count in (("bfloat16", 8, len(photos)), ("bfloat16", 16, len(photos)), ("int8", 1, len(photos) // 4), ("bfloat16", 1, len(photos) // 4)):
+    for name, batch, count in (
+        ("bfloat16", 8, len(photos)),
+        ("bfloat16", 16, len(photos)),
+        ("int8", 1, len(photos) // 4),
+        ("bfloat16", 1, len(photos) // 4),
+    ):
         model = models[name]
         started = time.perf_counter()
         done = list(model.caption_files(photos[:count], max_new_tokens=TOKENS, batch_size=batch, workers=1, progress=False))
         rate = len(done) / (time.perf_counter() - started)
         rates[f"{name} batch {batch}"] = rate
-        print(f"   bliptk caption_files, {name}, batch {batch:2} ({count} photos): {rate:.3f} images/s = {rate / baseline:.2f}x generate, "
-              f"{1 / (rate * floor[f'{name} batch {batch}']):.2f}x its floor ({1 / floor[f'{name} batch {batch}']:.2f} images/s)")
+        print(
+            f"   bliptk caption_files, {name}, batch {batch:2} ({count} photos): {rate:.3f} images/s = {rate / baseline:.2f}x generate, "
+            f"{1 / (rate * floor[f'{name} batch {batch}']):.2f}x its floor ({1 / floor[f'{name} batch {batch}']:.2f} images/s)"
+        )
     return rates
 
 
@@ -273,7 +291,9 @@ def fidelity(models: dict, photos: list) -> None:
             agreement[name].append((ours.argmax(-1) == reference.argmax(-1)).float().flatten())
             divergence[name].append((reference.exp() * (reference - ours)).sum(-1).flatten())
     for name in agreement:
-        print(f"   {name:9}: top-1 agreement {torch.cat(agreement[name]).mean():.3f}, mean KL {torch.cat(divergence[name]).mean():.2e} nats")
+        print(
+            f"   {name:9}: top-1 agreement {torch.cat(agreement[name]).mean():.3f}, mean KL {torch.cat(divergence[name]).mean():.2e} nats"
+        )
 
 
 # --- 5. peak memory ------------------------------------------------------------------------------
@@ -283,7 +303,9 @@ def peak_memory(model: str) -> None:
     print("\n5. peak memory (resident set while captioning 8 photos, model included; fresh process each)")
     results = {}
     for path in ("transformers", "exact", "bfloat16 batch 8", "int8 batch 1"):
-        output = subprocess.run([sys.executable, __file__, "--model", model, "--memory-probe", path], capture_output=True, text=True, check=True)
+        output = subprocess.run(
+            [sys.executable, __file__, "--model", model, "--memory-probe", path], capture_output=True, text=True, check=True
+        )
         results[path] = json.loads(output.stdout.strip().splitlines()[-1])["peak_mb"]
     for path, megabytes in results.items():
         print(f"   {path:16}: {megabytes:7.0f} MB ({megabytes / results['transformers']:.2f}x transformers)")
@@ -334,12 +356,20 @@ def report_bars(model: str, captioner, machine: dict, floor: dict, exact: dict, 
     flops = attention_flops(captioner.model.config)
     for name, dtype, floor_seconds, needed_seconds, measured_seconds in (
         ("exact path", torch.float32, floor["exact float32"], exact_bar * exact["generate"], exact["bliptk"]),
-        ("throughput", torch.bfloat16, floor["bfloat16 batch 16"], 1 / (throughput_bar * rates["generate"]), 1 / rates["bfloat16 batch 16"]),
+        (
+            "throughput",
+            torch.bfloat16,
+            floor["bfloat16 batch 16"],
+            1 / (throughput_bar * rates["generate"]),
+            1 / rates["bfloat16 batch 16"],
+        ),
     ):
         kernel_floor = floor_seconds + flops * (1 / machine["attention"][dtype] - 1 / machine["gemm"][dtype])
-        print(f"   {name}: needs {needed_seconds:.3f} s per image = {needed_seconds / floor_seconds:.2f}x its floor ({floor_seconds:.3f} s); "
-              f"with torch's attention kernel the floor is {kernel_floor:.3f} s, leaving {needed_seconds / kernel_floor - 1:+.0%} "
-              f"for everything else; measured {measured_seconds:.3f} s ({measured_seconds / floor_seconds:.2f}x the floor)")
+        print(
+            f"   {name}: needs {needed_seconds:.3f} s per image = {needed_seconds / floor_seconds:.2f}x its floor ({floor_seconds:.3f} s); "
+            f"with torch's attention kernel the floor is {kernel_floor:.3f} s, leaving {needed_seconds / kernel_floor - 1:+.0%} "
+            f"for everything else; measured {measured_seconds:.3f} s ({measured_seconds / floor_seconds:.2f}x the floor)"
+        )
 
 
 def main() -> None:
@@ -356,7 +386,9 @@ def main() -> None:
         return memory_probe(args.model, args.memory_probe)
     photos = PHOTOS[:16] if args.quick else PHOTOS
     print(f"{args.model}, random weights, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    models = {dtype: bliptk.load(args.model, pretrained=False, dtype=dtype) for dtype in ("float32", "bfloat16", "int8")}  # one seed: the same weights
+    models = {
+        dtype: bliptk.load(args.model, pretrained=False, dtype=dtype) for dtype in ("float32", "bfloat16", "int8")
+    }  # one seed: the same weights
     captioner = models["float32"]
     machine = measure_machine(captioner.model.config)
     floor = floors(captioner, machine)

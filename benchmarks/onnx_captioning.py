@@ -60,7 +60,11 @@ def latency(paths: dict, repeats: int) -> None:
 def throughput(paths: dict, photos: list) -> None:
     print(f"\n2. throughput: {len(photos)} photos, {TOKENS} tokens, preprocessing included")
     for name, (captioner, batch) in paths.items():
-        seconds, records = timed(lambda captioner=captioner, batch=batch: list(captioner.caption_files(photos, max_new_tokens=TOKENS, batch_size=batch, workers=1, progress=False)))
+        seconds, records = timed(
+            lambda captioner=captioner, batch=batch: list(
+                captioner.caption_files(photos, max_new_tokens=TOKENS, batch_size=batch, workers=1, progress=False)
+            )
+        )
         print(f"   {name:26}: {len(records) / seconds:.3f} images/s")
 
 
@@ -103,14 +107,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bliptk-onnx-") as scratch:
         seconds, folder = timed(bliptk.onnx.export, exact, Path(scratch) / "export", int8=True)
         sizes = {path.name: path.stat().st_size / 1e6 for path in folder.glob("*.onnx")}
-        print(f"{args.model}, random weights: exported in {seconds:.0f} s; graphs float32 {sum(v for k, v in sizes.items() if '.int8.' not in k):.0f} MB, "
-              f"int8 {sum(v for k, v in sizes.items() if '.int8.' in k):.0f} MB")
+        print(
+            f"{args.model}, random weights: exported in {seconds:.0f} s; graphs float32 {sum(v for k, v in sizes.items() if '.int8.' not in k):.0f} MB, "
+            f"int8 {sum(v for k, v in sizes.items() if '.int8.' in k):.0f} MB"
+        )
         runner, quantized = bliptk.onnx.load(folder), bliptk.onnx.load(folder, dtype="int8")
         torch_int8 = bliptk.load(args.model, pretrained=False, dtype="int8")
-        latency({"torch float32 (exact)": exact, "torch int8": torch_int8, "ONNX float32": runner, "ONNX int8": quantized}, 1 if args.quick else args.repeats)
+        latency(
+            {"torch float32 (exact)": exact, "torch int8": torch_int8, "ONNX float32": runner, "ONNX int8": quantized},
+            1 if args.quick else args.repeats,
+        )
         del torch_int8
         best = bliptk.load(args.model, pretrained=False, dtype="bfloat16")
-        throughput({"torch bfloat16, batch 16": (best, 16), "ONNX float32, batch 8": (runner, 8), "ONNX int8, batch 8": (quantized, 8)}, photos)
+        throughput(
+            {"torch bfloat16, batch 16": (best, 16), "ONNX float32, batch 8": (runner, 8), "ONNX int8, batch 8": (quantized, 8)}, photos
+        )
         fidelity(runner, quantized, photos)
 
 

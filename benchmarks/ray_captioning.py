@@ -37,7 +37,9 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as output:
         started = time.perf_counter()
-        summary = caption_dataset(PHOTOS, output=output, model=args.model, pretrained=False, dtype=args.dtype, batch_size=8, max_new_tokens=20)
+        summary = caption_dataset(
+            PHOTOS, output=output, model=args.model, pretrained=False, dtype=args.dtype, batch_size=8, max_new_tokens=20
+        )
         on_ray = summary.captioned / (time.perf_counter() - started)
     ray.shutdown()
     print(f"{args.model}, {args.dtype}, {len(PHOTOS)} photos, 20 tokens, batch 8")

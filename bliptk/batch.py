@@ -149,7 +149,9 @@ def caption_prepared(
         elif item.kind == "video":
             try:
                 features = pipeline.encode_video(backend, item.path, video_options)
-                [caption] = pipeline.caption_features(backend, features[None], options, [pipeline.request_prompt(None, options, video=True)])
+                [caption] = pipeline.caption_features(
+                    backend, features[None], options, [pipeline.request_prompt(None, options, video=True)]
+                )
                 results.append((item, caption, None))
             except Exception as error:  # like an image, a video must never end the job
                 results.append((item, None, input_error(error, item.path, "video")))
@@ -306,7 +308,9 @@ class _Job:
             self.status.captioned += 1
         return record
 
-    def run(self, paths: list[str], output: RecordOutput | None, batch_size: int, workers: int, max_pixels: int | None, progress) -> Iterator[dict]:
+    def run(
+        self, paths: list[str], output: RecordOutput | None, batch_size: int, workers: int, max_pixels: int | None, progress
+    ) -> Iterator[dict]:
         from tqdm.auto import tqdm
 
         show_progress = progress if progress is not None else len(paths) > batch_size

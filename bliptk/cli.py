@@ -42,9 +42,13 @@ def _model_arguments(parser: argparse.ArgumentParser, exports: bool = False) -> 
     """--model, --random-weights, --device, --dtype; with ``exports``, an ONNX export folder too."""
     export = ", or an ONNX export folder" if exports else ""
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"ViT-B/16, ViT-L/16, tiny (the test net), a hub id, a checkpoint folder{export} (default {DEFAULT_MODEL})"
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"ViT-B/16, ViT-L/16, tiny (the test net), a hub id, a checkpoint folder{export} (default {DEFAULT_MODEL})",
     )
-    parser.add_argument("--random-weights", action="store_true", help="build the architecture with random weights (no download; captions are random words)")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="build the architecture with random weights (no download; captions are random words)"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA when present)")
     dtypes = "float32 (default), bfloat16, or int8 (CPU: bfloat16 with int8 decoder weights; fastest at batch 1)"
     if exports:
@@ -65,7 +69,11 @@ def _option_arguments(parser: argparse.ArgumentParser, options: type, names: tup
             default = "" if option.default is None else f" (default {option.default})"
             flags = [f"--{option.name.replace('_', '-')}", *option.metadata.get("aliases", ())]
             parser.add_argument(
-                *flags, dest=option.name, type=kind, default=option.default, choices=option.metadata.get("choices"),
+                *flags,
+                dest=option.name,
+                type=kind,
+                default=option.default,
+                choices=option.metadata.get("choices"),
                 help=option.metadata["help"] + default,
             )
 
@@ -82,17 +90,32 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     caption = commands.add_parser("caption", help="caption images and videos")
-    caption.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders (their images and videos), glob patterns")
+    caption.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image or video files, folders (their images and videos), glob patterns"
+    )
     _model_arguments(caption, exports=True)
     _option_arguments(caption, DecodingOptions)
     _option_arguments(caption, VideoOptions)
     caption.add_argument("--batch-size", type=int, default=8)
     caption.add_argument("--json", action="store_true", help="print one JSON record per line")
     caption.add_argument("--out", default=None, help="write records to this .jsonl or .csv file (appended and flushed one by one)")
-    caption.add_argument("--format", choices=sorted(set(RECORD_FORMATS + SHARD_FORMATS)), default=None, help="format of --out (default: by its extension; jsonl with --ray)")
-    caption.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                         help="caption through Ray Data into the --out folder; without ADDRESS on a local Ray instance")
-    caption.add_argument("--resume", action="store_true", help="continue --out: skip inputs done with the same model and options, retry failures")
+    caption.add_argument(
+        "--format",
+        choices=sorted(set(RECORD_FORMATS + SHARD_FORMATS)),
+        default=None,
+        help="format of --out (default: by its extension; jsonl with --ray)",
+    )
+    caption.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="caption through Ray Data into the --out folder; without ADDRESS on a local Ray instance",
+    )
+    caption.add_argument(
+        "--resume", action="store_true", help="continue --out: skip inputs done with the same model and options, retry failures"
+    )
     caption.add_argument("--recursive", action="store_true", help="look in subfolders too")
     caption.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing images ahead (default 2)")
     caption.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (default 100,000,000)")
@@ -238,8 +261,15 @@ def _caption(args) -> int:
                 return EXIT_OK
         status = BatchStatus()
         records = captioner.caption_files(
-            inputs, output, batch_size=args.batch_size, workers=args.workers, max_pixels=args.max_pixels,
-            progress=None if args.out else False, status=status, options=options, video_options=video_options,
+            inputs,
+            output,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            max_pixels=args.max_pixels,
+            progress=None if args.out else False,
+            status=status,
+            options=options,
+            video_options=video_options,
         )
         for record in records:
             if args.out is None or record["error"]:
@@ -262,9 +292,18 @@ def _caption_on_ray(args, options: DecodingOptions, video_options: VideoOptions)
         raise InvalidOptionError("--ray writes shards into a folder: give --out FOLDER")
     summary = caption_dataset(
         # One input stays a string, so that a folder URI (s3://bucket/photos/) is listed by Ray.
-        args.inputs[0] if len(args.inputs) == 1 else args.inputs, output=args.out, model=args.model, pretrained=not args.random_weights, dtype=args.dtype,
-        batch_size=args.batch_size, format=args.format or "jsonl", recursive=args.recursive, max_pixels=args.max_pixels,
-        address=None if args.ray == "local" else args.ray, options=options, video_options=video_options,
+        args.inputs[0] if len(args.inputs) == 1 else args.inputs,
+        output=args.out,
+        model=args.model,
+        pretrained=not args.random_weights,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        format=args.format or "jsonl",
+        recursive=args.recursive,
+        max_pixels=args.max_pixels,
+        address=None if args.ray == "local" else args.ray,
+        options=options,
+        video_options=video_options,
     )
     print(
         f"bliptk: {summary.captioned} captioned, {summary.failed} failed, {summary.skipped} already done "
@@ -357,7 +396,9 @@ def _folder_images(args) -> list[Path]:
         raise InvalidOptionError(f"{args.folder}: not a folder")
     paths = image_files(args.folder, recursive=args.recursive)
     if not paths:
-        raise NoInputsError([f"folder {args.folder} holds no image files"], 0 if args.recursive else len(image_files(args.folder, recursive=True)))
+        raise NoInputsError(
+            [f"folder {args.folder} holds no image files"], 0 if args.recursive else len(image_files(args.folder, recursive=True))
+        )
     return paths
 
 
@@ -369,8 +410,11 @@ def _embed(args) -> int:
     captioner = _load(args)
     embeddings = captioner.embed(paths, pooling=args.pooling, batch_size=args.batch_size, cache=args.cache)
     arrays = {
-        "paths": np.array([str(p) for p in paths]), "embeddings": embeddings, "model": captioner.name,
-        "weights": json.dumps(captioner.weights.as_dict()), "pooling": args.pooling,
+        "paths": np.array([str(p) for p in paths]),
+        "embeddings": embeddings,
+        "model": captioner.name,
+        "weights": json.dumps(captioner.weights.as_dict()),
+        "pooling": args.pooling,
     }
     _write(out, lambda: np.savez(out, **arrays))
     print(f"{len(paths)} embeddings of size {embeddings.shape[1]} written to {out}")
@@ -435,7 +479,9 @@ def _eval_coco(args) -> int:
         prompt_length = len(captioner.tokenizer.encode(args.prompt))
         # BLIP's max_length and min_length count the prompt's tokens ([DEC] included) too.
         options = DecodingOptions(
-            prompt=args.prompt, max_new_tokens=max(0, args.max_length - prompt_length), num_beams=args.num_beams,
+            prompt=args.prompt,
+            max_new_tokens=max(0, args.max_length - prompt_length),
+            num_beams=args.num_beams,
             min_new_tokens=max(0, args.min_length - prompt_length),
         )
         records = captioner.caption_files(args.images, output, batch_size=args.batch_size, options=options)
@@ -491,8 +537,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     commands = {
-        "models": _models, "info": _info, "attention": _attention, "eval": _eval, "eval-coco": _eval_coco,
-        "embed": _embed, "map": _map, "caption": _caption, "export": _export,
+        "models": _models,
+        "info": _info,
+        "attention": _attention,
+        "eval": _eval,
+        "eval-coco": _eval_coco,
+        "embed": _embed,
+        "map": _map,
+        "caption": _caption,
+        "export": _export,
     }
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning

@@ -112,7 +112,9 @@ class DecodingOptions:
             raise option_error("beam search is deterministic: use num_beams > 1 with temperature 0", "num_beams", "temperature")
         if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
             raise option_error(
-                f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams})", "num_return_sequences", "num_beams"
+                f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams})",
+                "num_return_sequences",
+                "num_beams",
             )
         if self.num_beams == 1 and self.temperature == 0 and self.num_return_sequences > 1:
             raise option_error("several greedy captions would all be the same: sample (temperature > 0) or use beams", "temperature")
@@ -305,7 +307,15 @@ class DecodingTask:
         InvalidOptionError: A prompt plus ``max_new_tokens`` exceeds the decoder's positions.
     """
 
-    def __init__(self, backend: DecoderBackend, tokenizer: Tokenizer, image_features, options: DecodingOptions, prompts: list[str] | None = None, copies: int = 1):
+    def __init__(
+        self,
+        backend: DecoderBackend,
+        tokenizer: Tokenizer,
+        image_features,
+        options: DecodingOptions,
+        prompts: list[str] | None = None,
+        copies: int = 1,
+    ):
         images = len(image_features)
         self.backend, self.tokenizer, self.options = backend, tokenizer, options
         self.prompts = list(prompts) if prompts is not None else [options.prompt_text] * images
@@ -319,10 +329,15 @@ class DecodingTask:
         padding = np.array([self.prompt_length - len(ids) for ids in self.prompt_ids])
         # Every row's tokens so far, the prompt's left-padded. The penalty reads the padding as
         # [DEC], which every prompt starts with, so that it sees each row's own set of tokens.
-        self.prompt_input = np.array([[PAD_TOKEN_ID] * pad + ids for pad, ids in zip(padding, self.prompt_ids, strict=True)], dtype=np.int64)
+        self.prompt_input = np.array(
+            [[PAD_TOKEN_ID] * pad + ids for pad, ids in zip(padding, self.prompt_ids, strict=True)], dtype=np.int64
+        )
         self.sequences = np.where(np.arange(self.prompt_length) < padding[:, None], DEC_TOKEN_ID, self.prompt_input)
         self.state = backend.start(
-            backend.image_keys_values(image_features), self.prompt_length + options.max_new_tokens, padding if padding.any() else None, self.image_rows
+            backend.image_keys_values(image_features),
+            self.prompt_length + options.max_new_tokens,
+            padding if padding.any() else None,
+            self.image_rows,
         )
 
     @property
@@ -606,7 +621,9 @@ class BeamSearchDecoder:
             keep_scores, keep = _top(going_on, beams)
             chosen_rows = np.take_along_axis(source_rows, keep, axis=-1).reshape(-1)
             chosen_tokens = np.take_along_axis(tokens, keep, axis=-1).reshape(-1)
-            running_logprobs = [running_logprobs[row] + [float(logprobs[row, token])] for row, token in zip(chosen_rows, chosen_tokens, strict=True)]
+            running_logprobs = [
+                running_logprobs[row] + [float(logprobs[row, token])] for row, token in zip(chosen_rows, chosen_tokens, strict=True)
+            ]
             running_scores = keep_scores
             task.extend(chosen_tokens, chosen_rows)
             input_ids = chosen_tokens[:, None]

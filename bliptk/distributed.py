@@ -122,7 +122,10 @@ class ActorPool:
         if num_workers * cpus_per_worker > free:
             logger.warning(
                 "%d actors of %g CPUs need more than the %g CPUs this cluster has beside the reading tasks: "
-                "the job waits until the cluster grows", num_workers, cpus_per_worker, free,
+                "the job waits until the cluster grows",
+                num_workers,
+                cpus_per_worker,
+                free,
             )
         return num_workers, cpus_per_worker
 
@@ -201,7 +204,9 @@ class _CaptionActor:
             for path, kind, pixels, failure in zip(batch["path"], batch["kind"], batch["pixels"], batch["failure"], strict=True)
         ]
         results = caption_prepared(self.captioner, items, self.options, self.video_options)
-        return arrow_table([make_record(item.path, item.kind, self.provenance, self.record_options, caption, error) for item, caption, error in results])
+        return arrow_table(
+            [make_record(item.path, item.kind, self.provenance, self.record_options, caption, error) for item, caption, error in results]
+        )
 
 
 # --- the job ---------------------------------------------------------------------------------------------
@@ -269,9 +274,19 @@ def caption_dataset(
         return RunSummary(total, skipped, 0, 0, str(output))
     num_workers, cpus_per_worker = pool.size(ray.cluster_resources(), read_cpus)
     logger.info("%d captioning actor(s) of %g CPU(s) and %g GPU(s)", num_workers, cpus_per_worker, pool.gpus_per_worker)
-    captioned = dataset.map(_preprocess, fn_kwargs={"preprocessor": _preprocessor(model), "max_pixels": max_pixels}, num_cpus=TASK_CPUS).map_batches(
+    captioned = dataset.map(
+        _preprocess, fn_kwargs={"preprocessor": _preprocessor(model), "max_pixels": max_pixels}, num_cpus=TASK_CPUS
+    ).map_batches(
         _CaptionActor,
-        fn_constructor_args=(model, pretrained, weights_seed, dtype, math.ceil(cpus_per_worker), options.as_dict(), video_options.as_dict()),
+        fn_constructor_args=(
+            model,
+            pretrained,
+            weights_seed,
+            dtype,
+            math.ceil(cpus_per_worker),
+            options.as_dict(),
+            video_options.as_dict(),
+        ),
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         num_cpus=cpus_per_worker,

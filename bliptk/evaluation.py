@@ -169,8 +169,15 @@ def _scorers():
     except ImportError:
         raise MissingDependencyError("caption metrics need pycocoevalcap: pip install 'bliptk[eval]'") from None
     if shutil.which("java") is None:
-        raise MissingDependencyError("caption metrics need Java (PTB tokenization and METEOR run on it): install a JRE, e.g. apt-get install default-jre")
-    return PTBTokenizer, [(Bleu(4), ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]), (Meteor(), ["METEOR"]), (Rouge(), ["ROUGE_L"]), (Cider(), ["CIDEr"])]
+        raise MissingDependencyError(
+            "caption metrics need Java (PTB tokenization and METEOR run on it): install a JRE, e.g. apt-get install default-jre"
+        )
+    return PTBTokenizer, [
+        (Bleu(4), ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"]),
+        (Meteor(), ["METEOR"]),
+        (Rouge(), ["ROUGE_L"]),
+        (Cider(), ["CIDEr"]),
+    ]
 
 
 def evaluate(predictions, references) -> EvaluationResult:

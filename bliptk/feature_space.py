@@ -60,7 +60,9 @@ def project(embeddings, method: str = "umap", random_state: int = 0, n_component
     count = len(points)
     if count < _MIN_POINTS[method]:
         hint = "; use method='pca' for fewer" if method == "umap" else ""
-        raise InvalidOptionError(f"{method} needs at least {_MIN_POINTS[method]} points, got {count}{hint}", command_line={"method='pca'": "--method pca"})
+        raise InvalidOptionError(
+            f"{method} needs at least {_MIN_POINTS[method]} points, got {count}{hint}", command_line={"method='pca'": "--method pca"}
+        )
     if method == "pca":
         from sklearn.decomposition import PCA
 
@@ -326,7 +328,9 @@ def _draw_thumbnails(ax, points: np.ndarray, items: list, names: list[str] | Non
     ax.scatter(points[:, 0], points[:, 1], s=0)  # sets the data limits; the thumbnails do not
     for index, (x, y) in enumerate(points):
         frame = {"edgecolor": colours[names[index]], "linewidth": 2} if names else {}
-        ax.add_artist(AnnotationBbox(OffsetImage(_thumbnail(items[index], size), zoom=1.0), (x, y), frameon=bool(names), pad=0.1, bboxprops=frame))
+        ax.add_artist(
+            AnnotationBbox(OffsetImage(_thumbnail(items[index], size), zoom=1.0), (x, y), frameon=bool(names), pad=0.1, bboxprops=frame)
+        )
     for name, colour in colours.items():
         ax.scatter([], [], color=colour, marker="s", label=name)  # legend entries
 
@@ -345,7 +349,9 @@ def _draw_callouts(ax, points: np.ndarray, texts: list[str]) -> None:
     """Each point's text beside it, with a line to it (the page's ``Callout``)."""
     span = np.ptp(points, axis=0).max() or 1.0
     for (x, y), text in zip(points, texts, strict=True):
-        ax.annotate(text, (x, y), xytext=(x + 0.06 * span, y + 0.06 * span), fontsize="small", arrowprops={"arrowstyle": "-", "color": "0.4"})
+        ax.annotate(
+            text, (x, y), xytext=(x + 0.06 * span, y + 0.06 * span), fontsize="small", arrowprops={"arrowstyle": "-", "color": "0.4"}
+        )
 
 
 def _short_name(item, index: int) -> str:

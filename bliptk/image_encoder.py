@@ -65,7 +65,9 @@ class ImageEncoder(nn.Module):
             attention = layer.self_attn
             heads = attention.num_heads
             # (B, N, 3D) -> 3 x (B, H, N, Dh)
-            query, key, value = attention.qkv(layer.layer_norm1(hidden)).view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+            query, key, value = (
+                attention.qkv(layer.layer_norm1(hidden)).view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+            )
             context = F.scaled_dot_product_attention(query, key, value)
             hidden = hidden + attention.projection(context.transpose(1, 2).reshape(batch, length, width))
             hidden = hidden + layer.mlp(layer.layer_norm2(hidden))

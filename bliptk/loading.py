@@ -186,7 +186,9 @@ def _from_pretrained(folder: Path):
             "file from a source you trust."
         ) from None
     except (OSError, RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{folder}: its weights cannot be loaded ({first_line(error)}); the checkpoint is damaged or not BLIP's") from None
+        raise CheckpointError(
+            f"{folder}: its weights cannot be loaded ({first_line(error)}); the checkpoint is damaged or not BLIP's"
+        ) from None
 
 
 def _checked_config(folder: Path):

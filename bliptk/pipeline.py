@@ -214,7 +214,11 @@ def encode_video(backend: CaptionBackend, video, video_options: VideoOptions, ba
 
 
 def caption_features(
-    backend: CaptionBackend, features: np.ndarray, options: DecodingOptions, prompts: list[str] | None = None, return_attention: bool = False
+    backend: CaptionBackend,
+    features: np.ndarray,
+    options: DecodingOptions,
+    prompts: list[str] | None = None,
+    return_attention: bool = False,
 ) -> list[Caption]:
     """Decode captions from image features ``(B, N, D)``: ``B * num_return_sequences`` captions,
     those of each image together (see :func:`~bliptk.decoding.decode`)."""
@@ -287,7 +291,14 @@ class TimelineSegment:
 
 
 def caption_timeline(
-    captioner, video, segments: int = 4, *, options: DecodingOptions | None = None, video_options: VideoOptions | None = None, prompt: str | None = None, **keywords
+    captioner,
+    video,
+    segments: int = 4,
+    *,
+    options: DecodingOptions | None = None,
+    video_options: VideoOptions | None = None,
+    prompt: str | None = None,
+    **keywords,
 ) -> list[TimelineSegment]:
     """Caption K consecutive, equal segments of a video, each from its own frames.
 

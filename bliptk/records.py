@@ -244,7 +244,10 @@ SHARD_FORMATS = ("jsonl", "parquet")
 
 def flat_record(record: dict) -> dict:
     """A record as a shard row (its nested fields as JSON text)."""
-    return {**record, **{name: json.dumps(record[name], sort_keys=True) if record[name] is not None else "" for name in _SHARD_JSON_COLUMNS}}
+    return {
+        **record,
+        **{name: json.dumps(record[name], sort_keys=True) if record[name] is not None else "" for name in _SHARD_JSON_COLUMNS},
+    }
 
 
 def unflat_record(row: dict) -> dict:
@@ -258,9 +261,17 @@ def arrow_table(records: list[dict]):
 
     schema = pa.schema(
         [
-            ("path", pa.string()), ("kind", pa.string()), ("caption", pa.string()), ("token_ids", pa.list_(pa.int64())),
-            ("tokens", pa.list_(pa.string())), ("logprobs", pa.list_(pa.float64())), ("finished", pa.bool_()),
-            ("model", pa.string()), ("weights", pa.string()), ("options", pa.string()), ("error", pa.string()),
+            ("path", pa.string()),
+            ("kind", pa.string()),
+            ("caption", pa.string()),
+            ("token_ids", pa.list_(pa.int64())),
+            ("tokens", pa.list_(pa.string())),
+            ("logprobs", pa.list_(pa.float64())),
+            ("finished", pa.bool_()),
+            ("model", pa.string()),
+            ("weights", pa.string()),
+            ("options", pa.string()),
+            ("error", pa.string()),
         ]
     )
     return pa.Table.from_pylist([flat_record(record) for record in records], schema=schema)
@@ -301,7 +312,10 @@ def read_output(output) -> list[dict]:
     if not folder.is_dir():
         return []
     latest: dict[tuple, dict] = {}
-    shards = sorted((p for p in folder.iterdir() if p.suffix in (".json", ".jsonl", ".parquet")), key=lambda shard: (shard.stat().st_mtime_ns, shard.name))
+    shards = sorted(
+        (p for p in folder.iterdir() if p.suffix in (".json", ".jsonl", ".parquet")),
+        key=lambda shard: (shard.stat().st_mtime_ns, shard.name),
+    )
     for record in read_shards(shards):
         key = key_of(record)
         if key not in latest or latest[key]["error"]:
@@ -321,7 +335,10 @@ def _jsonl_line(record: dict) -> bytes:
 
 def _csv_line(record: dict) -> bytes:
     buffer = io.StringIO(newline="")
-    row = [json.dumps(record.get(name)) if name in _JSON_FIELDS else ("" if record.get(name) is None else record[name]) for name in RECORD_FIELDS]
+    row = [
+        json.dumps(record.get(name)) if name in _JSON_FIELDS else ("" if record.get(name) is None else record[name])
+        for name in RECORD_FIELDS
+    ]
     csv.writer(buffer).writerow(row)
     return buffer.getvalue().encode("utf-8", errors="surrogateescape")
 

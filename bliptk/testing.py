@@ -71,7 +71,13 @@ def fake_hub_cache(cache: Path, checkpoint: Path, hub_id: str = "Salesforce/blip
 
 
 def make_video(
-    path: Path, frames: int = 20, fps: int = 10, keyframe_interval: int = 10, rotation: int | None = None, size=(64, 48), codec: str = "mpeg4"
+    path: Path,
+    frames: int = 20,
+    fps: int = 10,
+    keyframe_interval: int = 10,
+    rotation: int | None = None,
+    size=(64, 48),
+    codec: str = "mpeg4",
 ) -> Path:
     """Write a small MPEG-4 video whose frame i is grey level 10 * i with a white left band.
 

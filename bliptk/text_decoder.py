@@ -149,8 +149,14 @@ class TextDecoder(nn.Module):
             raise InvalidOptionError("int8 decoding runs on the CPU over a bfloat16 model")
         for layer in self.layers:
             for linear in (
-                layer.attention.self.query, layer.attention.self.key, layer.attention.self.value, layer.attention.output.dense,
-                layer.crossattention.self.query, layer.crossattention.output.dense, layer.intermediate.dense, layer.output.dense,
+                layer.attention.self.query,
+                layer.attention.self.key,
+                layer.attention.self.value,
+                layer.attention.output.dense,
+                layer.crossattention.self.query,
+                layer.crossattention.output.dense,
+                layer.intermediate.dense,
+                layer.output.dense,
             ):
                 self.int8_weights[linear] = quantize_int8(linear.weight)
         head = self.lm.cls.predictions
@@ -263,7 +269,15 @@ class TextDecoder(nn.Module):
         end = state.length + input_ids.shape[1]
         if end > state.max_length:
             raise InvalidOptionError(f"the cache holds {state.max_length} positions; {end} needed")
-        result = self.run(input_ids, state.length, state, state.cross_keys, state.cross_values, state.padding, return_cross_attention=return_cross_attention)
+        result = self.run(
+            input_ids,
+            state.length,
+            state,
+            state.cross_keys,
+            state.cross_values,
+            state.padding,
+            return_cross_attention=return_cross_attention,
+        )
         state.length = end
         return result
 
@@ -324,7 +338,9 @@ class TextDecoder(nn.Module):
         cross_attentions = []
         for index, layer in enumerate(self.layers):
             attention = layer.attention.self
-            keys, values = cache.extend(index, self._split_heads(project(attention.key, hidden)), self._split_heads(project(attention.value, hidden)))
+            keys, values = cache.extend(
+                index, self._split_heads(project(attention.key, hidden)), self._split_heads(project(attention.value, hidden))
+            )
             context = attend(self._split_heads(project(attention.query, hidden)), keys, values, mask)
             hidden = layer.attention.output.LayerNorm(project(layer.attention.output.dense, self._merge_heads(context)) + hidden)
 

@@ -45,15 +45,11 @@ class Tokenizer:
         vocab_lines = Path(vocab_file).read_text(encoding="utf-8").splitlines()
         vocab = {token: index for index, token in enumerate(vocab_lines)}
         wordpiece = _WordPieceTokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-        wordpiece.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
-        )
+        wordpiece.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
         wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         wordpiece.decoder = decoders.WordPiece(prefix="##", cleanup=True)
         wordpiece.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in _BERT_SPECIAL])
-        added = wordpiece.add_special_tokens(
-            [AddedToken(t, normalized=False, special=True) for t in ("[DEC]", "[ENC]")]
-        )
+        added = wordpiece.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in ("[DEC]", "[ENC]")])
         if wordpiece.token_to_id("[DEC]") != DEC_TOKEN_ID or wordpiece.token_to_id("[ENC]") != ENC_TOKEN_ID:
             raise InputError(
                 vocab_file,

@@ -57,7 +57,9 @@ class VideoOptions:
     """
 
     num_frames: int = field(default=16, metadata={"help": "frames taken from each video, uniformly spaced", "aliases": ("--frames",)})
-    pooling: str = field(default="mean", metadata={"help": "how a video's frame features are pooled: mean (the page's) or concat", "choices": VIDEO_POOLINGS})
+    pooling: str = field(
+        default="mean", metadata={"help": "how a video's frame features are pooled: mean (the page's) or concat", "choices": VIDEO_POOLINGS}
+    )
 
     def __post_init__(self):
         check_positive_int("num_frames", self.num_frames)

@@ -261,7 +261,9 @@ class AttentionExplorer(_Explorer):
         layers, heads = self.caption.cross_attention.shape[1:3]
         self.token = w.IntSlider(value=0, min=0, max=max(0, len(self.caption.tokens) - 1), description="token")
         self.layer = w.Dropdown(options=[("all", ALL_LAYERS)] + [(str(i), i) for i in range(layers)], value=layers - 1, description="layer")
-        self.heads = w.Dropdown(options=[("mean", "mean"), ("max", "max")] + [(str(i), i) for i in range(heads)], value="mean", description="heads")
+        self.heads = w.Dropdown(
+            options=[("mean", "mean"), ("max", "max")] + [(str(i), i) for i in range(heads)], value="mean", description="heads"
+        )
         self.label = w.HTML()
         self.view = _picture(w)
         self.overlay: Image.Image | None = None
@@ -320,12 +322,16 @@ class StepThroughDecoder(_Explorer):
             self.button.disabled = True
             return None
         rows = "".join(
-            f"<tr><td>{'&rarr; ' if token == step.chosen_token else ''}{html.escape(token)}</td><td>{p:.3f}</td></tr>" for token, p in step.top
+            f"<tr><td>{'&rarr; ' if token == step.chosen_token else ''}{html.escape(token)}</td><td>{p:.3f}</td></tr>"
+            for token, p in step.top
         )
-        self.state.value = _wrapping(
-            f"step {step.index}: input {html.escape(' '.join(step.input_tokens))} &middot; KV cache {step.cache_length} positions"
-            f" &middot; chosen <b>{html.escape(step.chosen_token)}</b> ({step.chosen_probability:.3f})"
-        ) + f"<table><tr><th>next token</th><th>probability</th></tr>{rows}</table>"
+        self.state.value = (
+            _wrapping(
+                f"step {step.index}: input {html.escape(' '.join(step.input_tokens))} &middot; KV cache {step.cache_length} positions"
+                f" &middot; chosen <b>{html.escape(step.chosen_token)}</b> ({step.chosen_probability:.3f})"
+            )
+            + f"<table><tr><th>next token</th><th>probability</th></tr>{rows}</table>"
+        )
         self.button.disabled = self.stepper.done
         return step
 

@@ -107,7 +107,9 @@ def test_map_options(tiny, photos):
     weights = caption.cross_attention.numpy()
     raw = weights[..., 1:].reshape(5, 2, 4, 6, 6)
     np.testing.assert_allclose(bliptk.attention_maps(caption, layer=0, heads=2, subtract_min=False).numpy(), raw[:, 0, 2], atol=1e-7)
-    np.testing.assert_allclose(bliptk.attention_maps(caption, layer=[0, 1], heads="max", subtract_min=False).numpy(), raw.mean(1).max(1), atol=1e-7)
+    np.testing.assert_allclose(
+        bliptk.attention_maps(caption, layer=[0, 1], heads="max", subtract_min=False).numpy(), raw.mean(1).max(1), atol=1e-7
+    )
     np.testing.assert_allclose(bliptk.attention_maps(caption, heads=-1, subtract_min=False).numpy(), raw[:, -1, -1], atol=1e-7)
     with pytest.raises(ValueError, match="return_attention=True"):
         bliptk.attention_maps(tiny.caption(photos[0], max_new_tokens=2))

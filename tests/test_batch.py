@@ -153,9 +153,27 @@ def test_torn_last_line_is_dropped_on_resume(tiny, photos, tmp_path):
 
 def _run_batch(folder, out, *extra):
     return subprocess.Popen(
-        [sys.executable, "-m", "bliptk", "caption", str(folder), "--out", str(out), "--model", "tiny",
-         "--batch-size", "2", "--workers", "1", "--max-new-tokens", "25", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bliptk",
+            "caption",
+            str(folder),
+            "--out",
+            str(out),
+            "--model",
+            "tiny",
+            "--batch-size",
+            "2",
+            "--workers",
+            "1",
+            "--max-new-tokens",
+            "25",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -357,5 +375,7 @@ def test_resume_finds_inputs_given_another_way(tiny, photos, tmp_path, monkeypat
     first = list(tiny.caption_files("photos", "c.jsonl", max_new_tokens=2))
     assert [r["path"] for r in first] == [str(folder / p.name) for p in photos]
     status = BatchStatus()
-    assert list(tiny.caption_files([str(folder), "./photos/" + photos[0].name], "c.jsonl", max_new_tokens=2, resume=True, status=status)) == []
+    assert (
+        list(tiny.caption_files([str(folder), "./photos/" + photos[0].name], "c.jsonl", max_new_tokens=2, resume=True, status=status)) == []
+    )
     assert status.skipped == len(photos) and read_records(tmp_path / "c.jsonl") == first

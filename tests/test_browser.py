@@ -71,15 +71,30 @@ def lab(tmp_path):
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
     env = {
-        **os.environ, "BLIPTK_MODEL": "tiny", "BLIPTK_EXAMPLES": str(NOTEBOOKS),
-        "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_DATA_DIR": str(home / "data"),
-        "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "IPYTHONDIR": str(home / "ipython"),
+        **os.environ,
+        "BLIPTK_MODEL": "tiny",
+        "BLIPTK_EXAMPLES": str(NOTEBOOKS),
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_DATA_DIR": str(home / "data"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "IPYTHONDIR": str(home / "ipython"),
     }
     env.pop("MPLBACKEND", None)  # the kernel picks matplotlib's inline backend
     port = _free_port()
     command = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--ServerApp.token=",
-        "--ServerApp.password=", f"--ServerApp.root_dir={root}", "--allow-root", "--expose-app-in-browser", "--LabApp.news_url=None",
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.token=",
+        "--ServerApp.password=",
+        f"--ServerApp.root_dir={root}",
+        "--allow-root",
+        "--expose-app-in-browser",
+        "--LabApp.news_url=None",
     ]
     log = open(tmp_path / "lab.log", "w")  # noqa: SIM115 (the server writes it until the finally below closes it)
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

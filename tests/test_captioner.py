@@ -163,4 +163,3 @@ def test_random_weights_say_so_once_and_pretrained_ones_never(tiny_checkpoint, p
         pretrained.embed(photos[0])
     assert pretrained.weights.source == "pretrained" and pretrained.weights.seed is None
     assert pretrained.weights.fingerprint == random.weights.fingerprint  # the checkpoint holds those weights
-

@@ -10,7 +10,9 @@ from bliptk.testing import hf_generate
 
 def _ours(captioner, pixel_values, max_new_tokens, **options):
     features = captioner.image_encoder(pixel_values)
-    captions = decode(captioner.text_decoder, captioner.tokenizer, features, bliptk.DecodingOptions(max_new_tokens=max_new_tokens, **options))
+    captions = decode(
+        captioner.text_decoder, captioner.tokenizer, features, bliptk.DecodingOptions(max_new_tokens=max_new_tokens, **options)
+    )
     return [c.token_ids for c in captions]
 
 
@@ -120,7 +122,10 @@ def test_a_batch_with_one_prompt_per_image_equals_each_alone(tiny, photos, strat
 
 def test_several_samples_per_image_equal_each_image_alone(tiny, photos):
     together = tiny.caption(photos, ["", "the woman", "a"], temperature=1.0, seed=5, num_return_sequences=2, max_new_tokens=6)
-    alone = [tiny.caption(photo, prompt, temperature=1.0, seed=5, num_return_sequences=2, max_new_tokens=6) for photo, prompt in zip(photos, ["", "the woman", "a"], strict=True)]
+    alone = [
+        tiny.caption(photo, prompt, temperature=1.0, seed=5, num_return_sequences=2, max_new_tokens=6)
+        for photo, prompt in zip(photos, ["", "the woman", "a"], strict=True)
+    ]
     assert [[c.token_ids for c in per_image] for per_image in together] == [[c.token_ids for c in per_image] for per_image in alone]
 
 
@@ -136,7 +141,10 @@ def test_options_are_built_by_keyword_only(tiny, photos):
         bliptk.DecodingOptions("the woman", 20)
     options = bliptk.DecodingOptions(prompt="the woman", max_new_tokens=5)
     assert tiny.caption(photos[0], options=options).token_ids == tiny.caption(photos[0], "the woman", max_new_tokens=5).token_ids
-    assert tiny.caption(photos[0], options=options, max_new_tokens=2).token_ids == tiny.caption(photos[0], "the woman", max_new_tokens=2).token_ids
+    assert (
+        tiny.caption(photos[0], options=options, max_new_tokens=2).token_ids
+        == tiny.caption(photos[0], "the woman", max_new_tokens=2).token_ids
+    )
 
 
 BAD_OPTIONS = [

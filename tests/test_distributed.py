@@ -16,7 +16,6 @@ from bliptk.distributed import ActorPool, _preprocessor, caption_dataset, read_o
 TIME_LIMIT_S = 240
 
 
-
 def ray_job(test):
     """Marks a test that starts a local Ray instance (tens of seconds): ray, and slow."""
     return pytest.mark.ray(pytest.mark.slow(test))
@@ -90,7 +89,9 @@ def test_cli_routes_through_ray(folder, tmp_path):
     output = tmp_path / "cli-shards"
     result = subprocess.run(
         [sys.executable, "-m", "bliptk", "caption", str(folder), "--ray", "--out", str(output), "--model", "tiny", "--max-new-tokens", "4"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "3 captioned, 2 failed, 0 already done (of 5)" in result.stderr
@@ -110,12 +111,12 @@ def test_uris_are_read_through_their_filesystem(tiny, photos, local_ray, tmp_pat
 @pytest.mark.parametrize(
     "cpus, gpus, num_workers, cpus_per_worker, gpus_per_worker, expected",
     [
-        (2, 0, None, None, 0, (1, 1.5)),      # one actor, all but the reading share
-        (16, 0, None, None, 0, (3, 4.0)),     # 4-CPU actors on a big node
-        (2, 0, 2, None, 0, (2, 0.75)),        # asked-for actors share what is free
-        (2, 0, None, 1, 0, (1, 1)),           # two 1-CPU actors would starve the reads
-        (32, 4, None, None, 1, (4, 1.0)),     # one actor per GPU
-        (32, 4, None, None, 0.5, (8, 1.0)),   # two actors per GPU
+        (2, 0, None, None, 0, (1, 1.5)),  # one actor, all but the reading share
+        (16, 0, None, None, 0, (3, 4.0)),  # 4-CPU actors on a big node
+        (2, 0, 2, None, 0, (2, 0.75)),  # asked-for actors share what is free
+        (2, 0, None, 1, 0, (1, 1)),  # two 1-CPU actors would starve the reads
+        (32, 4, None, None, 1, (4, 1.0)),  # one actor per GPU
+        (32, 4, None, None, 0.5, (8, 1.0)),  # two actors per GPU
     ],
 )
 def test_the_pool_always_leaves_room_for_reads(cpus, gpus, num_workers, cpus_per_worker, gpus_per_worker, expected):

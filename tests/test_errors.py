@@ -29,33 +29,40 @@ def _caption_with_attention(tiny, photos):
 MISTAKES = {
     "attention maps of a caption without attention": (
         lambda tiny, photos: bliptk.attention_maps(tiny.caption(photos[0], max_new_tokens=2)),
-        ValueError, "caption it with return_attention=True",
+        ValueError,
+        "caption it with return_attention=True",
     ),
     "an attention layer out of range": (
         lambda tiny, photos: bliptk.attention_maps(_caption_with_attention(tiny, photos), layer=5),
-        ValueError, r"layer must be in \[-2, 1\]",
+        ValueError,
+        r"layer must be in \[-2, 1\]",
     ),
     "bad attention heads": (
         lambda tiny, photos: bliptk.attention_maps(_caption_with_attention(tiny, photos), heads="median"),
-        ValueError, "heads must be",
+        ValueError,
+        "heads must be",
     ),
     "a decoder state with too many positions": (
         lambda tiny, photos: tiny.text_decoder.start(tiny.encode_image(photos[0]), max_length=513),
-        ValueError, "exceeds the decoder's 512 positions",
+        ValueError,
+        "exceeds the decoder's 512 positions",
     ),
     "a full decoder cache": (
         lambda tiny, photos: tiny.text_decoder(torch.tensor([[30522, 1037]]), tiny.text_decoder.start(tiny.encode_image(photos[0]), 1)),
-        ValueError, "the cache holds 1 positions; 2 needed",
+        ValueError,
+        "the cache holds 1 positions; 2 needed",
     ),
     "net information of a number": (lambda tiny, photos: bliptk.net_information(42), TypeError, "not int"),
     "a stepper with beams": (
         lambda tiny, photos: bliptk.Stepper(tiny, photos[0], bliptk.DecodingOptions(num_beams=2)),
-        ValueError, "not beam search",
+        ValueError,
+        "not beam search",
     ),
     "nearest images without a captioner": (lambda tiny, photos: bliptk.nearest(photos[0], photos), TypeError, "pass captioner="),
     "a vocabulary that is not BERT's": (
         lambda tiny, photos: bliptk.Tokenizer(Path(__file__).parent / "data" / "references.json"),
-        ValueError, "expected BERT's 30,522-entry vocabulary",
+        ValueError,
+        "expected BERT's 30,522-entry vocabulary",
     ),
     "an unknown option": (lambda tiny, photos: tiny.caption(photos[0], beams=3), ValueError, "unknown option"),
     "a projection of too few points": (lambda tiny, photos: bliptk.project(np.eye(3)), ValueError, "umap needs at least 4 points"),
@@ -105,7 +112,9 @@ class Fault:
 
 def _records(folder: Path, names: list[str]) -> Path:
     records = folder / "predictions.jsonl"
-    records.write_text("".join(json.dumps({"path": name, "caption": "a cat", "error": None, "model": "m", "options": {}}) + "\n" for name in names))
+    records.write_text(
+        "".join(json.dumps({"path": name, "caption": "a cat", "error": None, "model": "m", "options": {}}) + "\n" for name in names)
+    )
     return records
 
 
@@ -178,109 +187,158 @@ FAULTS: dict[str, Callable] = {
     "eval: two files with one image id": lambda ctx: Fault(
         ["eval", str(_records(ctx.tmp, ["photos/a/img1.jpg", "photos/b/IMG_0001.png"])), str(_references(ctx.tmp, {"1": ["a cat"]}))],
         lambda: bliptk.evaluate(ctx.tmp / "predictions.jsonl", ctx.tmp / "references.json"),
-        bliptk.EvaluationError, r"photos/a/img1.jpg and photos/b/IMG_0001.png both have image id 1",
+        bliptk.EvaluationError,
+        r"photos/a/img1.jpg and photos/b/IMG_0001.png both have image id 1",
     ),
     "eval: a binary predictions file": lambda ctx: Fault(
         ["eval", str(_binary(ctx.tmp / "predictions.json")), str(_references(ctx.tmp, {"1": ["a cat"]}))],
         lambda: bliptk.evaluate(ctx.tmp / "predictions.json", {1: ["a cat"]}),
-        bliptk.EvaluationError, r"predictions.json: not a text file \(not UTF-8\)",
+        bliptk.EvaluationError,
+        r"predictions.json: not a text file \(not UTF-8\)",
     ),
     "eval: ids mixing numbers and names": lambda ctx: Fault(
-        ["eval", str(_json(ctx.tmp / "mixed.json", [{"image_id": 1, "caption": "a"}, {"image_id": "cat", "caption": "b"}])),
-         str(_references(ctx.tmp, {"1": ["a"], "2": ["b"]}))],
+        [
+            "eval",
+            str(_json(ctx.tmp / "mixed.json", [{"image_id": 1, "caption": "a"}, {"image_id": "cat", "caption": "b"}])),
+            str(_references(ctx.tmp, {"1": ["a"], "2": ["b"]})),
+        ],
         lambda: bliptk.evaluate([{"image_id": 1, "caption": "a"}, {"image_id": "cat", "caption": "b"}], {1: ["a"], "cat": ["b"]}),
-        bliptk.EvaluationError, r"mix numeric image ids and names \(e.g. 1 and 'cat'\)",
+        bliptk.EvaluationError,
+        r"mix numeric image ids and names \(e.g. 1 and 'cat'\)",
     ),
     "eval: a null caption": lambda ctx: Fault(
-        None, lambda: bliptk.evaluate([{"image_id": 1, "caption": None}], {1: ["a cat"]}), bliptk.EvaluationError, r"prediction 0 has no caption \(null\)",
+        None,
+        lambda: bliptk.evaluate([{"image_id": 1, "caption": None}], {1: ["a cat"]}),
+        bliptk.EvaluationError,
+        r"prediction 0 has no caption \(null\)",
     ),
     "out: a folder that does not exist": lambda ctx: Fault(
         ["caption", str(ctx.photos[0]), "--model", "tiny", "--out", str(ctx.tmp / "nosuch" / "dir" / "x.jsonl")],
         lambda: next(ctx.tiny.caption_files(ctx.photos[0], ctx.tmp / "nosuch" / "dir" / "x.jsonl")),
-        bliptk.OutputError, r"x.jsonl: the folder \S+/nosuch/dir does not exist; create it, or choose another output",
+        bliptk.OutputError,
+        r"x.jsonl: the folder \S+/nosuch/dir does not exist; create it, or choose another output",
     ),
     "out: a folder": lambda ctx: Fault(
         ["caption", str(ctx.photos[0]), "--model", "tiny", "--out", str(_folder(ctx.tmp / "out.jsonl")), "--resume"],
         lambda: next(ctx.tiny.caption_files(ctx.photos[0], ctx.tmp / "out.jsonl", resume=True)),
-        bliptk.OutputError, r"out.jsonl is a folder; name a .jsonl file",
+        bliptk.OutputError,
+        r"out.jsonl is a folder; name a .jsonl file",
     ),
     "out: Parquet without Ray": lambda ctx: Fault(
         ["caption", str(ctx.photos[0]), "--model", "tiny", "--out", str(ctx.tmp / "x.parquet")],
         lambda: next(ctx.tiny.caption_files(ctx.photos[0], ctx.tmp / "x.parquet")),
-        bliptk.InvalidOptionError, r"records are written as .jsonl or .csv, not .parquet \(Parquet shards are written by the Ray path: ray=True",
+        bliptk.InvalidOptionError,
+        r"records are written as .jsonl or .csv, not .parquet \(Parquet shards are written by the Ray path: ray=True",
         r"not .parquet \(Parquet shards are written by the Ray path: ray=True, --ray\); name the file so, or pass --format",
     ),
     "out: an existing figure": lambda ctx: Fault(
-        ["attention", str(ctx.photos[0]), "--model", "tiny", "--out", str(_file(ctx.tmp / "grid.png"))], None,
-        bliptk.OutputExistsError, r"grid.png exists; pass --overwrite to replace it, or choose another file",
+        ["attention", str(ctx.photos[0]), "--model", "tiny", "--out", str(_file(ctx.tmp / "grid.png"))],
+        None,
+        bliptk.OutputExistsError,
+        r"grid.png exists; pass --overwrite to replace it, or choose another file",
     ),
     "checkpoint: a tensor of the wrong shape": lambda ctx: Fault(
-        _caption_with(_checkpoint(ctx, _wrong_shape), ctx.photos[0]), lambda: bliptk.load(ctx.tmp / "checkpoint"), bliptk.CheckpointError,
+        _caption_with(_checkpoint(ctx, _wrong_shape), ctx.photos[0]),
+        lambda: bliptk.load(ctx.tmp / "checkpoint"),
+        bliptk.CheckpointError,
         r"the weights do not fit its config.json: text_decoder.bert.encoder.layer.0.attention.self.query.weight is \(3, 3\), the config says \(32, 32\)",
     ),
     "checkpoint: a truncated safetensors file": lambda ctx: Fault(
         _caption_with(_checkpoint(ctx, lambda f: _truncate(f / "model.safetensors")), ctx.photos[0]),
-        lambda: bliptk.load(ctx.tmp / "checkpoint"), bliptk.CheckpointError, r"model.safetensors: not a readable safetensors file, or truncated",
+        lambda: bliptk.load(ctx.tmp / "checkpoint"),
+        bliptk.CheckpointError,
+        r"model.safetensors: not a readable safetensors file, or truncated",
     ),
     "checkpoint: an invalid config.json": lambda ctx: Fault(
         _caption_with(_checkpoint(ctx, lambda f: (f / "config.json").write_text("{oops")), ctx.photos[0]),
-        lambda: bliptk.load(ctx.tmp / "checkpoint"), bliptk.CheckpointError, r"config.json is not a BLIP captioning config",
+        lambda: bliptk.load(ctx.tmp / "checkpoint"),
+        bliptk.CheckpointError,
+        r"config.json is not a BLIP captioning config",
     ),
     "checkpoint: absurd sizes": lambda ctx: Fault(
-        _caption_with(_checkpoint(ctx, _absurd), ctx.photos[0]), lambda: bliptk.load(ctx.tmp / "checkpoint", pretrained=False),
-        bliptk.CheckpointError, r"describes a net of [\d,.]+ GB in float32, more than this machine's [\d,.]+ GB of memory",
+        _caption_with(_checkpoint(ctx, _absurd), ctx.photos[0]),
+        lambda: bliptk.load(ctx.tmp / "checkpoint", pretrained=False),
+        bliptk.CheckpointError,
+        r"describes a net of [\d,.]+ GB in float32, more than this machine's [\d,.]+ GB of memory",
     ),
     "export: a graph with overwritten bytes": lambda ctx: Fault(
-        _caption_with(_export(ctx, lambda f: _overwrite_bytes(f / "decoder.onnx")), ctx.photos[0]), lambda: bliptk_onnx.load(ctx.tmp / "export"),
-        bliptk.CheckpointError, r"decoder.onnx is not the graph that was exported \(its sha256 differs\)",
+        _caption_with(_export(ctx, lambda f: _overwrite_bytes(f / "decoder.onnx")), ctx.photos[0]),
+        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError,
+        r"decoder.onnx is not the graph that was exported \(its sha256 differs\)",
     ),
     "export: a corrupted graph, unchecked": lambda ctx: Fault(
-        None, lambda: _unchecked(_export(ctx, lambda f: _truncate(f / "decoder.onnx"))),
-        bliptk.CheckpointError, r"decoder.onnx: ONNX Runtime cannot read this graph",
+        None,
+        lambda: _unchecked(_export(ctx, lambda f: _truncate(f / "decoder.onnx"))),
+        bliptk.CheckpointError,
+        r"decoder.onnx: ONNX Runtime cannot read this graph",
     ),
     "export: a manifest missing a key": lambda ctx: Fault(
-        _caption_with(_export(ctx, _manifest(lambda m: m.pop("config"))), ctx.photos[0]), lambda: bliptk_onnx.load(ctx.tmp / "export"),
-        bliptk.CheckpointError, r"manifest.json: config is missing; the export is damaged: export the model again",
+        _caption_with(_export(ctx, _manifest(lambda m: m.pop("config"))), ctx.photos[0]),
+        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError,
+        r"manifest.json: config is missing; the export is damaged: export the model again",
     ),
     "export: a manifest field of the wrong type": lambda ctx: Fault(
         _caption_with(_export(ctx, _manifest(lambda m: m.update(graphs=["encoder.onnx"]))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"manifest.json: graphs must be a dict, not list",
+        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError,
+        r"manifest.json: graphs must be a dict, not list",
     ),
     "export: a manifest that is no JSON": lambda ctx: Fault(
         _caption_with(_export(ctx, lambda f: (f / "manifest.json").write_text("{oops")), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"manifest.json: not valid JSON",
+        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError,
+        r"manifest.json: not valid JSON",
     ),
     "export: a graph outside the folder": lambda ctx: Fault(
         _caption_with(_export(ctx, _manifest(lambda m: m["graphs"].update(decoder="../../outside/decoder.onnx"))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError,
+        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError,
         r"graph '../../outside/decoder.onnx' is not a file name inside the export; bliptk reads only its own folder",
     ),
     "export: an absolute graph path": lambda ctx: Fault(
         _caption_with(_export(ctx, _manifest(lambda m: m["graphs"].update(encoder="/etc/passwd"))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"graph '/etc/passwd' is not a file name inside the export",
+        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError,
+        r"graph '/etc/passwd' is not a file name inside the export",
     ),
     "export: a tokenizer outside the folder": lambda ctx: Fault(
         _caption_with(_export(ctx, _manifest(lambda m: m.update(tokenizer="../../../etc/passwd"))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"tokenizer '../../../etc/passwd' is not a file name inside the export",
+        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError,
+        r"tokenizer '../../../etc/passwd' is not a file name inside the export",
     ),
     "export: a link that leads out": lambda ctx: Fault(
-        None, lambda: bliptk_onnx.load(_export(ctx, _link_out)), bliptk.CheckpointError, r"decoder.onnx is a link that leads out of the export",
+        None,
+        lambda: bliptk_onnx.load(_export(ctx, _link_out)),
+        bliptk.CheckpointError,
+        r"decoder.onnx is a link that leads out of the export",
     ),
     "export: a graph without a hash": lambda ctx: Fault(
         _caption_with(_export(ctx, _manifest(lambda m: m["sha256"].pop("decoder.onnx"))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"), bliptk.CheckpointError, r"the manifest has no sha256 of decoder.onnx, so it cannot be checked",
+        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError,
+        r"the manifest has no sha256 of decoder.onnx, so it cannot be checked",
     ),
     "prompt: not a string": lambda ctx: Fault(
-        None, lambda: ctx.tiny.caption(ctx.photos[0], prompt=123), bliptk.InvalidOptionError, r"a prompt must be a string or None, got int 123",
+        None,
+        lambda: ctx.tiny.caption(ctx.photos[0], prompt=123),
+        bliptk.InvalidOptionError,
+        r"a prompt must be a string or None, got int 123",
     ),
     "option: a negative seed": lambda ctx: Fault(
         ["caption", str(ctx.photos[0]), "--model", "tiny", "--temperature", "1", "--seed", "-1"],
-        lambda: ctx.tiny.caption(ctx.photos[0], temperature=1.0, seed=-1), bliptk.InvalidOptionError,
-        r"seed must be an integer >= 0 or None, got -1", r"--seed must be an integer >= 0 or None, got -1",
+        lambda: ctx.tiny.caption(ctx.photos[0], temperature=1.0, seed=-1),
+        bliptk.InvalidOptionError,
+        r"seed must be an integer >= 0 or None, got -1",
+        r"--seed must be an integer >= 0 or None, got -1",
     ),
     "option: UMAP of too few images": lambda ctx: Fault(
         ["map", str(ctx.photos[0].parent), "--model", "tiny", "--out", str(ctx.tmp / "map.png")],
-        lambda: bliptk.project(np.eye(3)), bliptk.InvalidOptionError, r"umap needs at least 4 points, got 3; use method='pca' for fewer",
+        lambda: bliptk.project(np.eye(3)),
+        bliptk.InvalidOptionError,
+        r"umap needs at least 4 points, got 3; use method='pca' for fewer",
         r"umap needs at least 4 points, got 3; use --method pca for fewer",
     ),
 }
@@ -321,7 +379,9 @@ class _Context:
 
 
 @pytest.mark.parametrize("fault", FAULTS)
-def test_every_fault_is_a_bliptk_error_in_python_and_exit_2_in_one_line(fault, tiny, photos, tiny_checkpoint, tiny_export, tmp_path, capsys, caplog):
+def test_every_fault_is_a_bliptk_error_in_python_and_exit_2_in_one_line(
+    fault, tiny, photos, tiny_checkpoint, tiny_export, tmp_path, capsys, caplog
+):
     case = FAULTS[fault](_Context(tmp_path, tiny, photos, tiny_checkpoint, tiny_export))
     if case.api is not None:
         with pytest.raises(case.error, match=case.message):
@@ -358,7 +418,11 @@ def test_the_onnx_loader_opens_no_file_outside_the_export(tiny_export, tmp_path)
         opened.clear()
         with pytest.raises(bliptk.CheckpointError, match="is not a file name inside the export"):
             bliptk_onnx.load(folder)
-        outside = [path for path in opened if not Path(path).resolve().is_relative_to(folder.resolve()) and path.endswith((".onnx", ".json", ".txt", "passwd"))]
+        outside = [
+            path
+            for path in opened
+            if not Path(path).resolve().is_relative_to(folder.resolve()) and path.endswith((".onnx", ".json", ".txt", "passwd"))
+        ]
         assert outside == [], name
 
 
@@ -395,7 +459,9 @@ BAD_VIDEOS = {
 
 def test_every_bad_video_fails_as_a_video_with_its_own_record(tiny, bad_videos, capsys, caplog):
     records = {Path(r["path"]).name: r for r in tiny.caption_files(bad_videos, max_new_tokens=2)}
-    assert {name: (r["kind"], r["error"]["type"]) for name, r in records.items()} == {name: ("video", "VideoLoadError") for name in BAD_VIDEOS}
+    assert {name: (r["kind"], r["error"]["type"]) for name, r in records.items()} == {
+        name: ("video", "VideoLoadError") for name in BAD_VIDEOS
+    }
     for name, reason in BAD_VIDEOS.items():
         assert reason in records[name]["error"]["message"], records[name]
     assert main(["caption", str(bad_videos), "--model", "tiny", "--max-new-tokens", "2"]) == 1
@@ -419,7 +485,10 @@ def test_a_decompression_bomb_is_refused_in_the_documented_words(tiny, tmp_path,
     header = (30000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
     bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
     [record] = tiny.caption_files(bomb)
-    assert record["error"] == {"type": "ImageLoadError", "message": f"{bomb}: 900,000,000 pixels, over the limit of 100,000,000 (max_pixels)"}
+    assert record["error"] == {
+        "type": "ImageLoadError",
+        "message": f"{bomb}: 900,000,000 pixels, over the limit of 100,000,000 (max_pixels)",
+    }
     assert "unexpected error" not in caplog.text
 
 
@@ -430,7 +499,9 @@ def test_a_symlink_loop_and_a_fifo_in_a_folder_each_get_a_record(tiny, photos, t
     records = {Path(r["path"]).name: r for r in tiny.caption_files(tmp_path, max_new_tokens=2)}
     assert set(records) == {"photo.jpg", "loop.jpg", "pipe.jpg"} and records["photo.jpg"]["error"] is None
     assert records["loop.jpg"]["error"]["message"].endswith("loop.jpg: cannot be read (Too many levels of symbolic links)")
-    assert records["pipe.jpg"]["error"]["message"].endswith("pipe.jpg: is not a regular file (a FIFO, socket or device); bliptk reads files only")
+    assert records["pipe.jpg"]["error"]["message"].endswith(
+        "pipe.jpg: is not a regular file (a FIFO, socket or device); bliptk reads files only"
+    )
 
 
 def test_prompts_outside_the_vocabulary_are_warned_about_once(tiny, photos):
@@ -446,21 +517,32 @@ def test_a_missing_torch_or_pyav_is_a_missing_dependency_error(photos, tmp_path)
     (tmp_path / "clip.mp4").write_bytes((VIDEOS / "bigbuckbunny.mp4").read_bytes())
     code = "import sys; sys.modules['torch'] = sys.modules['av'] = None\nfrom bliptk.cli import main\nsys.exit(main(sys.argv[1:]))"
     torchless = subprocess.run(
-        [sys.executable, "-c", code, "caption", str(photos[0]), "--model", "ViT-B/16", "--random-weights"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code, "caption", str(photos[0]), "--model", "ViT-B/16", "--random-weights"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert torchless.returncode == 2 and torchless.stderr.startswith("bliptk: error: PyTorch is not installed: see the README's Install section")
+    assert torchless.returncode == 2 and torchless.stderr.startswith(
+        "bliptk: error: PyTorch is not installed: see the README's Install section"
+    )
     assert "Traceback" not in torchless.stderr
     script = "import sys; sys.modules['av'] = None\nfrom bliptk.cli import main\nsys.exit(main(sys.argv[1:]))"
     no_av = subprocess.run(
         [sys.executable, "-c", script, "caption", str(tmp_path / "clip.mp4"), str(photos[0]), "--model", "tiny", "--max-new-tokens", "2"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert no_av.returncode == 1 and "Traceback" not in no_av.stderr, no_av.stderr
-    assert "bliptk: error: reading videos needs PyAV: pip install av" in no_av.stderr and no_av.stdout.startswith(f"{photos[0]}: a photography of")
+    assert "bliptk: error: reading videos needs PyAV: pip install av" in no_av.stderr and no_av.stdout.startswith(
+        f"{photos[0]}: a photography of"
+    )
 
 
 def test_a_closed_pipe_ends_the_command_quietly():
-    result = subprocess.run(f"{sys.executable} -m bliptk info --model tiny --arrays | head -n 1", shell=True, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        f"{sys.executable} -m bliptk info --model tiny --arrays | head -n 1", shell=True, capture_output=True, text=True, timeout=120
+    )
     assert result.stdout == "model: tiny\n" and result.stderr == ""
 
 

@@ -44,7 +44,15 @@ def test_metrics_equal_pycocoevalcap_run_directly(result):
     meteor, _ = Meteor().compute_score(truths, results)
     rouge, _ = Rouge().compute_score(truths, results)
     cider, per_image = Cider().compute_score(truths, results)
-    expected = {"Bleu_1": bleu[0], "Bleu_2": bleu[1], "Bleu_3": bleu[2], "Bleu_4": bleu[3], "METEOR": meteor, "ROUGE_L": rouge, "CIDEr": cider}
+    expected = {
+        "Bleu_1": bleu[0],
+        "Bleu_2": bleu[1],
+        "Bleu_3": bleu[2],
+        "Bleu_4": bleu[3],
+        "METEOR": meteor,
+        "ROUGE_L": rouge,
+        "CIDEr": cider,
+    }
     assert result.metrics == pytest.approx(expected, abs=1e-9)
     assert sorted(c for _, _, c in result.per_image) == pytest.approx(sorted(per_image))
     assert 0 < result.metrics["Bleu_4"] < result.metrics["Bleu_1"] < 1
@@ -67,8 +75,28 @@ def test_input_formats(tmp_path):
     assert load_references([{"image_id": i, "captions": c} for i, c in REFERENCES.items()]) == REFERENCES
     records = tmp_path / "records.jsonl"
     records.write_text(
-        "".join(json.dumps({"path": f"photos/COCO_val2014_{p['image_id']:012d}.jpg", "caption": p["caption"], "error": None, "model": "m", "options": {}}) + "\n" for p in PREDICTIONS)
-        + json.dumps({"path": "photos/COCO_val2014_000000000009.jpg", "caption": None, "error": {"type": "ImageLoadError", "message": "x"}, "model": "m", "options": {}})
+        "".join(
+            json.dumps(
+                {
+                    "path": f"photos/COCO_val2014_{p['image_id']:012d}.jpg",
+                    "caption": p["caption"],
+                    "error": None,
+                    "model": "m",
+                    "options": {},
+                }
+            )
+            + "\n"
+            for p in PREDICTIONS
+        )
+        + json.dumps(
+            {
+                "path": "photos/COCO_val2014_000000000009.jpg",
+                "caption": None,
+                "error": {"type": "ImageLoadError", "message": "x"},
+                "model": "m",
+                "options": {},
+            }
+        )
         + "\n"
     )
     assert load_predictions(records, numeric_ids=True) == {p["image_id"]: p["caption"] for p in PREDICTIONS}
@@ -76,7 +104,9 @@ def test_input_formats(tmp_path):
 
 
 def test_mismatched_ids_say_how_many_are_missing_on_each_side():
-    with pytest.raises(bliptk.EvaluationError, match=r"1 predictions have no references \(e.g. \[7\]\), 2 references have no prediction \(e.g. \[2, 3\]\)"):
+    with pytest.raises(
+        bliptk.EvaluationError, match=r"1 predictions have no references \(e.g. \[7\]\), 2 references have no prediction \(e.g. \[2, 3\]\)"
+    ):
         bliptk.evaluate(PREDICTIONS[:1] + [{"image_id": 7, "caption": "x"}], REFERENCES)
 
 
@@ -105,7 +135,17 @@ def test_cli_eval_and_eval_coco(tiny, photos, tmp_path, capsys):
     assert "Bleu_4" in out and "lowest CIDEr (1 of 3)" in out and "3: a plate of food on a table" in out
 
     results = tmp_path / "results.json"
-    args = ["eval-coco", "--images", str(photos[0].parent), "--annotations", str(DATA / "references.json"), "--model", "tiny", "--out", str(results)]
+    args = [
+        "eval-coco",
+        "--images",
+        str(photos[0].parent),
+        "--annotations",
+        str(DATA / "references.json"),
+        "--model",
+        "tiny",
+        "--out",
+        str(results),
+    ]
     assert main(args) == 0
     written = json.loads(results.read_text())
     assert sorted(r["image_id"] for r in written) == [42, 1146, 1180]

@@ -18,7 +18,7 @@ EXERCISES = ROOT / "notebooks" / "07_exercises.ipynb"
 
 # A plausible wrong answer to each exercise, in place of its solution cell.
 WRONG_ANSWERS = {
-    "greedy": '''
+    "greedy": """
 def greedy(decoder, tokenizer, features, prompt="a photography of", max_new_tokens=25):
     prompt_ids = tokenizer(prompt)
     state = decoder.start(features, len(prompt_ids) + max_new_tokens)
@@ -28,15 +28,15 @@ def greedy(decoder, tokenizer, features, prompt="a photography of", max_new_toke
         generated.append(next_id)
         input_ids = torch.tensor([[next_id]])
     return generated
-''',
-    "sampling": '''
+""",
+    "sampling": """
 def sampling_distribution(logits, temperature, k):  # forgets the temperature
     kth_best = np.sort(logits)[-k]
     scaled = np.where(logits < kth_best, -np.inf, logits.astype(np.float64))
     probabilities = np.exp(scaled - scaled.max())
     return probabilities / probabilities.sum()
-''',
-    "cache": '''
+""",
+    "cache": """
 def greedy_without_cache(decoder, tokenizer, features, prompt, new_tokens):
     ids = tokenizer(prompt)
     generated = []
@@ -50,8 +50,8 @@ def greedy_without_cache(decoder, tokenizer, features, prompt, new_tokens):
 
 def positions_fed(prompt_length, new_tokens):  # counts the last token as fed too
     return prompt_length + new_tokens, sum(prompt_length + step for step in range(new_tokens))
-''',
-    "beams": '''
+""",
+    "beams": """
 def two_beams(decoder, tokenizer, features, prompt, steps):  # two greedy captions, not a beam search
     prompt_ids = tokenizer(prompt)
     state = decoder.start(features, len(prompt_ids) + steps)
@@ -70,8 +70,8 @@ def two_beams(decoder, tokenizer, features, prompt, steps):  # two greedy captio
         input_ids = best.indices[:, None]
     order = scores.argsort(descending=True).tolist()
     return [(beams[i], scores[i].item()) for i in order]
-''',
-    "video": '''
+""",
+    "video": """
 def frame_times(duration, n):  # the start of each part, not its middle
     return [i * duration / n for i in range(n)]
 
@@ -79,23 +79,23 @@ def frame_times(duration, n):  # the start of each part, not its middle
 def video_features(captioner, video, n):
     frames = bliptk.video_frames(video, n)
     return captioner.encode_image(list(frames)).mean(dim=0)
-''',
-    "nearest": '''
+""",
+    "nearest": """
 def nearest_indices(query, vectors, k):  # the dot product: long vectors win
     return list(np.argsort(-(vectors @ query), kind="stable")[:k])
-''',
-    "entropy": '''
+""",
+    "entropy": """
 def entropy_per_layer(cross_attention):  # the class token dropped, but not renormalised
     patches = cross_attention[..., 1:]
     return -(patches * patches.clamp_min(1e-12).log()).sum(dim=-1).mean(dim=(0, 2))
-''',
-    "logprob": '''
+""",
+    "logprob": """
 def caption_logprob(decoder, tokenizer, features, prompt, token_ids):  # reads each token at its own position
     prompt_ids = tokenizer(prompt)
     ids = torch.tensor([prompt_ids + list(token_ids)])
     logprobs = decoder(ids, decoder.start(features, ids.shape[1]))[0].log_softmax(dim=-1)
     return float(sum(logprobs[len(prompt_ids) + i, token] for i, token in enumerate(token_ids)))
-''',
+""",
 }
 
 

@@ -118,7 +118,9 @@ def test_cli_embed_and_map(tiny, photos, tmp_path, capsys):
     assert [p.split("/")[-1] for p in saved["paths"]] == [p.name for p in photos]
     np.testing.assert_allclose(saved["embeddings"], tiny.embed(photos, pooling="mean"), atol=1e-6)
     png = tmp_path / "map.png"
-    assert main(["map", str(folder), "--out", str(png), "--model", "tiny", "--method", "pca", "--clusters", "2", "--labels", str(labels)]) == 0
+    assert (
+        main(["map", str(folder), "--out", str(png), "--model", "tiny", "--method", "pca", "--clusters", "2", "--labels", str(labels)]) == 0
+    )
     assert "k=2" in capsys.readouterr().out and Image.open(png).size == (800, 700)
     assert main(["map", str(tmp_path / "nowhere"), "--out", str(tmp_path / "other.png"), "--model", "tiny"]) == 2
     assert "not a folder" in capsys.readouterr().err

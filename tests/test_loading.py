@@ -21,7 +21,9 @@ def _run_cli(*args, env=None, timeout=120):
 
 def test_checkpoint_folder_loads_offline_and_captions(tiny, tiny_checkpoint, photos):
     """A save_pretrained folder, loaded in a fresh process with HF_HUB_OFFLINE=1."""
-    result = _run_cli("caption", str(photos[0]), "--model", str(tiny_checkpoint), "--json", "--max-new-tokens", "8", env={"HF_HUB_OFFLINE": "1"})
+    result = _run_cli(
+        "caption", str(photos[0]), "--model", str(tiny_checkpoint), "--json", "--max-new-tokens", "8", env={"HF_HUB_OFFLINE": "1"}
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     expected = tiny.caption(photos[0], max_new_tokens=8)
@@ -41,7 +43,13 @@ def test_hub_id_is_read_from_the_hugging_face_cache(tiny, tiny_checkpoint, photo
     """An architecture name resolves to its hub id, found in HF_HUB_CACHE with no network."""
     fake_hub_cache(tmp_path, tiny_checkpoint)
     result = _run_cli(
-        "caption", str(photos[0]), "--model", "ViT-B/16", "--json", "--max-new-tokens", "5",
+        "caption",
+        str(photos[0]),
+        "--model",
+        "ViT-B/16",
+        "--json",
+        "--max-new-tokens",
+        "5",
         env={"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr
@@ -91,7 +99,9 @@ def test_random_weights_are_seeded_and_leave_the_global_rng_alone():
     assert torch.equal(torch.random.get_rng_state(), state)
     torch.testing.assert_close(first.model.state_dict(), second.model.state_dict(), atol=0, rtol=0)
     other = bliptk.load("tiny", weights_seed=1)
-    assert not torch.equal(other.model.text_decoder.cls.predictions.transform.dense.weight, first.model.text_decoder.cls.predictions.transform.dense.weight)
+    assert not torch.equal(
+        other.model.text_decoder.cls.predictions.transform.dense.weight, first.model.text_decoder.cls.predictions.transform.dense.weight
+    )
     assert first.pretrained is False and "random weights" in repr(first)
 
 

@@ -35,7 +35,9 @@ def test_greedy_tokens_equal_the_torch_path_tiny(tiny, runner, photos, prompt):
 
 
 def test_beam_search_sampling_and_mixed_prompts_equal_the_torch_path(tiny, runner, photos):
-    assert _ids(runner.caption(photos[:2], num_beams=3, max_new_tokens=10)) == _ids(tiny.caption(photos[:2], num_beams=3, max_new_tokens=10))
+    assert _ids(runner.caption(photos[:2], num_beams=3, max_new_tokens=10)) == _ids(
+        tiny.caption(photos[:2], num_beams=3, max_new_tokens=10)
+    )
     sampled = {"temperature": 1.0, "top_k": 20, "seed": 4, "max_new_tokens": 8}
     assert runner.caption(photos[0], **sampled).token_ids == tiny.caption(photos[0], **sampled).token_ids
     prompts = ["a", "the woman is sitting at a table with", ""]
@@ -50,7 +52,10 @@ def test_several_captions_per_image_and_a_video_as_the_torch_path(tiny, runner, 
     assert [len(group) for group in ours] == [3, 3]
     assert [_ids(group) for group in ours] == [_ids(group) for group in theirs]
     video = VIDEOS / "bigbuckbunny.mp4"
-    ours, theirs = runner.caption([video, photos[0]], num_frames=4, max_new_tokens=6), tiny.caption([video, photos[0]], num_frames=4, max_new_tokens=6)
+    ours, theirs = (
+        runner.caption([video, photos[0]], num_frames=4, max_new_tokens=6),
+        tiny.caption([video, photos[0]], num_frames=4, max_new_tokens=6),
+    )
     assert [c.prompt for c in ours] == ["a video of", "a photography of"]
     assert _ids(ours) == _ids(theirs)
 
@@ -61,7 +66,14 @@ def test_the_manifest_says_how_the_export_was_made(tiny, tiny_export):
     assert manifest["model"] == "tiny" and manifest["weights"] == tiny.weights.as_dict()
     check = manifest["check"]
     assert check["features_max_abs_diff"] <= check["tolerance"]["features"] and check["logits_max_abs_diff"] <= check["tolerance"]["logits"]
-    assert set(manifest["sha256"]) == {"encoder.onnx", "image_kv.onnx", "decoder.onnx", "encoder.int8.onnx", "image_kv.int8.onnx", "decoder.int8.onnx"}
+    assert set(manifest["sha256"]) == {
+        "encoder.onnx",
+        "image_kv.onnx",
+        "decoder.onnx",
+        "encoder.int8.onnx",
+        "image_kv.int8.onnx",
+        "decoder.int8.onnx",
+    }
     records = list(bliptk_onnx.load(tiny_export).caption_files([bliptk.example_path("images/woman-with-cake.jpg")], max_new_tokens=3))
     assert records[0]["weights"] == {**tiny.weights.as_dict(), "dtype": "onnx float32"}  # never taken for torch's records
 
@@ -81,7 +93,9 @@ def test_preprocessing_without_torch_equals_blip_image_processor(runner, photos)
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
     ours = runner.preprocessor.arrays(photos)  # NumPy only, at the tiny net's 96 px
-    expected = BlipImageProcessorPil(size={"height": 96, "width": 96})(images=[Image.open(p) for p in photos], return_tensors="np").pixel_values
+    expected = BlipImageProcessorPil(size={"height": 96, "width": 96})(
+        images=[Image.open(p) for p in photos], return_tensors="np"
+    ).pixel_values
     assert ours.shape == (3, 3, 96, 96) and abs(ours - expected).max() < 1e-5
 
 
@@ -142,4 +156,6 @@ def test_full_size_vit_b_greedy_and_beams_equal_the_torch_path(vit_b, photos, tm
     runner = bliptk_onnx.load(bliptk_onnx.export(vit_b, tmp_path / "vit-b"))
     for prompt in PROMPTS:
         assert _ids(runner.caption(photos[:2], prompt, max_new_tokens=10)) == _ids(vit_b.caption(photos[:2], prompt, max_new_tokens=10))
-    assert _ids(runner.caption(photos[:2], num_beams=3, max_new_tokens=10)) == _ids(vit_b.caption(photos[:2], num_beams=3, max_new_tokens=10))
+    assert _ids(runner.caption(photos[:2], num_beams=3, max_new_tokens=10)) == _ids(
+        vit_b.caption(photos[:2], num_beams=3, max_new_tokens=10)
+    )

@@ -18,7 +18,11 @@ def _module(path: Path) -> str:
 
 def _imports(path: Path) -> set[str]:
     """The bliptk modules a module imports, at the top or inside functions (lazy imports)."""
-    package = _module(path).rsplit(".", 1)[0] if path.stem != "__init__" and "." in _module(path) else (_module(path) if path.stem == "__init__" else "")
+    package = (
+        _module(path).rsplit(".", 1)[0]
+        if path.stem != "__init__" and "." in _module(path)
+        else (_module(path) if path.stem == "__init__" else "")
+    )
     imported = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if not isinstance(node, ast.ImportFrom):

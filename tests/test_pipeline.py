@@ -45,7 +45,9 @@ def test_several_prompts_of_mixed_lengths_each_as_alone(backend, photos):
     assert _ids(together) == [backend.caption(photos[1], prompt, max_new_tokens=8).token_ids for prompt in prompts]
     assert [caption.prompt for caption in together] == prompts
     one_each = backend.caption(photos, prompts, max_new_tokens=8)
-    assert _ids(one_each) == [backend.caption(photo, prompt, max_new_tokens=8).token_ids for photo, prompt in zip(photos, prompts, strict=True)]
+    assert _ids(one_each) == [
+        backend.caption(photo, prompt, max_new_tokens=8).token_ids for photo, prompt in zip(photos, prompts, strict=True)
+    ]
 
 
 def test_seeded_sampling_is_the_same_alone_in_a_batch_and_on_either_backend(backend, tiny, photos):

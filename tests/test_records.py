@@ -39,8 +39,11 @@ def records(draw):
         return make_record(path, draw(st.sampled_from(["image", "video"])), PROVENANCE, OPTIONS, error=error)
     length = draw(st.integers(0, 4))
     caption = Caption(
-        text=draw(texts), prompt=draw(texts), token_ids=draw(st.lists(st.integers(0, 30523), min_size=length, max_size=length)),
-        tokens=draw(st.lists(texts, min_size=length, max_size=length)), logprobs=draw(st.lists(finite, min_size=length, max_size=length)),
+        text=draw(texts),
+        prompt=draw(texts),
+        token_ids=draw(st.lists(st.integers(0, 30523), min_size=length, max_size=length)),
+        tokens=draw(st.lists(texts, min_size=length, max_size=length)),
+        logprobs=draw(st.lists(finite, min_size=length, max_size=length)),
         finished=draw(st.booleans()),
     )
     return make_record(path, "image", PROVENANCE, OPTIONS, caption)
@@ -259,7 +262,10 @@ def test_a_full_disk_keeps_every_finished_record_and_resume_finishes(tiny, photo
         arguments = ["caption", str(folder), "--model", "tiny", "--out", str(out), "--max-new-tokens", "20", "--batch-size", "2"]
         assert main(arguments) == 2
         err = capsys.readouterr().err
-        assert "c.jsonl: cannot write: the disk is full. The " in err and "records finished before are kept; free space, then run again with --resume" in err
+        assert (
+            "c.jsonl: cannot write: the disk is full. The " in err
+            and "records finished before are kept; free space, then run again with --resume" in err
+        )
         kept = read_records(out)
         assert 0 < len(kept) < 12 and not any(r["error"] for r in kept)
         assert [p for p in disk.iterdir() if p.name.endswith(".tmp")] == []

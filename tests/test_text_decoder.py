@@ -18,9 +18,7 @@ def test_logits_equal_transformers_forward(model, photos, request):
     state = captioner.text_decoder.start(features, max_length=ids.shape[1])
     ours = captioner.text_decoder(ids, state)
     with torch.inference_mode():
-        theirs = captioner.model.text_decoder(
-            input_ids=ids, encoder_hidden_states=features, use_cache=False
-        ).logits
+        theirs = captioner.model.text_decoder(input_ids=ids, encoder_hidden_states=features, use_cache=False).logits
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 

@@ -233,7 +233,26 @@ def test_cli_video_options(tiny, clip, capsys):
     assert main(["caption", str(clip), "--model", "tiny", "--frames", "4", "--max-new-tokens", "5", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["token_ids"] == tiny.caption(clip, num_frames=4, max_new_tokens=5).token_ids
-    assert main(["caption", str(clip), "--model", "tiny", "--frames", "2", "--segments", "2", "--pooling", "concat", "--max-new-tokens", "4", "--json"]) == 0
+    assert (
+        main(
+            [
+                "caption",
+                str(clip),
+                "--model",
+                "tiny",
+                "--frames",
+                "2",
+                "--segments",
+                "2",
+                "--pooling",
+                "concat",
+                "--max-new-tokens",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out)
     expected = bliptk.caption_timeline(tiny, clip, 2, num_frames=2, pooling="concat", max_new_tokens=4)
     assert [segment["caption"] for segment in record["segments"]] == [row.caption.text for row in expected]

@@ -50,7 +50,15 @@ def test_changing_decoding_options_does_not_reencode(tiny, photos, explorer, mon
 def test_upload_and_token_chart(tiny, photos, explorer):
     buffer = io.BytesIO()
     Image.open(photos[2]).save(buffer, "PNG")
-    explorer.upload.value = ({"name": "upload.png", "type": "image/png", "size": len(buffer.getvalue()), "content": memoryview(buffer.getvalue()), "last_modified": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)},)
+    explorer.upload.value = (
+        {
+            "name": "upload.png",
+            "type": "image/png",
+            "size": len(buffer.getvalue()),
+            "content": memoryview(buffer.getvalue()),
+            "last_modified": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        },
+    )
     assert explorer.image.value == "upload.png"
     assert explorer.caption.token_ids == tiny.caption(Image.open(photos[2])).token_ids
     before = bytes(explorer.chart.value)

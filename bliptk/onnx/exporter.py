@@ -110,14 +110,36 @@ def _programs(captioner) -> list[tuple[nn.Module, tuple, list[str], list[str], d
         [random(rows, heads, tokens, head_dim) for _ in range(layers)],
     )
     past_spec, cross_spec = [{0: batch, 2: past}] * layers, [{0: batch, 2: image_tokens}] * layers
-    step_names = ["input_ids", "padding", *[f"past_key_{i}" for i in range(layers)], *[f"past_value_{i}" for i in range(layers)], *_names(layers, "cross")]
+    step_names = [
+        "input_ids",
+        "padding",
+        *[f"past_key_{i}" for i in range(layers)],
+        *[f"past_value_{i}" for i in range(layers)],
+        *_names(layers, "cross"),
+    ]
     step_dynamic = {
-        "input_ids": {0: batch, 1: new_tokens}, "padding": {0: batch},
-        "past_keys": past_spec, "past_values": past_spec, "cross_keys": cross_spec, "cross_values": cross_spec,
+        "input_ids": {0: batch, 1: new_tokens},
+        "padding": {0: batch},
+        "past_keys": past_spec,
+        "past_values": past_spec,
+        "cross_keys": cross_spec,
+        "cross_values": cross_spec,
     }
     return [
-        (_Encoder(encoder).eval(), (random(2, 3, encoder.image_size, encoder.image_size),), ["pixel_values"], ["features"], {"pixel_values": {0: batch}}),
-        (_ImageKeysValues(decoder).eval(), (random(2, tokens, width),), ["features"], _names(layers, "cross"), {"features": {0: batch, 1: image_tokens}}),
+        (
+            _Encoder(encoder).eval(),
+            (random(2, 3, encoder.image_size, encoder.image_size),),
+            ["pixel_values"],
+            ["features"],
+            {"pixel_values": {0: batch}},
+        ),
+        (
+            _ImageKeysValues(decoder).eval(),
+            (random(2, tokens, width),),
+            ["features"],
+            _names(layers, "cross"),
+            {"features": {0: batch, 1: image_tokens}},
+        ),
         (_DecoderStep(decoder).eval(), step_inputs, step_names, ["logits", *_names(layers, "present")], step_dynamic),
     ]
 
@@ -172,14 +194,23 @@ def export(captioner, folder, *, int8: bool = False, overwrite: bool = False) ->
     (folder / "preprocessor_config.json").write_text(json.dumps(captioner.preprocessor.to_config(), indent=1))
     decoder = captioner.text_decoder
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "bliptk_version": __version__, "opset": OPSET,
-        "model": captioner.name, "weights": captioner.weights.as_dict(),
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bliptk_version": __version__,
+        "opset": OPSET,
+        "model": captioner.name,
+        "weights": captioner.weights.as_dict(),
         "config": {
-            "layers": len(decoder.layers), "heads": decoder.num_heads, "head_dim": decoder.head_dim,
-            "image_size": captioner.image_encoder.image_size, "image_tokens": captioner.image_encoder.feature_shape[0],
+            "layers": len(decoder.layers),
+            "heads": decoder.num_heads,
+            "head_dim": decoder.head_dim,
+            "image_size": captioner.image_encoder.image_size,
+            "image_tokens": captioner.image_encoder.feature_shape[0],
             "max_positions": decoder.max_positions,
         },
-        "graphs": dict(GRAPHS), "tokenizer": "vocab.txt", "preprocessor": "preprocessor_config.json",
+        "graphs": dict(GRAPHS),
+        "tokenizer": "vocab.txt",
+        "preprocessor": "preprocessor_config.json",
         "sha256": {name: sha256(folder / name) for name in GRAPHS.values()},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -197,8 +228,14 @@ def _write_graphs(captioner, folder: Path) -> None:
         warnings.simplefilter("ignore")  # the exporter's own deprecation notes
         for (module, arguments, inputs, outputs, dynamic), name in zip(_programs(captioner), GRAPHS.values(), strict=True):
             program = torch.onnx.export(
-                module, arguments, dynamo=True, input_names=inputs, output_names=outputs, dynamic_shapes=dynamic,
-                opset_version=OPSET, verbose=False,
+                module,
+                arguments,
+                dynamo=True,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_shapes=dynamic,
+                opset_version=OPSET,
+                verbose=False,
             )
             if program is None:  # the dynamo exporter returns None only when asked not to export
                 raise ExportError(f"{folder / name}: torch.onnx.export wrote no graph")

@@ -113,7 +113,9 @@ class _OnnxDecoder:
     def select(state: _State, rows: np.ndarray) -> _State:
         pick = lambda arrays: [array[rows] for array in arrays]  # noqa: E731
         padding = None if state.padding is None else state.padding[rows]
-        return _State(pick(state.cross_keys), pick(state.cross_values), pick(state.past_keys), pick(state.past_values), padding, state.length)
+        return _State(
+            pick(state.cross_keys), pick(state.cross_values), pick(state.past_keys), pick(state.past_values), padding, state.length
+        )
 
 
 class OnnxCaptioner(CaptionVerbs):
@@ -138,7 +140,9 @@ class OnnxCaptioner(CaptionVerbs):
         recorded = manifest["weights"]
         self.weights = Weights(recorded["source"], recorded.get("seed"), recorded["fingerprint"], f"onnx {dtype}")
         self.tokenizer = load_tokenizer(_inside(folder, manifest["tokenizer"], "tokenizer"))
-        self.preprocessor = _preprocessor(_inside(folder, manifest["preprocessor"], "preprocessor config"), manifest["config"]["image_size"])
+        self.preprocessor = _preprocessor(
+            _inside(folder, manifest["preprocessor"], "preprocessor config"), manifest["config"]["image_size"]
+        )
         self.encoder = sessions["encoder"]
         self.decoder = _OnnxDecoder(sessions["image_kv"], sessions["decoder"], manifest["config"])
 
@@ -165,8 +169,15 @@ def _preprocessor(path: Path, image_size: int) -> Preprocessor:
 
 # The manifest's fields and their types: what load() checks before it opens anything.
 _MANIFEST_FIELDS = {
-    "format": str, "format_version": int, "model": str, "weights": dict, "config": dict, "graphs": dict,
-    "tokenizer": str, "preprocessor": str, "sha256": dict,
+    "format": str,
+    "format_version": int,
+    "model": str,
+    "weights": dict,
+    "config": dict,
+    "graphs": dict,
+    "tokenizer": str,
+    "preprocessor": str,
+    "sha256": dict,
 }
 _WEIGHTS_FIELDS = {"source": str, "fingerprint": str, "dtype": str}
 _CONFIG_FIELDS = ("layers", "heads", "head_dim", "image_size", "image_tokens", "max_positions")
@@ -229,14 +240,18 @@ def _inside(folder: Path, name: str, what: str) -> Path:
     """
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-        raise CheckpointError(f"{folder}/manifest.json: {what} {name!r} is not a file name inside the export; bliptk reads only its own folder")
+        raise CheckpointError(
+            f"{folder}/manifest.json: {what} {name!r} is not a file name inside the export; bliptk reads only its own folder"
+        )
     path = folder / relative
     try:
         resolved = path.resolve(strict=True)
     except (OSError, RuntimeError):
         raise CheckpointError(f"{folder}: {what} {name} is missing; export the model again") from None
     if not resolved.is_relative_to(folder.resolve()):
-        raise CheckpointError(f"{folder}: {what} {name} is a link that leads out of the export ({resolved}); bliptk reads only its own folder")
+        raise CheckpointError(
+            f"{folder}: {what} {name} is a link that leads out of the export ({resolved}); bliptk reads only its own folder"
+        )
     if not resolved.is_file():
         raise CheckpointError(f"{folder}: {what} {name} is not a plain file")
     return resolved
@@ -275,20 +290,28 @@ def load(folder, *, dtype: str = "float32", threads: int | None = None, verify: 
     manifest = read_manifest(folder)
     if dtype == "int8" and not manifest.get("int8_graphs"):
         raise CheckpointError(f"{folder}: this export has no int8 graphs; export it with int8=True", command_line={"int8=True": "--int8"})
-    files = {name: _inside(folder, file, "graph") for name, file in (manifest["int8_graphs"] if dtype == "int8" else manifest["graphs"]).items()}
+    files = {
+        name: _inside(folder, file, "graph") for name, file in (manifest["int8_graphs"] if dtype == "int8" else manifest["graphs"]).items()
+    }
     if verify:
         for path in files.values():
             expected = manifest["sha256"].get(path.name)
             if expected is None:
-                raise CheckpointError(f"{folder}: the manifest has no sha256 of {path.name}, so it cannot be checked; export the model again")
+                raise CheckpointError(
+                    f"{folder}: the manifest has no sha256 of {path.name}, so it cannot be checked; export the model again"
+                )
             if sha256(path) != expected:
-                raise CheckpointError(f"{folder}: {path.name} is not the graph that was exported (its sha256 differs); export the model again")
+                raise CheckpointError(
+                    f"{folder}: {path.name} is not the graph that was exported (its sha256 differs); export the model again"
+                )
     else:
         warnings.warn(f"{folder}: loading its graphs without checking them (verify=False)", ExportChangedWarning, stacklevel=2)
     if against is not None and against.weights.fingerprint != manifest["weights"]["fingerprint"]:
         warnings.warn(
             f"{folder} was exported from weights with fingerprint {manifest['weights']['fingerprint']}; {against.name}'s are now "
-            f"{against.weights.fingerprint}: its captions will differ from the export's; export it again", ExportChangedWarning, stacklevel=2,
+            f"{against.weights.fingerprint}: its captions will differ from the export's; export it again",
+            ExportChangedWarning,
+            stacklevel=2,
         )
     return OnnxCaptioner(folder, manifest, _sessions(files, threads), dtype)
 
