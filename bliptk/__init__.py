@@ -246,7 +246,7 @@ def __getattr__(name: str):
 
 def _import(module: str):
     """A module of bliptk's; a package it needs and that is missing (torch, in a torch-free
-    install) is a :class:`MissingDependencyError` that says what to install."""
+    install) is a [`MissingDependencyError`][bliptk.errors.MissingDependencyError] that says what to install."""
     try:
         return importlib.import_module(f".{module}", __name__)
     except ModuleNotFoundError as error:

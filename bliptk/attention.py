@@ -121,7 +121,7 @@ def overlay_attention(image, attention_map, alpha: float = 0.4) -> Image.Image:
 
     Args:
         image: The captioned image (path, PIL image, array or tensor).
-        attention_map: ``(grid, grid)`` map, for example one row of :func:`attention_maps`.
+        attention_map: ``(grid, grid)`` map, for example one row of [`attention_maps()`][bliptk.attention.attention_maps].
         alpha: Opacity of the heat map (the page uses 0.4).
 
     Returns:
@@ -139,9 +139,9 @@ def plot_attention_map(attention_map, title: str | None = None, image=None, alph
     """Draw one ``(grid, grid)`` map: raw (red where high), or over ``image`` when given.
 
     Args:
-        attention_map: The map, for example one row of :func:`attention_maps`.
+        attention_map: The map, for example one row of [`attention_maps()`][bliptk.attention.attention_maps].
         title: Panel title, usually the token.
-        image: The captioned image, to draw the map over it (see :func:`overlay_attention`).
+        image: The captioned image, to draw the map over it (see [`overlay_attention()`][bliptk.attention.overlay_attention]).
         alpha: Opacity of the heat map over the image.
         ax: A matplotlib axes to draw on; None makes a new figure.
 
@@ -168,7 +168,7 @@ def plot_attention_maps(caption: Caption, columns: int = 5, fig=None, **map_opti
         caption: A caption generated with ``return_attention=True``.
         columns: Panels per row.
         fig: A matplotlib figure to draw into (cleared first); None makes a new one.
-        **map_options: ``layer``, ``heads``, ``subtract_min`` for :func:`attention_maps`.
+        **map_options: ``layer``, ``heads``, ``subtract_min`` for [`attention_maps()`][bliptk.attention.attention_maps].
 
     Returns:
         The figure, one panel per token, titled with the token.
@@ -190,7 +190,7 @@ def plot_attention_overlays(image, caption: Caption, columns: int = 6, alpha: fl
         columns: Panels per row.
         alpha: Opacity of the heat map.
         fig: A matplotlib figure to draw into (cleared first); None makes a new one.
-        **map_options: ``layer``, ``heads``, ``subtract_min`` for :func:`attention_maps`.
+        **map_options: ``layer``, ``heads``, ``subtract_min`` for [`attention_maps()`][bliptk.attention.attention_maps].
 
     Returns:
         The figure, one panel per token, titled with the token.

@@ -1,11 +1,11 @@
 """Captioning whole folders: one record per input, written as it is made, resumable.
 
-Every input gets exactly one record (:mod:`bliptk.records`): its caption, or an ``error`` with
+Every input gets exactly one record ([`bliptk.records`][bliptk.records]): its caption, or an ``error`` with
 the error's type and message, and what made it (model, weights, options). Inputs are identified by
 their resolved path, so a folder given once relatively and once absolutely is one set of inputs.
 Records are appended to the output and flushed one by one, so a killed run loses only the batch
 in flight; ``resume=True`` reads the file back and skips the inputs already captioned with the
-same model, weights and options. The Ray path (:mod:`bliptk.distributed`) shares the records and
+same model, weights and options. The Ray path ([`bliptk.distributed`][bliptk.distributed]) shares the records and
 the rule of what is done.
 """
 
@@ -225,7 +225,7 @@ def caption_files(
     **keywords,
 ) -> Iterator[dict]:
     """Caption many files, yielding one record per input as it is made
-    (:meth:`bliptk.Captioner.caption_files`, or any captioner's).
+    ([`bliptk.Captioner.caption_files()`][bliptk.verbs.CaptionVerbs.caption_files], or any captioner's).
 
     Bad inputs never stop the job: each gets a record with an ``error`` (its type and
     message) instead of a caption. With ``out``, each record is also appended to that file
@@ -235,9 +235,9 @@ def caption_files(
     output has one writer: a second job on it fails at once, naming the process that writes it.
 
     Args:
-        captioner: Any captioner (a :class:`~bliptk.pipeline.CaptionBackend`).
+        captioner: Any captioner (a [`CaptionBackend`][bliptk.pipeline.CaptionBackend]).
         inputs: Files, folders (their image and video files) and glob patterns, or one of them.
-        out: A ``.jsonl`` or ``.csv`` file to write records to (or a :class:`RecordOutput`
+        out: A ``.jsonl`` or ``.csv`` file to write records to (or a [`RecordOutput`][bliptk.records.RecordOutput]
             already opened, which the caller closes); None only yields them.
         format: ``"jsonl"`` or ``"csv"``; None picks by ``out``'s extension.
         recursive: Look in subfolders of folders (and let ``**`` match in patterns).
@@ -248,9 +248,9 @@ def caption_files(
             an error, so that nothing is overwritten by accident).
         max_pixels: Refuse images with more pixels than this (decompression bombs).
         progress: Show a ``tqdm`` progress bar (None: when there is more than one batch).
-        status: A :class:`~bliptk.batch.BatchStatus` to keep counts in.
-        options: :class:`~bliptk.DecodingOptions` to start from.
-        video_options: :class:`~bliptk.VideoOptions` for the videos among the inputs.
+        status: A [`BatchStatus`][bliptk.batch.BatchStatus] to keep counts in.
+        options: [`DecodingOptions`][bliptk.decoding.DecodingOptions] to start from.
+        video_options: [`VideoOptions`][bliptk.video.VideoOptions] for the videos among the inputs.
         **keywords: Fields of either options (``prompt``, ``max_new_tokens``, ``num_frames``,
             ...) that replace theirs.
 

@@ -1,6 +1,6 @@
 """The Captioner: BLIP's parts in torch, with the captioning verbs.
 
-The verbs themselves (:class:`~bliptk.verbs.CaptionVerbs`) are shared with the ONNX Runtime
+The verbs themselves ([`CaptionVerbs`][bliptk.verbs.CaptionVerbs]) are shared with the ONNX Runtime
 captioner; this class adds what only torch does: each part on its own, cross-attention capture,
 embeddings, and tensors in and out.
 """
@@ -22,14 +22,14 @@ __all__ = ["Captioner"]
 
 
 class Captioner(CaptionVerbs):
-    """A loaded BLIP captioning model. Make one with :func:`bliptk.load`.
+    """A loaded BLIP captioning model. Make one with [`bliptk.load()`][bliptk.loading.load].
 
     Attributes:
         name: The model it was loaded as (architecture name, hub id or folder).
-        weights: What its weights are (:class:`~bliptk.provenance.Weights`).
-        image_encoder: :class:`ImageEncoder`, usable on its own.
-        text_decoder: :class:`TextDecoder`, usable on its own.
-        tokenizer: :class:`Tokenizer`, usable on its own.
+        weights: What its weights are ([`Weights`][bliptk.provenance.Weights]).
+        image_encoder: [`ImageEncoder`][bliptk.image_encoder.ImageEncoder], usable on its own.
+        text_decoder: [`TextDecoder`][bliptk.text_decoder.TextDecoder], usable on its own.
+        tokenizer: [`Tokenizer`][bliptk.tokenizer.Tokenizer], usable on its own.
         model: The underlying ``transformers`` ``BlipForConditionalGeneration``.
     """
 
@@ -98,7 +98,7 @@ class Captioner(CaptionVerbs):
 
         Args:
             features: The images' features, a tensor or a NumPy array.
-            options: Decoding options (default :class:`DecodingOptions`).
+            options: Decoding options (default [`DecodingOptions`][bliptk.decoding.DecodingOptions]).
             return_attention: Fill each caption's ``cross_attention``, a ``(T, L, H, N)`` tensor.
             prompts: One prompt per image, of any lengths (None: ``options.prompt_text``).
 
@@ -116,7 +116,7 @@ class Captioner(CaptionVerbs):
         """One vector per image, from the image encoder.
 
         Args:
-            images: A folder (its image files, in :func:`bliptk.image_files` order), a list of
+            images: A folder (its image files, in [`bliptk.image_files()`][bliptk.files.image_files] order), a list of
                 paths or images, or one image.
             pooling: ``"cls"``: the encoder output's first (class) token; ``"mean"``: the mean
                 of the patch tokens. (Not ``transformers``' ``pooler_output``, which applies the

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 some inputs failed (each reported), or an unexpected error (a bug,
 reported in one line; ``--debug`` shows its traceback); 2 a caller's mistake, a bad input, a broken
-file or a missing extra (every :class:`~bliptk.BliptkError`); 130 interrupted (Ctrl-C; finished
+file or a missing extra (every [`BliptkError`][bliptk.errors.BliptkError]); 130 interrupted (Ctrl-C; finished
 records are kept); 141 the output pipe closed (``bliptk info --arrays | head``).
 """
 
@@ -60,7 +60,7 @@ def _model_arguments(parser: argparse.ArgumentParser, exports: bool = False) -> 
 
 
 def _option_arguments(parser: argparse.ArgumentParser, options: type, names: tuple[str, ...] | None = None) -> None:
-    """One flag per field of an options dataclass (:class:`DecodingOptions`, :class:`VideoOptions`;
+    """One flag per field of an options dataclass ([`DecodingOptions`][bliptk.decoding.DecodingOptions], [`VideoOptions`][bliptk.video.VideoOptions];
     or of ``names``), with its type, default, choices and help from the field: ``max_new_tokens``
     becomes ``--max-new-tokens``."""
     for option in fields(options):
@@ -79,7 +79,7 @@ def _option_arguments(parser: argparse.ArgumentParser, options: type, names: tup
 
 
 def _options(args, options: type = DecodingOptions):
-    """The options dataclass ``options`` of the flags :func:`_option_arguments` added."""
+    """The options dataclass ``options`` of the flags [`_option_arguments()`][bliptk.cli._option_arguments] added."""
     return options(**{option.name: getattr(args, option.name) for option in fields(options) if hasattr(args, option.name)})
 
 
@@ -381,7 +381,7 @@ def _output_file(args, suffix: str = "") -> Path:
 
 def _write(out: Path, write) -> None:
     """Run ``write``, whose failure to write ``out`` (a full disk, a read-only folder) is an
-    :class:`~bliptk.errors.OutputError`, leaving no partial file."""
+    [`OutputError`][bliptk.errors.OutputError], leaving no partial file."""
     try:
         write()
     except OSError as error:

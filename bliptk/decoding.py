@@ -2,17 +2,17 @@
 
 This is the page's ``NestWhile`` loop written out, in the spirit of whisper's ``decoding.py``:
 
-* :class:`DecodingTask` owns what every strategy shares: the prompts, encoded and left-padded so
+* [`DecodingTask`][bliptk.decoding.DecodingTask] owns what every strategy shares: the prompts, encoded and left-padded so
   that prompts of different lengths share one batch; the decoder state; and one step, from the
   decoder's logits to processed scores (repetition penalty, minimum length).
-* Strategies choose from those scores: :class:`SamplingDecoder` (greedy at temperature 0,
+* Strategies choose from those scores: [`SamplingDecoder`][bliptk.decoding.SamplingDecoder] (greedy at temperature 0,
   otherwise sampling among the ``top_k`` / ``top_p`` most probable tokens) and
-  :class:`BeamSearchDecoder` (``transformers``' beam search, step for step).
-* :func:`decode` runs a strategy and assembles :class:`Caption` records.
+  [`BeamSearchDecoder`][bliptk.decoding.BeamSearchDecoder] (``transformers``' beam search, step for step).
+* [`decode()`][bliptk.decoding.decode] runs a strategy and assembles [`Caption`][bliptk.decoding.Caption] records.
 
 The engine works on NumPy arrays and knows the model only through a *decoder backend* (see
-:class:`DecoderBackend`): bliptk's :class:`~bliptk.TextDecoder` in torch, or an ONNX Runtime
-session (:mod:`bliptk.onnx`). It never imports torch, so the same logic serves both.
+[`DecoderBackend`][bliptk.decoding.DecoderBackend]): bliptk's [`TextDecoder`][bliptk.text_decoder.TextDecoder] in torch, or an ONNX Runtime
+session ([`bliptk.onnx`][bliptk.onnx]). It never imports torch, so the same logic serves both.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ DEFAULT_PROMPT = "a photography of"
 @dataclass(frozen=True, kw_only=True)
 class DecodingOptions:
     """How to generate a caption. Build it by keyword: ``DecodingOptions(max_new_tokens=20)``, or
-    from another with :func:`dataclasses.replace`.
+    from another with `dataclasses.replace`.
 
     Attributes:
         prompt: Text the caption starts with. None means ``"a photography of"`` (the page's
@@ -129,7 +129,7 @@ class DecodingOptions:
 
 
 def options_with(options: DecodingOptions | None = None, **overrides) -> DecodingOptions:
-    """``options`` (default :class:`DecodingOptions`) with ``overrides`` replaced, naming the valid
+    """``options`` (default [`DecodingOptions`][bliptk.decoding.DecodingOptions]) with ``overrides`` replaced, naming the valid
     options when one is not.
 
     Raises:
@@ -296,7 +296,7 @@ class DecodingTask:
     row decodes exactly as it would alone.
 
     Args:
-        backend: The model's decoder (:class:`DecoderBackend`).
+        backend: The model's decoder ([`DecoderBackend`][bliptk.decoding.DecoderBackend]).
         tokenizer: Encodes the prompts.
         image_features: The images' features, in the backend's own type (``(B, N, D)``).
         options: Decoding options.
@@ -361,7 +361,7 @@ class DecodingTask:
         self.sequences = np.concatenate([self.sequences, next_ids[:, None]], axis=1)
 
     def caption(self, row: int, token_ids: list[int], logprobs: list[float], finished: bool, attention=None) -> Caption:
-        """The :class:`Caption` of a row's generated tokens."""
+        """The [`Caption`][bliptk.decoding.Caption] of a row's generated tokens."""
         ids = self.prompt_ids[row]
         return Caption(
             text=self.tokenizer.decode(ids[1:] + token_ids).strip(),
@@ -408,7 +408,7 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str, max_new_tokens: int, max_posit
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one step of :class:`SamplingDecoder` did.
+    """What one step of [`SamplingDecoder`][bliptk.decoding.SamplingDecoder] did.
 
     Attributes:
         rows: The task rows that took the step.
@@ -659,7 +659,7 @@ def decode(
     """Generate captions for a batch of images.
 
     Args:
-        backend: The model's text decoder (:class:`DecoderBackend`).
+        backend: The model's text decoder ([`DecoderBackend`][bliptk.decoding.DecoderBackend]).
         tokenizer: The tokenizer (prompt encoding and caption text).
         image_features: ``(B, N, D)`` image encoder output, in the backend's type.
         options: Decoding options.

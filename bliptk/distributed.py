@@ -1,10 +1,10 @@
 """Captioning on a Ray cluster through Ray Data.
 
-bliptk grows no scheduler of its own: :func:`caption_dataset` builds a Ray Data pipeline in which
+bliptk grows no scheduler of its own: [`caption_dataset()`][bliptk.distributed.caption_dataset] builds a Ray Data pipeline in which
 Ray tasks read and preprocess the inputs and an actor pool captions them, each actor loading the
 captioner once and captioning each batch with the batch command's own step
-(:func:`bliptk.batch.caption_prepared`: images together, videos from their frames). Records have
-the schema of :mod:`bliptk.records` and go to JSONL or Parquet shards in an output folder; a rerun
+([`bliptk.batch.caption_prepared()`][bliptk.batch.caption_prepared]: images together, videos from their frames). Records have
+the schema of [`bliptk.records`][bliptk.records] and go to JSONL or Parquet shards in an output folder; a rerun
 skips the inputs already captioned with the same model, weights and options. Ray is optional
 (``pip install 'bliptk[ray]'``); importing bliptk never imports it.
 """
@@ -61,7 +61,7 @@ def _ray():
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What a :func:`caption_dataset` run did.
+    """What a [`caption_dataset()`][bliptk.distributed.caption_dataset] run did.
 
     Attributes:
         total: Inputs in the source.
@@ -245,18 +245,18 @@ def caption_dataset(
         pretrained: False for random weights (tests, benchmarks).
         weights_seed: Seed of random weights.
         dtype: Model dtype (``"bfloat16"`` for throughput on CPUs that support it).
-        pool: The :class:`ActorPool` (actors, CPUs and GPUs each); None sizes it to the cluster.
+        pool: The [`ActorPool`][bliptk.distributed.ActorPool] (actors, CPUs and GPUs each); None sizes it to the cluster.
         batch_size: Inputs per captioning batch.
         format: ``"jsonl"`` or ``"parquet"``.
         recursive: Look in subfolders of folders.
         max_pixels: Refuse larger images (decompression bombs).
         address: A Ray cluster to connect to; None starts (or reuses) a local instance.
-        options: :class:`~bliptk.DecodingOptions` to start from.
-        video_options: :class:`~bliptk.VideoOptions` for the videos among the inputs.
+        options: [`DecodingOptions`][bliptk.decoding.DecodingOptions] to start from.
+        video_options: [`VideoOptions`][bliptk.video.VideoOptions] for the videos among the inputs.
         **keywords: Fields of either options that replace theirs.
 
     Returns:
-        A :class:`RunSummary`.
+        A [`RunSummary`][bliptk.distributed.RunSummary].
     """
     ray = _ray()
     if format not in SHARD_FORMATS:

@@ -86,7 +86,7 @@ def _write_cached(path: Path, vector: np.ndarray) -> None:
 
 
 def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=None, progress: bool | None = None) -> np.ndarray:
-    """See :meth:`bliptk.Captioner.embed`."""
+    """See [`bliptk.Captioner.embed()`][bliptk.captioner.Captioner.embed]."""
     from tqdm.auto import tqdm
 
     if pooling not in EMBEDDING_POOLINGS:

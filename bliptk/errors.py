@@ -1,7 +1,7 @@
 """The errors bliptk raises: one contract.
 
 Every mistake a caller can make (a bad option or argument, an unreadable input, a missing
-checkpoint or extra) raises a subclass of :class:`BliptkError`, so one ``except BliptkError``
+checkpoint or extra) raises a subclass of [`BliptkError`][bliptk.errors.BliptkError], so one ``except BliptkError``
 catches them all and the ``bliptk`` command maps them all to exit code 2. Each also derives from
 the built-in error it refines (``ValueError``, ``TypeError``, ``FileNotFoundError``, ...), so
 that generic handlers keep working.
@@ -208,13 +208,13 @@ class ExportChangedWarning(UserWarning):
 
 
 def option_error(message: str, *names: str) -> InvalidOptionError:
-    """An :class:`InvalidOptionError` about the options ``names``, which the command line names as
+    """An [`InvalidOptionError`][bliptk.errors.InvalidOptionError] about the options ``names``, which the command line names as
     its flags (``max_new_tokens`` as ``--max-new-tokens``)."""
     return InvalidOptionError(message, command_line={name: "--" + name.replace("_", "-") for name in names})
 
 
 def check_positive_int(name: str, value) -> None:
-    """Raise :class:`InvalidOptionError` unless ``value`` is an integer >= 1."""
+    """Raise [`InvalidOptionError`][bliptk.errors.InvalidOptionError] unless ``value`` is an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise option_error(f"{name} must be an integer >= 1, got {value!r}", name)
 
@@ -237,6 +237,6 @@ _INSTALL = {
 
 
 def missing_dependency(error: ModuleNotFoundError) -> MissingDependencyError | None:
-    """The :class:`MissingDependencyError` of a package bliptk knows how to install, or None."""
+    """The [`MissingDependencyError`][bliptk.errors.MissingDependencyError] of a package bliptk knows how to install, or None."""
     top = (error.name or "").split(".")[0]
     return MissingDependencyError(_INSTALL[top]) if top in _INSTALL else None

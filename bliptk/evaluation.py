@@ -184,11 +184,11 @@ def evaluate(predictions, references) -> EvaluationResult:
     """Score captions against reference captions with the COCO caption metrics.
 
     Args:
-        predictions: See :func:`load_predictions` (a path, or the loaded data).
-        references: See :func:`load_references` (a path, or the loaded data).
+        predictions: See [`load_predictions()`][bliptk.evaluation.load_predictions] (a path, or the loaded data).
+        references: See [`load_references()`][bliptk.evaluation.load_references] (a path, or the loaded data).
 
     Returns:
-        An :class:`EvaluationResult`.
+        An [`EvaluationResult`][bliptk.evaluation.EvaluationResult].
 
     Raises:
         EvaluationError: Malformed input, ids that do not match (the message says how many are

@@ -41,7 +41,7 @@ def project(embeddings, method: str = "umap", random_state: int = 0, n_component
     """Project embeddings to a few dimensions for plotting.
 
     Args:
-        embeddings: ``(N, D)`` array (for example from :meth:`~bliptk.Captioner.embed`).
+        embeddings: ``(N, D)`` array (for example from [`embed()`][bliptk.captioner.Captioner.embed]).
         method: ``"umap"`` (umap-learn), ``"tsne"`` or ``"pca"`` (scikit-learn).
         random_state: Seed; the same seed gives the same projection.
         n_components: Output dimensions.
@@ -138,7 +138,7 @@ def cluster(
         max_k: Largest k tried when choosing k.
 
     Returns:
-        A :class:`ClusterResult`.
+        A [`ClusterResult`][bliptk.feature_space.ClusterResult].
     """
     from sklearn.metrics import adjusted_rand_score, silhouette_score
 
@@ -209,7 +209,7 @@ def nearest(query, collection, k: int = 5, captioner=None, pooling: str = "cls")
         pooling: Embedding pooling when images are embedded.
 
     Returns:
-        Up to ``k`` :class:`Neighbour` s; an exact duplicate of the query comes first (similarity 1).
+        Up to ``k`` [`Neighbour`][bliptk.feature_space.Neighbour] s; an exact duplicate of the query comes first (similarity 1).
     """
     vectors, items = _embeddings_of(collection, captioner, pooling)
     if isinstance(query, np.ndarray) and query.ndim == 1:
@@ -273,7 +273,7 @@ def plot_feature_space(
             ``(N, D)``, with ``images`` for thumbnails.
         images: The images of precomputed embeddings, for thumbnails.
         labels: A label per point: thumbnails get a frame and dots a colour per label, with a
-            legend (cluster labels from :func:`cluster` work too).
+            legend (cluster labels from [`cluster()`][bliptk.feature_space.cluster] work too).
         captioner: Embeds images given as ``data``.
         method: Projection, ``"umap"``, ``"tsne"`` or ``"pca"``.
         random_state: Projection seed.

@@ -33,7 +33,7 @@ def image_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path
 
 def media_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
     """The image and video files of a folder (by extension, case-insensitive), sorted by path, as
-    :func:`image_files` lists images."""
+    [`image_files()`][bliptk.files.image_files] lists images."""
     return _files(folder, recursive, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
 
 

@@ -24,7 +24,7 @@ class ImageEncoder(nn.Module):
 
     Args:
         vision_model: A ``transformers`` ``BlipVisionModel``.
-        preprocessor: The matching :class:`Preprocessor`.
+        preprocessor: The matching [`Preprocessor`][bliptk.preprocess.Preprocessor].
     """
 
     def __init__(self, vision_model: nn.Module, preprocessor: Preprocessor):

@@ -58,11 +58,11 @@ def net_information(net) -> NetInformation:
     torch module.
 
     Args:
-        net: A :class:`~bliptk.Captioner`, :class:`~bliptk.ImageEncoder`,
-            :class:`~bliptk.TextDecoder` or ``torch.nn.Module``.
+        net: A [`Captioner`][bliptk.captioner.Captioner], [`ImageEncoder`][bliptk.image_encoder.ImageEncoder],
+            [`TextDecoder`][bliptk.text_decoder.TextDecoder] or ``torch.nn.Module``.
 
     Returns:
-        A :class:`NetInformation`. For ViT-B/16 the total is 223,971,644; for ViT-L/16 446,290,492.
+        A [`NetInformation`][bliptk.info.NetInformation]. For ViT-B/16 the total is 223,971,644; for ViT-L/16 446,290,492.
     """
     module = _module_of(net)
     counts = {name: parameter.numel() for name, parameter in module.named_parameters()}

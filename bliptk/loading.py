@@ -277,10 +277,10 @@ def load(
             bfloat16 with int8 weights for the decoder's steps (CPU; faster than bfloat16 at batch
             1 only, see the README's Performance section).
         weights_seed: Seed of the random weights when they are random (the sampling seed is a
-            decoding option, :attr:`DecodingOptions.seed`).
+            decoding option, [`DecodingOptions.seed`][bliptk.DecodingOptions.seed]).
 
     Returns:
-        A :class:`Captioner` in eval mode.
+        A [`Captioner`][bliptk.captioner.Captioner] in eval mode.
 
     Raises:
         UnknownModelError, CheckpointNotFoundError, DeviceError, InvalidOptionError.
@@ -318,7 +318,7 @@ def load(
 
 
 def _folder_config(folder: Path, model: str):
-    """The ``BlipConfig`` of a folder holding a ``config.json`` (checked as :func:`_checked_config`
+    """The ``BlipConfig`` of a folder holding a ``config.json`` (checked as [`_checked_config()`][bliptk.loading._checked_config]
     checks it)."""
     if not (folder / "config.json").is_file():
         raise UnknownModelError(
@@ -342,10 +342,10 @@ def architecture(model: str | os.PathLike = DEFAULT_MODEL):
     For net information of a checkpoint that is not at hand (the page's
     ``NetModel[..., "ParametersInformation"]``): an architecture name or a hub id of the family
     (shipped configs), a folder with a ``config.json``, or another hub id (its checkpoint is
-    resolved as :func:`load` would).
+    resolved as [`load()`][bliptk.loading.load] would).
 
     Raises:
-        UnknownModelError, CheckpointNotFoundError: As for :func:`load`.
+        UnknownModelError, CheckpointNotFoundError: As for [`load()`][bliptk.loading.load].
     """
     from transformers import BlipForConditionalGeneration
 

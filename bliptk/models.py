@@ -100,7 +100,7 @@ _FAMILY = ("ViT-B/16", "ViT-L/16")
 
 
 class ModelTable(list):
-    """A list of :class:`ModelSpec` that prints as a table (and renders as one in Jupyter)."""
+    """A list of [`ModelSpec`][bliptk.models.ModelSpec] that prints as a table (and renders as one in Jupyter)."""
 
     _columns = ("name", "hub_id", "image_size", "feature_shape", "parameters")
 
@@ -139,7 +139,7 @@ def available_models(include_test: bool = False) -> ModelTable:
         include_test: Also list ``"tiny"``, the random test architecture.
 
     Returns:
-        A :class:`ModelTable` (a list of :class:`ModelSpec`) that prints as a table.
+        A [`ModelTable`][bliptk.models.ModelTable] (a list of [`ModelSpec`][bliptk.models.ModelSpec]) that prints as a table.
     """
     names = list(_FAMILY) + (["tiny"] if include_test else [])
     return ModelTable(_REGISTRY[name] for name in names)
@@ -160,7 +160,7 @@ def get_model_spec(name: str) -> ModelSpec:
 
 
 def find_model_spec(name: str) -> ModelSpec | None:
-    """Like :func:`get_model_spec`, but None for a name outside the registry."""
+    """Like [`get_model_spec()`][bliptk.models.get_model_spec], but None for a name outside the registry."""
     try:
         return get_model_spec(name)
     except UnknownModelError:

@@ -1,15 +1,15 @@
 """The captioning pipeline: one implementation of captioning, over any runtime.
 
-bliptk captions with torch (:class:`~bliptk.Captioner`) and with ONNX Runtime
-(:class:`~bliptk.onnx.OnnxCaptioner`). Each is a *caption backend* (:class:`CaptionBackend`): it
+bliptk captions with torch ([`Captioner`][bliptk.captioner.Captioner]) and with ONNX Runtime
+([`OnnxCaptioner`][bliptk.onnx.runtime.OnnxCaptioner]). Each is a *caption backend* ([`CaptionBackend`][bliptk.pipeline.CaptionBackend]): it
 encodes preprocessed pixels into image features, gives the decoding engine its decoder (the image
-keys and values, then one step at a time: :class:`~bliptk.decoding.DecoderBackend`), and says what
+keys and values, then one step at a time: [`DecoderBackend`][bliptk.decoding.DecoderBackend]), and says what
 it is (model and weights). Everything else is written once, here, and runs over either:
 
 * which captions a call asks for (one input or a list, one prompt or several, images and videos);
 * images encoded and decoded a chunk at a time, so that memory stays bounded for any number;
-* a video's frames encoded in batches and pooled (:func:`encode_video`);
-* the decoding itself (:mod:`bliptk.decoding`), and timelines of a video's segments.
+* a video's frames encoded in batches and pooled ([`encode_video()`][bliptk.pipeline.encode_video]);
+* the decoding itself ([`bliptk.decoding`][bliptk.decoding]), and timelines of a video's segments.
 
 Features travel between the parts as float32 NumPy arrays ``(B, N, D)``: the pipeline never imports
 torch, and a backend converts at its own edge (which costs a copy of the features, nothing next to
@@ -52,7 +52,7 @@ class CaptionBackend(Protocol):
 
     Attributes:
         name: The model it was made from (architecture name, hub id or folder).
-        weights: What its weights are (:class:`~bliptk.provenance.Weights`).
+        weights: What its weights are ([`Weights`][bliptk.provenance.Weights]).
         tokenizer: BLIP's tokenizer.
         preprocessor: Images to pixels.
         decoder: The decoding engine's view of its text decoder: the images' keys and values,
@@ -105,7 +105,7 @@ def resolve_options(
 
 def provenance(backend: CaptionBackend) -> dict:
     """What a backend's results are made with: ``model`` (its name) and ``weights``
-    (:class:`~bliptk.provenance.Weights` as a dict). Written into every record."""
+    ([`Weights`][bliptk.provenance.Weights] as a dict). Written into every record."""
     return {"model": backend.name, "weights": backend.weights.as_dict()}
 
 
@@ -162,7 +162,7 @@ def request_prompt(text: str | None, options: DecodingOptions, video: bool = Fal
 
 
 def group_captions(decoded: list[Caption], per_request: int) -> list:
-    """:func:`~bliptk.decoding.decode`'s captions (``per_request`` for each request, together) as one
+    """[`decode()`][bliptk.decoding.decode]'s captions (``per_request`` for each request, together) as one
     entry per request: the caption itself, or with ``per_request`` > 1 (``num_return_sequences``)
     the list."""
     if per_request == 1:
@@ -188,7 +188,7 @@ def encode_video(backend: CaptionBackend, video, video_options: VideoOptions, ba
 
     Args:
         backend: The runtime.
-        video: A video file, or frames (:class:`~bliptk.video.VideoFrames` or a list of images).
+        video: A video file, or frames ([`VideoFrames`][bliptk.video.VideoFrames] or a list of images).
         video_options: Frames to take from a file, and the pooling.
         batch_size: Frames encoded at once.
 
@@ -221,7 +221,7 @@ def caption_features(
     return_attention: bool = False,
 ) -> list[Caption]:
     """Decode captions from image features ``(B, N, D)``: ``B * num_return_sequences`` captions,
-    those of each image together (see :func:`~bliptk.decoding.decode`)."""
+    those of each image together (see [`decode()`][bliptk.decoding.decode])."""
     say_if_random(backend)
     return decode(backend.decoder, backend.tokenizer, np.asarray(features, dtype=np.float32), options, prompts, return_attention)
 
@@ -240,11 +240,11 @@ def caption(
     batch_size: int = 16,
     return_attention: bool = False,
 ) -> Caption | list:
-    """Caption one input or a list (see :meth:`bliptk.Captioner.caption`).
+    """Caption one input or a list (see [`bliptk.Captioner.caption()`][bliptk.captioner.Captioner.caption]).
 
     Images go a chunk of ``batch_size`` requested captions at a time: each chunk's distinct images
     are encoded together, then decoded, so that features for one chunk at most are alive at once.
-    A video is encoded (:func:`encode_video`), then its captions decoded in chunks.
+    A video is encoded ([`encode_video()`][bliptk.pipeline.encode_video]), then its captions decoded in chunks.
     """
     say_if_random(backend)
     check_positive_int("batch_size", batch_size)
@@ -280,7 +280,7 @@ def _chunk_features(backend: CaptionBackend, images: list, keys: list[int]) -> n
 
 @dataclass(frozen=True)
 class TimelineSegment:
-    """One row of :func:`caption_timeline`: a caption of the video between two times (seconds)."""
+    """One row of [`caption_timeline()`][bliptk.pipeline.caption_timeline]: a caption of the video between two times (seconds)."""
 
     start: float
     end: float
@@ -303,17 +303,17 @@ def caption_timeline(
     """Caption K consecutive, equal segments of a video, each from its own frames.
 
     Args:
-        captioner: A :class:`~bliptk.Captioner` (or any captioner with ``caption``).
+        captioner: A [`Captioner`][bliptk.captioner.Captioner] (or any captioner with ``caption``).
         video: A video file.
         segments: How many segments (K).
-        options: :class:`~bliptk.DecodingOptions` to start from.
-        video_options: :class:`~bliptk.VideoOptions`: ``num_frames`` is the frames of each
+        options: [`DecodingOptions`][bliptk.decoding.DecodingOptions] to start from.
+        video_options: [`VideoOptions`][bliptk.video.VideoOptions]: ``num_frames`` is the frames of each
             segment (default 4), ``pooling`` how they are pooled.
         prompt: Text each caption starts with (None: ``"a video of"``).
         **keywords: Fields of either options (``max_new_tokens``, ``num_frames``, ...).
 
     Returns:
-        K :class:`TimelineSegment` rows ``(start, end, caption)`` in time order.
+        K [`TimelineSegment`][bliptk.pipeline.TimelineSegment] rows ``(start, end, caption)`` in time order.
     """
     check_positive_int("segments", segments)
     options, video_options = resolve_options(options, video_options or VideoOptions(num_frames=4), **keywords)

@@ -87,7 +87,7 @@ def _open_path(path: Path, max_pixels: int | None) -> Image.Image:
 
 
 def load_image_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Read one image from its encoded bytes (a file fetched from a URI), as :func:`load_image`
+    """Read one image from its encoded bytes (a file fetched from a URI), as [`load_image()`][bliptk.preprocess.load_image]
     reads a file: the same checks, the same errors naming ``name``.
 
     Raises:
@@ -188,7 +188,7 @@ class Preprocessor:
         return cls(int(size), tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD)))
 
     def to_config(self) -> dict:
-        """As a Hugging Face ``preprocessor_config.json`` dict (what :meth:`from_config` reads)."""
+        """As a Hugging Face ``preprocessor_config.json`` dict (what [`from_config()`][bliptk.preprocess.Preprocessor.from_config] reads)."""
         return {
             "image_processor_type": "BlipImageProcessor",
             "size": {"height": self.image_size, "width": self.image_size},

@@ -24,7 +24,7 @@ class Weights:
     Attributes:
         source: ``"pretrained"`` (a checkpoint) or ``"random"`` (the uninitialized net).
         seed: The seed of random weights; None for pretrained ones.
-        fingerprint: :func:`weights_fingerprint` of the weights as loaded, before any dtype
+        fingerprint: [`weights_fingerprint()`][bliptk.provenance.weights_fingerprint] of the weights as loaded, before any dtype
             conversion (16 hex digits).
         dtype: The dtype the captioner computes in (``"float32"``, ``"bfloat16"``).
     """

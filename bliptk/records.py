@@ -1,15 +1,15 @@
 """Records: what every captioning job writes, one per input, and how it is read back.
 
 A record holds an input's caption (text, tokens, log-probabilities) or its error, and what made
-it: the model, its weights (:class:`~bliptk.provenance.Weights`) and the options. One schema
-serves the batch command (JSONL or CSV files, :class:`RecordOutput`) and the Ray path (JSONL or
-Parquet shards). The rule of what is already done (:func:`done_inputs`) is the same everywhere:
+it: the model, its weights ([`Weights`][bliptk.provenance.Weights]) and the options. One schema
+serves the batch command (JSONL or CSV files, [`RecordOutput`][bliptk.records.RecordOutput]) and the Ray path (JSONL or
+Parquet shards). The rule of what is already done ([`done_inputs()`][bliptk.records.done_inputs]) is the same everywhere:
 an input captioned with the same model, weights and options; a failure is never done.
 
 An output file has one writer at a time (an OS file lock beside it, ``<output>.lock``, which
 names the process that holds it), is rewritten only through a temporary file of its own, and
 keeps every finished record whatever stops the run: a kill, a full disk, an unexpected error.
-:func:`read_records` reads back any file bliptk wrote, whatever its paths and captions hold,
+[`read_records()`][bliptk.records.read_records] reads back any file bliptk wrote, whatever its paths and captions hold,
 dropping a last line torn by a kill wherever it tears.
 """
 
@@ -91,7 +91,7 @@ def error_summary(error: Exception) -> dict:
 
 def input_error(error: Exception, source: str, kind: str = "image") -> BliptkError:
     """What a bad input's record reports: bliptk's own errors as they are, anything unexpected as
-    an :class:`ImageLoadError` or :class:`VideoLoadError` naming the input (and logged with its
+    an [`ImageLoadError`][bliptk.errors.ImageLoadError] or [`VideoLoadError`][bliptk.errors.VideoLoadError] naming the input (and logged with its
     traceback, as the bug it is)."""
     if isinstance(error, BliptkError):
         return error
@@ -101,8 +101,8 @@ def input_error(error: Exception, source: str, kind: str = "image") -> BliptkErr
 
 def make_record(path: str, kind: str, provenance: dict, options: dict, caption=None, error: Exception | dict | None = None) -> dict:
     """One output record: the caption's text, tokens and log-probabilities, or, for a failed
-    input, empty fields and ``error`` (an exception, or its :func:`error_summary`); ``model`` and
-    ``weights`` (see :meth:`~bliptk.Captioner.provenance`) and ``options`` say how it was made."""
+    input, empty fields and ``error`` (an exception, or its [`error_summary()`][bliptk.records.error_summary]); ``model`` and
+    ``weights`` (see [`provenance()`][bliptk.verbs.CaptionVerbs.provenance]) and ``options`` say how it was made."""
     return {
         "path": path,
         "kind": kind,
@@ -131,7 +131,7 @@ def record_key(path: str, provenance: dict, options: dict) -> tuple:
 
 
 def key_of(record: dict) -> tuple:
-    """:func:`record_key` of a record, its input by identity (:func:`input_identity`)."""
+    """[`record_key()`][bliptk.records.record_key] of a record, its input by identity ([`input_identity()`][bliptk.records.input_identity])."""
     return record_key(input_identity(record["path"]), record, record["options"])
 
 
@@ -372,12 +372,12 @@ class RecordOutput:
     Opening it checks everything about the output before any model loads: its folder exists and
     can be written, it is no folder, it is not someone else's file, nothing is overwritten (an
     existing file needs ``resume``), and no other process writes it. Use it as a context manager,
-    or :meth:`close` it.
+    or [`close()`][bliptk.records.RecordOutput.close] it.
 
     Args:
         path: The ``.jsonl`` or ``.csv`` file.
         format: ``"jsonl"`` or ``"csv"``; None picks by extension.
-        resume: Continue the file: its records are read back (:attr:`existing`).
+        resume: Continue the file: its records are read back (`existing`).
 
     Attributes:
         existing: The file's records when resuming (else empty).

@@ -1,8 +1,8 @@
 """Decoding made visible: the loop one step at a time, and the alternatives to each token.
 
-:class:`Stepper` is the page's ``NestWhile`` loop as an object: each :meth:`Stepper.step` feeds
+[`Stepper`][bliptk.stepper.Stepper] is the page's ``NestWhile`` loop as an object: each [`Stepper.step()`][bliptk.stepper.Stepper.step] feeds
 one input (the prompt, then the last chosen token), fills the KV cache, and chooses the next token,
-reporting what it saw. :func:`token_alternatives` replays a caption and gives, for every token, its
+reporting what it saw. [`token_alternatives()`][bliptk.stepper.token_alternatives] replays a caption and gives, for every token, its
 probability and the most probable alternatives.
 """
 
@@ -90,12 +90,12 @@ class DecodeStep:
 
 
 class Stepper:
-    """Generate a caption one step at a time: the very steps :meth:`~bliptk.Captioner.caption`
-    makes (the same :class:`~bliptk.decoding.DecodingTask` and
-    :class:`~bliptk.decoding.SamplingDecoder`), each reported as a :class:`DecodeStep`.
+    """Generate a caption one step at a time: the very steps [`caption()`][bliptk.captioner.Captioner.caption]
+    makes (the same [`DecodingTask`][bliptk.decoding.DecodingTask] and
+    [`SamplingDecoder`][bliptk.decoding.SamplingDecoder]), each reported as a [`DecodeStep`][bliptk.stepper.DecodeStep].
 
     Args:
-        captioner: A :class:`~bliptk.Captioner`.
+        captioner: A [`Captioner`][bliptk.captioner.Captioner].
         image: An image, or its features ``(1, N, D)``.
         options: Decoding options (greedy by default); beam search is not stepped.
         top: How many of the most probable tokens each step reports.

@@ -28,7 +28,7 @@ def hf_generate(captioner, pixel_values: torch.Tensor, prompt: str, max_new_toke
     caption).
 
     Args:
-        captioner: A :class:`~bliptk.Captioner` (its ``model`` generates).
+        captioner: A [`Captioner`][bliptk.captioner.Captioner] (its ``model`` generates).
         pixel_values: ``(B, 3, S, S)`` preprocessed images.
         prompt: The prompt, the same for every image.
         max_new_tokens: Passed to ``generate``.

@@ -5,14 +5,14 @@ features. ``transformers``' modules hold the weights; this module runs them in i
 pass so that decoding is explicit, cheap and inspectable:
 
 * the image keys and values of every cross-attention layer are computed once per image
-  (:meth:`TextDecoder.start`), not at every step;
-* the self-attention keys and values live in a preallocated cache (:class:`DecoderState`), so a
+  ([`TextDecoder.start()`][bliptk.text_decoder.TextDecoder.start]), not at every step;
+* the self-attention keys and values live in a preallocated cache ([`DecoderState`][bliptk.text_decoder.DecoderState]), so a
   step costs one token's work;
 * cross-attention weights can be returned for every step (``return_cross_attention=True``),
   computed in the same pass that produces the logits, with no hooks.
 
-The maths is written once, in :meth:`TextDecoder.run`: decoding runs it over the preallocated cache,
-and the ONNX export traces it over a cache that grows by concatenation (:class:`GrowingCache`).
+The maths is written once, in [`TextDecoder.run()`][bliptk.text_decoder.TextDecoder.run]: decoding runs it over the preallocated cache,
+and the ONNX export traces it over a cache that grows by concatenation ([`GrowingCache`][bliptk.text_decoder.GrowingCache]).
 It is that of ``BlipTextLMHeadModel`` (post-LayerNorm BERT layers); tests check the logits against it.
 """
 
@@ -224,7 +224,7 @@ class TextDecoder(nn.Module):
 
         Args:
             image: Image encoder output ``(B, N, D)`` (a tensor or a NumPy array), or its
-                :meth:`image_keys_values`.
+                [`image_keys_values()`][bliptk.text_decoder.TextDecoder.image_keys_values].
             max_length: Longest sequence (prompt + generated tokens) the cache must hold.
             padding: ``(R,)`` slots of left padding before each sequence's prompt (prompts of
                 different lengths in one batch); None for none.
@@ -232,7 +232,7 @@ class TextDecoder(nn.Module):
                 (samples, beams); None for one sequence per image.
 
         Returns:
-            A fresh :class:`DecoderState` with the image keys and values of every layer.
+            A fresh [`DecoderState`][bliptk.text_decoder.DecoderState] with the image keys and values of every layer.
 
         Raises:
             InvalidOptionError: ``max_length`` exceeds the decoder's positions (512).
@@ -295,7 +295,7 @@ class TextDecoder(nn.Module):
         head_weight: torch.Tensor | None = None,
     ):
         """The decoder's maths for ``S`` new tokens after ``start`` cached positions: one
-        implementation for decoding (:meth:`forward`) and the ONNX export (which traces it).
+        implementation for decoding ([`forward()`][bliptk.text_decoder.TextDecoder.forward]) and the ONNX export (which traces it).
 
         Within the new tokens attention is causal, and every cached position is visible; no query
         sees the left padding of a shorter prompt (a padding slot sees itself only, so that its

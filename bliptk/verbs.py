@@ -1,7 +1,7 @@
-"""The verbs every captioner has: :meth:`~CaptionVerbs.caption`, :meth:`~CaptionVerbs.caption_files`
-and :meth:`~CaptionVerbs.encode_video`, written once over the :class:`~bliptk.pipeline.CaptionBackend`
-its class implements (torch's :class:`~bliptk.Captioner`, ONNX Runtime's
-:class:`~bliptk.onnx.OnnxCaptioner`)."""
+"""The verbs every captioner has: [`caption()`][bliptk.verbs.CaptionVerbs.caption], [`caption_files()`][bliptk.verbs.CaptionVerbs.caption_files]
+and [`encode_video()`][bliptk.verbs.CaptionVerbs.encode_video], written once over the [`CaptionBackend`][bliptk.pipeline.CaptionBackend]
+its class implements (torch's [`Captioner`][bliptk.captioner.Captioner], ONNX Runtime's
+[`OnnxCaptioner`][bliptk.onnx.runtime.OnnxCaptioner])."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ __all__ = ["CaptionVerbs"]
 
 
 class CaptionVerbs:
-    """Captioning verbs, for a class that is a :class:`~bliptk.pipeline.CaptionBackend`."""
+    """Captioning verbs, for a class that is a [`CaptionBackend`][bliptk.pipeline.CaptionBackend]."""
 
     def provenance(self) -> dict:
         """What this captioner's results are made with: ``model`` (its name) and ``weights``
-        (:class:`~bliptk.provenance.Weights` as a dict). Written into every record."""
+        ([`Weights`][bliptk.provenance.Weights] as a dict). Written into every record."""
         return pipeline.provenance(self)  # type: ignore[arg-type]
 
     @property
@@ -49,8 +49,8 @@ class CaptionVerbs:
         """Caption one image or video, or a list of them (images in chunks of ``batch_size``).
 
         Videos are recognised by name (``.mp4``, ``.mov``, ...) or content (a file PyAV reads as a
-        video and Pillow not as an image, or the :class:`~bliptk.video.VideoFrames` that
-        :func:`~bliptk.video_frames` returns) and captioned from their frames' pooled features.
+        video and Pillow not as an image, or the [`VideoFrames`][bliptk.video.VideoFrames] that
+        [`video_frames()`][bliptk.video.video_frames] returns) and captioned from their frames' pooled features.
 
         Args:
             images: One image (path, PIL image, NumPy array, torch tensor) or video, or a list.
@@ -59,19 +59,19 @@ class CaptionVerbs:
                 image of a list, or, for one image, several prompts (the page's list of prompts):
                 prompts of any lengths share one batched pass, and each caption equals
                 captioning it alone.
-            options: :class:`~bliptk.DecodingOptions` to start from.
-            video_options: :class:`~bliptk.VideoOptions` (frames per video, pooling).
+            options: [`DecodingOptions`][bliptk.decoding.DecodingOptions] to start from.
+            video_options: [`VideoOptions`][bliptk.video.VideoOptions] (frames per video, pooling).
             batch_size: Images encoded and decoded together.
             return_attention: Fill each caption's ``cross_attention`` ``(T, L, H, N)`` (torch's
                 captioner only).
-            **keywords: Fields of :class:`~bliptk.DecodingOptions` (``max_new_tokens`` (25),
+            **keywords: Fields of [`DecodingOptions`][bliptk.decoding.DecodingOptions] (``max_new_tokens`` (25),
                 ``temperature`` (0: greedy), ``top_k`` (10), ``top_p``, ``seed``, ``num_beams``,
                 ``length_penalty``, ``min_new_tokens``, ``repetition_penalty``,
                 ``num_return_sequences``: above 1, a list of captions per input) or of
-                :class:`~bliptk.VideoOptions` (``num_frames``, ``pooling``).
+                [`VideoOptions`][bliptk.video.VideoOptions] (``num_frames``, ``pooling``).
 
         Returns:
-            A :class:`~bliptk.Caption` for one input and one prompt, else a list of them (with
+            A [`Caption`][bliptk.decoding.Caption] for one input and one prompt, else a list of them (with
             ``num_return_sequences`` > 1, a list of captions in place of each caption).
 
         Raises:
@@ -86,8 +86,8 @@ class CaptionVerbs:
         concatenated.
 
         Args:
-            video: A video file, or frames (:class:`~bliptk.video.VideoFrames` or a list of images).
-            video_options: :class:`~bliptk.VideoOptions`; ``keywords`` replace its fields
+            video: A video file, or frames ([`VideoFrames`][bliptk.video.VideoFrames] or a list of images).
+            video_options: [`VideoOptions`][bliptk.video.VideoOptions]; ``keywords`` replace its fields
                 (``num_frames=8``, ``pooling="concat"``).
             batch_size: Frames encoded at once (memory stays bounded for any number of frames).
 
@@ -102,7 +102,7 @@ class CaptionVerbs:
         return features
 
     def caption_files(self, inputs, out: str | os.PathLike | None = None, **arguments) -> Iterator[dict]:
-        """Caption many files, one record per input, resumable: see :func:`bliptk.batch.caption_files`."""
+        """Caption many files, one record per input, resumable: see [`bliptk.batch.caption_files()`][bliptk.batch.caption_files]."""
         from .batch import caption_files
 
         return caption_files(self, inputs, out, **arguments)

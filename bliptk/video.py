@@ -1,7 +1,7 @@
 """Reading videos with PyAV: uniformly spaced frames, decoded by seeking.
 
 The page captions a video from N uniformly spaced frames (``VideoFrameList[video, N]``) whose image
-features are averaged. :func:`video_frames` takes the frame shown at the middle of each of N equal
+features are averaged. [`video_frames()`][bliptk.video.video_frames] takes the frame shown at the middle of each of N equal
 parts of the video (or of a segment of it), honouring rotation metadata and variable frame rates,
 and converts only those frames to RGB; decoding jumps ahead by seeking when a keyframe lies between
 it and the next frame, and never goes back, so that no video is decoded more than once over.
@@ -53,7 +53,7 @@ class VideoOptions:
             ``"concat"``: one after another, ``(frames * N, D)`` (as BLIP's authors did for video
             retrieval).
 
-    Each field's ``metadata`` holds its command-line help, as :class:`~bliptk.DecodingOptions`'.
+    Each field's ``metadata`` holds its command-line help, as [`DecodingOptions`][bliptk.decoding.DecodingOptions]'.
     """
 
     num_frames: int = field(default=16, metadata={"help": "frames taken from each video, uniformly spaced", "aliases": ("--frames",)})
@@ -257,7 +257,7 @@ def video_frames(path, num_frames: int = 16, *, start: float | None = None, end:
         end: End of the segment, seconds from the video's start.
 
     Returns:
-        :class:`VideoFrames`: the frames, their ``timestamps``, ``duration`` and ``decoded_frames``.
+        [`VideoFrames`][bliptk.video.VideoFrames]: the frames, their ``timestamps``, ``duration`` and ``decoded_frames``.
 
     Raises:
         VideoLoadError: The file is missing, empty, corrupt, audio only, has no frames, or is a
@@ -388,8 +388,8 @@ def _frames_at(path: Path, targets: list[float]):
 
 
 def is_video(source) -> bool:
-    """Whether ``source`` is a video: :class:`VideoFrames`; a file whose name says so (``.mp4``,
-    ``.mov``, ... :data:`~bliptk.files.VIDEO_EXTENSIONS`), whatever it holds, so that a broken one
+    """Whether ``source`` is a video: [`VideoFrames`][bliptk.video.VideoFrames]; a file whose name says so (``.mp4``,
+    ``.mov``, ... [`VIDEO_EXTENSIONS`][bliptk.files.VIDEO_EXTENSIONS]), whatever it holds, so that a broken one
     fails as a video; or a file Pillow does not read as an image and PyAV reads as a video
     (animated GIFs count as images)."""
     if isinstance(source, VideoFrames):
@@ -422,7 +422,7 @@ def plot_video_frames(frames: VideoFrames, columns: int | None = None, fig=None)
     ``VideoFrameList``).
 
     Args:
-        frames: What :func:`video_frames` returned (or any list of images).
+        frames: What [`video_frames()`][bliptk.video.video_frames] returned (or any list of images).
         columns: Frames per row; None puts up to 8 in a row.
         fig: A matplotlib figure to draw into (cleared first); None makes a new one.
 

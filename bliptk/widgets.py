@@ -1,11 +1,11 @@
 """Interactive explorers for notebooks (ipywidgets): thin views over bliptk's public API.
 
-* :class:`CaptionExplorer`: an image, a prompt and the decoding options; the caption, and each
+* [`CaptionExplorer`][bliptk.widgets.CaptionExplorer]: an image, a prompt and the decoding options; the caption, and each
   token's probability with its alternatives. Changing only decoding options re-decodes the cached
   image features; the image encoder runs once per image.
-* :class:`AttentionExplorer`: a token slider, a layer and a head selector over the caption's
+* [`AttentionExplorer`][bliptk.widgets.AttentionExplorer]: a token slider, a layer and a head selector over the caption's
   cross-attention, drawn over the image.
-* :class:`StepThroughDecoder`: a button that advances decoding one token, showing the input token,
+* [`StepThroughDecoder`][bliptk.widgets.StepThroughDecoder]: a button that advances decoding one token, showing the input token,
   the KV-cache length, the distribution of the next token and the choice.
 
 Each explorer is displayed as its ``widget``; where no widget frontend exists (a terminal), its
@@ -36,7 +36,7 @@ _NO_FRONTEND = "{name}: an interactive ipywidgets view; display it in JupyterLab
 
 @dataclass(frozen=True)
 class _OptionControl:
-    """How the caption explorer shows one field of :class:`DecodingOptions`: a widget class, its
+    """How the caption explorer shows one field of [`DecodingOptions`][bliptk.decoding.DecodingOptions]: a widget class, its
     range, and the widget value that stands for the field's None."""
 
     widget: str
@@ -61,7 +61,7 @@ _OPTION_CONTROLS = {
 
 
 def _option_controls() -> dict:
-    """One widget per offered field of :class:`DecodingOptions`, at the field's default."""
+    """One widget per offered field of [`DecodingOptions`][bliptk.decoding.DecodingOptions], at the field's default."""
     defaults = DecodingOptions()
     controls = {}
     for option in fields(DecodingOptions):
@@ -110,7 +110,7 @@ def _two_columns(w, controls: list, output: list):
 
 
 def _picture(w):
-    """An image widget for :func:`_show`."""
+    """An image widget for [`_show()`][bliptk.widgets._show]."""
     return w.Image(format="png", layout=w.Layout(object_fit="contain"))
 
 
@@ -140,13 +140,13 @@ class CaptionExplorer(_Explorer):
     """Caption an image interactively.
 
     Args:
-        captioner: A :class:`~bliptk.Captioner`.
+        captioner: A [`Captioner`][bliptk.captioner.Captioner].
         images: Images (paths) to choose from; an upload box adds more.
         alternatives: How many alternatives to show per token.
 
     Attributes:
         caption: The caption shown.
-        choices: :func:`~bliptk.stepper.token_alternatives` of the caption, as shown.
+        choices: [`token_alternatives()`][bliptk.stepper.token_alternatives] of the caption, as shown.
         encoder_runs: How many times the image encoder ran (once per image).
     """
 
@@ -245,7 +245,7 @@ class AttentionExplorer(_Explorer):
     """Browse where each token of a caption looked.
 
     Args:
-        captioner: A :class:`~bliptk.Captioner`.
+        captioner: A [`Captioner`][bliptk.captioner.Captioner].
         image: The image.
         prompt: The prompt (None: "a photography of").
         **decoding_options: For the caption (greedy by default).
@@ -274,7 +274,7 @@ class AttentionExplorer(_Explorer):
         self.update()
 
     def map_options(self) -> dict:
-        """The :func:`~bliptk.attention_maps` options the controls say."""
+        """The [`attention_maps()`][bliptk.attention.attention_maps] options the controls say."""
         layers = self.caption.cross_attention.shape[1]
         layer = list(range(layers)) if self.layer.value == ALL_LAYERS else self.layer.value
         return {"layer": layer, "heads": self.heads.value}
@@ -294,13 +294,13 @@ class StepThroughDecoder(_Explorer):
     """Advance decoding one token per button press (the page's ``NestWhile`` loop, visible).
 
     Args:
-        captioner: A :class:`~bliptk.Captioner`.
+        captioner: A [`Captioner`][bliptk.captioner.Captioner].
         image: The image.
         options: Decoding options (greedy by default).
         top: How many of the most probable next tokens to list.
 
     Attributes:
-        stepper: The :class:`~bliptk.stepper.Stepper` it drives.
+        stepper: The [`Stepper`][bliptk.stepper.Stepper] it drives.
     """
 
     def __init__(self, captioner, image, options: DecodingOptions | None = None, top: int = 10):
@@ -315,7 +315,7 @@ class StepThroughDecoder(_Explorer):
         self.widget = _two_columns(w, [w.HBox([self.button, self.reset_button]), self.caption], [self.state])
 
     def next(self):
-        """Advance one token and redraw; returns the :class:`~bliptk.stepper.DecodeStep` (None when done)."""
+        """Advance one token and redraw; returns the [`DecodeStep`][bliptk.stepper.DecodeStep] (None when done)."""
         step = self.stepper.step()
         self.caption.value = _caption_html(self.stepper.text)
         if step is None:

@@ -1,6 +1,6 @@
 """Exporting a captioner to ONNX (torch's dynamo exporter), checked against torch.
 
-:func:`export` writes a folder of three graphs, the tokenizer, the preprocessing config and a
+[`export()`][bliptk.onnx.exporter.export] writes a folder of three graphs, the tokenizer, the preprocessing config and a
 manifest:
 
 * ``encoder.onnx``: pixels ``(B, 3, S, S)`` -> image features ``(B, N, D)``;
@@ -13,7 +13,7 @@ manifest:
   (``present_key_i``, ...) out. Batch, new tokens, past length and image tokens are dynamic.
 
 Each graph is a trace of bliptk's own torch code: the image encoder's forward, the text decoder's
-:meth:`~bliptk.TextDecoder.image_keys_values`, and its :meth:`~bliptk.TextDecoder.run` over a cache
+[`image_keys_values()`][bliptk.text_decoder.TextDecoder.image_keys_values], and its [`run()`][bliptk.text_decoder.TextDecoder.run] over a cache
 that grows by concatenation. No maths is written here.
 """
 
@@ -65,7 +65,7 @@ class _ImageKeysValues(nn.Module):
 
 
 class _DecoderStep(nn.Module):
-    """:meth:`TextDecoder.run` with the cache as inputs and outputs. The head's weight is a copy of
+    """[`TextDecoder.run()`][bliptk.text_decoder.TextDecoder.run] with the cache as inputs and outputs. The head's weight is a copy of
     its own, not the word embeddings' tied one: tied, one initializer feeds a Gather and the head's
     MatMul, and quantize_dynamic leaves the head a float MatMul behind a dequantize (the int8 step
     was 1.6x slower that way)."""
@@ -149,14 +149,14 @@ def export(captioner, folder, *, int8: bool = False, overwrite: bool = False) ->
 
     The check runs a real photo through both runtimes and compares the image features and the
     decoder's logits (prompt and one more token) against torch: the largest differences and the
-    tolerance (:data:`TOLERANCE`) go into ``manifest.json``, with the model, the weights'
+    tolerance ([`TOLERANCE`][bliptk.onnx.exporter.TOLERANCE]) go into ``manifest.json``, with the model, the weights'
     fingerprint, the opset, the bliptk version and each graph's sha256.
 
     Args:
-        captioner: A float32 :class:`~bliptk.Captioner` (on any device: a CPU copy is exported).
+        captioner: A float32 [`Captioner`][bliptk.captioner.Captioner] (on any device: a CPU copy is exported).
         folder: Where to write (created).
         int8: Also write dynamically quantized copies (``*.int8.onnx``: ONNX Runtime's
-            ``quantize_dynamic``, int8 weights per channel), which :func:`~bliptk.onnx.load`
+            ``quantize_dynamic``, int8 weights per channel), which [`load()`][bliptk.onnx.runtime.load]
             runs with ``dtype="int8"``.
         overwrite: Replace an existing export in ``folder``.
 
@@ -255,7 +255,7 @@ def _first_logits(backend, pixels: np.ndarray, prompt: np.ndarray) -> tuple[np.n
 
 def _check(captioner, folder: Path) -> dict:
     """Run one photo through torch and the exported graphs; the largest differences, which must
-    be within :data:`TOLERANCE`."""
+    be within [`TOLERANCE`][bliptk.onnx.exporter.TOLERANCE]."""
     from ..files import example_path
 
     photo: object

@@ -1,9 +1,9 @@
 """Captioning from an ONNX export with ONNX Runtime: no torch anywhere on this path.
 
-:func:`load` checks an export (its manifest field by field, every file inside its folder, each graph
-against its sha256) and returns an :class:`OnnxCaptioner`: a caption backend
-(:class:`~bliptk.pipeline.CaptionBackend`) whose decoder runs the exported graphs, under the very
-pipeline and decoding engine that torch's :class:`~bliptk.Captioner` runs under.
+[`load()`][bliptk.onnx.runtime.load] checks an export (its manifest field by field, every file inside its folder, each graph
+against its sha256) and returns an [`OnnxCaptioner`][bliptk.onnx.runtime.OnnxCaptioner]: a caption backend
+([`CaptionBackend`][bliptk.pipeline.CaptionBackend]) whose decoder runs the exported graphs, under the very
+pipeline and decoding engine that torch's [`Captioner`][bliptk.captioner.Captioner] runs under.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ DTYPES = ("float32", "int8")
 
 def is_export(folder) -> bool:
     """Whether ``folder`` is meant as a bliptk ONNX export: it holds a ``manifest.json`` (which
-    :func:`load` then checks) and no checkpoint's ``config.json``."""
+    [`load()`][bliptk.onnx.runtime.load] then checks) and no checkpoint's ``config.json``."""
     folder = Path(os.fspath(folder)).expanduser()
     return (folder / "manifest.json").is_file() and not (folder / "config.json").is_file()
 
@@ -75,7 +75,7 @@ class _State:
 
 
 class _OnnxDecoder:
-    """The decoding engine's backend (:class:`bliptk.decoding.DecoderBackend`) over the image
+    """The decoding engine's backend ([`bliptk.decoding.DecoderBackend`][bliptk.decoding.DecoderBackend]) over the image
     key/value and decoder graphs."""
 
     def __init__(self, image_kv, decoder, config: dict):
@@ -119,18 +119,18 @@ class _OnnxDecoder:
 
 
 class OnnxCaptioner(CaptionVerbs):
-    """Captions with ONNX Runtime from an export. Make one with :func:`load`.
+    """Captions with ONNX Runtime from an export. Make one with [`load()`][bliptk.onnx.runtime.load].
 
-    It has the verbs of torch's :class:`~bliptk.Captioner` (``caption``, ``caption_files``,
+    It has the verbs of torch's [`Captioner`][bliptk.captioner.Captioner] (``caption``, ``caption_files``,
     ``encode_video``), run by the same pipeline, without what needs torch (cross-attention,
     embeddings).
 
     Attributes:
         name: The model the export was made from.
-        weights: Its :class:`~bliptk.provenance.Weights`; ``dtype`` says ``"onnx float32"`` or
+        weights: Its [`Weights`][bliptk.provenance.Weights]; ``dtype`` says ``"onnx float32"`` or
             ``"onnx int8"``, so that records made here are never taken for torch's.
         manifest: The export's manifest.
-        tokenizer, preprocessor: As on :class:`~bliptk.Captioner`.
+        tokenizer, preprocessor: As on [`Captioner`][bliptk.captioner.Captioner].
         decoder: The decoding engine's view of the exported decoder.
     """
 
@@ -264,7 +264,7 @@ def load(folder, *, dtype: str = "float32", threads: int | None = None, verify: 
     matches the manifest's.
 
     Args:
-        folder: A folder written by :func:`bliptk.onnx.export`.
+        folder: A folder written by [`bliptk.onnx.export()`][bliptk.onnx.exporter.export].
         dtype: ``"float32"`` (default; an image's caption is the same alone and in any batch) or
             ``"int8"`` (the quantized graphs of an export made with ``int8=True``: smaller and
             faster, but their activations are quantized per tensor, so that an image's caption
@@ -272,9 +272,9 @@ def load(folder, *, dtype: str = "float32", threads: int | None = None, verify: 
         threads: ONNX Runtime's intra-op threads (None: its default, all cores).
         verify: Check each graph's sha256 against the manifest (a graph without one, or that
             changed since the export, is an error). False loads them unchecked, with an
-            :class:`~bliptk.errors.ExportChangedWarning`.
-        against: A :class:`~bliptk.Captioner` of the model the export was made from, to warn
-            (:class:`~bliptk.errors.ExportChangedWarning`) when its weights changed since (their
+            [`ExportChangedWarning`][bliptk.errors.ExportChangedWarning].
+        against: A [`Captioner`][bliptk.captioner.Captioner] of the model the export was made from, to warn
+            ([`ExportChangedWarning`][bliptk.errors.ExportChangedWarning]) when its weights changed since (their
             fingerprint is not the manifest's).
 
     Raises:
