@@ -52,13 +52,13 @@ def expand_inputs(inputs: Iterable, recursive: bool = False) -> list[str]:
     in_subfolders = 0
     for item in inputs:
         text = os.fspath(item)
-        if Path(text).is_dir():
+        if _is_folder(text):
             found = [str(p) for p in media_files(text, recursive=recursive)]
             if not found:
                 empty.append(f"folder {text} holds no image or video files" + (" (subfolders included)" if recursive else ""))
                 in_subfolders += 0 if recursive else len(media_files(text, recursive=True))
             paths.extend(found)
-        elif glob.has_magic(text) and not Path(text).exists():  # a file named "a[1].jpg" is a file
+        elif glob.has_magic(text) and not _exists(text):  # a file named "a[1].jpg" is a file
             matches = sorted(glob.glob(text, recursive=recursive))
             if not matches:
                 empty.append(f"pattern {text!r} matches no files")
@@ -70,6 +70,20 @@ def expand_inputs(inputs: Iterable, recursive: bool = False) -> list[str]:
     for description in empty:
         logger.warning("%s", description)
     return list(dict.fromkeys(input_identity(path) for path in paths))
+
+
+def _is_folder(path: str) -> bool:
+    try:
+        return Path(path).is_dir()
+    except OSError:  # a name too long, ...: not a folder; the input's record says what it is
+        return False
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except OSError:
+        return False
 
 
 def check_batch_options(options: DecodingOptions, batch_size: int, workers: int, max_pixels: int | None) -> None:

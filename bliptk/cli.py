@@ -19,16 +19,17 @@ from pathlib import Path
 from .decoding import DecodingOptions
 from .errors import (
     BliptkError,
+    InputError,
     InvalidOptionError,
     NoInputsError,
     OutputError,
-    OutputExistsError,
     RandomWeightsWarning,
     check_positive_int,
     first_line,
     missing_dependency,
 )
 from .models import DEFAULT_MODEL, available_models
+from .outputs import checked_output, reason, write_whole
 from .records import RECORD_FORMATS, SHARD_FORMATS
 from .video import VideoOptions
 
@@ -38,25 +39,33 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 0, 1
 EXIT_BUG = 1  # an unexpected error: a bug of bliptk's, reported in one line (the traceback with --debug)
 
 
-def _model_arguments(parser: argparse.ArgumentParser, exports: bool = False) -> None:
-    """--model, --random-weights, --device, --dtype; with ``exports``, an ONNX export folder too."""
-    export = ", or an ONNX export folder" if exports else ""
+# The dtypes a model loads in (an ONNX export has its own: float32 or int8).
+DTYPES = ("float32", "bfloat16", "float16", "int8")
+
+
+def _model_arguments(parser: argparse.ArgumentParser, *, exports: bool = False, dtype: bool = True) -> None:
+    """--model, --random-weights, --device and (with ``dtype``) --dtype; with ``exports``, --model
+    takes an ONNX export folder too."""
+    export = ", or an ONNX export folder (bliptk export)" if exports else ""
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"ViT-B/16, ViT-L/16, tiny (the test net), a hub id, a checkpoint folder{export} (default {DEFAULT_MODEL})",
+        help=f"ViT-B/16, ViT-L/16, tiny (the test net), a hub id, or a checkpoint folder{export} (default {DEFAULT_MODEL})",
     )
-    parser.add_argument(
-        "--random-weights", action="store_true", help="build the architecture with random weights (no download; captions are random words)"
+    parser.add_argument("--random-weights", action="store_true", help="the architecture with random weights (no download; random words)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda when present, else cpu)")
+    if not dtype:
+        return
+    help = (
+        "float32 (default; the exact path), bfloat16 (faster on recent CPUs and GPUs), float16 (GPUs; float32 on a CPU), "
+        "or int8 (CPU: bfloat16 with int8 decoder weights, the fastest at batch 1)"
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA when present)")
-    dtypes = "float32 (default), bfloat16, or int8 (CPU: bfloat16 with int8 decoder weights; fastest at batch 1)"
     if exports:
-        dtypes += (
-            "; an ONNX export: float32 (default) or int8, its quantized graphs, whose activations are quantized per "
-            "batch, so that a caption can change with what else is in the batch"
+        help += (
+            ". With an ONNX export: float32 (default) or int8, its quantized graphs, whose activations are quantized per batch, "
+            "so that a caption can change with what else is in the batch"
         )
-    parser.add_argument("--dtype", default=None, help=dtypes)
+    parser.add_argument("--dtype", default=None, choices=DTYPES, help=help)
 
 
 def _option_arguments(parser: argparse.ArgumentParser, options: type, names: tuple[str, ...] | None = None) -> None:
@@ -83,12 +92,49 @@ def _options(args, options: type = DecodingOptions):
     return options(**{option.name: getattr(args, option.name) for option in fields(options) if hasattr(args, option.name)})
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are one line, as bliptk's own: ``bliptk: error: ...`` and where
+    to read more (exit 2), with a hint for a file whose name starts with a dash."""
+
+    argv: list[str] = []
+
+    def error(self, message: str):
+        dashed = [word for word in self.argv if word.startswith("-") and len(word) > 1 and Path(word).exists()]
+        if dashed:
+            message += f" ({dashed[0]} is a file: write ./{dashed[0]}, or put it after -- at the end of the command)"
+        self.exit(EXIT_USAGE, f"bliptk: error: {message}; see {self.prog} --help\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bliptk", description="BLIP image captioning.")
+    parser = _Parser(
+        prog="bliptk",
+        description="BLIP image and video captioning: caption, draw where each word looked, embed, map, evaluate, export to ONNX.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what bliptk does (and show an unexpected error's traceback)")
     parser.add_argument("--debug", action="store_true", help="show an unexpected error's traceback")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _caption_parser(commands)
+    _attention_parser(commands)
+    _embed_parser(commands)
+    _map_parser(commands)
+    _eval_parsers(commands)
+    export = commands.add_parser("export", help="export a model to ONNX, to caption with ONNX Runtime (no torch needed)")
+    _model_arguments(export, dtype=False)
+    export.add_argument("--out", required=True, help="folder to write the graphs, tokenizer, preprocessing config and manifest to")
+    export.add_argument(
+        "--int8", action="store_true", help="also write int8 graphs (quantized); bliptk caption --model FOLDER runs them with --dtype int8"
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+    commands.add_parser("models", help="list the model family")
+    info = commands.add_parser("info", help="net information: parameters and layer types (no weights needed)")
+    info.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"ViT-B/16, ViT-L/16, tiny, a hub id or a checkpoint folder (default {DEFAULT_MODEL})"
+    )
+    info.add_argument("--arrays", action="store_true", help="also list every array's element count")
+    return parser
 
+
+def _caption_parser(commands) -> None:
     caption = commands.add_parser("caption", help="caption images and videos")
     caption.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="image or video files, folders (their images and videos), glob patterns"
@@ -96,95 +142,93 @@ def _parser() -> argparse.ArgumentParser:
     _model_arguments(caption, exports=True)
     _option_arguments(caption, DecodingOptions)
     _option_arguments(caption, VideoOptions)
-    caption.add_argument("--batch-size", type=int, default=8)
+    caption.add_argument("--segments", type=int, default=None, help="caption each video as K consecutive segments (a timeline)")
     caption.add_argument("--json", action="store_true", help="print one JSON record per line")
-    caption.add_argument("--out", default=None, help="write records to this .jsonl or .csv file (appended and flushed one by one)")
+    caption.add_argument("--out", default=None, help="write records to this .jsonl or .csv file (with --ray: a folder of shards)")
+    formats = sorted(set(RECORD_FORMATS + SHARD_FORMATS))
+    caption.add_argument("--format", choices=formats, default=None, help="format of --out (default: by its extension; jsonl with --ray)")
     caption.add_argument(
-        "--format",
-        choices=sorted(set(RECORD_FORMATS + SHARD_FORMATS)),
-        default=None,
-        help="format of --out (default: by its extension; jsonl with --ray)",
+        "--resume", action="store_true", help="continue --out: skip inputs done with the same model and options, retry failures"
     )
+    caption.add_argument("--recursive", action="store_true", help="look in subfolders too")
+    caption.add_argument("--batch-size", type=int, default=8, help="inputs captioned together (default 8)")
+    caption.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing images ahead; 0 for none (default 2)")
+    caption.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (default 100,000,000)")
     caption.add_argument(
         "--ray",
         nargs="?",
         const="local",
         default=None,
         metavar="ADDRESS",
-        help="caption through Ray Data into the --out folder; without ADDRESS on a local Ray instance",
+        help="caption through Ray Data (--out is a folder); ADDRESS: a cluster",
     )
-    caption.add_argument(
-        "--resume", action="store_true", help="continue --out: skip inputs done with the same model and options, retry failures"
-    )
-    caption.add_argument("--recursive", action="store_true", help="look in subfolders too")
-    caption.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing images ahead (default 2)")
-    caption.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (default 100,000,000)")
-    caption.add_argument("--segments", type=int, default=None, help="caption a video as K consecutive segments")
 
+
+def _attention_parser(commands) -> None:
     attention = commands.add_parser("attention", help="draw where each caption token looked, as a PNG grid")
-    attention.add_argument("image", metavar="IMAGE")
+    attention.add_argument("image", metavar="IMAGE", help="the image to caption")
     attention.add_argument("--out", required=True, help="PNG file to write")
+    attention.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _model_arguments(attention)
     _option_arguments(attention, DecodingOptions, ("prompt", "max_new_tokens"))
-    attention.add_argument("--layer", type=int, nargs="+", default=[-1], help="decoder layer(s), averaged (default: the last)")
+    attention.add_argument(
+        "--layer", type=int, nargs="+", default=[-1], help="decoder layer(s), averaged; negative counts from the end (default -1)"
+    )
     attention.add_argument("--heads", default="mean", help='"mean" (default), "max", or a head index')
     attention.add_argument("--raw", action="store_true", help="draw the raw maps instead of overlays on the image")
-    attention.add_argument("--columns", type=int, default=6)
-    attention.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    attention.add_argument("--columns", type=int, default=6, help="panels per row (default 6)")
 
+
+def _embed_parser(commands) -> None:
     embed = commands.add_parser("embed", help="image-encoder embeddings of a folder, to an .npz file")
-    embed.add_argument("folder", metavar="FOLDER")
-    embed.add_argument("--out", required=True, help=".npz file to write (arrays: paths, embeddings)")
-    _model_arguments(embed)
-    embed.add_argument("--pooling", choices=("cls", "mean"), default="cls")
-    embed.add_argument("--batch-size", type=int, default=16)
-    embed.add_argument("--cache", default=None, help="folder to cache embeddings in (keyed by content and model)")
-    embed.add_argument("--recursive", action="store_true", help="include subfolders")
+    embed.add_argument("folder", metavar="FOLDER", help="a folder of images")
+    embed.add_argument("--out", required=True, help=".npz file to write (arrays: paths, embeddings, model, weights, pooling)")
     embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _model_arguments(embed)
+    embed.add_argument(
+        "--pooling", choices=("cls", "mean"), default="cls", help="cls: the class token; mean: the patches' mean (default cls)"
+    )
+    embed.add_argument("--batch-size", type=int, default=16, help="images encoded together (default 16)")
+    embed.add_argument("--cache", default=None, help="folder to cache embeddings in (keyed by content, model and weights)")
+    embed.add_argument("--recursive", action="store_true", help="include subfolders")
 
-    feature_map = commands.add_parser("map", help="feature-space map of a folder, as a PNG")
-    feature_map.add_argument("folder", metavar="FOLDER")
+
+def _map_parser(commands) -> None:
+    feature_map = commands.add_parser("map", help="feature-space map of a folder of images, as a PNG")
+    feature_map.add_argument("folder", metavar="FOLDER", help="a folder of images")
     feature_map.add_argument("--out", required=True, help="PNG file to write")
+    feature_map.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _model_arguments(feature_map)
-    feature_map.add_argument("--method", choices=("umap", "tsne", "pca"), default="umap")
-    feature_map.add_argument("--clusters", default=None, help="colour by K clusters (an integer, or 'auto' to choose K)")
+    feature_map.add_argument("--method", choices=("umap", "tsne", "pca"), default="umap", help="the projection to 2-D (default umap)")
+    feature_map.add_argument("--clusters", default=None, help="colour by K clusters: an integer, or auto to choose K")
     feature_map.add_argument("--labels", default=None, help="CSV with columns file,label to colour by")
     feature_map.add_argument("--callouts", action="store_true", help="write each label next to its point")
-    feature_map.add_argument("--pooling", choices=("cls", "mean"), default="cls")
+    feature_map.add_argument(
+        "--pooling", choices=("cls", "mean"), default="cls", help="cls: the class token; mean: the patches' mean (default cls)"
+    )
     feature_map.add_argument("--cache", default=None, help="folder to cache embeddings in")
-    feature_map.add_argument("--seed", type=int, default=0, help="projection seed")
+    feature_map.add_argument("--seed", type=int, default=0, help="projection seed (default 0)")
     feature_map.add_argument("--recursive", action="store_true", help="include subfolders")
-    feature_map.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
+
+def _eval_parsers(commands) -> None:
     evaluation = commands.add_parser("eval", help="COCO caption metrics of predictions against references")
     evaluation.add_argument("predictions", help="COCO results JSON ([{image_id, caption}]) or bliptk records (.jsonl/.csv)")
     evaluation.add_argument("references", help="COCO captions annotations JSON, or {image_id: [captions]}")
-    evaluation.add_argument("--worst", type=int, default=5, help="list the N captions with the lowest CIDEr")
-
+    evaluation.add_argument("--worst", type=int, default=5, help="list the N captions with the lowest CIDEr (default 5)")
     coco = commands.add_parser("eval-coco", help="caption a COCO split with the BLIP paper's settings and score it")
     coco.add_argument("--images", required=True, help="folder of the split's images (COCO file names)")
     coco.add_argument("--annotations", required=True, help="COCO captions annotations (or {image_id: [captions]})")
     _model_arguments(coco)
-    coco.add_argument("--out", default="coco-results.json", help="COCO results JSON to write (records go beside it, .jsonl)")
+    coco.add_argument(
+        "--out", default="coco-results.json", help="COCO results JSON to write; records go beside it, .jsonl (default coco-results.json)"
+    )
     coco.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    coco.add_argument("--batch-size", type=int, default=8)
+    coco.add_argument("--batch-size", type=int, default=8, help="images captioned together (default 8)")
     coco.add_argument("--prompt", default="a picture of ", help='the paper\'s prompt (default "a picture of ")')
-    coco.add_argument("--num-beams", type=int, default=3)
+    coco.add_argument("--num-beams", type=int, default=3, help="beams, as in the paper (default 3)")
     coco.add_argument("--max-length", type=int, default=20, help="prompt plus caption tokens, as in BLIP's code (default 20)")
     coco.add_argument("--min-length", type=int, default=5, help="prompt plus caption tokens (default 5)")
-
-    export = commands.add_parser("export", help="export a model to ONNX, to caption with ONNX Runtime (no torch needed)")
-    _model_arguments(export)
-    export.add_argument("--out", required=True, help="folder to write the graphs, tokenizer, preprocessing config and manifest to")
-    export.add_argument("--int8", action="store_true", help="also write dynamically quantized (int8) graphs, used by default")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
-
-    commands.add_parser("models", help="list the model family")
-
-    info = commands.add_parser("info", help="net information: parameters and layer types (no weights needed)")
-    info.add_argument("--model", default=DEFAULT_MODEL, help=f"architecture name, hub id or checkpoint folder (default {DEFAULT_MODEL})")
-    info.add_argument("--arrays", action="store_true", help="also list every array's element count")
-    return parser
 
 
 def _load(args, exports: bool = False):
@@ -199,9 +243,9 @@ def _load(args, exports: bool = False):
             raise InvalidOptionError("an ONNX export has its own weights and runs on the CPU: drop --random-weights and --device")
         from .onnx import load as load_export
 
-        return load_export(args.model, dtype=args.dtype or "float32")
+        return load_export(args.model, dtype=getattr(args, "dtype", None) or "float32")
     load = _torch_module("loading").load
-    return load(args.model, pretrained=not args.random_weights, device=args.device, dtype=args.dtype)
+    return load(args.model, pretrained=not args.random_weights, device=args.device, dtype=getattr(args, "dtype", None))
 
 
 def _torch_module(name: str):
@@ -251,15 +295,20 @@ def _caption(args) -> int:
     # The output is checked and locked before the model loads: a mistake there costs no waiting.
     with RecordOutput(args.out, args.format, args.resume) if args.out else nullcontext() as output:
         captioner = _load(args, exports=True)
+        status = BatchStatus()
         if args.segments:
             videos = [path for path in inputs if is_video(path)]
             inputs = [path for path in inputs if path not in videos]
-            for path in videos:
-                rows = caption_timeline(captioner, path, args.segments, options=options, video_options=video_options)
+            for path in videos:  # a video that fails is reported, and the others go on
+                try:
+                    rows = caption_timeline(captioner, path, args.segments, options=options, video_options=video_options)
+                except InputError as error:
+                    status.failed += 1
+                    print(f"bliptk: error: {_one_line(str(error))}", file=sys.stderr, flush=True)
+                    continue
                 _report_timeline(args, path, rows, captioner, options)
             if not inputs:
-                return EXIT_OK
-        status = BatchStatus()
+                return EXIT_SOME_FAILED if status.failed else EXIT_OK
         records = captioner.caption_files(
             inputs,
             output,
@@ -359,34 +408,18 @@ def _attention(args) -> int:
         figure = plot_attention_maps(caption, columns=args.columns, **map_options)
     else:
         figure = plot_attention_overlays(image, caption, columns=args.columns, **map_options)
-    _write(out, lambda: figure.savefig(out, dpi=100))
+    write_whole(out, lambda path: figure.savefig(path, dpi=100, format="png"))
     print(f"{args.image}: {caption.text}\nwrote {out}")
     return EXIT_OK
 
 
 def _output_file(args, suffix: str = "") -> Path:
     """The --out file of a command that writes one, checked before any model loads: its folder
-    exists, it names no folder, and it is replaced only with --overwrite."""
+    exists and can be written, it names no folder, and it is replaced only with --overwrite."""
     out = Path(args.out)
     if suffix and out.suffix != suffix:  # as np.savez names it
         out = out.with_name(out.name + suffix)
-    if not out.parent.is_dir():
-        raise OutputError(f"{out}: the folder {out.parent} does not exist; create it, or choose another --out")
-    if out.is_dir():
-        raise OutputError(f"{out} is a folder; name a file")
-    if out.exists() and not args.overwrite:
-        raise OutputExistsError(out, "pass --overwrite to replace it", "pass --overwrite to replace it")
-    return out
-
-
-def _write(out: Path, write) -> None:
-    """Run ``write``, whose failure to write ``out`` (a full disk, a read-only folder) is an
-    [`OutputError`][bliptk.errors.OutputError], leaving no partial file."""
-    try:
-        write()
-    except OSError as error:
-        out.unlink(missing_ok=True)
-        raise OutputError(f"{out}: cannot write ({error.strerror or error})") from None
+    return checked_output(out, replace=args.overwrite)
 
 
 def _folder_images(args) -> list[Path]:
@@ -416,38 +449,54 @@ def _embed(args) -> int:
         "weights": json.dumps(captioner.weights.as_dict()),
         "pooling": args.pooling,
     }
-    _write(out, lambda: np.savez(out, **arrays))
+    write_whole(out, lambda path: np.savez(path, **arrays))
     print(f"{len(paths)} embeddings of size {embeddings.shape[1]} written to {out}")
     return EXIT_OK
 
 
 def _map(args) -> int:
-    import csv
-
     from .feature_space import cluster, plot_feature_space
 
     out = _output_file(args)
-    if args.clusters is not None and args.clusters != "auto" and not args.clusters.isdigit():
-        raise InvalidOptionError(f"--clusters must be an integer or 'auto', got {args.clusters!r}")
     paths = _folder_images(args)
-    labels = None
-    if args.labels:
-        with open(args.labels, newline="") as file:
-            by_name = {row["file"]: row["label"] for row in csv.DictReader(file)}
-        labels = [by_name.get(path.name, by_name.get(str(path), "?")) for path in paths]
+    if args.clusters is not None and args.clusters != "auto" and not (args.clusters.isdigit() and 1 <= int(args.clusters) <= len(paths)):
+        raise InvalidOptionError(f"--clusters must be auto or an integer in [1, {len(paths)}] (the folder's images), got {args.clusters!r}")
+    labels = [_label(_read_labels(args.labels), path) for path in paths] if args.labels else None
     captioner = _load(args)
     embeddings = captioner.embed(paths, pooling=args.pooling, cache=args.cache)
     if args.clusters is not None:
         result = cluster(embeddings, k=None if args.clusters == "auto" else int(args.clusters), true_labels=labels)
-        scores = f"k={result.k}, silhouette={result.silhouette}"
+        scores = f"k={result.k}, silhouette={result.silhouette:.3f}" if result.silhouette is not None else f"k={result.k}"
         if labels is not None:
             scores += f", adjusted Rand index={result.adjusted_rand_index:.3f}, purity={result.purity:.3f}"
         print(scores)
         labels = [f"cluster {label}" for label in result.labels]
     figure = plot_feature_space(embeddings, images=paths, labels=labels, method=args.method, random_state=args.seed, callouts=args.callouts)
-    _write(out, lambda: figure.savefig(out, dpi=100))
+    write_whole(out, lambda path: figure.savefig(path, dpi=100, format="png"))
     print(f"{len(paths)} images mapped to {out}")
     return EXIT_OK
+
+
+def _read_labels(path: str) -> dict[str, str]:
+    """``{file: label}`` of a labels CSV (columns ``file`` and ``label``).
+
+    Raises:
+        InputError: The file cannot be read, or lacks the columns.
+    """
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as file:
+            rows = list(csv.DictReader(file))
+    except (OSError, UnicodeDecodeError, csv.Error) as problem:
+        raise InputError(path, f"cannot be read as a labels CSV ({first_line(problem)}); give a CSV with columns file,label") from None
+    if rows and not {"file", "label"} <= set(rows[0]):
+        raise InputError(path, f"a labels CSV needs the columns file and label, got {', '.join(rows[0])}")
+    return {row["file"]: row["label"] for row in rows}
+
+
+def _label(labels: dict[str, str], path: Path) -> str:
+    return labels.get(path.name, labels.get(str(path), "?"))
 
 
 def _print_evaluation(result, worst: int) -> None:
@@ -471,8 +520,10 @@ def _eval_coco(args) -> int:
 
     if not Path(args.images).is_dir():
         raise InvalidOptionError(f"--images {args.images}: not a folder; give the folder of the split's images")
+    if Path(args.out).suffix.lower() != ".json":
+        raise InvalidOptionError(f"--out {args.out}: the results are a COCO results .json file (the records go beside it, as .jsonl)")
+    out = checked_output(args.out, replace=args.resume, fix="pass --resume to continue that run")
     references = load_references(args.annotations)
-    out = Path(args.out)
     records_file = out.with_suffix(".jsonl")
     with RecordOutput(records_file, resume=args.resume) as output:
         captioner = _load(args)
@@ -490,18 +541,15 @@ def _eval_coco(args) -> int:
         print(f"bliptk: error: {_one_line(record['error']['message'])}", file=sys.stderr)
     predictions = load_predictions(records_file, numeric_ids(references))
     results = [{"image_id": image_id, "caption": caption} for image_id, caption in predictions.items()]
-    _write(out, lambda: out.write_text(json.dumps(results, indent=1)))
+    write_whole(out, lambda path: path.write_text(json.dumps(results, indent=1)))
     print(f"{len(results)} captions written to {out}")
     _print_evaluation(evaluate(results, {i: references[i] for i in predictions if i in references}), 5)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 def _info(args) -> int:
-    from .info import net_information
-    from .loading import architecture
-
     # Net information needs the architecture only: no weights, no download, no memory.
-    information = net_information(architecture(args.model))
+    information = _torch_module("info").net_information(_torch_module("loading").architecture(args.model))
     print(f"model: {args.model}")
     print(f"total parameters: {information.arrays_total_element_count:,}")
     print("layer types:")
@@ -515,10 +563,10 @@ def _info(args) -> int:
 
 
 def _export(args) -> int:
-    from .onnx import export
-
+    exporter = _torch_module("onnx.exporter")
+    exporter.check_export_folder(args.out, args.overwrite)  # before the model loads
     captioner = _load(args)
-    folder = export(captioner, args.out, int8=args.int8, overwrite=args.overwrite)
+    folder = exporter.export(captioner, args.out, int8=args.int8, overwrite=args.overwrite)
     check = json.loads((folder / "manifest.json").read_text())["check"]
     print(
         f"exported {captioner.name} to {folder}: features within {check['features_max_abs_diff']:.1e} and logits within "
@@ -534,6 +582,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = _parser()
+    _Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     commands = {
@@ -547,12 +596,18 @@ def main(argv: list[str] | None = None) -> int:
         "caption": _caption,
         "export": _export,
     }
+    stdout = sys.stdout
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         warnings.simplefilter("always", RandomWeightsWarning)  # once per captioner, which says it once
         try:
-            return commands[args.command](args)
+            sys.stdout = _Output(stdout)
+            code = commands[args.command](args)
+            sys.stdout.flush()
+            return code
         except BliptkError as error:
+            if isinstance(error, _StdoutError):
+                _silence_stdout()
             print(f"bliptk: error: {_one_line(error.command_line_message())}", file=sys.stderr)
             return EXIT_USAGE
         except KeyboardInterrupt:
@@ -562,6 +617,10 @@ def main(argv: list[str] | None = None) -> int:
             _silence_stdout()
             return EXIT_PIPE_CLOSED
         except Exception as error:  # a bug: one line, the traceback on request
+            missing = missing_dependency(error) if isinstance(error, ModuleNotFoundError) else None
+            if missing is not None:  # a package that a feature imports as it runs is not installed
+                print(f"bliptk: error: {missing}", file=sys.stderr)
+                return EXIT_USAGE
             if args.debug or args.verbose:
                 import traceback
 
@@ -572,6 +631,39 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_BUG
+        finally:
+            sys.stdout = stdout
+
+
+class _StdoutError(OutputError):
+    """Standard output cannot be written (a full disk behind it, a closed terminal)."""
+
+
+class _Output:
+    """Standard output, whose failures are output errors of the command, not bugs (a closed pipe
+    stays a BrokenPipeError, which ends the command quietly)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as problem:
+            raise _StdoutError(f"cannot write to standard output ({reason(problem)})") from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as problem:
+            raise _StdoutError(f"cannot write to standard output ({reason(problem)})") from None
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
 
 
 def _silence_stdout() -> None:

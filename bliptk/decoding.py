@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 DEFAULT_PROMPT = "a photography of"
+"""The prompt of an image caption when none is given (the page's)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -374,6 +375,10 @@ class DecodingTask:
         )
 
 
+# Prompts already warned about (a prompt is checked at every batch, and said once per process).
+_WARNED_PROMPTS: set[str] = set()
+
+
 def prompt_ids(tokenizer: Tokenizer, prompt: str, max_new_tokens: int, max_positions: int) -> list[int]:
     """A prompt's decoder ids, checked to leave room for ``max_new_tokens`` in the decoder.
 
@@ -387,7 +392,8 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str, max_new_tokens: int, max_posit
     if not isinstance(prompt, str):
         raise InvalidOptionError(f"a prompt must be a string or None, got {type(prompt).__name__} {prompt!r}")
     unknown = tokenizer.unknown_text(prompt)
-    if unknown:
+    if unknown and prompt not in _WARNED_PROMPTS:
+        _WARNED_PROMPTS.add(prompt)
         warnings.warn(
             f"prompt {prompt!r} has text outside BLIP's vocabulary, which the tokenizer turns into [UNK] and the caption "
             f"loses: {', '.join(map(repr, unknown))}",

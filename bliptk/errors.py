@@ -40,7 +40,7 @@ class BliptkError(Exception):
     """Base class of every error raised by bliptk.
 
     Args:
-        message: What is wrong and how to fix it, in Python's terms.
+        *args: The message: what is wrong and how to fix it, in Python's terms.
         command_line: Replacements that turn the message into the command line's terms, for a
             fix that is an option: ``{"method='pca'": "--method pca"}``.
     """
@@ -232,7 +232,9 @@ _INSTALL = {
     "--index-url https://download.pytorch.org/whl/cpu); without torch, bliptk captions from an ONNX export (--model FOLDER)",
     "transformers": "transformers is not installed: pip install 'transformers>=5,<6'",
     "av": "reading videos needs PyAV: pip install av",
-    "onnxruntime": "ONNX captioning needs ONNX Runtime: pip install 'bliptk[onnx]'",
+    "onnxruntime": "ONNX captioning needs ONNX Runtime: pip install onnxruntime",
+    "filelock": "writing records needs filelock: pip install filelock",
+    "tqdm": "progress bars need tqdm: pip install tqdm",
 }
 
 
@@ -240,3 +242,14 @@ def missing_dependency(error: ModuleNotFoundError) -> MissingDependencyError | N
     """The [`MissingDependencyError`][bliptk.errors.MissingDependencyError] of a package bliptk knows how to install, or None."""
     top = (error.name or "").split(".")[0]
     return MissingDependencyError(_INSTALL[top]) if top in _INSTALL else None
+
+
+def require(module: str) -> None:
+    """Import ``module``, or raise the [`MissingDependencyError`][bliptk.errors.MissingDependencyError]
+    that says how to install it."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        raise missing_dependency(error) or MissingDependencyError(f"{module} is not installed: pip install {module}") from None

@@ -2,7 +2,7 @@
 
 BLEU-1..4, METEOR, ROUGE-L and CIDEr, after PTB tokenization, exactly as the COCO caption
 evaluation server computes them; per-image CIDEr too, to find the worst captions. pycocoevalcap
-is an optional extra (``pip install bliptk[eval]``) and runs Java for tokenization and METEOR.
+is an optional extra (the ``eval`` extra: ``pip install -e '.[eval]'``) and runs Java for tokenization and METEOR.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ def _read_json(source, what: str):
     if not isinstance(source, (str, os.PathLike)):
         return source
     path = Path(source)
+    if path.is_dir():
+        raise EvaluationError(f"{what} {path}: is a folder; give a JSON file or bliptk records")
     if not path.is_file():
         raise EvaluationError(f"{what} {path}: no such file")
     if path.suffix.lower() in (".jsonl", ".csv"):
@@ -130,27 +132,34 @@ def load_references(source) -> dict[int | str, list[str]]:
     data = _read_json(source, "references")
     references: dict[int | str, list[str]] = {}
     if isinstance(data, dict) and "annotations" in data:
+        if not isinstance(data["annotations"], list):
+            raise EvaluationError(
+                f"references: annotations must be a list of {{image_id, caption}}, not {type(data['annotations']).__name__}"
+            )
         for annotation in data["annotations"]:
-            try:
-                references.setdefault(_image_id(annotation["image_id"]), []).append(str(annotation["caption"]))
-            except (KeyError, TypeError):
-                raise EvaluationError(f"annotation without image_id and caption: {str(annotation)[:80]}") from None
+            if not isinstance(annotation, dict) or "image_id" not in annotation or not isinstance(annotation.get("caption"), str):
+                raise EvaluationError(f"annotation without image_id and caption: {str(annotation)[:80]}")
+            references.setdefault(_image_id(annotation["image_id"]), []).append(annotation["caption"])
     elif isinstance(data, dict):
         for key, captions in data.items():
-            if not isinstance(captions, list):
-                raise EvaluationError(f"references of {key!r} must be a list of captions")
-            references[_image_id(key)] = [str(c) for c in captions]
+            references[_image_id(key)] = _captions(captions, key)
     elif isinstance(data, list):
         for item in data:
             if not isinstance(item, dict) or "captions" not in item or "image_id" not in item:
                 raise EvaluationError(f"reference entry is not {{image_id, captions}}: {str(item)[:80]}")
-            references[_image_id(item["image_id"])] = [str(c) for c in item["captions"]]
+            references[_image_id(item["image_id"])] = _captions(item["captions"], item["image_id"])
     else:
         raise EvaluationError(f"references must be COCO annotations or a map of captions, got {type(data).__name__}")
     if not references:
         raise EvaluationError("the references hold no captions")
     _one_kind_of_id(references, "references")
     return references
+
+
+def _captions(captions, key) -> list[str]:
+    if not isinstance(captions, list) or not all(isinstance(caption, str) for caption in captions):
+        raise EvaluationError(f"references of {key!r} must be a list of captions (strings), got {str(captions)[:80]}")
+    return list(captions)
 
 
 def numeric_ids(references: dict) -> bool:
@@ -167,7 +176,7 @@ def _scorers():
         from pycocoevalcap.rouge.rouge import Rouge
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     except ImportError:
-        raise MissingDependencyError("caption metrics need pycocoevalcap: pip install 'bliptk[eval]'") from None
+        raise MissingDependencyError("caption metrics need pycocoevalcap: pip install pycocoevalcap (the eval extra)") from None
     if shutil.which("java") is None:
         raise MissingDependencyError(
             "caption metrics need Java (PTB tokenization and METEOR run on it): install a JRE, e.g. apt-get install default-jre"

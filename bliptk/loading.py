@@ -13,11 +13,12 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .captioner import Captioner
-from .errors import CheckpointError, CheckpointNotFoundError, DeviceError, InvalidOptionError, UnknownModelError, first_line
+from .errors import CheckpointError, CheckpointNotFoundError, DeviceError, InvalidOptionError, UnknownModelError, first_line, require
 from .image_encoder import ImageEncoder
 from .models import _REGISTRY, DEFAULT_MODEL, ModelSpec, find_model_spec
 from .preprocess import Preprocessor
@@ -176,9 +177,17 @@ def _from_pretrained(folder: Path):
 
     config, skeleton = _checked_config(folder)
     _check_weight_shapes(folder, skeleton)
+    preprocessor_for(folder, config.vision_config.image_size)  # a broken one fails before the weights load
+    from transformers.utils import logging as transformers_logging
+
     use_safetensors = True if any(folder.glob("*.safetensors")) else None
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its load report: what it says, bliptk says as an error below
     try:
-        return BlipForConditionalGeneration.from_pretrained(folder, config=config, use_safetensors=use_safetensors, trust_remote_code=False)
+        loaded: Any = BlipForConditionalGeneration.from_pretrained(
+            folder, config=config, use_safetensors=use_safetensors, trust_remote_code=False, output_loading_info=True
+        )
+        model, loading = loaded
     except pickle.UnpicklingError:
         raise CheckpointError(
             f"{folder}: the weights file holds Python objects besides tensors, and bliptk reads PyTorch "
@@ -189,6 +198,15 @@ def _from_pretrained(folder: Path):
         raise CheckpointError(
             f"{folder}: its weights cannot be loaded ({first_line(error)}); the checkpoint is damaged or not BLIP's"
         ) from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    missing = sorted(loading["missing_keys"])
+    if missing:  # transformers would start them from random values, silently
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(
+            f"{folder}: its weights lack {len(missing)} of the architecture's tensors ({', '.join(missing[:3])}{more}); the checkpoint is incomplete"
+        )
+    return model
 
 
 def _checked_config(folder: Path):
@@ -251,10 +269,18 @@ def _check_weight_shapes(folder: Path, skeleton) -> None:
 
 
 def preprocessor_for(folder: Path | None, image_size: int) -> Preprocessor:
+    """The preprocessing of a checkpoint folder (its ``preprocessor_config.json``), else BLIP's.
+
+    Raises:
+        CheckpointError: The folder's ``preprocessor_config.json`` is not one.
+    """
     config_file = folder / "preprocessor_config.json" if folder is not None else None
-    if config_file is not None and config_file.is_file():
-        return Preprocessor.from_config(json.loads(config_file.read_text()), image_size)
-    return Preprocessor(image_size)
+    if config_file is None or not config_file.is_file():
+        return Preprocessor(image_size)
+    try:
+        return Preprocessor.from_config(json.loads(config_file.read_bytes().decode("utf-8")), image_size)
+    except (UnicodeDecodeError, ValueError, TypeError, AttributeError, KeyError) as error:
+        raise CheckpointError(f"{config_file} is not a preprocessor config ({first_line(error)}); fix or remove it") from None
 
 
 def load(
@@ -275,17 +301,23 @@ def load(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; None picks CUDA when present.
         dtype: ``torch.float32`` (default) or ``torch.bfloat16`` (or their names); ``"int8"``:
             bfloat16 with int8 weights for the decoder's steps (CPU; faster than bfloat16 at batch
-            1 only, see the README's Performance section).
+            1 only, see the Performance guide).
         weights_seed: Seed of the random weights when they are random (the sampling seed is a
-            decoding option, [`DecodingOptions.seed`][bliptk.DecodingOptions.seed]).
+            decoding option, [`DecodingOptions.seed`][bliptk.decoding.DecodingOptions]).
 
     Returns:
         A [`Captioner`][bliptk.captioner.Captioner] in eval mode.
 
     Raises:
-        UnknownModelError, CheckpointNotFoundError, DeviceError, InvalidOptionError.
+        UnknownModelError: A model name that is no architecture, folder or hub id.
+        CheckpointNotFoundError: Weights neither in a folder, the cache, nor downloadable.
+        DeviceError: A device that does not exist on this machine.
+        InvalidOptionError: A dtype bliptk cannot use.
     """
     model = os.fspath(model)
+    if not model.strip():
+        raise UnknownModelError(f"a model is needed: an architecture name ({', '.join(_REGISTRY)}), a hub id or a checkpoint folder")
+    require("transformers")
     resolved_device = resolve_device(device)
     int8 = dtype in ("int8", torch.int8)  # bfloat16, with int8 weights for the decoding steps
     resolved_dtype = torch.bfloat16 if int8 else resolve_dtype(dtype, resolved_device)
@@ -318,7 +350,7 @@ def load(
 
 
 def _folder_config(folder: Path, model: str):
-    """The ``BlipConfig`` of a folder holding a ``config.json`` (checked as [`_checked_config()`][bliptk.loading._checked_config]
+    """The ``BlipConfig`` of a folder holding a ``config.json`` (checked as ``_checked_config()``
     checks it)."""
     if not (folder / "config.json").is_file():
         raise UnknownModelError(
@@ -350,6 +382,7 @@ def architecture(model: str | os.PathLike = DEFAULT_MODEL):
     from transformers import BlipForConditionalGeneration
 
     model = os.fspath(model)
+    require("transformers")
     spec = find_model_spec(model)
     if spec is not None:
         config = spec.config()

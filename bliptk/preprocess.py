@@ -22,7 +22,9 @@ from .errors import ImageLoadError, InputError, VideoLoadError
 __all__ = ["Preprocessor", "check_readable_file", "load_image", "load_image_bytes", "to_rgb", "CLIP_MEAN", "CLIP_STD"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+"""The per-channel mean (RGB) that pixels are normalised with, CLIP's."""
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+"""The per-channel standard deviation (RGB) that pixels are normalised with, CLIP's."""
 
 DEFAULT_MAX_PIXELS = 100_000_000
 
@@ -54,6 +56,10 @@ def load_image(source, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Ima
         image = _from_array(source.detach().cpu().numpy(), "torch tensor", channels_last=False)
     else:
         raise ImageLoadError(repr(source)[:80], f"unsupported image type {type(source).__name__}")
+    if image.width == 0 or image.height == 0:
+        raise ImageLoadError(
+            source if isinstance(source, str | os.PathLike) else type(source).__name__, f"has no pixels ({image.width}x{image.height})"
+        )
     return to_rgb(ImageOps.exif_transpose(image))
 
 
@@ -181,11 +187,30 @@ class Preprocessor:
 
     @classmethod
     def from_config(cls, config: dict, image_size: int) -> Preprocessor:
-        """From a Hugging Face ``preprocessor_config.json`` dict."""
+        """From a Hugging Face ``preprocessor_config.json`` dict.
+
+        Raises:
+            ValueError: The size is no positive integer, or the mean and std are not three numbers
+                each (std nonzero).
+        """
+        if not isinstance(config, dict):
+            raise ValueError(f"a preprocessor config is a JSON object, not {type(config).__name__}")
         size = config.get("size", image_size)
         if isinstance(size, dict):
             size = size.get("height", size.get("shortest_edge", image_size))
-        return cls(int(size), tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD)))
+        mean, std = config.get("image_mean", CLIP_MEAN), config.get("image_std", CLIP_STD)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be a positive integer, got {size!r}")
+        for name, values in (("image_mean", mean), ("image_std", std)):
+            if (
+                not isinstance(values, list | tuple)
+                or len(values) != 3
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+            ):
+                raise ValueError(f"{name} must be three numbers, got {values!r}")
+        if 0 in std:
+            raise ValueError(f"image_std must not hold 0, got {std!r}")
+        return cls(size, (float(mean[0]), float(mean[1]), float(mean[2])), (float(std[0]), float(std[1]), float(std[2])))
 
     def to_config(self) -> dict:
         """As a Hugging Face ``preprocessor_config.json`` dict (what [`from_config()`][bliptk.preprocess.Preprocessor.from_config] reads)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import io
 import json
 import logging
@@ -34,12 +33,15 @@ from .errors import (
     ImageLoadError,
     InputError,
     InvalidOptionError,
+    MissingDependencyError,
     OutputError,
     OutputExistsError,
     OutputLockedError,
     VideoLoadError,
     first_line,
+    option_error,
 )
+from .outputs import checked_output, reason
 
 __all__ = [
     "RECORD_FIELDS",
@@ -62,7 +64,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RECORD_FORMATS = ("jsonl", "csv")
+"""The formats of a records file (the batch command's output)."""
 RECORD_FIELDS = ("path", "kind", "caption", "token_ids", "tokens", "logprobs", "finished", "model", "weights", "options", "error")
+"""The fields of a record, in order."""
 # Fields a CSV row holds as JSON text (the others are plain text).
 _JSON_FIELDS = ("token_ids", "tokens", "logprobs", "finished", "weights", "options", "error")
 # Fields without which a line is no record of bliptk's (older records may lack "weights").
@@ -75,12 +79,14 @@ _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
 def input_identity(path: str) -> str:
     """The identity of an input: its resolved absolute path (symlinks and ``..`` followed), so that
-    ``photos/a.jpg`` and ``/home/me/photos/a.jpg`` are one input; a URI (``s3://...``) as it is."""
+    ``photos/a.jpg`` and ``/home/me/photos/a.jpg`` are one input; a URI (``s3://...``) as it is. A
+    link that leads nowhere (broken, a loop) stays itself, so that its record names it."""
     if "://" in path:
         return path
     try:
-        return str(Path(path).resolve())
-    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+        resolved = Path(path).resolve()
+        return str(resolved) if resolved.exists() or not os.path.islink(path) else os.path.abspath(path)
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13), a name too long
         return os.path.abspath(path)
 
 
@@ -160,7 +166,8 @@ def format_of(path: str | os.PathLike, format: str | None = None) -> str:
     """
     if format is not None:
         if format not in RECORD_FORMATS:
-            raise InvalidOptionError(f"format must be one of {', '.join(RECORD_FORMATS)}, got {format!r}")
+            ray = " (Parquet shards are written by the Ray path: ray=True, --ray)" if format == "parquet" else ""
+            raise option_error(f"format must be one of {', '.join(RECORD_FORMATS)}, got {format!r}{ray}", "format")
         return format
     suffix = Path(path).suffix.lower()
     if suffix not in _EXTENSIONS:
@@ -196,10 +203,14 @@ def read_records(path: str | os.PathLike, format: str | None = None) -> list[dic
         try:
             records.append(_checked(json.loads(line.decode("utf-8"))))
         except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as problem:
-            if number < len(lines):
+            if number < len(lines) or not _RECORD_START.startswith(line[: len(_RECORD_START)]):
                 raise InputError(path, f"line {number} is not a bliptk record ({first_line(problem)})") from None
-            logger.warning("%s: dropping a torn last line (a killed run's)", path)
+            logger.warning("%s: dropping a torn last line (a run stopped while writing it)", path)
     return records
+
+
+# How every JSONL record of bliptk's starts: a torn last line starts so too (or with part of it).
+_RECORD_START = b'{"path": '
 
 
 def _read_csv(path: Path, data: bytes) -> list[dict]:
@@ -221,7 +232,7 @@ def _read_csv(path: Path, data: bytes) -> list[dict]:
         except (ValueError, TypeError, KeyError) as problem:
             if number < len(rows):
                 raise InputError(path, f"row {number} is not a bliptk record ({first_line(problem)})") from None
-            logger.warning("%s: dropping a torn last row (a killed run's)", path)
+            logger.warning("%s: dropping a torn last row (a run stopped while writing it)", path)
     return records
 
 
@@ -240,6 +251,7 @@ def _checked(record) -> dict:
 # schema whatever they hold.
 _SHARD_JSON_COLUMNS = ("weights", "options", "error")
 SHARD_FORMATS = ("jsonl", "parquet")
+"""The formats of a Ray job's shards."""
 
 
 def flat_record(record: dict) -> dict:
@@ -349,18 +361,10 @@ def _csv_header() -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _reason(problem: OSError) -> str:
-    if problem.errno == errno.ENOSPC:
-        return "the disk is full"
-    if problem.errno == errno.EDQUOT:
-        return "the disk quota is used up"
-    return problem.strerror or str(problem)
-
-
 def _write_failed(path: Path, problem: OSError, kept: int) -> OutputError:
     """The error of a write that failed, saying what was kept."""
     return OutputError(
-        f"{path}: cannot write: {_reason(problem)}. The {kept} records finished before are kept; free space, then run "
+        f"{path}: cannot write: {reason(problem)}. The {kept} records finished before are kept; free space, then run "
         "again with resume=True to finish the rest",
         command_line={"resume=True": "--resume"},
     )
@@ -391,13 +395,8 @@ class RecordOutput:
     """
 
     def __init__(self, path: str | os.PathLike, format: str | None = None, resume: bool = False):
-        self.path = Path(path)
-        self.format = format_of(self.path, format)
-        folder = self.path.parent
-        if not folder.is_dir():
-            raise OutputError(f"{self.path}: the folder {folder} does not exist; create it, or choose another output")
-        if self.path.is_dir():
-            raise OutputError(f"{self.path} is a folder; name a .{self.format} file (a folder is written only by the Ray path)")
+        self.format = format_of(path, format)
+        self.path = checked_output(path, replace=True, fix="pass resume=True to continue it")
         if not resume and self.path.exists() and self.path.stat().st_size > 0:
             raise OutputExistsError(self.path)
         self._lock = _OutputLock(self.path)
@@ -496,7 +495,10 @@ class _OutputLock:
     that a second run can say which process writes the output."""
 
     def __init__(self, output: Path):
-        import filelock
+        try:
+            import filelock
+        except ImportError:
+            raise MissingDependencyError("writing records needs filelock (one writer per output): pip install filelock") from None
 
         self.path = output.with_name(output.name + ".lock")
         self._lock = filelock.FileLock(self.path, timeout=0, on_acquired=self._mark)
@@ -505,7 +507,7 @@ class _OutputLock:
         except filelock.Timeout:
             raise OutputLockedError(output, self._holder()) from None
         except OSError as problem:
-            raise OutputError(f"{output}: cannot write in {output.parent} ({_reason(problem)}); choose another output") from None
+            raise OutputError(f"{output}: cannot write in {output.parent} ({reason(problem)}); choose another output") from None
 
     @staticmethod
     def _mark(descriptor: int) -> None:

@@ -7,6 +7,7 @@ Session fixtures are never changed in place: a test that needs a changed model b
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,15 @@ from bliptk.testing import save_checkpoint
 DATA = Path(__file__).parent / "data"
 PHOTOS = sorted((DATA / "images").glob("*.jpg"))
 VIDEOS = DATA / "video"
+
+
+@pytest.fixture(autouse=True)
+def _random_weights_said_afresh():
+    """Each test sees random weights and odd prompts said anew (bliptk says each once a process)."""
+    from bliptk import decoding, pipeline
+
+    pipeline._SAID_RANDOM.clear()
+    decoding._WARNED_PROMPTS.clear()
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +75,23 @@ def sep_likely():
         return captioner
 
     return build
+
+
+@contextmanager
+def mounted(options: str, size: str = "64k"):
+    """A tmpfs of ``size`` mounted with ``options`` (``ro`` for a read-only folder), or None where
+    mounting needs root: for disk-full and read-only tests on real file systems."""
+    import os
+    import subprocess
+    import tempfile
+
+    point = Path(tempfile.mkdtemp())
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},{options}", "tmpfs", str(point)]).returncode:
+        point.rmdir()
+        yield None
+        return
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)])
+        point.rmdir()

@@ -1,4 +1,6 @@
+import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -72,7 +74,9 @@ def test_console_script_and_module_entry_point():
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "ViT-L/16" in result.stdout
     usage = subprocess.run([script, "caption"], capture_output=True, text=True, timeout=60)
-    assert usage.returncode == 2 and "usage:" in usage.stderr
+    assert (
+        usage.returncode == 2 and usage.stderr == "bliptk: error: the following arguments are required: INPUT; see bliptk caption --help\n"
+    )
 
 
 def test_zero_inputs_exit_2_and_say_what_was_searched(photos, tmp_path, capsys):
@@ -149,3 +153,74 @@ def test_decoding_flags_are_the_fields_of_decoding_options():
             assert flags[option.name].default == option.default and option.metadata["help"] in flags[option.name].help
         else:
             assert option.name not in flags  # a batch job writes one caption per input
+
+
+def _subcommands():
+    from bliptk.cli import _parser
+
+    [choices] = [action.choices for action in _parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    return choices
+
+
+def test_every_option_of_every_command_says_what_it_takes():
+    for name, command in _subcommands().items():
+        for action in command._actions:
+            assert action.help, f"bliptk {name} {action.option_strings or action.dest} has no help"
+
+
+def test_each_command_describes_only_its_own_options():
+    helps = {name: command.format_help() for name, command in _subcommands().items()}
+    assert [name for name, text in helps.items() if "ONNX export folder" in text] == ["caption"]
+    assert "{float32,bfloat16,float16,int8}" in helps["caption"] and "its quantized graphs" in helps["caption"]
+    assert "[--dtype" not in helps["export"] and "runs them with --dtype int8" in helps["export"]  # exports are of float32 models
+    assert "--num-frames NUM_FRAMES, --frames NUM_FRAMES" in helps["caption"] and "{mean,concat}" in helps["caption"]
+    assert "--num-frames" not in helps["attention"] and "--temperature" not in helps["attention"]
+
+
+def test_map_prints_rounded_scores(tiny, photos, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in photos:
+        shutil.copy(photo, folder)
+    assert main(["map", str(folder), "--model", "tiny", "--method", "pca", "--clusters", "2", "--out", str(tmp_path / "map.png")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert re.fullmatch(r"k=2, silhouette=-?\d\.\d{3}", first), first
+
+
+def test_usage_errors_are_one_line_and_a_dashed_file_gets_a_hint(photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(photos[0], tmp_path / "-dash.jpg")
+    with pytest.raises(SystemExit) as exit:
+        main(["caption", "-dash.jpg", "--model", "tiny"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == (
+        "bliptk: error: the following arguments are required: INPUT (-dash.jpg is a file: write ./-dash.jpg, or put it after -- "
+        "at the end of the command); see bliptk caption --help\n"
+    )
+    assert main(["caption", "--model", "tiny", "--max-new-tokens", "2", "--", "-dash.jpg"]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / '-dash.jpg'}: a photography of")
+
+
+def test_a_timeline_of_each_video_and_each_bad_one_reported(tiny, tmp_path, capsys):
+    from bliptk.testing import make_video
+
+    make_video(tmp_path / "a-good.mp4", frames=20)
+    (tmp_path / "b-empty.mp4").write_bytes(b"")
+    (tmp_path / "c-noise.mp4").write_bytes(bytes(range(256)) * 40)
+    assert main(["caption", str(tmp_path), "--model", "tiny", "--segments", "2", "--num-frames", "2", "--max-new-tokens", "3"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{tmp_path / 'a-good.mp4'}:\n     0.00 -    1.00 s  a video of")
+    errors = [line for line in captured.err.splitlines() if line.startswith("bliptk: error:")]
+    assert errors == [
+        f"bliptk: error: {tmp_path / 'b-empty.mp4'}: empty file (0 bytes)",
+        f"bliptk: error: {tmp_path / 'c-noise.mp4'}: not a video PyAV can read, or corrupt or truncated "
+        + errors[1].split("corrupt or truncated ", 1)[1],
+    ]
+
+
+def test_a_prompt_outside_the_vocabulary_is_warned_about_once(photos, capsys):
+    assert main(["caption", str(photos[0]), str(photos[1]), "--model", "tiny", "--prompt", "a 猫", "--max-new-tokens", "2"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "outside BLIP's vocabulary" in line]
+    assert warned == [
+        "bliptk: warning: prompt 'a 猫' has text outside BLIP's vocabulary, which the tokenizer turns into [UNK] and the caption loses: '猫'"
+    ]

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import VIDEOS
+from conftest import DATA, VIDEOS
 
 import bliptk
 import bliptk.onnx as bliptk_onnx
 from bliptk.cli import main
+
+REFERENCES = DATA / "references.json"
 
 
 def _caption_with_attention(tiny, photos):
@@ -222,7 +224,7 @@ FAULTS: dict[str, Callable] = {
         ["caption", str(ctx.photos[0]), "--model", "tiny", "--out", str(_folder(ctx.tmp / "out.jsonl")), "--resume"],
         lambda: next(ctx.tiny.caption_files(ctx.photos[0], ctx.tmp / "out.jsonl", resume=True)),
         bliptk.OutputError,
-        r"out.jsonl is a folder; name a .jsonl file",
+        r"out.jsonl is a folder; name a file",
     ),
     "out: Parquet without Ray": lambda ctx: Fault(
         ["caption", str(ctx.photos[0]), "--model", "tiny", "--out", str(ctx.tmp / "x.parquet")],
@@ -341,7 +343,201 @@ FAULTS: dict[str, Callable] = {
         r"umap needs at least 4 points, got 3; use method='pca' for fewer",
         r"umap needs at least 4 points, got 3; use --method pca for fewer",
     ),
+    # What the second probe found (issue 22's closing note).
+    "out: a file of notes resumed": lambda ctx: Fault(
+        ["caption", str(ctx.photos[0]), "--model", "tiny", "--out", str(_text(ctx.tmp / "c.jsonl", "my notes, no newline")), "--resume"],
+        lambda: next(ctx.tiny.caption_files(ctx.photos[0], ctx.tmp / "c.jsonl", resume=True)),
+        bliptk.OutputError,
+        r"c.jsonl: line 1 is not a bliptk record .*it is no records file of bliptk's, so it is left alone",
+    ),
+    "out: a FIFO": lambda ctx: Fault(
+        ["caption", str(ctx.photos[0]), "--model", "tiny", "--out", str(_fifo(ctx.tmp / "p.jsonl"))],
+        lambda: next(ctx.tiny.caption_files(ctx.photos[0], ctx.tmp / "p.jsonl")),
+        bliptk.OutputError,
+        r"p.jsonl is not a regular file \(a FIFO, socket or device\); name a file",
+    ),
+    "out: a name too long": lambda ctx: Fault(
+        ["caption", str(ctx.photos[0]), "--model", "tiny", "--out", str(ctx.tmp / ("x" * 300 + ".jsonl"))],
+        lambda: next(ctx.tiny.caption_files(ctx.photos[0], ctx.tmp / ("x" * 300 + ".jsonl"))),
+        bliptk.OutputError,
+        r"x+\.jsonl: cannot write there \(the name is too long for the file system\); choose another output",
+    ),
+    "out: --format parquet without Ray": lambda ctx: Fault(
+        ["caption", str(ctx.photos[0]), "--model", "tiny", "--out", str(ctx.tmp / "c.jsonl"), "--format", "parquet"],
+        lambda: next(ctx.tiny.caption_files(ctx.photos[0], ctx.tmp / "c.jsonl", format="parquet")),
+        bliptk.InvalidOptionError,
+        r"format must be one of jsonl, csv, got 'parquet' \(Parquet shards are written by the Ray path: ray=True",
+        r"--format must be one of jsonl, csv, got 'parquet' \(Parquet shards are written by the Ray path: ray=True, --ray\)",
+    ),
+    "eval-coco: results named as records": lambda ctx: Fault(
+        [
+            "eval-coco",
+            "--images",
+            str(ctx.photos[0].parent),
+            "--annotations",
+            str(REFERENCES),
+            "--model",
+            "tiny",
+            "--out",
+            str(ctx.tmp / "r.jsonl"),
+        ],
+        None,
+        bliptk.InvalidOptionError,
+        r"--out \S+r.jsonl: the results are a COCO results .json file \(the records go beside it, as .jsonl\)",
+    ),
+    "eval-coco: results that exist": lambda ctx: Fault(
+        [
+            "eval-coco",
+            "--images",
+            str(ctx.photos[0].parent),
+            "--annotations",
+            str(REFERENCES),
+            "--model",
+            "tiny",
+            "--out",
+            str(_text(ctx.tmp / "r.json", "[]")),
+        ],
+        None,
+        bliptk.OutputExistsError,
+        r"r.json exists; pass --resume to continue that run, or choose another file",
+    ),
+    "export: --out naming a file": lambda ctx: Fault(
+        ["export", "--model", "tiny", "--out", str(_text(ctx.tmp / "exp", "x"))],
+        lambda: bliptk_onnx.export(ctx.tiny, ctx.tmp / "exp"),
+        bliptk.OutputError,
+        r"exp is a file, not a folder; choose another output",
+    ),
+    "export: over an export": lambda ctx: Fault(
+        ["export", "--model", "tiny", "--out", str(ctx.tiny_export)],
+        lambda: bliptk_onnx.export(ctx.tiny, ctx.tiny_export),
+        bliptk.OutputExistsError,
+        r"exists; pass overwrite=True to replace it, or choose another file",
+        r"exists; pass --overwrite to replace it, or choose another file",
+    ),
+    "map: a labels file that does not exist": lambda ctx: Fault(
+        [
+            "map",
+            str(ctx.photos[0].parent),
+            "--model",
+            "tiny",
+            "--method",
+            "pca",
+            "--labels",
+            str(ctx.tmp / "missing.csv"),
+            "--out",
+            str(ctx.tmp / "m.png"),
+        ],
+        None,
+        bliptk.InputError,
+        r"missing.csv: cannot be read as a labels CSV \(.*No such file",
+    ),
+    "map: a labels file without the columns": lambda ctx: Fault(
+        [
+            "map",
+            str(ctx.photos[0].parent),
+            "--model",
+            "tiny",
+            "--method",
+            "pca",
+            "--labels",
+            str(_text(ctx.tmp / "l.csv", "name,kind\na,b\n")),
+            "--out",
+            str(ctx.tmp / "m.png"),
+        ],
+        None,
+        bliptk.InputError,
+        r"l.csv: a labels CSV needs the columns file and label, got name, kind",
+    ),
+    "map: clusters out of range": lambda ctx: Fault(
+        ["map", str(ctx.photos[0].parent), "--model", "tiny", "--method", "pca", "--clusters", "0", "--out", str(ctx.tmp / "m.png")],
+        None,
+        bliptk.InvalidOptionError,
+        r"--clusters must be auto or an integer in \[1, 3\] \(the folder's images\), got '0'",
+    ),
+    "checkpoint: a preprocessor config that is no JSON": lambda ctx: Fault(
+        _caption_with(_checkpoint(ctx, lambda f: (f / "preprocessor_config.json").write_text("{oops")), ctx.photos[0]),
+        lambda: bliptk.load(ctx.tmp / "checkpoint"),
+        bliptk.CheckpointError,
+        r"preprocessor_config.json is not a preprocessor config",
+    ),
+    "checkpoint: a preprocessor config of the wrong size": lambda ctx: Fault(
+        _caption_with(_checkpoint(ctx, lambda f: (f / "preprocessor_config.json").write_text('{"size": "abc"}')), ctx.photos[0]),
+        lambda: bliptk.load(ctx.tmp / "checkpoint"),
+        bliptk.CheckpointError,
+        r"preprocessor_config.json is not a preprocessor config \(size must be a positive integer, got 'abc'\)",
+    ),
+    "checkpoint: a tensor missing": lambda ctx: Fault(
+        _caption_with(_checkpoint(ctx, _drop_tensor), ctx.photos[0]),
+        lambda: bliptk.load(ctx.tmp / "checkpoint"),
+        bliptk.CheckpointError,
+        r"its weights lack 1 of the architecture's tensors \(text_decoder.bert.encoder.layer.0.attention.self.query.weight\)",
+    ),
+    "model: an empty name": lambda ctx: Fault(
+        ["caption", str(ctx.photos[0]), "--model", ""],
+        lambda: bliptk.load(""),
+        bliptk.UnknownModelError,
+        r"a model is needed: an architecture name",
+    ),
+    "export: a config that is not its graphs'": lambda ctx: Fault(
+        _caption_with(_export(ctx, _manifest(lambda m: m["config"].update(layers=3))), ctx.photos[0]),
+        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError,
+        r"graph has not the 3 layers manifest.json's config says",
+    ),
+    "export: graphs in each other's place": lambda ctx: Fault(
+        _caption_with(_export(ctx, _swap_graphs), ctx.photos[0]),
+        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        bliptk.CheckpointError,
+        r"the encoder graph has no input pixel_values of 4 dimensions",
+    ),
+    "eval: annotations that are no list": lambda ctx: Fault(
+        ["eval", str(_json(ctx.tmp / "p.json", [{"image_id": 1, "caption": "a"}])), str(_json(ctx.tmp / "r.json", {"annotations": 5}))],
+        lambda: bliptk.evaluate([{"image_id": 1, "caption": "a"}], {"annotations": 5}),
+        bliptk.EvaluationError,
+        r"annotations must be a list of \{image_id, caption\}, not int",
+    ),
+    "eval: captions that are no list": lambda ctx: Fault(
+        [
+            "eval",
+            str(_json(ctx.tmp / "p.json", [{"image_id": 1, "caption": "a"}])),
+            str(_json(ctx.tmp / "r.json", [{"image_id": 1, "captions": None}])),
+        ],
+        lambda: bliptk.evaluate([{"image_id": 1, "caption": "a"}], [{"image_id": 1, "captions": None}]),
+        bliptk.EvaluationError,
+        r"references of 1 must be a list of captions \(strings\), got None",
+    ),
+    "eval: predictions that are a folder": lambda ctx: Fault(
+        ["eval", str(_folder(ctx.tmp / "pdir")), str(_json(ctx.tmp / "r.json", {"1": ["a"]}))],
+        lambda: bliptk.evaluate(ctx.tmp / "pdir", {1: ["a"]}),
+        bliptk.EvaluationError,
+        r"predictions \S+pdir: is a folder; give a JSON file or bliptk records",
+    ),
+    "image: no pixels": lambda ctx: Fault(
+        None, lambda: ctx.tiny.caption(np.zeros((0, 0, 3), np.uint8)), bliptk.ImageLoadError, r"ndarray: has no pixels \(0x0\)"
+    ),
 }
+
+
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _drop_tensor(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    del weights["text_decoder.bert.encoder.layer.0.attention.self.query.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def _swap_graphs(folder: Path) -> None:
+    _manifest(lambda m: m["graphs"].update(encoder=m["graphs"]["decoder"], decoder=m["graphs"]["encoder"]))(folder)
 
 
 def _unchecked(folder: Path):
@@ -390,7 +586,8 @@ def test_every_fault_is_a_bliptk_error_in_python_and_exit_2_in_one_line(
         capsys.readouterr()
         assert main(case.cli) == 2
         err = capsys.readouterr().err
-        lines = [line for line in err.splitlines() if not line.startswith("bliptk: warning:")]
+        # transformers' own progress bar while weights load is no message of bliptk's
+        lines = [line for line in err.splitlines() if line and not line.startswith("bliptk: warning:") and "it/s]" not in line]
         assert len(lines) == 1 and lines[0].startswith("bliptk: error: "), err
         assert re.search(case.cli_message or case.message, lines[0]), lines[0]
     assert "Traceback" not in caplog.text
@@ -507,7 +704,8 @@ def test_a_symlink_loop_and_a_fifo_in_a_folder_each_get_a_record(tiny, photos, t
 def test_prompts_outside_the_vocabulary_are_warned_about_once(tiny, photos):
     with pytest.warns(bliptk.PromptWarning, match=r"prompt 'a 猫 on a 🛋' has text outside BLIP's vocabulary, .* loses: '猫', '🛋'") as said:
         tiny.caption(photos[0], prompt="a 猫 on a 🛋", max_new_tokens=2)
-    assert len(said) == 1
+        tiny.caption(photos[:2], prompt="a 猫 on a 🛋", max_new_tokens=2)
+    assert len([warning for warning in said if warning.category is bliptk.PromptWarning]) == 1
     blank = tiny.caption(photos[0], prompt="   ", max_new_tokens=6)
     assert not blank.text.startswith("##") and blank.text == tiny.tokenizer.decode(blank.token_ids)
 

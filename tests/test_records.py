@@ -7,10 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import mounted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -183,23 +183,6 @@ def test_two_concurrent_runs_lose_no_record(photos, tmp_path):
 # --- output paths, before the model loads --------------------------------------------------------------
 
 
-@contextmanager
-def _mounted(options: str, size: str = "64k"):
-    """A tmpfs of ``size`` mounted with ``options`` (root only), or skip."""
-    import tempfile
-
-    point = Path(tempfile.mkdtemp())
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},{options}", "tmpfs", str(point)]).returncode:
-        point.rmdir()
-        yield None
-        return
-    try:
-        yield point
-    finally:
-        subprocess.run(["umount", "-l", str(point)])
-        point.rmdir()
-
-
 def test_output_mistakes_are_reported_before_the_model_loads(photos, tmp_path, capsys, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
@@ -209,7 +192,7 @@ def test_output_mistakes_are_reported_before_the_model_loads(photos, tmp_path, c
     (tmp_path / "taken.jsonl").write_text("{}\n")
     cases = [
         (tmp_path / "nosuch" / "dir" / "x.jsonl", "the folder " + str(tmp_path / "nosuch" / "dir") + " does not exist"),
-        (tmp_path / "folder.jsonl", "folder.jsonl is a folder; name a .jsonl file"),
+        (tmp_path / "folder.jsonl", "folder.jsonl is a folder; name a file"),
         (tmp_path / "taken.jsonl", "taken.jsonl exists; pass --resume to continue it, or choose another file"),
         (tmp_path / "x.parquet", "records are written as .jsonl or .csv, not .parquet (Parquet shards are written by the Ray path"),
     ]
@@ -219,11 +202,11 @@ def test_output_mistakes_are_reported_before_the_model_loads(photos, tmp_path, c
     assert main(["caption", str(photos[0]), "--model", "tiny", "--out", str(tmp_path / "folder.jsonl"), "--resume"]) == 2
     assert "is a folder" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".lock"))] == []
-    with _mounted("ro") as read_only:
+    with mounted("ro") as read_only:
         if read_only is None:
             pytest.skip("a read-only mount needs root")
         assert main(["caption", str(photos[0]), "--model", "tiny", "--out", str(read_only / "x.jsonl")]) == 2
-        assert f"cannot write in {read_only} (Read-only file system)" in capsys.readouterr().err
+        assert "x.jsonl: cannot write there (Read-only file system); choose another output" in capsys.readouterr().err
 
 
 class _FullDisk:
@@ -247,7 +230,7 @@ def test_a_full_disk_keeps_every_finished_record_and_resume_finishes(tiny, photo
     folder.mkdir()
     for index in range(12):
         shutil.copy(photos[index % len(photos)], folder / f"{index:02}.jpg")
-    with _mounted("", size="8k") as disk:
+    with mounted("", size="8k") as disk:
         if disk is None:  # not root: the writer itself meets a full disk
             disk = tmp_path
             original = RecordOutput.start

@@ -31,18 +31,21 @@ import torch
 from torch import nn
 
 from ..decoding import DEFAULT_PROMPT
-from ..errors import ExampleNotFoundError, ExportError, MissingDependencyError, OutputExistsError
+from ..errors import ExampleNotFoundError, ExportError, MissingDependencyError, OutputError, OutputExistsError
+from ..outputs import checked_output, reason
+from ..quiet import quiet_loggers
 from ..text_decoder import GrowingCache
 from .runtime import FORMAT, FORMAT_VERSION, GRAPHS, _onnxruntime, is_export, load, sha256
 
-__all__ = ["OPSET", "TOLERANCE", "export"]
+__all__ = ["OPSET", "TOLERANCE", "check_export_folder", "export"]
 
 logger = logging.getLogger(__name__)
 
 OPSET = 20
-# How far ONNX Runtime's float32 results may stand from torch's (max abs difference), checked by
-# export() on a real photo; measured differences go into the manifest.
+"""The ONNX opset of the exported graphs."""
 TOLERANCE = {"features": 1e-3, "logits": 1e-3}
+"""How far ONNX Runtime's float32 results may stand from torch's (max abs difference), checked by
+[`export()`][bliptk.onnx.exporter.export] on a real photo; measured differences go into the manifest."""
 
 
 class _Encoder(nn.Module):
@@ -169,30 +172,67 @@ def export(captioner, folder, *, int8: bool = False, overwrite: bool = False) ->
         OutputExistsError: ``folder`` holds an export and ``overwrite`` is False.
         ExportError: The export does not match torch within the tolerance.
     """
-    from .. import __version__
     from ..errors import option_error
 
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
-        raise MissingDependencyError("exporting to ONNX needs onnx and onnxscript: pip install 'bliptk[export]'") from None
+        raise MissingDependencyError(
+            "exporting to ONNX needs onnx and onnxscript: pip install onnx onnxscript onnxruntime (the export extra)"
+        ) from None
     _onnxruntime()
     if captioner.dtype != torch.float32 or captioner.weights.dtype != "float32":
         raise option_error(f"export a float32 captioner (this one: {captioner.weights.dtype}); load it with dtype='float32'", "dtype")
-    folder = Path(folder).expanduser()
+    folder = check_export_folder(folder, overwrite)
+    captioner = _on_cpu(captioner)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_graphs(captioner, folder)
+        manifest = _write_manifest(captioner, folder)
+        manifest["check"] = _check(captioner, folder)
+        if int8:
+            manifest["int8_graphs"] = _quantize(folder)
+            manifest["sha256"].update({name: sha256(folder / name) for name in manifest["int8_graphs"].values()})
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    except OSError as problem:
+        raise OutputError(f"{folder}: cannot write the export ({reason(problem)})") from None
+    logger.info("exported %s to %s", captioner.name, folder)
+    return folder
+
+
+def check_export_folder(folder, overwrite: bool = False) -> Path:
+    """The folder an export is written to, checked before any work: it can be written, it is no
+    file, and an export in it is replaced only with ``overwrite``.
+
+    Raises:
+        OutputError, OutputExistsError: As [`checked_output()`][bliptk.outputs.checked_output].
+    """
+    folder = checked_output(Path(folder).expanduser(), folder=True, replace=True)
     if is_export(folder) and not overwrite:
         raise OutputExistsError(folder, "pass overwrite=True to replace it", "pass --overwrite to replace it")
-    folder.mkdir(parents=True, exist_ok=True)
-    if captioner.device.type != "cpu":  # the graphs are traced on the CPU, and checked against it
-        captioner = copy.copy(captioner)
-        captioner.model = copy.deepcopy(captioner.model).cpu()
-        captioner.image_encoder = copy.deepcopy(captioner.image_encoder).cpu()
-        captioner.text_decoder = copy.deepcopy(captioner.text_decoder).cpu()
-    _write_graphs(captioner, folder)
+    return folder
+
+
+def _on_cpu(captioner):
+    """The captioner, or a copy of it on the CPU: the graphs are traced there, and checked against it."""
+    if captioner.device.type == "cpu":
+        return captioner
+    copied = copy.copy(captioner)
+    copied.model = copy.deepcopy(captioner.model).cpu()
+    copied.image_encoder = copy.deepcopy(captioner.image_encoder).cpu()
+    copied.text_decoder = copy.deepcopy(captioner.text_decoder).cpu()
+    return copied
+
+
+def _write_manifest(captioner, folder: Path) -> dict:
+    """Write the tokenizer, the preprocessing config and the manifest (the model, its weights, the
+    shapes, each graph's sha256) beside the graphs; the manifest."""
+    from .. import __version__
+
     shutil.copy(captioner.tokenizer.vocab_file, folder / "vocab.txt")
     (folder / "preprocessor_config.json").write_text(json.dumps(captioner.preprocessor.to_config(), indent=1))
-    decoder = captioner.text_decoder
+    decoder, encoder = captioner.text_decoder, captioner.image_encoder
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -204,8 +244,8 @@ def export(captioner, folder, *, int8: bool = False, overwrite: bool = False) ->
             "layers": len(decoder.layers),
             "heads": decoder.num_heads,
             "head_dim": decoder.head_dim,
-            "image_size": captioner.image_encoder.image_size,
-            "image_tokens": captioner.image_encoder.feature_shape[0],
+            "image_size": encoder.image_size,
+            "image_tokens": encoder.feature_shape[0],
             "max_positions": decoder.max_positions,
         },
         "graphs": dict(GRAPHS),
@@ -214,17 +254,11 @@ def export(captioner, folder, *, int8: bool = False, overwrite: bool = False) ->
         "sha256": {name: sha256(folder / name) for name in GRAPHS.values()},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    manifest["check"] = _check(captioner, folder)
-    if int8:
-        manifest["int8_graphs"] = _quantize(folder)
-        manifest["sha256"].update({name: sha256(folder / name) for name in manifest["int8_graphs"].values()})
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    logger.info("exported %s to %s", captioner.name, folder)
-    return folder
+    return manifest
 
 
 def _write_graphs(captioner, folder: Path) -> None:
-    with torch.no_grad(), warnings.catch_warnings(), _quiet("torch.onnx", "torch.export", "onnxscript"):
+    with torch.no_grad(), warnings.catch_warnings(), quiet_loggers("torch.onnx", "torch.export", "onnxscript"):
         warnings.simplefilter("ignore")  # the exporter's own deprecation notes
         for (module, arguments, inputs, outputs, dynamic), name in zip(_programs(captioner), GRAPHS.values(), strict=True):
             program = torch.onnx.export(
@@ -280,25 +314,9 @@ def _quantize(folder: Path) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     written = {}
-    with _quiet(""):  # the root logger: quantize_dynamic advises pre-processing on every call
+    with quiet_loggers(""):  # the root logger: quantize_dynamic advises pre-processing on every call
         for name, file in GRAPHS.items():
             target = file.replace(".onnx", ".int8.onnx")
             quantize_dynamic(folder / file, folder / target, weight_type=QuantType.QInt8, per_channel=True)
             written[name] = target
     return written
-
-
-class _quiet:
-    """Raise the named loggers to ERROR for a while (the exporter's progress and advice)."""
-
-    def __init__(self, *names: str):
-        self.loggers = [logging.getLogger(name) for name in names]
-
-    def __enter__(self):
-        self.levels = [logger.level for logger in self.loggers]
-        for logger in self.loggers:
-            logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        for logger, level in zip(self.loggers, self.levels, strict=True):
-            logger.setLevel(level)

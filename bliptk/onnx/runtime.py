@@ -28,10 +28,11 @@ __all__ = ["DTYPES", "FORMAT", "FORMAT_VERSION", "GRAPHS", "OnnxCaptioner", "is_
 
 FORMAT, FORMAT_VERSION = "bliptk-onnx", 1
 GRAPHS = {"encoder": "encoder.onnx", "image_kv": "image_kv.onnx", "decoder": "decoder.onnx"}
-# The graphs an export can run: float32 (the default: an image's caption is the same alone and in
-# any batch), or int8, dynamically quantized, whose activations are quantized per tensor, so that
-# an image's caption can change with what else is in its batch.
+"""The graphs of an export, by role, and their file names (int8 copies: ``*.int8.onnx``)."""
 DTYPES = ("float32", "int8")
+"""The graphs an export can run: float32 (the default: an image's caption is the same alone and in
+any batch), or int8, dynamically quantized, whose activations are quantized per tensor, so that
+an image's caption can change with what else is in its batch."""
 
 
 def is_export(folder) -> bool:
@@ -54,7 +55,7 @@ def _onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise MissingDependencyError("ONNX captioning needs ONNX Runtime: pip install 'bliptk[onnx]'") from None
+        raise MissingDependencyError("ONNX captioning needs ONNX Runtime: pip install onnxruntime (the onnx extra)") from None
     return onnxruntime
 
 
@@ -313,7 +314,45 @@ def load(folder, *, dtype: str = "float32", threads: int | None = None, verify: 
             ExportChangedWarning,
             stacklevel=2,
         )
-    return OnnxCaptioner(folder, manifest, _sessions(files, threads), dtype)
+    sessions = _sessions(files, threads)
+    _check_graphs(folder, sessions, manifest["config"])
+    return OnnxCaptioner(folder, manifest, sessions, dtype)
+
+
+def _check_graphs(folder: Path, sessions: dict, config: dict) -> None:
+    """Each graph is the one its role needs, of the shapes the manifest's config says.
+
+    Raises:
+        CheckpointError: A graph in another's place, or a config that does not match the graphs.
+    """
+    layers, heads, head_dim, size = config["layers"], config["heads"], config["head_dim"], config["image_size"]
+    expected = {
+        "encoder": ({"pixel_values": [None, 3, size, size]}, 1),
+        "image_kv": ({"features": [None, None, None]}, 2 * layers),
+        "decoder": (
+            {"input_ids": [None, None], "padding": [None], **{f"past_key_{i}": [None, heads, None, head_dim] for i in range(layers)}},
+            1 + 2 * layers,
+        ),
+    }
+    for name, (inputs, outputs) in expected.items():
+        session = sessions[name]
+        found = {item.name: item.shape for item in session.get_inputs()}
+        for input_name, shape in inputs.items():
+            if input_name not in found or len(found[input_name]) != len(shape):
+                raise CheckpointError(
+                    f"{folder}: the {name} graph has no input {input_name} of {len(shape)} dimensions, which its place and "
+                    "manifest.json's config need; export the model again"
+                )
+            for dimension, want in zip(found[input_name], shape, strict=True):
+                if want is not None and dimension != want:
+                    raise CheckpointError(
+                        f"{folder}: the {name} graph's {input_name} is {found[input_name]}, not what manifest.json's config says "
+                        f"({shape}); export the model again"
+                    )
+        if len(found) != len(inputs) + (4 * layers - layers if name == "decoder" else 0) or len(session.get_outputs()) != outputs:
+            raise CheckpointError(
+                f"{folder}: the {name} graph has not the {layers} layers manifest.json's config says; export the model again"
+            )
 
 
 def _sessions(files: dict[str, Path], threads: int | None) -> dict:
