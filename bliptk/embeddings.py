@@ -20,6 +20,7 @@ __all__ = ["EMBEDDING_POOLINGS", "content_key", "embed"]
 logger = logging.getLogger(__name__)
 
 EMBEDDING_POOLINGS = ("cls", "mean")
+"""How an image's encoder output becomes one vector: the class token, or the mean of the patch tokens."""
 
 
 def content_key(item) -> str:

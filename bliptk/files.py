@@ -11,10 +11,11 @@ from .errors import ExampleNotFoundError
 __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "example_path", "image_files", "media_files"]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".heic", ".heif", ".avif"})
-# A file with one of these names is a video, and fails as one when it cannot be read.
+"""The extensions of the image files a folder gives (case-insensitive)."""
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ogv", ".ts", ".mts"}
 )
+"""A file with one of these names is a video, and fails as one when it cannot be read."""
 
 
 def image_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:

@@ -18,6 +18,7 @@ from .errors import UnknownModelError
 __all__ = ["ModelSpec", "ModelTable", "available_models", "get_model_spec", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "ViT-L/16"
+"""The architecture [`load()`][bliptk.loading.load] and the command load by default (the page's)."""
 
 
 @dataclass(frozen=True)

@@ -305,7 +305,8 @@ class TextDecoder(nn.Module):
             input_ids: ``(B, S)`` token ids.
             start: Positions already in the cache (an int, or a traced size).
             cache: Where the new self-attention keys and values go (``extend``).
-            cross_keys, cross_values: Per layer, the image keys and values ``(B, H, N, Dh)``.
+            cross_keys: Per layer, the image keys ``(B, H, N, Dh)``.
+            cross_values: Per layer, the image values ``(B, H, N, Dh)``.
             padding: ``(B,)`` left padding of each sequence, or None.
             return_cross_attention: Also return each layer's cross-attention weights.
             traced: For a traced graph: no branch on shapes or device (the mask always built,

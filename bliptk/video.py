@@ -38,7 +38,9 @@ logger = logging.getLogger(__name__)
 
 
 DEFAULT_VIDEO_PROMPT = "a video of"
+"""The prompt of a video caption when none is given."""
 VIDEO_POOLINGS = ("mean", "concat")
+"""How a video's frame features are pooled: their mean (the page's), or concatenated."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,8 +1,8 @@
 """Export the captioning nets to ONNX, and caption with ONNX Runtime, with no torch needed at run time.
 
-* [`export()`][bliptk.onnx.exporter.export] ([`bliptk.onnx.exporter`][bliptk.onnx.exporter], needs torch and ``'bliptk[export]'``) writes a folder
+* [`export()`][bliptk.onnx.exporter.export] ([`bliptk.onnx.exporter`][bliptk.onnx.exporter], needs torch and the ``export`` extra) writes a folder
   of graphs traced from bliptk's own torch code, checked against torch;
-* [`load()`][bliptk.onnx.runtime.load] ([`bliptk.onnx.runtime`][bliptk.onnx.runtime], needs ``'bliptk[onnx]'`` only: ``onnxruntime``, NumPy,
+* [`load()`][bliptk.onnx.runtime.load] ([`bliptk.onnx.runtime`][bliptk.onnx.runtime], needs the ``onnx`` extra only: ``onnxruntime``, NumPy,
   ``tokenizers`` and Pillow; nothing on its path imports torch) returns an [`OnnxCaptioner`][bliptk.onnx.runtime.OnnxCaptioner],
   which captions through the same pipeline and decoding engine as [`bliptk.Captioner`][bliptk.captioner.Captioner].
 """
