@@ -180,9 +180,9 @@ def plot_attention_maps(caption: Caption, columns: int = 5, fig=None, **map_opti
     return fig
 
 
-def plot_attention_overlays(image, caption: Caption, columns: int = 6, alpha: float = 0.4, fig=None, **map_options):
+def plot_attention_overlays(image, caption: Caption, columns: int = 5, alpha: float = 0.4, fig=None, **map_options):
     """Each token's map upsampled and laid over the image, in a grid (the page's
-    ``visualizeAttention`` grid).
+    ``visualizeAttention`` grid), with the colour scale.
 
     Args:
         image: The captioned image.
@@ -195,9 +195,19 @@ def plot_attention_overlays(image, caption: Caption, columns: int = 6, alpha: fl
     Returns:
         The figure, one panel per token, titled with the token.
     """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LinearSegmentedColormap
+
     picture = load_image(image)
     maps = attention_maps(caption, **map_options)
-    fig, axes = grid_axes(len(caption.tokens), columns, 2.5, fig)
+    width, height = picture.size
+    fig, axes = grid_axes(len(caption.tokens), columns, 2.8, fig, aspect=height / width)
     for ax, attention_map, token in zip(axes, maps, caption.tokens, strict=True):
         plot_attention_map(attention_map.numpy(), token, image=picture, alpha=alpha, ax=ax)
+        ax.title.set_fontsize(12)
+    if len(axes):
+        scale = ScalarMappable(cmap=LinearSegmentedColormap.from_list("attention", ["white", "red"]))
+        bar = fig.colorbar(scale, ax=list(axes), shrink=0.5, aspect=30, pad=0.02)
+        bar.set_label("attention, each map scaled to its range (the page's ImageAdjust)")
+        bar.set_ticks([0, 1], labels=["least", "most"])
     return fig

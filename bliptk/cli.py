@@ -455,7 +455,7 @@ def _embed(args) -> int:
 
 
 def _map(args) -> int:
-    from .feature_space import cluster, plot_feature_space
+    from .feature_space import CLUSTER_PALETTE, cluster, plot_feature_space
 
     out = _output_file(args)
     paths = _folder_images(args)
@@ -471,7 +471,10 @@ def _map(args) -> int:
             scores += f", adjusted Rand index={result.adjusted_rand_index:.3f}, purity={result.purity:.3f}"
         print(scores)
         labels = [f"cluster {label}" for label in result.labels]
-    figure = plot_feature_space(embeddings, images=paths, labels=labels, method=args.method, random_state=args.seed, callouts=args.callouts)
+    palette = CLUSTER_PALETTE if args.clusters is not None else "tab10"  # clusters are no classes: their own colours
+    figure = plot_feature_space(
+        embeddings, images=paths, labels=labels, method=args.method, random_state=args.seed, callouts=args.callouts, palette=palette
+    )
     write_whole(out, lambda path: figure.savefig(path, dpi=100, format="png"))
     print(f"{len(paths)} images mapped to {out}")
     return EXIT_OK

@@ -6,7 +6,7 @@ captioner once and captioning each batch with the batch command's own step
 ([`bliptk.batch.caption_prepared()`][bliptk.batch.caption_prepared]: images together, videos from their frames). Records have
 the schema of [`bliptk.records`][bliptk.records] and go to JSONL or Parquet shards in an output folder; a rerun
 skips the inputs already captioned with the same model, weights and options. Ray is optional
-(``pip install 'bliptk[ray]'``); importing bliptk never imports it.
+(the ``ray`` extra: ``pip install -e '.[ray]'``); importing bliptk never imports it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .files import IMAGE_EXTENSIONS
 from .models import find_model_spec
 from .pipeline import provenance, resolve_options
 from .preprocess import DEFAULT_MAX_PIXELS, Preprocessor, load_image_bytes
+from .quiet import quiet_loggers
 from .records import (
     SHARD_FORMATS,
     arrow_table,
@@ -55,7 +56,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise MissingDependencyError("distributed captioning needs Ray: pip install 'bliptk[ray]'") from None
+        raise MissingDependencyError("distributed captioning needs Ray: pip install 'ray[data]>=2.60,<3' (the ray extra)") from None
     return ray
 
 
@@ -265,7 +266,8 @@ def caption_dataset(
     check_batch_options(options, batch_size, 0, max_pixels)
     pool = pool or ActorPool()
     if not ray.is_initialized():
-        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        with quiet_loggers("ray", "ray.data"):  # Ray's start-up notes, a wall of stderr in a notebook
+            ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     recorded = record_options(options, video_options)
     earlier = [r for r in read_output(output) if r["model"] == _model_name(model) and r["options"] == recorded]
     done = done_inputs(earlier, _provenance(model, pretrained, weights_seed, dtype), recorded) if earlier else set()
@@ -294,7 +296,8 @@ def caption_dataset(
         batch_format="numpy",
         zero_copy_batch=True,
     )
-    written = _write(captioned, Path(output), format)
+    with quiet_loggers("ray", "ray.data"):  # Ray Data's progress, logged line by line without a terminal
+        written = _write(captioned, Path(output), format)
     failed = sum(1 for r in written if r["error"])
     return RunSummary(total if total is not None else len(written), skipped, len(written) - failed, failed, str(output))
 

@@ -6,6 +6,8 @@ follow cosine similarity, the usual measure between image embeddings.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -16,7 +18,13 @@ import numpy as np
 
 from .errors import InvalidArgumentError, InvalidOptionError
 
-__all__ = ["ClusterResult", "Neighbour", "cluster", "near_duplicates", "nearest", "plot_feature_space", "project"]
+logger = logging.getLogger(__name__)
+
+CLUSTER_PALETTE = ("C4", "C5", "C6", "C8", "C9", "C3", "C7")
+"""Colours for clusters: matplotlib's default cycle without the three that classes take first
+(blue, orange, green), so that a cluster is never drawn in a class's colour of a figure before."""
+
+__all__ = ["CLUSTER_PALETTE", "ClusterResult", "Neighbour", "cluster", "near_duplicates", "nearest", "plot_feature_space", "project"]
 
 PROJECTIONS = ("umap", "tsne", "pca")
 CLUSTERINGS = ("kmeans", "agglomerative")
@@ -77,8 +85,7 @@ def project(embeddings, method: str = "umap", random_state: int = 0, n_component
         options.setdefault("perplexity", min(30.0, max(1.0, (count - 1) / 3)))
         options.setdefault("init", "pca" if count > n_components else "random")
         return TSNE(n_components=n_components, random_state=random_state, **options).fit_transform(points)
-    import umap
-
+    umap = _umap()
     options.setdefault("n_neighbors", min(15, count - 1))
     if count <= n_components + 2:
         options.setdefault("init", "random")  # the spectral start needs more points than dimensions
@@ -86,6 +93,28 @@ def project(embeddings, method: str = "umap", random_state: int = 0, n_component
         # A seed makes UMAP single-threaded, as wanted for reproducibility; it warns each time.
         warnings.filterwarnings("ignore", message="n_jobs value .* overridden", category=UserWarning)
         return umap.UMAP(n_components=n_components, random_state=random_state, **options).fit_transform(points)
+
+
+@functools.cache
+def _umap():
+    """umap-learn, its numba functions compiled once and cached on disk for later processes.
+
+    umap-learn compiles a hundred numba functions on its first projection in each process (10-20 s
+    on 2 cores) and does not cache them; numba caches any of them on request, in umap's
+    ``__pycache__`` (or numba's user-wide cache where that cannot be written). The first run still
+    compiles (and says so, at the INFO level); the next ones read the cache (0.1 s).
+    """
+    import importlib
+
+    import umap
+    from numba.core.registry import CPUDispatcher
+
+    for name in ("umap.umap_", "umap.layouts", "umap.utils", "umap.distances", "umap.sparse", "umap.spectral"):
+        for value in vars(importlib.import_module(name)).values():
+            if isinstance(value, CPUDispatcher):
+                value.enable_caching()
+    logger.info("UMAP: its compiled functions come from numba's cache, compiled on the first run of all (10-20 s)")
+    return umap
 
 
 @dataclass(frozen=True)
@@ -263,6 +292,7 @@ def plot_feature_space(
     thumbnail_size: int = 48,
     max_thumbnails: int = 300,
     callouts: bool = False,
+    palette: str | Sequence[str] = "tab10",
     ax=None,
 ):
     """Plot a set of images in the encoder's feature space, projected to 2-D (the page's
@@ -283,7 +313,11 @@ def plot_feature_space(
         thumbnail_size: Thumbnail size in pixels.
         max_thumbnails: Above this many points, dots are drawn instead of thumbnails.
         callouts: Write each point's label (or file name) next to it, with a line to it (the
-            page's ``LabelingFunction -> Callout``).
+            page's ``LabelingFunction -> Callout``) that stops at the thumbnail's edge.
+        palette: The colours the labels take, in sorted order: a matplotlib colormap's name, or
+            colours. Give clusters other colours than classes
+            ([`CLUSTER_PALETTE`][bliptk.feature_space.CLUSTER_PALETTE]), so that a colour means one
+            thing in each figure.
         ax: A matplotlib axes to draw on; None makes a new figure.
 
     Returns:
@@ -305,7 +339,7 @@ def plot_feature_space(
     if ax is None:
         ax = new_figure(figsize=(8, 7), layout="constrained").subplots()
     names = [str(label) for label in labels] if labels is not None else None
-    colours = {name: f"C{i % 10}" for i, name in enumerate(sorted(set(names or [])))}
+    colours = _colours(sorted(set(names or [])), palette)
     if draw_thumbnails:
         _draw_thumbnails(ax, points, items, names, colours, thumbnail_size)
     else:
@@ -313,7 +347,8 @@ def plot_feature_space(
     if colours:
         ax.legend(loc="best", fontsize="small")
     if callouts:
-        _draw_callouts(ax, points, names or [_short_name(item, i) for i, item in enumerate(items or range(len(points)))])
+        texts = names or [_short_name(item, i) for i, item in enumerate(items or range(len(points)))]
+        _draw_callouts(ax, points, texts, thumbnail_size if draw_thumbnails else 4)
     ax.margins(0.12)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -321,7 +356,7 @@ def plot_feature_space(
     return ax.figure
 
 
-def _draw_thumbnails(ax, points: np.ndarray, items: list, names: list[str] | None, colours: dict[str, str], size: int) -> None:
+def _draw_thumbnails(ax, points: np.ndarray, items: list, names: list[str] | None, colours: dict[str, object], size: int) -> None:
     """Each point as its image, framed in its label's colour."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
@@ -335,7 +370,7 @@ def _draw_thumbnails(ax, points: np.ndarray, items: list, names: list[str] | Non
         ax.scatter([], [], color=colour, marker="s", label=name)  # legend entries
 
 
-def _draw_dots(ax, points: np.ndarray, names: list[str] | None, colours: dict[str, str]) -> None:
+def _draw_dots(ax, points: np.ndarray, names: list[str] | None, colours: dict[str, object]) -> None:
     """Each point as a dot, coloured by its label."""
     if not names:
         ax.scatter(points[:, 0], points[:, 1], s=12)
@@ -345,13 +380,32 @@ def _draw_dots(ax, points: np.ndarray, names: list[str] | None, colours: dict[st
         ax.scatter(points[chosen, 0], points[chosen, 1], s=12, color=colour, label=name)
 
 
-def _draw_callouts(ax, points: np.ndarray, texts: list[str]) -> None:
-    """Each point's text beside it, with a line to it (the page's ``Callout``)."""
-    span = np.ptp(points, axis=0).max() or 1.0
+def _draw_callouts(ax, points: np.ndarray, texts: list[str], marker_size: float) -> None:
+    """Each point's text beside it, with a line to it (the page's ``Callout``): the text set off
+    beyond the thumbnail's corner, the line stopping at its edge rather than crossing it."""
+    offset = marker_size / 2 + 10  # points (a thumbnail's pixels at 72 dpi and above are fewer points)
     for (x, y), text in zip(points, texts, strict=True):
         ax.annotate(
-            text, (x, y), xytext=(x + 0.06 * span, y + 0.06 * span), fontsize="small", arrowprops={"arrowstyle": "-", "color": "0.4"}
+            text,
+            (x, y),
+            xytext=(offset, offset),
+            textcoords="offset points",
+            fontsize="small",
+            arrowprops={"arrowstyle": "-", "color": "0.4", "shrinkA": 0, "shrinkB": marker_size * 0.75},
         )
+
+
+def _colours(names: list[str], palette: str | Sequence[str]) -> dict[str, object]:
+    """A colour per name, from the palette's colours in order (round again when there are more
+    names than colours)."""
+    import matplotlib
+
+    if isinstance(palette, str):
+        colormap = matplotlib.colormaps[palette]
+        colours = list(getattr(colormap, "colors", [colormap(i / 9) for i in range(10)]))
+    else:
+        colours = list(palette)
+    return {name: colours[index % len(colours)] for index, name in enumerate(names)}
 
 
 def _short_name(item, index: int) -> str:

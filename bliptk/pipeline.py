@@ -109,16 +109,34 @@ def provenance(backend: CaptionBackend) -> dict:
     return {"model": backend.name, "weights": backend.weights.as_dict()}
 
 
+# The random weights said so already, by fingerprint: said once per process, whatever captions with them.
+_SAID_RANDOM: set[str] = set()
+
+
 def say_if_random(backend: CaptionBackend) -> None:
-    """Warn once per backend, when one with random weights first captions or embeds."""
-    if backend.weights.source == "random" and not getattr(backend, "_said_random", False):
-        backend._said_random = True  # type: ignore[attr-defined]
-        warnings.warn(
-            f"{backend.name} has random weights (seed {backend.weights.seed}): its captions are random words and its "
-            "embeddings carry no meaning. Load pretrained weights for real results.",
-            RandomWeightsWarning,
-            stacklevel=3,
-        )
+    """Say once, when random weights first caption or embed, that their results carry no meaning:
+    a [`RandomWeightsWarning`][bliptk.errors.RandomWeightsWarning]; in a notebook, one plain line
+    of output instead (a warning there is a box of stderr, with a line of bliptk's source repeated
+    in it). Once per weights: a torch captioner and its ONNX exports say it once between them."""
+    if backend.weights.source != "random" or backend.weights.fingerprint in _SAID_RANDOM:
+        return
+    _SAID_RANDOM.add(backend.weights.fingerprint)
+    message = (
+        f"{backend.name} has random weights (seed {backend.weights.seed}): its captions are random words and its "
+        "embeddings carry no meaning. Load pretrained weights for real results."
+    )
+    if _in_notebook():
+        print(message)
+    else:
+        warnings.warn(message, RandomWeightsWarning, stacklevel=3)
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel."""
+    import sys
+
+    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    return shell is not None and hasattr(shell, "kernel")
 
 
 # --- what a call asks for -------------------------------------------------------------------------------

@@ -137,12 +137,12 @@ def test_drawings_render_headless_one_panel_per_token(tiny, photos, tmp_path):
     caption = tiny.caption(photos[0], max_new_tokens=7, return_attention=True)
     maps = bliptk.plot_attention_maps(caption, columns=5)
     overlays = bliptk.plot_attention_overlays(photos[0], caption, columns=3, layer=0, heads="max")
-    for figure, name, columns, rows in ((maps, "maps.png", 5, 2), (overlays, "overlays.png", 3, 3)):
+    for figure, name, columns, rows, scales in ((maps, "maps.png", 5, 2, 0), (overlays, "overlays.png", 3, 3, 1)):
         assert _titles(figure) == caption.tokens
-        assert len(figure.axes) == columns * rows
+        assert len(figure.axes) == columns * rows + scales  # the overlays have their colour scale
         figure.savefig(tmp_path / name, dpi=50)
-        width, height = (figure.get_size_inches() * 50).round().astype(int)
-        assert Image.open(tmp_path / name).size == (width, height)
+        width, height = figure.get_size_inches() * 50
+        assert np.allclose(Image.open(tmp_path / name).size, (width, height), atol=1)  # pixels of a whole-inch figure, rounded
     single = bliptk.plot_attention_map(bliptk.attention_maps(caption)[0], "token", image=photos[0])
     assert _titles(single) == ["token"]
     from matplotlib.figure import Figure
@@ -157,7 +157,7 @@ def test_cli_writes_the_grid(tiny, photos, tmp_path, capsys):
     assert main(args + ["--layer", "0", "1", "--columns", "2"]) == 0
     caption = tiny.caption(photos[0], prompt="the woman", max_new_tokens=4)
     assert capsys.readouterr().out.startswith(f"{photos[0]}: {caption.text}\n")
-    assert Image.open(out).size == (500, 560)  # 2 x 2 panels of 2.5 x 2.8 inches at 100 dpi
+    assert Image.open(out).size == (560, 478)  # 2 x 2 panels of 2.8 inches as tall as the photo, with the colour scale, at 100 dpi
     assert main(args + ["--layer", "7"]) == 2  # an existing --out is replaced only on request
     assert capsys.readouterr().err == f"bliptk: error: {out} exists; pass --overwrite to replace it, or choose another file\n"
     assert main(args + ["--layer", "7", "--overwrite"]) == 2

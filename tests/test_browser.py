@@ -2,8 +2,9 @@
 in Debian's Chromium (Playwright's own browser download does not work on these machines).
 
 The test starts JupyterLab on a free port (``BLIPTK_MODEL=tiny``, no token), runs the notebook,
-checks that the three explorers render as widgets, drives their controls, and checks the layout at
-1280 x 800. Screenshots go to ``BLIPTK_SCREENSHOTS`` (default: the test's temporary folder); the
+checks that the three explorers render as widgets, drives their controls (a prompt acts on Enter, a
+busy indicator shows, beams disable the sampling controls), and checks the layout at 1024 x 768 with
+the file browser open. Screenshots go to ``BLIPTK_SCREENSHOTS`` (default: the test's temporary folder); the
 test prints where. Every process it starts is stopped, the kernel included.
 """
 
@@ -124,6 +125,18 @@ def lab(tmp_path):
         log.close()
 
 
+# Every slider readout and control label of the explorers, whole: its text not clipped by its box.
+CLIPPED_READOUTS = """() => [...document.querySelectorAll('.jp-OutputArea-output .widget-readout, .jp-OutputArea-output .widget-label')]
+  .filter(e => e.offsetParent !== null && (e.scrollWidth > e.clientWidth + 1 || e.getBoundingClientRect().width < 12))
+  .map(e => e.textContent)"""
+# Whether the busy indicator has shown since this was installed (a caption of the tiny net is quick).
+WATCH_BUSY = """() => {
+  window.bliptkBusySeen = false;
+  new MutationObserver(() => { if (document.querySelector('.bliptk-busy')) window.bliptkBusySeen = true; })
+    .observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
 def test_the_explorers_render_and_respond_in_jupyterlab(lab, tmp_path):
     pytest.importorskip("playwright")
     from playwright.sync_api import expect, sync_playwright
@@ -134,56 +147,87 @@ def test_the_explorers_render_and_respond_in_jupyterlab(lab, tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            # A small laptop's screen, with JupyterLab's file browser open beside the notebook.
+            page = browser.new_page(viewport={"width": 1024, "height": 768})
             page.set_default_timeout(120_000)
             page.goto(f"{lab}/lab/tree/06_explorers.ipynb")
             page.wait_for_function("() => typeof window.jupyterapp !== 'undefined'")
             page.wait_for_function(KERNEL_READY)
+            page.evaluate("() => window.jupyterapp.commands.execute('filebrowser:activate')")
+            page.wait_for_function("() => !window.jupyterapp.shell.leftCollapsed")
             # The command's promise resolves when the last cell has run.
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
             page.wait_for_function(EVERY_CELL_RAN)
             page.wait_for_function(KERNEL_READY)
             explorers = page.locator(".jp-OutputArea-executeResult:has(.jupyter-widgets)")
             expect(explorers).to_have_count(3)
-            page.wait_for_function("() => document.querySelectorAll('.jp-OutputArea-output .widget-image[src^=\"blob:\"]').length >= 2")
+            page.wait_for_function("() => document.querySelectorAll('.jp-OutputArea-output .widget-image[src^=\"blob:\"]').length >= 3")
             text = page.inner_text(".jp-NotebookPanel .jp-Notebook")
             assert "Error displaying widget" not in text and "display it in JupyterLab" not in text and "Traceback" not in text
             stderr = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
-            assert not [text for text in stderr if "Glyph" in text], stderr  # no missing-glyph warnings
+            assert stderr == [], stderr  # random weights are said in a plain line; no warning box, no missing glyph
             caption_view, attention_view, stepper_view = explorers.nth(0), explorers.nth(1), explorers.nth(2)
+            notebook = page.locator(".jp-NotebookPanel").bounding_box()
+            assert page.locator(".jp-SideBar.jp-mod-left + .jp-SidePanel, #jp-left-stack").first.bounding_box()["width"] > 150
 
             def show(view, name):
                 view.evaluate("element => element.scrollIntoView({block: 'start'})")
                 time.sleep(0.3)
                 page.screenshot(path=str(shots / name))
 
-            # The controls stay beside the output, whole, with their readouts, whatever the caption's length.
+            # Every control and readout whole; the output, too narrow for a column beside the controls,
+            # goes below them, and stays within the notebook.
             show(caption_view, "1-caption-explorer.png")
+            assert page.evaluate(CLIPPED_READOUTS) == []
             controls, output = caption_view.locator(".widget-hbox").first.locator(":scope > .widget-vbox").all()
             left, right = controls.bounding_box(), output.bounding_box()
-            assert left["x"] + left["width"] <= right["x"] + 1 and right["x"] + right["width"] <= 1280
+            beside = left["x"] + left["width"] <= right["x"] + 1
+            below = right["y"] >= left["y"] + left["height"] - 1
+            assert (beside or below) and right["width"] >= 359 and right["x"] + right["width"] <= notebook["x"] + notebook["width"]
             for readout in controls.locator(".widget-readout").all():
                 box = readout.bounding_box()
                 assert box["width"] > 10 and box["x"] + box["width"] <= left["x"] + left["width"] + 1
-            chart = caption_view.locator(".widget-image")
-            assert chart.bounding_box()["width"] <= 481
+            chart = caption_view.locator(".widget-image").last
+            assert 359 <= chart.bounding_box()["width"] <= 481
 
-            # Fewer tokens: fewer token rows.
+            def slider(name):
+                return caption_view.locator(".widget-slider").filter(has=page.locator(f".widget-label:text-is('{name}')"))
+
+            def set_slider(name, value):
+                readout = slider(name).locator(".widget-readout")
+                readout.click()
+                readout.fill(str(value))
+                readout.press("Enter")
+
+            # Fewer tokens: fewer token rows, with a busy indicator while the model works.
             tokens = caption_view.locator("span[title^='token ']")
             before = tokens.count()
-            slider = caption_view.locator(".widget-slider").filter(has=page.locator(".widget-label:text-is('max new tokens')"))
-            slider.locator(".widget-readout").click()
-            slider.locator(".widget-readout").fill("5")
-            slider.locator(".widget-readout").press("Enter")
+            page.evaluate(WATCH_BUSY)
+            set_slider("max new tokens", 5)
             expect(tokens).to_have_count(5)
-            assert before == 25
-            # A typed prompt starts the caption.
+            assert before == 25 and page.evaluate("() => window.bliptkBusySeen")
+            expect(caption_view.locator(".bliptk-busy")).to_have_count(0)
+            # A prompt typed without Enter starts no caption; Enter does.
             caption = caption_view.locator(".widget-html-content b").first
+            shown = caption.inner_text()
             prompt = caption_view.locator(".widget-text").filter(has=page.locator(".widget-label:text-is('prompt')")).locator("input")
+            page.evaluate(WATCH_BUSY)
             prompt.fill("a picture of")
+            time.sleep(2)
+            assert caption.inner_text() == shown and not page.evaluate("() => window.bliptkBusySeen")
             prompt.press("Enter")
             expect(caption).to_have_text(re.compile(r"^a picture of"))
             show(caption_view, "2-after-prompt-and-max-tokens.png")
+            # Beams make the sampling controls (and the temperature) inapplicable: disabled.
+            sampling = ["temperature", "top k", "top p"]
+            set_slider("temperature", 0.8)
+            expect(slider("top k").locator(".noUi-target[disabled]")).to_have_count(0)
+            set_slider("num beams", 3)
+            for name in sampling:
+                expect(slider(name).locator(".noUi-target[disabled]")).to_have_count(1)
+            seed = caption_view.locator(".widget-inline-hbox").filter(has=page.locator(".widget-label:text-is('seed')")).locator("input")
+            expect(seed).to_be_disabled()
+            show(caption_view, "3-beams-disable-sampling.png")
 
             # The token slider moves the attention overlay's label.
             label = attention_view.locator(".widget-html-content").filter(has_text=re.compile(r"^token \d+:"))
@@ -194,14 +238,15 @@ def test_the_explorers_render_and_respond_in_jupyterlab(lab, tmp_path):
             expect(label).to_have_text(re.compile(r"^token 1:"))
             overlay = attention_view.locator(".widget-image").bounding_box()
             assert overlay["width"] <= 481 and overlay["height"] <= 481
-            show(attention_view, "3-attention-explorer.png")
+            show(attention_view, "4-attention-explorer.png")
 
-            # The step button adds a step.
+            # The step button adds a step; at the end the stepper says why it stopped.
             state = stepper_view.locator(".widget-html-content").filter(has_text=re.compile(r"^step \d+:"))
             for step in range(3):
                 stepper_view.locator(".jupyter-button:text-is('next token')").click()
                 expect(state).to_have_text(re.compile(rf"^step {step}:"))
             assert "KV cache 6 positions" in state.inner_text()
-            show(stepper_view, "4-step-through.png")
+            assert page.evaluate(CLIPPED_READOUTS) == []
+            show(stepper_view, "5-step-through.png")
         finally:
             browser.close()

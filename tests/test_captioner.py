@@ -154,8 +154,11 @@ def test_random_weights_say_so_once_and_pretrained_ones_never(tiny_checkpoint, p
         random.caption(photos[:2], max_new_tokens=2)
         random.embed(photos[0])
     assert len(said) == 1
-    with pytest.warns(bliptk.RandomWeightsWarning, match="embeddings carry no meaning"):
-        bliptk.load("tiny").embed(photos[0])  # each captioner says it once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bliptk.load("tiny").embed(photos[0])  # the same random weights: said once a process, whatever holds them
+    with pytest.warns(bliptk.RandomWeightsWarning, match=r"tiny has random weights \(seed 1\).*embeddings carry no meaning"):
+        bliptk.load("tiny", weights_seed=1).embed(photos[0])  # other random weights: said again
     pretrained = bliptk.load(tiny_checkpoint)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

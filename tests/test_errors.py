@@ -710,6 +710,7 @@ def test_prompts_outside_the_vocabulary_are_warned_about_once(tiny, photos):
     assert not blank.text.startswith("##") and blank.text == tiny.tokenizer.decode(blank.token_ids)
 
 
+@pytest.mark.slow
 def test_a_missing_torch_or_pyav_is_a_missing_dependency_error(photos, tmp_path):
     """A torch-free install: the command line names what to install, no traceback."""
     (tmp_path / "clip.mp4").write_bytes((VIDEOS / "bigbuckbunny.mp4").read_bytes())
@@ -737,6 +738,7 @@ def test_a_missing_torch_or_pyav_is_a_missing_dependency_error(photos, tmp_path)
     )
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_the_command_quietly():
     result = subprocess.run(
         f"{sys.executable} -m bliptk info --model tiny --arrays | head -n 1", shell=True, capture_output=True, text=True, timeout=120

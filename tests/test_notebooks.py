@@ -25,3 +25,12 @@ def test_notebook_runs_from_the_repository_root(path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
     client.execute()
+    # No box of stderr in a notebook: random weights are said in one plain line, once. (Ray says a
+    # few things of its own on stderr when it starts, in the Ray notebook: nothing of bliptk's.)
+    streams = [output for cell in notebook.cells for output in cell.get("outputs", []) if output.output_type == "stream"]
+    stderr = [output.text for output in streams if output.name == "stderr"]
+    if path.name == "08_scale_out.ipynb":
+        stderr = [text for text in stderr if "bliptk" in text or "Warning" in text]
+    assert stderr == []
+    said = [line for output in streams for line in output.text.splitlines() if "has random weights" in line]
+    assert len(said) <= 1 and all(line.startswith("tiny has random weights (seed 0)") for line in said), said

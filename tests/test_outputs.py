@@ -71,6 +71,7 @@ def test_an_output_that_is_a_link_writes_where_it_points(tiny, photos, tmp_path)
     assert link.is_symlink() and len(read_records(real)) == len(photos)
 
 
+@pytest.mark.slow
 def test_standard_output_on_a_full_device_is_an_error_in_one_line():
     result = subprocess.run(f"{sys.executable} -m bliptk models > /dev/full", shell=True, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr == "bliptk: error: cannot write to standard output (the disk is full)\n"

@@ -158,6 +158,7 @@ def test_a_second_run_on_the_same_output_fails_at_once_naming_the_first(tiny, ph
     assert [r["path"] for r in tiny.caption_files(photos, out, resume=True, max_new_tokens=2)] == list(map(str, photos))
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_lose_no_record(photos, tmp_path):
     """The reproduction of issue 22: two runs of different inputs into one --out at once."""
     set_a, set_b, out = tmp_path / "a", tmp_path / "b", tmp_path / "c.jsonl"

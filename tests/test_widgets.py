@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 import bliptk
-from bliptk.widgets import AttentionExplorer, CaptionExplorer, StepThroughDecoder
+from bliptk.figures import displayable
+from bliptk.widgets import AttentionExplorer, CaptionExplorer, StepThroughDecoder, probability_text
 
 
 @pytest.fixture
@@ -18,10 +19,13 @@ def explorer(tiny, photos):
 
 def test_caption_explorer_shows_the_api_caption_and_probabilities(tiny, photos, explorer):
     expected = tiny.caption(photos[0])
-    assert explorer.caption.token_ids == expected.token_ids and expected.text in explorer.text.value
+    assert explorer.caption.token_ids == expected.token_ids and html.escape(displayable(expected.text)) in explorer.text.value
     choices = bliptk.token_alternatives(tiny, tiny.encode_image(photos[0]), expected, 4)
     assert [c.probability for c in explorer.choices] == pytest.approx([c.probability for c in choices], abs=1e-6)
-    assert all(f"{html.escape(c.token)}&nbsp;<small>{c.probability:.3f}</small>" in explorer.table.value for c in choices)
+    assert all(
+        f"{html.escape(displayable(c.token))}&nbsp;<small>{probability_text(c.probability)}</small>" in explorer.table.value
+        for c in choices
+    )
     assert [round(np.exp(lp), 5) for lp in expected.logprobs] == pytest.approx([c.probability for c in choices], abs=1e-5)
     assert bytes(explorer.chart.value).startswith(b"\x89PNG")
 
@@ -88,7 +92,7 @@ def test_step_through_decoder(tiny, photos):
     assert [s.chosen_id for s in steps] == expected.token_ids
     assert [s.cache_length for s in steps] == [4, 5, 6, 7, 8]
     assert steps[0].input_tokens == ["[DEC]", "a", "photography", "of"] and steps[1].input_ids == [expected.token_ids[0]]
-    assert stepper.button.disabled and expected.text in stepper.caption.value
+    assert stepper.button.disabled and html.escape(displayable(expected.text)) in stepper.caption.value
     assert steps[0].top[0][0] == steps[0].chosen_token  # greedy: the most probable
     assert "KV cache 8 positions" in stepper.state.value
     stepper.reset_button.click()
@@ -114,23 +118,26 @@ def test_the_controls_start_at_the_decoding_options_defaults(explorer):
     assert explorer.prompt.value == bliptk.DEFAULT_PROMPT and explorer.max_new_tokens.value == defaults.max_new_tokens
 
 
-def test_the_layout_keeps_the_controls_beside_a_bounded_output(tiny, photos, explorer):
-    from bliptk.widgets import CONTROLS_WIDTH, OUTPUT_WIDTH
+def test_the_layout_keeps_the_controls_beside_a_bounded_output_or_below_them(tiny, photos, explorer):
+    from bliptk.widgets import CONTROLS_WIDTH, MIN_OUTPUT_WIDTH, OUTPUT_WIDTH
 
     view = AttentionExplorer(tiny, photos[0], max_new_tokens=4)
     stepper = StepThroughDecoder(tiny, photos[0])
     for widget in (explorer.widget, view.widget, stepper.widget):
         controls, output = widget.children
+        assert widget.layout.flex_flow == "row wrap"  # the output goes below the controls rather than shrink
         assert controls.layout.width == f"{CONTROLS_WIDTH}px" and controls.layout.flex == "0 0 auto"
-        assert output.layout.min_width == "0" and output.layout.max_width == f"{OUTPUT_WIDTH + 40}px"
+        assert output.layout.min_width == f"{MIN_OUTPUT_WIDTH}px" and output.layout.max_width == f"{OUTPUT_WIDTH + 40}px"
     # A 426 x 640 photo fits a 480 px square, from its own pixels; the chart from pixels at twice its size.
     portrait = AttentionExplorer(tiny, bliptk.example_path("images/woman-with-cake.jpg"), max_new_tokens=2)
     assert (portrait.view.layout.width, portrait.view.layout.height) == ("320px", f"{OUTPUT_WIDTH}px")
     assert Image.open(io.BytesIO(bytes(portrait.view.value))).size == (426, 640)
-    assert (explorer.chart.layout.width, explorer.chart.layout.height) == (f"{OUTPUT_WIDTH}px", "260px")
-    assert Image.open(io.BytesIO(bytes(explorer.chart.value))).size == (2 * OUTPUT_WIDTH, 520)
+    bars = len(explorer.choices[0].alternatives)  # the chosen token is among them (greedy)
+    height = round(OUTPUT_WIDTH * (0.6 + 0.4 * bars) / 4.8)
+    assert (explorer.chart.layout.width, explorer.chart.layout.height) == (f"{OUTPUT_WIDTH}px", f"{height}px")
+    assert Image.open(io.BytesIO(bytes(explorer.chart.value))).size == (2 * OUTPUT_WIDTH, 2 * height)
     long_caption = tiny.caption(photos[0], max_new_tokens=25).text
-    assert "overflow-wrap: anywhere" in explorer.text.value and html.escape(long_caption) in explorer.text.value
+    assert "overflow-wrap: anywhere" in explorer.text.value and html.escape(displayable(long_caption)) in explorer.text.value
 
 
 def test_tokens_without_a_glyph_are_escaped_without_a_warning(tiny, explorer):
@@ -144,3 +151,99 @@ def test_tokens_without_a_glyph_are_escaped_without_a_warning(tiny, explorer):
         figure = bliptk.plot_attention_map(np.eye(6), "\u0925")
         figure.savefig(io.BytesIO())
     assert figure.axes[0].get_title() == "\\u0925"
+
+
+def test_controls_that_do_not_apply_are_disabled(explorer):
+    sampling = [explorer.top_k, explorer.top_p, explorer.seed]
+    assert all(control.disabled for control in sampling) and explorer.num_return_sequences.disabled  # greedy
+    explorer.temperature.value = 0.8
+    assert not any(control.disabled for control in [*sampling, explorer.temperature, explorer.num_return_sequences])
+    explorer.num_beams.value = 3
+    assert all(control.disabled for control in [*sampling, explorer.temperature]) and not explorer.num_return_sequences.disabled
+    assert explorer.options().temperature == 0.0
+
+
+def test_several_captions_have_a_control(tiny, photos, explorer):
+    explorer.temperature.value, explorer.seed.value, explorer.num_return_sequences.value = 1.0, 5, 3
+    expected = tiny.caption(photos[0], temperature=1.0, seed=5, num_return_sequences=3)
+    assert [c.token_ids for c in explorer.captions] == [c.token_ids for c in expected]
+    assert all(f"{n}. <b>{html.escape(displayable(c.text))}</b>" in explorer.text.value for n, c in enumerate(expected, 1))
+    explorer.temperature.value = 0.0  # greedy: one caption, whatever the control says
+    assert len(explorer.captions) == 1
+
+
+def test_the_chosen_token_is_always_in_the_chart(tiny, photos):
+    from bliptk.stepper import TokenChoice
+
+    explorer = CaptionExplorer(tiny, images=photos[:1], alternatives=2)
+    explorer.choices = [TokenChoice("rare", 7, 2e-6, [("cake", 0.5), ("cat", 0.3)])]
+    explorer.token.value = 0
+    explorer._draw_chart()
+    labels = [text.get_text() for text in _chart_axes(explorer).get_yticklabels()]
+    assert labels == ["cake", "cat", "rare"]  # from the top: the most probable, then the chosen one added below
+
+
+def _chart_axes(explorer):
+    import matplotlib.pyplot as plt
+
+    # The chart is drawn from a figure the explorer makes and closes: redraw it to read it.
+    figures = []
+    original = plt.figure
+
+    def keep(*args, **kwargs):
+        figure = original(*args, **kwargs)
+        figures.append(figure)
+        return figure
+
+    plt.figure = keep
+    try:
+        explorer._draw_chart()
+    finally:
+        plt.figure = original
+    return figures[-1].axes[0]
+
+
+def test_probabilities_read_at_any_magnitude():
+    from bliptk.widgets import probability_text
+
+    assert [probability_text(p) for p in (0.4567, 0.001, 0.00032, 2.5e-9, 0.0)] == ["0.457", "0.001", "3.2e-04", "2.5e-09", "0.000"]
+
+
+def test_the_chosen_image_is_shown(explorer, photos):
+    assert Image.open(io.BytesIO(bytes(explorer.thumbnail.value))).size[0] > 100
+    before = bytes(explorer.thumbnail.value)
+    explorer.image.value = str(photos[1])
+    assert bytes(explorer.thumbnail.value) != before
+
+
+def test_a_busy_indicator_shows_while_the_model_works(explorer):
+    seen = []
+    explorer.busy.observe(lambda change: seen.append(change["new"]), names="value")
+    explorer.max_new_tokens.value = 4
+    assert "working" in seen[0] and seen[-1] == "" and len(explorer.caption.token_ids) <= 4
+
+
+def test_a_burst_of_changes_runs_the_model_once_for_the_latest(explorer, monkeypatch):
+    import asyncio
+
+    runs = []
+    update = explorer.update
+    monkeypatch.setattr(explorer._update, "function", lambda: runs.append(explorer.max_new_tokens.value) or update())
+
+    async def burst():
+        for tokens in (3, 4, 5, 6):
+            explorer.max_new_tokens.value = tokens
+        await asyncio.sleep(0.3)
+
+    asyncio.run(burst())
+    assert runs == [6] and len(explorer.caption.token_ids) <= 6
+
+
+def test_the_stepper_says_why_it_stopped(tiny, photos, sep_likely):
+    stepper = StepThroughDecoder(tiny, photos[0], bliptk.DecodingOptions(max_new_tokens=2))
+    stepper.next(), stepper.next()
+    assert stepper.button.disabled and stepper.status.value == "done: max new tokens (2) reached, the caption is cut there"
+    ends = StepThroughDecoder(sep_likely(30.0), photos[0])
+    while ends.next() is not None:
+        pass
+    assert ends.button.disabled and ends.status.value == "done: [SEP] was chosen, which ends a caption"
