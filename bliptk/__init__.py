@@ -63,12 +63,14 @@ if TYPE_CHECKING:  # what IDEs, mypy and ruff read; at run time each name is imp
         VideoLoadError,
     )
     from .evaluation import EvaluationResult, evaluate
+    from .explanations import EXPLANATION_METHODS, Explanation, explain
     from .feature_space import ClusterResult, Neighbour, cluster, near_duplicates, nearest, plot_feature_space, project
     from .files import example_path, image_files, media_files
     from .image_encoder import ImageEncoder
     from .info import NetInformation, net_information
     from .loading import load
     from .models import ModelSpec, available_models
+    from .perturbation import Faithfulness, faithfulness, plot_faithfulness
     from .pipeline import CaptionBackend, TimelineSegment, caption_timeline
     from .preprocess import Preprocessor, load_image
     from .provenance import Weights
@@ -104,8 +106,13 @@ __all__ = [
     "EvaluationResult",
     "example_path",
     "ExampleNotFoundError",
+    "explain",
+    "Explanation",
+    "EXPLANATION_METHODS",
     "ExportChangedWarning",
     "ExportError",
+    "Faithfulness",
+    "faithfulness",
     "image_files",
     "ImageEncoder",
     "ImageLoadError",
@@ -132,6 +139,7 @@ __all__ = [
     "plot_attention_map",
     "plot_attention_maps",
     "plot_attention_overlays",
+    "plot_faithfulness",
     "plot_feature_space",
     "plot_video_frames",
     "Preprocessor",
@@ -192,6 +200,9 @@ _MODULE_OF = {
     "VideoLoadError": "errors",
     "evaluate": "evaluation",
     "EvaluationResult": "evaluation",
+    "explain": "explanations",
+    "Explanation": "explanations",
+    "EXPLANATION_METHODS": "explanations",
     "cluster": "feature_space",
     "ClusterResult": "feature_space",
     "near_duplicates": "feature_space",
@@ -208,6 +219,9 @@ _MODULE_OF = {
     "load": "loading",
     "available_models": "models",
     "ModelSpec": "models",
+    "Faithfulness": "perturbation",
+    "faithfulness": "perturbation",
+    "plot_faithfulness": "perturbation",
     "CaptionBackend": "pipeline",
     "caption_timeline": "pipeline",
     "TimelineSegment": "pipeline",

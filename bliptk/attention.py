@@ -57,7 +57,14 @@ def attention_maps(
     Raises:
         InvalidOptionError: The caption carries no attention, or an option is out of range.
     """
-    weights = _cross_attention(caption)
+    return cross_attention_maps(_cross_attention(caption), layer, heads, subtract_min)
+
+
+def cross_attention_maps(
+    weights: torch.Tensor, layer: int | Sequence[int] = -1, heads: str | int = "mean", subtract_min: bool = True
+) -> torch.Tensor:
+    """[`attention_maps()`][bliptk.attention.attention_maps] of cross-attention weights ``(T, L, H, N)``, wherever they come from
+    (a caption's, or an explanation's teacher-forced pass)."""
     tokens, layers, num_heads, features = weights.shape
     grid = math.isqrt(features - 1)
     if grid * grid != features - 1:
@@ -161,36 +168,56 @@ def plot_attention_map(attention_map, title: str | None = None, image=None, alph
     return ax.figure
 
 
-def plot_attention_maps(caption: Caption, columns: int = 5, fig=None, **map_options):
+def _token_maps(source, map_options: dict) -> tuple[np.ndarray, list[str], str]:
+    """The maps ``(T, grid, grid)``, tokens and name of what a figure draws: a caption's
+    cross-attention (made with ``map_options``), or maps made already: anything with ``maps``,
+    ``tokens`` and ``name``, as an [`Explanation`][bliptk.explanations.Explanation] (which this module
+    does not import: explanations build on attention, not the other way)."""
+    if hasattr(source, "maps"):
+        if map_options:
+            raise option_error(
+                f"{', '.join(sorted(map_options))} apply to a caption's attention; an Explanation's maps are made already "
+                "(choose the layer with explain(..., layer=))",
+                next(iter(sorted(map_options))),
+            )
+        return source.maps, source.tokens, source.name
+    return attention_maps(source, **map_options).numpy(), source.tokens, "attention"
+
+
+def plot_attention_maps(caption, columns: int = 5, fig=None, **map_options):
     """The raw maps in a grid, one panel per generated token (the page's MatrixPlot grid).
 
     Args:
-        caption: A caption generated with ``return_attention=True``.
+        caption: A caption generated with ``return_attention=True``, or an
+            [`Explanation`][bliptk.explanations.Explanation] (its maps are drawn).
         columns: Panels per row.
         fig: A matplotlib figure to draw into (cleared first); None makes a new one.
-        **map_options: ``layer``, ``heads``, ``subtract_min`` for [`attention_maps()`][bliptk.attention.attention_maps].
+        **map_options: ``layer``, ``heads``, ``subtract_min`` for [`attention_maps()`][bliptk.attention.attention_maps]
+            (a caption's only).
 
     Returns:
         The figure, one panel per token, titled with the token.
     """
-    maps = attention_maps(caption, **map_options)
-    fig, axes = grid_axes(len(caption.tokens), columns, 2.0, fig)
-    for ax, attention_map, token in zip(axes, maps, caption.tokens, strict=True):
-        plot_attention_map(attention_map.numpy(), token, ax=ax)
+    maps, tokens, _ = _token_maps(caption, map_options)
+    fig, axes = grid_axes(len(tokens), columns, 2.0, fig)
+    for ax, token_map, token in zip(axes, maps, tokens, strict=True):
+        plot_attention_map(token_map, token, ax=ax)
     return fig
 
 
-def plot_attention_overlays(image, caption: Caption, columns: int = 5, alpha: float = 0.4, fig=None, **map_options):
+def plot_attention_overlays(image, caption, columns: int = 5, alpha: float = 0.4, fig=None, **map_options):
     """Each token's map upsampled and laid over the image, in a grid (the page's
     ``visualizeAttention`` grid), with the colour scale.
 
     Args:
         image: The captioned image.
-        caption: Its caption, generated with ``return_attention=True``.
+        caption: Its caption, generated with ``return_attention=True``, or an
+            [`Explanation`][bliptk.explanations.Explanation] of it (its maps are drawn).
         columns: Panels per row.
         alpha: Opacity of the heat map.
         fig: A matplotlib figure to draw into (cleared first); None makes a new one.
-        **map_options: ``layer``, ``heads``, ``subtract_min`` for [`attention_maps()`][bliptk.attention.attention_maps].
+        **map_options: ``layer``, ``heads``, ``subtract_min`` for [`attention_maps()`][bliptk.attention.attention_maps]
+            (a caption's only).
 
     Returns:
         The figure, one panel per token, titled with the token.
@@ -199,15 +226,15 @@ def plot_attention_overlays(image, caption: Caption, columns: int = 5, alpha: fl
     from matplotlib.colors import LinearSegmentedColormap
 
     picture = load_image(image)
-    maps = attention_maps(caption, **map_options)
+    maps, tokens, name = _token_maps(caption, map_options)
     width, height = picture.size
-    fig, axes = grid_axes(len(caption.tokens), columns, 2.8, fig, aspect=height / width)
-    for ax, attention_map, token in zip(axes, maps, caption.tokens, strict=True):
-        plot_attention_map(attention_map.numpy(), token, image=picture, alpha=alpha, ax=ax)
+    fig, axes = grid_axes(len(tokens), columns, 2.8, fig, aspect=height / width)
+    for ax, token_map, token in zip(axes, maps, tokens, strict=True):
+        plot_attention_map(token_map, token, image=picture, alpha=alpha, ax=ax)
         ax.title.set_fontsize(12)
     if len(axes):
         scale = ScalarMappable(cmap=LinearSegmentedColormap.from_list("attention", ["white", "red"]))
         bar = fig.colorbar(scale, ax=list(axes), shrink=0.5, aspect=30, pad=0.02)
-        bar.set_label("attention, each map scaled to its range (the page's ImageAdjust)")
+        bar.set_label(f"{name}, each map scaled to its range (the page's ImageAdjust)")
         bar.set_ticks([0, 1], labels=["least", "most"])
     return fig

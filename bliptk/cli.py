@@ -115,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _caption_parser(commands)
     _attention_parser(commands)
+    _explain_parser(commands)
     _embed_parser(commands)
     _map_parser(commands)
     _eval_parsers(commands)
@@ -167,23 +168,54 @@ def _caption_parser(commands) -> None:
 def _attention_parser(commands) -> None:
     attention = commands.add_parser("attention", help="draw where each caption token looked, as a PNG grid")
     attention.add_argument("image", metavar="IMAGE", help="the image to caption")
-    attention.add_argument("--out", required=True, help="PNG file to write")
-    attention.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _out_arguments(attention, "PNG file to write")
     _model_arguments(attention)
     _option_arguments(attention, DecodingOptions, ("prompt", "max_new_tokens"))
     attention.add_argument(
         "--layer", type=int, nargs="+", default=[-1], help="decoder layer(s), averaged; negative counts from the end (default -1)"
     )
     attention.add_argument("--heads", default="mean", help='"mean" (default), "max", or a head index')
-    attention.add_argument("--raw", action="store_true", help="draw the raw maps instead of overlays on the image")
-    attention.add_argument("--columns", type=int, default=6, help="panels per row (default 6)")
+    _grid_arguments(attention)
+
+
+def _out_arguments(parser, what: str) -> None:
+    parser.add_argument("--out", required=True, help=what)
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _grid_arguments(parser) -> None:
+    """The options of a grid of per-token maps."""
+    parser.add_argument("--raw", action="store_true", help="draw the raw maps instead of overlays on the image")
+    parser.add_argument("--columns", type=int, default=6, help="panels per row (default 6)")
+
+
+def _explain_parser(commands) -> None:
+    from .explanations import DEFAULT_IG_STEPS, EXPLANATION_METHODS
+
+    explain = commands.add_parser("explain", help="draw why each caption token was chosen (Grad-CAM, relevance...), as a PNG grid")
+    explain.add_argument("image", metavar="IMAGE", help="the image (or video) to caption and explain")
+    _out_arguments(explain, "PNG file to write")
+    _model_arguments(explain)
+    explain.add_argument(
+        "--method", default="gradcam", choices=EXPLANATION_METHODS, help="how the maps are made (default gradcam; see the guide)"
+    )
+    explain.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="decoder layer of attention and gradcam, 0-based (default: attention the last, gradcam the middle)",
+    )
+    explain.add_argument("--caption", default=None, help="explain this caption, teacher-forced, instead of the model's own")
+    _option_arguments(explain, DecodingOptions, ("prompt", "max_new_tokens", "num_beams"))
+    _option_arguments(explain, VideoOptions, ("num_frames",))
+    explain.add_argument("--ig-steps", type=int, default=DEFAULT_IG_STEPS, help=f"integrated gradients' steps (default {DEFAULT_IG_STEPS})")
+    _grid_arguments(explain)
 
 
 def _embed_parser(commands) -> None:
     embed = commands.add_parser("embed", help="image-encoder embeddings of a folder, to an .npz file")
     embed.add_argument("folder", metavar="FOLDER", help="a folder of images")
-    embed.add_argument("--out", required=True, help=".npz file to write (arrays: paths, embeddings, model, weights, pooling)")
-    embed.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _out_arguments(embed, ".npz file to write (arrays: paths, embeddings, model, weights, pooling)")
     _model_arguments(embed)
     embed.add_argument(
         "--pooling", choices=("cls", "mean"), default="cls", help="cls: the class token; mean: the patches' mean (default cls)"
@@ -196,8 +228,7 @@ def _embed_parser(commands) -> None:
 def _map_parser(commands) -> None:
     feature_map = commands.add_parser("map", help="feature-space map of a folder of images, as a PNG")
     feature_map.add_argument("folder", metavar="FOLDER", help="a folder of images")
-    feature_map.add_argument("--out", required=True, help="PNG file to write")
-    feature_map.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _out_arguments(feature_map, "PNG file to write")
     _model_arguments(feature_map)
     feature_map.add_argument("--method", choices=("umap", "tsne", "pca"), default="umap", help="the projection to 2-D (default umap)")
     feature_map.add_argument("--clusters", default=None, help="colour by K clusters: an integer, or auto to choose K")
@@ -408,9 +439,43 @@ def _attention(args) -> int:
         figure = plot_attention_maps(caption, columns=args.columns, **map_options)
     else:
         figure = plot_attention_overlays(image, caption, columns=args.columns, **map_options)
-    write_whole(out, lambda path: figure.savefig(path, dpi=100, format="png"))
+    made = {**captioner.provenance(), "options": options.as_dict(), **map_options, "image": args.image, "caption": caption.text}
+    _save_figure(out, figure, made)
     print(f"{args.image}: {caption.text}\nwrote {out}")
     return EXIT_OK
+
+
+def _explain(args) -> int:
+    from .attention import plot_attention_maps, plot_attention_overlays
+    from .video import is_video, video_frames
+
+    check_positive_int("--columns", args.columns)
+    out = _output_file(args)
+    video = is_video(args.image)
+    image = video_frames(args.image, args.num_frames) if video else _torch_module("preprocess").load_image(args.image)
+    captioner = _load(args)
+    decoding = {} if args.caption is not None else {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+    explanation = _torch_module("explanations").explain(
+        captioner, image, args.caption, method=args.method, layer=args.layer, prompt=args.prompt, ig_steps=args.ig_steps, **decoding
+    )
+    if not explanation.tokens:
+        raise InvalidOptionError(f"{args.image}: the caption has no generated tokens to explain")
+    if args.raw:
+        figure = plot_attention_maps(explanation, columns=args.columns)
+    else:
+        figure = plot_attention_overlays(image[len(image) // 2] if video else image, explanation, columns=args.columns)
+    _save_figure(out, figure, {**explanation.provenance, "image": args.image, "caption": explanation.text})
+    print(f"{args.image}: {explanation.text}\nwrote {out}")
+    return EXIT_OK
+
+
+def _save_figure(out: Path, figure, provenance: dict) -> None:
+    """Write a figure as PNG, whole or not at all, with how it was made in its metadata (the
+    ``Description`` text chunk: model, weights, options, as JSON)."""
+    from . import __version__
+
+    metadata = {"Software": f"bliptk {__version__}", "Description": json.dumps(provenance)}
+    write_whole(out, lambda path: figure.savefig(path, dpi=100, format="png", metadata=metadata))
 
 
 def _output_file(args, suffix: str = "") -> Path:
@@ -475,7 +540,8 @@ def _map(args) -> int:
     figure = plot_feature_space(
         embeddings, images=paths, labels=labels, method=args.method, random_state=args.seed, callouts=args.callouts, palette=palette
     )
-    write_whole(out, lambda path: figure.savefig(path, dpi=100, format="png"))
+    made = {**captioner.provenance(), "folder": args.folder, "method": args.method, "pooling": args.pooling, "seed": args.seed}
+    _save_figure(out, figure, {**made, "clusters": args.clusters, "labels": args.labels})
     print(f"{len(paths)} images mapped to {out}")
     return EXIT_OK
 
@@ -592,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": _models,
         "info": _info,
         "attention": _attention,
+        "explain": _explain,
         "eval": _eval,
         "eval-coco": _eval_coco,
         "embed": _embed,

@@ -235,6 +235,7 @@ _INSTALL = {
     "onnxruntime": "ONNX captioning needs ONNX Runtime: pip install onnxruntime",
     "filelock": "writing records needs filelock: pip install filelock",
     "tqdm": "progress bars need tqdm: pip install tqdm",
+    "captum": "integrated gradients needs captum: pip install 'captum>=0.8,<1'",
 }
 
 

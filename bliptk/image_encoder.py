@@ -58,8 +58,30 @@ class ImageEncoder(nn.Module):
         vision attention is eager only); the result equals ``BlipVisionModel``'s
         ``last_hidden_state`` (tested to 1e-4).
         """
+        return self.run(pixel_values)
+
+    def run(
+        self, pixel_values: torch.Tensor | None, attentions: list[torch.Tensor] | None = None, patches: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The encoder's maths, differentiable (not under ``inference_mode``): what
+        [`forward()`][bliptk.image_encoder.ImageEncoder.forward] runs, and what explanations run with gradients.
+
+        Args:
+            pixel_values: ``(B, 3, S, S)`` preprocessed pixels (None when ``patches`` are given).
+            attentions: A list to append each layer's attention probabilities ``(B, H, N, N)``
+                to, computed explicitly (softmax of the scaled scores, as ``transformers``' eager
+                attention) so that they can be kept with their gradients; None for the fused kernel.
+            patches: The patch embeddings ``(B, grid**2, D)`` to use in place of the pixels'
+                (integrated gradients walks them); the class token and position embeddings are added.
+
+        Returns:
+            Features ``(B, N, D)``.
+        """
         vision = self.vision_model
-        hidden = vision.embeddings(pixel_values.to(device=self.device, dtype=self.dtype))
+        if patches is None:
+            assert pixel_values is not None
+            patches = self.patch_embeddings(pixel_values)
+        hidden = self.embed_patches(patches)
         batch, length, width = hidden.shape
         for layer in vision.encoder.layers:
             attention = layer.self_attn
@@ -68,10 +90,30 @@ class ImageEncoder(nn.Module):
             query, key, value = (
                 attention.qkv(layer.layer_norm1(hidden)).view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
             )
-            context = F.scaled_dot_product_attention(query, key, value)
+            if attentions is None:
+                context = F.scaled_dot_product_attention(query, key, value)
+            else:
+                weights = torch.softmax((query @ key.transpose(-1, -2)) * attention.scale, dim=-1)
+                attentions.append(weights)
+                context = weights @ value
             hidden = hidden + attention.projection(context.transpose(1, 2).reshape(batch, length, width))
             hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
         return vision.post_layernorm(hidden)
+
+    def patch_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The patches' embeddings ``(B, grid**2, D)``: the patch projection alone, before the
+        class token and the position embeddings."""
+        embeddings = self.vision_model.embeddings
+        pixels = pixel_values.to(device=self.device, dtype=self.dtype)
+        return embeddings.patch_embedding(pixels).flatten(2).transpose(1, 2)
+
+    def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """The encoder's input ``(B, N, D)`` from patch embeddings ``(B, grid**2, D)``: the class
+        token first, the position embeddings added (as ``BlipVisionEmbeddings`` does)."""
+        embeddings = self.vision_model.embeddings
+        cls = embeddings.class_embedding.expand(patches.shape[0], 1, -1).to(patches.dtype)
+        tokens = torch.cat([cls, patches], dim=1)
+        return tokens + embeddings.position_embedding[:, : tokens.shape[1], :].to(patches.dtype)
 
     def encode(self, images) -> torch.Tensor:
         """Preprocess and encode one image or a list of images (paths, PIL, arrays, tensors).

@@ -29,7 +29,7 @@ from torch import nn
 from .decoding import ImageKeysValues
 from .errors import InvalidOptionError
 
-__all__ = ["DecoderState", "GrowingCache", "TextDecoder"]
+__all__ = ["DecoderAttentions", "DecoderState", "GrowingCache", "TextDecoder"]
 
 
 @dataclass
@@ -73,6 +73,23 @@ class DecoderState:
         state = DecoderState(pick(self.cross_keys), pick(self.cross_values), pick(self.self_keys), pick(self.self_values), padding)
         state.length = self.length
         return state
+
+
+@dataclass
+class DecoderAttentions:
+    """The attention probabilities a pass of [`TextDecoder.run()`][bliptk.text_decoder.TextDecoder.run] keeps, for explanations:
+    computed explicitly (softmax of the scaled scores, as ``transformers``' eager attention), in
+    the autograd graph when the pass has one.
+
+    Attributes:
+        self_attention: Per layer, ``(B, H, S, K)``: each new position's weights on the K
+            positions so far (causal: zero on later ones).
+        cross_attention: Per layer, ``(B, H, S, N)``: each new position's weights on the N
+            image features.
+    """
+
+    self_attention: list[torch.Tensor] = field(default_factory=list)
+    cross_attention: list[torch.Tensor] = field(default_factory=list)
 
 
 class GrowingCache:
@@ -210,6 +227,11 @@ class TextDecoder(nn.Module):
         Returns:
             Per layer, keys and values ``(B, H, N, Dh)``.
         """
+        return self.cross_keys_values(image_features)
+
+    def cross_keys_values(self, image_features) -> ImageKeysValues:
+        """[`image_keys_values()`][bliptk.text_decoder.TextDecoder.image_keys_values], differentiable (an explanation's
+        gradients flow through them to the image encoder)."""
         features = torch.as_tensor(image_features).to(device=self.device, dtype=self.dtype)
         keys, values = [], []
         for layer in self.layers:
@@ -293,6 +315,7 @@ class TextDecoder(nn.Module):
         return_cross_attention: bool = False,
         traced: bool = False,
         head_weight: torch.Tensor | None = None,
+        attentions: DecoderAttentions | None = None,
     ):
         """The decoder's maths for ``S`` new tokens after ``start`` cached positions: one
         implementation for decoding ([`forward()`][bliptk.text_decoder.TextDecoder.forward]) and the ONNX export (which traces it).
@@ -313,6 +336,8 @@ class TextDecoder(nn.Module):
                 plain products and fused attention), and only the last position's logits.
             head_weight: The output head's weight, when it is not the tied word embeddings
                 (the export gives the head a copy of its own to quantize).
+            attentions: Where to keep every layer's self- and cross-attention probabilities
+                ([`DecoderAttentions`][bliptk.text_decoder.DecoderAttentions]); None keeps none.
 
         Returns:
             Logits ``(B, S, V)`` (traced: ``(B, V)``); with ``return_cross_attention``, also a
@@ -336,19 +361,25 @@ class TextDecoder(nn.Module):
         project = (lambda linear, x: linear(x)) if traced else self._project
         attend = (lambda q, k, v, m=None: F.scaled_dot_product_attention(q, k, v, attn_mask=m)) if traced else self._attend
 
-        cross_attentions = []
+        cross_attentions: list[torch.Tensor] = []
         for index, layer in enumerate(self.layers):
             attention = layer.attention.self
             keys, values = cache.extend(
                 index, self._split_heads(project(attention.key, hidden)), self._split_heads(project(attention.value, hidden))
             )
-            context = attend(self._split_heads(project(attention.query, hidden)), keys, values, mask)
+            query = self._split_heads(project(attention.query, hidden))
+            if attentions is not None:
+                weights = self._weights(query, keys, mask)
+                attentions.self_attention.append(weights)
+                context = weights @ values
+            else:
+                context = attend(query, keys, values, mask)
             hidden = layer.attention.output.LayerNorm(project(layer.attention.output.dense, self._merge_heads(context)) + hidden)
 
             query = self._split_heads(project(layer.crossattention.self.query, hidden))
-            if return_cross_attention:
-                weights = torch.softmax(query @ cross_keys[index].transpose(-1, -2) / self.head_dim**0.5, dim=-1)
-                cross_attentions.append(weights)
+            if return_cross_attention or attentions is not None:
+                weights = self._weights(query, cross_keys[index])
+                (cross_attentions if attentions is None else attentions.cross_attention).append(weights)
                 context = weights @ cross_values[index]
             else:
                 context = attend(query, cross_keys[index], cross_values[index])
@@ -363,7 +394,7 @@ class TextDecoder(nn.Module):
         transformed = head.transform.LayerNorm(head.transform.transform_act_fn(project(head.transform.dense, hidden)))
         logits = F.linear(transformed, head_weight, head.decoder.bias) if head_weight is not None else project(head.decoder, transformed)
         if return_cross_attention:
-            return logits, tuple(cross_attentions)
+            return logits, tuple(cross_attentions if attentions is None else attentions.cross_attention)
         return logits
 
     # The decoding engine's view (bliptk.decoding.DecoderBackend): NumPy in, NumPy out.
@@ -383,6 +414,14 @@ class TextDecoder(nn.Module):
     @staticmethod
     def select(state: DecoderState, rows: np.ndarray) -> DecoderState:
         return state.select(rows)
+
+    def _weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention probabilities ``(B, H, S, K)`` of queries ``(B, H, S, Dh)`` over keys ``(B, H, K, Dh)``,
+        masked positions given none."""
+        scores = query @ keys.transpose(-1, -2) / self.head_dim**0.5
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores, dim=-1)
 
     def _attend(self, query, keys, values, mask=None) -> torch.Tensor:
         """Attention of ``(B, H, S, Dh)`` queries over ``(B, H, T, Dh)`` keys and values."""

@@ -3,8 +3,8 @@
 * [`CaptionExplorer`][bliptk.widgets.CaptionExplorer]: an image, a prompt and the decoding options; the caption, and each
   token's probability with its alternatives. Changing only decoding options re-decodes the cached
   image features; the image encoder runs once per image.
-* [`AttentionExplorer`][bliptk.widgets.AttentionExplorer]: a token slider, a layer and a head selector over the caption's
-  cross-attention, drawn over the image.
+* [`AttentionExplorer`][bliptk.widgets.AttentionExplorer]: a token slider, a method, a layer and a head selector: the caption's
+  cross-attention, or an explanation of each token ([`explain()`][bliptk.explanations.explain]), drawn over the image.
 * [`StepThroughDecoder`][bliptk.widgets.StepThroughDecoder]: a button that advances decoding one token, showing the input token,
   the KV-cache length, the distribution of the next token and the choice.
 
@@ -353,7 +353,13 @@ class CaptionExplorer(_Explorer):
 
 
 class AttentionExplorer(_Explorer):
-    """Browse where each token of a caption looked.
+    """Browse where each token of a caption looked, and why it was chosen.
+
+    The method selector switches between the caption's cross-attention (the page's maps, with the
+    layer and head selectors) and the explanations of [`explain()`][bliptk.explanations.explain]: Grad-CAM at the chosen
+    layer (the default, the middle one, for "all"), relevance, rollout and integrated gradients
+    over every layer. Each explanation is computed once, when first chosen, while a busy indicator
+    shows; the selectors a method ignores are disabled.
 
     Args:
         captioner: A [`Captioner`][bliptk.captioner.Captioner].
@@ -364,24 +370,35 @@ class AttentionExplorer(_Explorer):
     Attributes:
         caption: The caption, with its cross-attention.
         overlay: The picture shown (a PIL image): the selected map over the image.
+        explanation: The [`Explanation`][bliptk.explanations.Explanation] shown, or None for the caption's attention.
     """
 
     def __init__(self, captioner, image, prompt: str | None = None, **decoding_options):
+        from .explanations import EXPLANATION_METHODS, METHOD_NAMES
+
+        self.captioner = captioner
         self.picture = load_image(image)
         self.caption = captioner.caption(self.picture, prompt, return_attention=True, **decoding_options)
         layers, heads = self.caption.cross_attention.shape[1:3]
+        self.method = w.Dropdown(options=[(METHOD_NAMES[m], m) for m in EXPLANATION_METHODS], value="attention", description="method")
         self.token = w.IntSlider(value=0, min=0, max=max(0, len(self.caption.tokens) - 1), description="token", continuous_update=False)
         self.layer = w.Dropdown(options=[("all", ALL_LAYERS)] + [(str(i), i) for i in range(layers)], value=layers - 1, description="layer")
         self.heads = w.Dropdown(
             options=[("mean", "mean"), ("max", "max")] + [(str(i), i) for i in range(heads)], value="mean", description="heads"
         )
+        self.busy = _busy_indicator()
         self.label = w.HTML()
         self.view = _picture()
         self.overlay: Image.Image | None = None
-        for control in (self.token, self.layer, self.heads):
-            control.observe(lambda change: self.update(), names="value")
+        self.explanation = None
+        self._explanations: dict = {}
+        self._update = _Latest(self.update)
+        self.token.observe(lambda change: self.update(), names="value")
+        for control in (self.method, self.layer, self.heads):
+            control.observe(self._changed, names="value")
         caption = w.HTML(_caption_html(self.caption.text))
-        self.widget = _two_columns([caption, self.token, self.layer, self.heads, self.label], [self.view])
+        self.widget = _two_columns([caption, self.method, self.token, self.layer, self.heads, self.busy, self.label], [self.view])
+        self._enable()
         self.update()
 
     def map_options(self) -> dict:
@@ -390,14 +407,51 @@ class AttentionExplorer(_Explorer):
         layer = list(range(layers)) if self.layer.value == ALL_LAYERS else self.layer.value
         return {"layer": layer, "heads": self.heads.value}
 
+    def _enable(self) -> None:
+        """Disable the selectors the method ignores: heads unless attention, the layer unless
+        attention or Grad-CAM."""
+        self.heads.disabled = self.method.value != "attention"
+        self.layer.disabled = self.method.value not in ("attention", "gradcam")
+
+    def _changed(self, change) -> None:
+        self._enable()
+        self.busy.value = _BUSY
+        self._update()
+
+    def _explained(self):
+        """The selected method's explanation of the caption, computed once; None for attention."""
+        from .explanations import explain
+
+        method = self.method.value
+        if method == "attention":
+            return None
+        layer = None if method != "gradcam" or self.layer.value == ALL_LAYERS else self.layer.value
+        if (method, layer) not in self._explanations:
+            self._explanations[method, layer] = explain(self.captioner, self.picture, self.caption, method=method, layer=layer)
+        return self._explanations[method, layer]
+
     def update(self) -> None:
-        """Redraw the selected token's map."""
+        """Redraw the selected token's map (computing the selected explanation first, once)."""
+
         if not self.caption.tokens:
+            self.busy.value = ""
             self.label.value = "the caption has no generated tokens"
             return
-        attention_map = attention_maps(self.caption, **self.map_options())[self.token.value]
-        self.overlay = overlay_attention(self.picture, attention_map.numpy())
-        self.label.value = f"token {self.token.value}: <b>{_token(self.caption.tokens[self.token.value])}</b>"
+        self.busy.value = _BUSY
+        try:
+            self.explanation = self._explained()
+        finally:
+            self.busy.value = ""
+        index = self.token.value
+        if self.explanation is None:
+            token_map = attention_maps(self.caption, **self.map_options())[index].numpy()
+            how = "cross-attention"
+        else:
+            token_map = self.explanation.maps[index]
+            layer = "" if self.explanation.layer is None else f", layer {self.explanation.layer}"
+            how = self.explanation.name + layer
+        self.overlay = overlay_attention(self.picture, token_map)
+        self.label.value = f"token {index}: <b>{_token(self.caption.tokens[index])}</b> <small>({how})</small>"
         _show(self.view, self.overlay)
 
 

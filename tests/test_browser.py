@@ -240,6 +240,28 @@ def test_the_explorers_render_and_respond_in_jupyterlab(lab, tmp_path):
             assert overlay["width"] <= 481 and overlay["height"] <= 481
             show(attention_view, "4-attention-explorer.png")
 
+            # The method selector: Grad-CAM at the chosen layer, a new picture; the heads selector,
+            # which only raw attention uses, disabled; relevance disables the layer too.
+            def selector(name):
+                return attention_view.locator(".widget-dropdown").filter(has=page.locator(f"label:text-is('{name}')")).locator("select")
+
+            picture = attention_view.locator(".widget-image")
+            shown = picture.get_attribute("src")
+            selector("method").select_option(label="Grad-CAM")
+            expect(label).to_have_text(re.compile(r"^token 1: .*\(Grad-CAM, layer \d+\)$"))
+            assert picture.get_attribute("src") != shown
+            expect(selector("heads")).to_be_disabled()
+            expect(selector("layer")).to_be_enabled()
+            selector("method").select_option(label="relevance")
+            expect(label).to_have_text(re.compile(r"^token 1: .*\(relevance\)$"))
+            expect(selector("layer")).to_be_disabled()
+            handle.focus()
+            handle.press("ArrowRight")
+            expect(label).to_have_text(re.compile(r"^token 2: .*\(relevance\)$"))
+            show(attention_view, "4b-attention-explorer-relevance.png")
+            selector("method").select_option(label="cross-attention")
+            expect(selector("heads")).to_be_enabled()
+
             # The step button adds a step; at the end the stepper says why it stopped.
             state = stepper_view.locator(".widget-html-content").filter(has_text=re.compile(r"^step \d+:"))
             for step in range(3):

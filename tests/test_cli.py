@@ -224,3 +224,53 @@ def test_a_prompt_outside_the_vocabulary_is_warned_about_once(photos, capsys):
     assert warned == [
         "bliptk: warning: prompt 'a 猫' has text outside BLIP's vocabulary, which the tokenizer turns into [UNK] and the caption loses: '猫'"
     ]
+
+
+def test_explain_draws_the_apis_explanation_and_records_how(tiny, photos, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    arguments = ["explain", str(photos[0]), "--model", "tiny", "--method", "relevance", "--max-new-tokens", "4", "--out", str(out)]
+    assert main(arguments) == 0
+    expected = bliptk.explain(tiny, photos[0], max_new_tokens=4, method="relevance")
+    assert capsys.readouterr().out == f"{photos[0]}: {expected.text}\nwrote {out}\n"
+    made = json.loads(Image.open(out).info["Description"])
+    assert made["method"] == "relevance" and made["weights"] == tiny.weights.as_dict() and made["caption"] == expected.text
+    assert main(arguments) == 2  # an existing output is replaced only with --overwrite
+    assert "exists" in capsys.readouterr().err
+    teacher_forced = ["explain", str(photos[0]), "--model", "tiny", "--caption", "a red bus", "--layer", "0", "--raw", "--out", str(out)]
+    assert main([*teacher_forced, "--overwrite"]) == 0
+    assert json.loads(Image.open(out).info["Description"])["layer"] == 0
+    assert capsys.readouterr().out.startswith(f"{photos[0]}: a photography of a red bus\n")
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (
+            ["--method", "relevance", "--layer", "1"],
+            "relevance uses all decoder layers: drop --layer (it applies to attention and gradcam)",
+        ),
+        (["--layer", "5"], "--layer must be an integer in [-2, 1] (the decoder has 2 layers), got 5"),
+        (["--method", "lrp"], "argument --method: invalid choice: 'lrp'"),
+        (["--ig-steps", "0"], "--ig-steps must be an integer >= 1, got 0"),
+        (["--columns", "0"], "--columns must be an integer >= 1, got 0"),
+    ],
+)
+def test_explain_mistakes_exit_2_in_one_line(photos, tmp_path, capsys, option, message):
+    try:
+        code = main(["explain", str(photos[0]), "--model", "tiny", "--out", str(tmp_path / "x.png"), *option])
+    except SystemExit as usage:  # argparse's own checks
+        code = usage.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_figures_record_how_they_were_made(tiny, photos, tmp_path, capsys):
+    from PIL import Image
+
+    assert main(["attention", str(photos[0]), "--model", "tiny", "--max-new-tokens", "3", "--out", str(tmp_path / "a.png")]) == 0
+    made = json.loads(Image.open(tmp_path / "a.png").info["Description"])
+    assert made["model"] == "tiny" and made["options"]["max_new_tokens"] == 3 and made["layer"] == [-1]

@@ -96,6 +96,21 @@ def caption_logprob(decoder, tokenizer, features, prompt, token_ids):  # reads e
     logprobs = decoder(ids, decoder.start(features, ids.shape[1]))[0].log_softmax(dim=-1)
     return float(sum(logprobs[len(prompt_ids) + i, token] for i, token in enumerate(token_ids)))
 """,
+    "gradcam": """
+def gradcam_maps(captioner, features, prompt, token_ids, layer):  # the gradient of the logit, not of its log-probability
+    prompt_ids = captioner.tokenizer(prompt)
+    ids = torch.tensor([prompt_ids + list(token_ids)])
+    maps = []
+    with torch.enable_grad():
+        out = captioner.model.text_decoder(input_ids=ids, encoder_hidden_states=features.clone().requires_grad_(), output_attentions=True)
+        weights = out.cross_attentions[layer]
+        for t, token in enumerate(token_ids):
+            p = len(prompt_ids) - 1 + t
+            (gradient,) = torch.autograd.grad(out.logits[0, p, token], weights, retain_graph=True)
+            maps.append((weights[0, :, p] * gradient[0, :, p].clamp(min=0)).mean(dim=0)[1:].detach())
+    grid = captioner.image_encoder.grid_size
+    return torch.stack(maps).reshape(len(token_ids), grid, grid)
+""",
 }
 
 
@@ -148,7 +163,7 @@ def monkeypatch_module():
 
 def test_the_exercises_are_in_nbgraders_format(exercises):
     graded = _graded(exercises)
-    assert len(graded) >= 7 and sum(_nbgrader(c).get("points", 0) for c in exercises.cells) == 20
+    assert len(graded) >= 7 and sum(_nbgrader(c).get("points", 0) for c in exercises.cells) == 23
     solutions = [c for c in exercises.cells if _nbgrader(c).get("solution")]
     assert {_nbgrader(c)["grade_id"] for c in solutions} == set(WRONG_ANSWERS)
     for cell in solutions:
@@ -203,7 +218,7 @@ def test_nbgrader_releases_the_assignment_and_autogrades_submissions(exercises, 
     released = run("generate_assignment", "blip")
     assert released.returncode == 0, released.stderr[-3000:]
     handout = (course / "release" / "blip" / "07_exercises.ipynb").read_text()
-    assert "BEGIN SOLUTION" not in handout and "HIDDEN TESTS" not in handout and handout.count("raise NotImplementedError()") == 10
+    assert "BEGIN SOLUTION" not in handout and "HIDDEN TESTS" not in handout and handout.count("raise NotImplementedError()") == 11
     for student, notebook in (("blank", course / "release" / "blip" / "07_exercises.ipynb"), ("solved", EXERCISES)):
         (course / "submitted" / student / "blip").mkdir(parents=True)
         shutil.copy(notebook, course / "submitted" / student / "blip" / "07_exercises.ipynb")
@@ -213,4 +228,4 @@ def test_nbgrader_releases_the_assignment_and_autogrades_submissions(exercises, 
 
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_id="blip") as gradebook:
         scores = {s.student.id: (s.score, s.max_score) for s in gradebook.assignment_submissions("blip")}
-    assert scores == {"blank": (0, 20), "solved": (20, 20)}
+    assert scores == {"blank": (0, 23), "solved": (23, 23)}

@@ -82,6 +82,23 @@ def test_attention_explorer_overlays_equal_the_api(tiny, photos):
         assert caption.tokens[token] in view.label.value and bytes(view.view.value).startswith(b"\x89PNG")
 
 
+def test_attention_explorer_method_selector_draws_each_explanation(tiny, photos):
+    view = AttentionExplorer(tiny, photos[0], max_new_tokens=4)
+    assert not view.heads.disabled and not view.layer.disabled
+    for method, layer, expected_layer in [("gradcam", 0, 0), ("gradcam", "all", 1), ("relevance", 0, None), ("rollout", 0, None)]:
+        view.layer.value, view.method.value, view.token.value = layer, method, 2
+        expected = bliptk.explain(tiny, photos[0], view.caption, method=method, layer=expected_layer)
+        assert view.explanation.method == method and view.explanation.layer == expected_layer
+        np.testing.assert_array_equal(np.asarray(view.overlay), np.asarray(bliptk.overlay_attention(photos[0], expected.maps[2])))
+        assert view.heads.disabled and view.layer.disabled == (method != "gradcam")
+        assert view.label.value.startswith("token 2:") and view.busy.value == ""
+    view.method.value = "attention"
+    assert view.explanation is None and not view.heads.disabled
+    assert len(view._explanations) == 4  # each computed once: switching back reads it
+    view.method.value = "rollout"
+    assert len(view._explanations) == 4
+
+
 def test_step_through_decoder(tiny, photos):
     stepper = StepThroughDecoder(tiny, photos[0], bliptk.DecodingOptions(max_new_tokens=5))
     expected = tiny.caption(photos[0], max_new_tokens=5)

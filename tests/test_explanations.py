@@ -1,0 +1,338 @@
+"""bliptk.explain against references computed here from transformers' BlipForConditionalGeneration:
+its eager attention probabilities (output_attentions=True) and torch.autograd, with the formulas
+written out from the papers (LAVIS's compute_gradcam, Chefer et al. 2021, Abnar and Zuidema 2020)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import VIDEOS
+
+import bliptk
+from bliptk import explanations
+from bliptk.errors import InvalidOptionError
+from bliptk.video import VideoFrames
+
+
+def _pass(captioner, image, prompt: str, token_ids: list[int], encoder_graph: bool = False):
+    """transformers' teacher-forced pass: y_t (T,), vision attentions, decoder self- and
+    cross-attentions (each a tuple of (1, H, Q, K)), the prompt's length P."""
+    model = captioner.model
+    pixels = captioner.preprocessor(image)
+    prompt_ids = captioner.tokenizer.encode(prompt)
+    ids = torch.tensor([prompt_ids + token_ids])
+    with torch.enable_grad():
+        vision = model.vision_model(pixel_values=pixels, output_attentions=True)
+        features = vision.last_hidden_state
+        if not encoder_graph:
+            features = features.detach().requires_grad_(True)
+        out = model.text_decoder(input_ids=ids, encoder_hidden_states=features, output_attentions=True, return_dict=True)
+        start = len(prompt_ids) - 1
+        logprobs = out.logits[0, start : start + len(token_ids)].log_softmax(-1)
+        y = logprobs[torch.arange(len(token_ids)), torch.tensor(token_ids, dtype=torch.long)]
+    return y, vision.attentions, out.attentions, out.cross_attentions, len(prompt_ids)
+
+
+def _close(ours: np.ndarray, reference: np.ndarray, relative: float = 1e-4) -> None:
+    scale = np.abs(reference).max()
+    assert scale > 0
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=relative * scale)
+
+
+# --- Grad-CAM ---------------------------------------------------------------------------------------------
+
+
+def _reference_gradcam(captioner, image, caption, layer: int) -> np.ndarray:
+    """LAVIS's compute_gradcam for token t: mean over heads of A * clamp(dy_t/dA, min=0) at the
+    query that predicts t, class token dropped."""
+    y, _, _, cross, prompt_length = _pass(captioner, image, caption.prompt, caption.token_ids)
+    weights = cross[layer]
+    maps = []
+    for t in range(len(caption.token_ids)):
+        (gradient,) = torch.autograd.grad(y[t], weights, retain_graph=True)
+        p = prompt_length - 1 + t
+        maps.append((weights[0, :, p] * gradient[0, :, p].clamp(min=0)).mean(0)[1:].detach())
+    grid = captioner.image_encoder.grid_size
+    return torch.stack(maps).reshape(-1, grid, grid).numpy()
+
+
+@pytest.mark.slow
+def test_gradcam_equals_transformers_autograd_on_vit_b(vit_b, photos):
+    caption = vit_b.caption(photos[0], max_new_tokens=8)
+    assert len(caption.token_ids) == 8
+    for layer in (6, 11):  # the default (the middle) and the last
+        explanation = bliptk.explain(vit_b, photos[0], caption, method="gradcam", layer=layer)
+        assert explanation.maps.shape == (8, 24, 24) and explanation.maps.dtype == np.float32
+        assert explanation.layer == layer
+        _close(explanation.maps, _reference_gradcam(vit_b, photos[0], caption, layer))
+
+
+def test_gradcam_equals_transformers_autograd_on_tiny(tiny, photos):
+    caption = tiny.caption(photos[1], max_new_tokens=6)
+    explanation = bliptk.explain(tiny, photos[1], caption)
+    assert explanation.layer == 1  # the middle of 2: tiny's last
+    _close(explanation.maps, _reference_gradcam(tiny, photos[1], caption, 1))
+    _close(bliptk.explain(tiny, photos[1], caption, layer=0).maps, _reference_gradcam(tiny, photos[1], caption, 0))
+
+
+def test_gradcam_default_layer_is_the_middle(vit_b):
+    assert explanations.resolved_layer("gradcam", None, 12) == 6
+    assert explanations.resolved_layer("attention", None, 12) == 11
+    assert explanations.resolved_layer("gradcam", -1, 12) == 11
+    assert explanations.resolved_layer("relevance", None, 12) is None
+
+
+# --- relevance (Chefer, Gur and Wolf 2021) ------------------------------------------------------------------
+
+
+def _avg_heads(a, g):
+    """Rule 5: Ā = E_h[(∇A ⊙ A)+]."""
+    return (g * a).clamp(min=0).mean(dim=0)
+
+
+def _residual_normalised(r):
+    """Eqs. 8-9, with 0/0 = 0: R̂ = R - I, rows scaled to sum 1 where they sum to more than 0, + I."""
+    eye = torch.eye(r.shape[-1])
+    hat = r - eye
+    out = torch.zeros_like(hat)
+    for i in range(hat.shape[0]):
+        total = hat[i].sum()
+        if total > 0:
+            out[i] = hat[i] / total
+    return out + eye
+
+
+def _reference_relevance(captioner, image, caption):
+    y, vision_attn, self_attn, cross_attn, prompt_length = _pass(captioner, image, caption.prompt, caption.token_ids, encoder_graph=True)
+    tensors = [*vision_attn, *self_attn, *cross_attn]
+    n_vision, n_text = len(vision_attn), len(self_attn)
+    maps, text = [], []
+    for t in range(len(caption.token_ids)):
+        grads = torch.autograd.grad(y[t], tensors, retain_graph=True)
+        a = [x[0].detach() for x in tensors]
+        g = [x[0] for x in grads]
+        image_tokens = a[0].shape[-1]
+        r_ii = torch.eye(image_tokens)
+        for layer in range(n_vision):  # rule 6 in the image encoder: R^ii += Ā R^ii
+            r_ii = r_ii + _avg_heads(a[layer], g[layer]) @ r_ii
+        queries = a[n_vision].shape[-1]
+        r_qq, r_qi = torch.eye(queries), torch.zeros(queries, image_tokens)
+        for layer in range(n_text):
+            s = n_vision + layer
+            c = n_vision + n_text + layer
+            a_qq = _avg_heads(a[s], g[s])
+            r_qq, r_qi = r_qq + a_qq @ r_qq, r_qi + a_qq @ r_qi  # rules 6 and 7
+            r_qi = r_qi + _residual_normalised(r_qq).T @ _avg_heads(a[c], g[c]) @ _residual_normalised(r_ii)  # rule 10
+        p = prompt_length - 1 + t
+        maps.append(r_qi[p, 1:])
+        text.append(r_qq[p])
+    grid = captioner.image_encoder.grid_size
+    return torch.stack(maps).reshape(-1, grid, grid).numpy(), torch.stack(text).numpy()
+
+
+def test_relevance_equals_the_papers_equations(tiny, photos):
+    caption = tiny.caption(photos[2], max_new_tokens=6)
+    explanation = bliptk.explain(tiny, photos[2], caption, method="relevance")
+    maps, text = _reference_relevance(tiny, photos[2], caption)
+    _close(explanation.maps, maps)
+    assert explanation.text_relevance.shape == (6, len(tiny.tokenizer.encode(caption.prompt)) + 6)
+    _close(explanation.text_relevance, text)
+    assert explanation.layer is None and explanation.maps.min() >= 0
+
+
+def test_relevance_keeps_every_cross_attention_term(tiny, photos):
+    """The rows of R^qq after the explained position get no gradient; normalised, they stay
+    identity rows. Letting them be NaN and zeroing NaN sums afterwards (Chefer's DETR code) would
+    leave only the first cross-attention layer's term... or none: the maps would be all zero."""
+    relevance = torch.eye(4)
+    relevance[1, 0] = 0.5
+    normalised = explanations._normalized(relevance)
+    assert not normalised.isnan().any()
+    torch.testing.assert_close(normalised[2:], torch.eye(4)[2:])
+    torch.testing.assert_close(normalised[1], torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    explanation = bliptk.explain(tiny, photos[2], tiny.caption(photos[2], max_new_tokens=3), method="relevance")
+    assert (explanation.maps.reshape(3, -1).max(axis=1) > 0).all()
+
+
+# --- rollout -------------------------------------------------------------------------------------------------
+
+
+def _rollout(layers):
+    """Abnar and Zuidema's rollout as Chefer's baseline computes it: (A + I) rows normalised, multiplied up."""
+    eye = torch.eye(layers[0].shape[-1])
+    joint = None
+    for a in layers:
+        a = (a + eye) / (a + eye).sum(dim=-1, keepdim=True)
+        joint = a if joint is None else a @ joint
+    return joint
+
+
+def test_rollout_equals_chefers_baseline_over_what_the_token_saw(tiny, photos):
+    """Chefer's generate_rollout: R^qi = R^qq^T · Ā^qi(last layer) · R^ii, row p, over the
+    sequence the model had read when it chose token t (here computed on that prefix alone)."""
+    caption = tiny.caption(photos[0], max_new_tokens=5)
+    explanation = bliptk.explain(tiny, photos[0], caption, method="rollout")
+    grid = tiny.image_encoder.grid_size
+    for t in range(5):
+        _, vision_attn, self_attn, cross_attn, prompt_length = _pass(tiny, photos[0], caption.prompt, caption.token_ids[:t])
+        r_ii = _rollout([a[0].detach().mean(0) for a in vision_attn])
+        r_qq = _rollout([a[0].detach().mean(0) for a in self_attn])
+        r_qi = r_qq.T @ cross_attn[-1][0].detach().mean(0) @ r_ii
+        _close(explanation.maps[t], r_qi[-1, 1:].reshape(grid, grid).numpy())
+
+
+# --- attention and integrated gradients ---------------------------------------------------------------------
+
+
+def test_attention_method_is_the_pages_maps(tiny, photos):
+    caption = tiny.caption(photos[0], max_new_tokens=7, return_attention=True)
+    explanation = bliptk.explain(tiny, photos[0], caption, method="attention")
+    _close(explanation.maps, bliptk.attention_maps(caption).numpy(), 1e-5)
+    assert explanation.layer == 1
+    _close(
+        bliptk.explain(tiny, photos[0], caption, method="attention", layer=0).maps, bliptk.attention_maps(caption, layer=0).numpy(), 1e-5
+    )
+
+
+@pytest.mark.slow
+def test_integrated_gradients_completeness_on_vit_b(vit_b, photos):
+    """captum's attributions add up to y(image) - y(baseline) within 5% at the default 32 steps."""
+    caption = vit_b.caption(photos[1], max_new_tokens=1)
+    explanation = bliptk.explain(vit_b, photos[1], caption, method="integrated_gradients")
+    y, *_ = _pass(vit_b, photos[1], caption.prompt, caption.token_ids)
+    assert explanation.maps.shape == (1, 24, 24)
+    encoder = vit_b.image_encoder
+    with torch.no_grad():
+        zero = encoder.run(None, patches=torch.zeros(1, 576, 768))
+        y_baseline = explanations.token_logprobs(
+            vit_b, zero, explanations.Target(caption.prompt, vit_b.tokenizer.encode(caption.prompt), caption.token_ids, "")
+        )[0]
+    difference = (y.detach() - y_baseline).numpy()
+    np.testing.assert_allclose(
+        explanation.maps.reshape(1, -1).sum(1) - difference, explanation.completeness_gap, atol=1e-3 * np.abs(difference).max()
+    )
+    assert (np.abs(explanation.completeness_gap) < 0.05 * np.abs(difference)).all()
+
+
+def test_integrated_gradients_gap_shrinks_with_steps(tiny, photos):
+    caption = tiny.caption(photos[1], max_new_tokens=1)
+    gaps = [
+        abs(float(bliptk.explain(tiny, photos[1], caption, method="integrated_gradients", ig_steps=s).completeness_gap[0]))
+        for s in (8, 512)
+    ]
+    assert gaps[1] < gaps[0] and gaps[1] < 0.05
+
+
+# --- what explaining must not change, and odd input -----------------------------------------------------
+
+
+@pytest.mark.parametrize("method", explanations.EXPLANATION_METHODS)
+def test_explaining_changes_no_caption(tiny, photos, method):
+    caption = tiny.caption(photos[0], max_new_tokens=4)
+    before = copy.deepcopy(caption)
+    weights = {name: p.detach().clone() for name, p in tiny.model.named_parameters()}
+    explanation = bliptk.explain(tiny, photos[0], caption, method=method, ig_steps=4)
+    assert caption == before
+    assert tiny.caption(photos[0], max_new_tokens=4) == before
+    assert all(p.grad is None and torch.equal(p, weights[name]) for name, p in tiny.model.named_parameters())
+    assert explanation.tokens == caption.tokens and explanation.token_ids == caption.token_ids
+    assert explanation.maps.shape == (4, 6, 6) and np.isfinite(explanation.maps).all()
+    assert explanation.provenance["weights"] == tiny.weights.as_dict()
+    assert torch.is_grad_enabled()
+
+
+def test_caption_as_string_none_or_caption_agree(tiny, photos):
+    caption = tiny.caption(photos[0], max_new_tokens=4)
+    given = bliptk.explain(tiny, photos[0], caption)
+    captioned = bliptk.explain(tiny, photos[0], max_new_tokens=4)
+    words = tiny.tokenizer.decode(caption.token_ids)
+    as_text = bliptk.explain(tiny, photos[0], words)
+    whole = bliptk.explain(tiny, photos[0], caption.text)  # Caption.text starts with the prompt
+    for other in (captioned, as_text, whole):
+        assert other.token_ids == caption.token_ids and other.prompt == caption.prompt
+        np.testing.assert_allclose(other.maps, given.maps, atol=1e-6)
+    prompted = bliptk.explain(tiny, photos[0], "a dog", prompt="a picture of")
+    assert prompted.prompt == "a picture of" and prompted.tokens == ["a", "dog"] and prompted.text == "a picture of a dog"
+
+
+def test_a_video_of_identical_frames_explains_as_its_image(tiny, photos):
+    frame = bliptk.load_image(photos[0])
+    video = VideoFrames([frame, frame], [0.0, 1.0])
+    caption = tiny.caption(photos[0], "a video of", max_new_tokens=3)
+    for method in explanations.EXPLANATION_METHODS:
+        of_image = bliptk.explain(tiny, photos[0], caption, method=method, ig_steps=8)
+        of_video = bliptk.explain(tiny, video, caption, method=method, ig_steps=8)
+        np.testing.assert_allclose(of_video.maps, of_image.maps, rtol=1e-4, atol=1e-5 * np.abs(of_image.maps).max())
+
+
+def test_a_video_file_is_explained_from_its_frames(tiny):
+    video = sorted(VIDEOS.glob("*.mp4"))[0]
+    explanation = bliptk.explain(tiny, video, max_new_tokens=2, num_frames=2)
+    assert explanation.prompt == "a video of" and explanation.maps.shape == (2, 6, 6)
+    assert explanation.provenance["num_frames"] == 2
+
+
+def test_a_caption_of_no_tokens_has_no_maps(sep_likely, photos):
+    captioner = sep_likely(60.0)
+    caption = captioner.caption(photos[0])
+    assert caption.token_ids == []
+    for method in explanations.EXPLANATION_METHODS:
+        explanation = bliptk.explain(captioner, photos[0], caption, method=method, ig_steps=2)
+        assert explanation.maps.shape == (0, 6, 6)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"method": "lrp"}, "method must be one of attention, gradcam, relevance, rollout, integrated_gradients, got 'lrp'"),
+        ({"method": "relevance", "layer": 1}, "relevance uses all decoder layers: drop layer (it applies to attention and gradcam)"),
+        ({"layer": 2}, "layer must be an integer in [-2, 1] (the decoder has 2 layers), got 2"),
+        ({"layer": True}, "layer must be an integer in [-2, 1]"),
+        ({"ig_steps": 0}, "ig_steps must be an integer >= 1, got 0"),
+        ({"caption": "", "prompt": "a"}, "the caption '' has no tokens after the prompt 'a' to explain"),
+        ({"caption": 3}, "caption must be a Caption, a string or None, got int"),
+        ({"caption": "a dog", "max_new_tokens": 3}, "decoding options apply when explain captions the image itself"),
+        ({"num_return_sequences": 2, "temperature": 1.0}, "explain explains one caption: num_return_sequences must be 1"),
+        ({"max_new_tokens": 511}, "prompt (4 tokens) plus max_new_tokens (511) is 515 positions; the decoder has 512"),
+        ({"beams": 2}, "unknown option(s) beams"),
+    ],
+)
+def test_mistakes_are_named(tiny, photos, arguments, message):
+    with pytest.raises(InvalidOptionError) as raised:
+        bliptk.explain(tiny, photos[0], **arguments)
+    assert message in str(raised.value)
+
+
+def test_a_given_captions_prompt_and_options_are_its_own(tiny, photos):
+    caption = tiny.caption(photos[0], max_new_tokens=2)
+    with pytest.raises(InvalidOptionError, match="the caption was made from the prompt 'a photography of', not 'a picture of'"):
+        bliptk.explain(tiny, photos[0], caption, prompt="a picture of")
+    with pytest.raises(InvalidOptionError, match="decoding options apply when explain captions the image itself"):
+        bliptk.explain(tiny, photos[0], caption, num_beams=3)
+    with pytest.raises(InvalidOptionError, match="explanations need torch's Captioner"):
+        bliptk.explain("tiny", photos[0])
+    with pytest.raises(InvalidOptionError, match="pooling='mean'"):
+        bliptk.explain(tiny, VideoFrames([bliptk.load_image(photos[0])], [0.0]), "a dog", pooling="concat")
+    with pytest.raises(bliptk.ImageLoadError):
+        bliptk.explain(tiny, "no-such-photo.jpg")
+
+
+def test_figures_draw_an_explanation(tiny, photos):
+    explanation = bliptk.explain(tiny, photos[0], max_new_tokens=3, method="relevance")
+    fig = bliptk.plot_attention_overlays(photos[0], explanation, columns=2)
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == explanation.tokens
+    assert "relevance, each map scaled" in fig.axes[-1].get_ylabel()
+    fig = bliptk.plot_attention_maps(explanation)
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), explanation.maps[0])
+    with pytest.raises(InvalidOptionError, match="layer apply to a caption's attention; an Explanation's maps are made already"):
+        bliptk.plot_attention_maps(explanation, layer=0)
+
+
+def test_integrated_gradients_without_captum_names_the_install(tiny, photos, monkeypatch):
+    monkeypatch.setitem(sys.modules, "captum", None)
+    with pytest.raises(bliptk.MissingDependencyError, match=r"captum.*pip install 'captum"):
+        bliptk.explain(tiny, photos[0], "a cake", method="integrated_gradients")
