@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # what IDEs, mypy and ruff read; at run time each name is imp
         BliptkError,
         CheckpointError,
         CheckpointNotFoundError,
+        DataWarning,
         DeviceError,
         EvaluationError,
         ExampleNotFoundError,
@@ -66,6 +67,7 @@ if TYPE_CHECKING:  # what IDEs, mypy and ruff read; at run time each name is imp
     from .explanations import EXPLANATION_METHODS, Explanation, explain
     from .feature_space import ClusterResult, Neighbour, cluster, near_duplicates, nearest, plot_feature_space, project
     from .files import example_path, image_files, media_files
+    from .finetuning import FinetuneOptions, FinetuneResult, LoraOptions, finetune
     from .image_encoder import ImageEncoder
     from .info import NetInformation, net_information
     from .loading import load
@@ -78,6 +80,7 @@ if TYPE_CHECKING:  # what IDEs, mypy and ruff read; at run time each name is imp
     from .stepper import DecodeStep, Stepper, TokenChoice, token_alternatives
     from .text_decoder import DecoderState, TextDecoder
     from .tokenizer import Tokenizer, load_tokenizer
+    from .training_data import read_pairs
     from .video import DEFAULT_VIDEO_PROMPT, VideoFrames, VideoInfo, VideoOptions, is_video, plot_video_frames, video_frames, video_info
 
 __all__ = [
@@ -92,6 +95,7 @@ __all__ = [
     "CaptionBackend",
     "Captioner",
     "CheckpointError",
+    "DataWarning",
     "CheckpointNotFoundError",
     "cluster",
     "ClusterResult",
@@ -113,6 +117,9 @@ __all__ = [
     "ExportError",
     "Faithfulness",
     "faithfulness",
+    "finetune",
+    "FinetuneOptions",
+    "FinetuneResult",
     "image_files",
     "ImageEncoder",
     "ImageLoadError",
@@ -121,6 +128,7 @@ __all__ = [
     "InvalidOptionError",
     "is_video",
     "load",
+    "LoraOptions",
     "load_image",
     "load_tokenizer",
     "media_files",
@@ -146,6 +154,7 @@ __all__ = [
     "project",
     "PromptWarning",
     "RandomWeightsWarning",
+    "read_pairs",
     "read_records",
     "Stepper",
     "TextDecoder",
@@ -203,6 +212,12 @@ _MODULE_OF = {
     "explain": "explanations",
     "Explanation": "explanations",
     "EXPLANATION_METHODS": "explanations",
+    "finetune": "finetuning",
+    "FinetuneOptions": "finetuning",
+    "FinetuneResult": "finetuning",
+    "LoraOptions": "finetuning",
+    "read_pairs": "training_data",
+    "DataWarning": "errors",
     "cluster": "feature_space",
     "ClusterResult": "feature_space",
     "near_duplicates": "feature_space",

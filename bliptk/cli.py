@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     _explain_parser(commands)
     _embed_parser(commands)
     _map_parser(commands)
+    _finetune_parser(commands)
     _eval_parsers(commands)
     export = commands.add_parser("export", help="export a model to ONNX, to caption with ONNX Runtime (no torch needed)")
     _model_arguments(export, dtype=False)
@@ -210,6 +211,45 @@ def _explain_parser(commands) -> None:
     _option_arguments(explain, VideoOptions, ("num_frames",))
     explain.add_argument("--ig-steps", type=int, default=DEFAULT_IG_STEPS, help=f"integrated gradients' steps (default {DEFAULT_IG_STEPS})")
     _grid_arguments(explain)
+
+
+def _finetune_parser(commands) -> None:
+    finetune = commands.add_parser("finetune", help="fine-tune a captioner on your images and captions (full or LoRA)")
+    finetune.add_argument(
+        "--train", required=True, help='training pairs: a .jsonl of {"image", "caption"} lines, or COCO caption annotations'
+    )
+    finetune.add_argument("--val", default=None, help="validation pairs, the same formats: the loss (and COCO metrics) at each checkpoint")
+    finetune.add_argument(
+        "--images", default=None, help="the folder the data files' image paths are relative to (default: each file's own)"
+    )
+    finetune.add_argument("--out", required=True, help="the output folder: a checkpoint that --model and bliptk.load take")
+    finetune.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _model_arguments(finetune, dtype=False)
+    finetune.add_argument("--epochs", type=int, default=5, help="passes over the training data (default 5)")
+    finetune.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (default: the epochs decide)")
+    finetune.add_argument("--batch-size", type=int, default=8, help="images per step, per process (default 8)")
+    finetune.add_argument("--gradient-accumulation", type=int, default=1, help="batches per optimizer step (default 1)")
+    finetune.add_argument(
+        "--lr", type=float, default=1e-5, help="peak learning rate (default 1e-5, BLIP's for ViT-B/16; 2e-6 for ViT-L/16)"
+    )
+    finetune.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's weight decay (default 0.05)")
+    finetune.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up before the cosine schedule (default 0)")
+    finetune.add_argument("--prompt", default="a picture of ", help='the prompt, masked from the loss (default "a picture of ")')
+    finetune.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the loss (default 0.1)")
+    finetune.add_argument(
+        "--lora", type=int, default=None, metavar="RANK", help="train LoRA adapters of this rank (alpha 2 x rank) instead of every weight"
+    )
+    finetune.add_argument("--lora-vision", action="store_true", help="with --lora: adapt the image encoder too")
+    finetune.add_argument("--save-adapter", action="store_true", help="with --lora: also save the adapter alone in OUT/adapter")
+    finetune.add_argument("--freeze-vision", action="store_true", help="train the text decoder only")
+    finetune.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass: less memory, more time"
+    )
+    finetune.add_argument(
+        "--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="float32 (default), bfloat16 autocast, float16 (GPUs)"
+    )
+    finetune.add_argument("--seed", type=int, default=0, help="seed of the data order and initialisation (default 0)")
+    finetune.add_argument("--save-steps", type=int, default=None, help="a checkpoint every this many steps (default: each epoch)")
 
 
 def _embed_parser(commands) -> None:
@@ -469,6 +509,46 @@ def _explain(args) -> int:
     return EXIT_OK
 
 
+def _finetune(args) -> int:
+    finetuning = _torch_module("finetuning")
+    lora = None
+    if args.lora is not None:
+        lora = {"r": args.lora, "alpha": 2 * args.lora, "vision": args.lora_vision, "save_adapter": args.save_adapter}
+    elif args.lora_vision or args.save_adapter:
+        raise InvalidOptionError("--lora-vision and --save-adapter go with --lora RANK")
+    result = finetuning.finetune(
+        args.model,
+        args.train,
+        out=args.out,
+        val=args.val,
+        images=args.images,
+        resume=args.resume,
+        load_options={"pretrained": not args.random_weights, "device": args.device},
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        gradient_accumulation=args.gradient_accumulation,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        prompt=args.prompt,
+        label_smoothing=args.label_smoothing,
+        lora=lora,
+        freeze_vision=args.freeze_vision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        dtype=args.dtype,
+        seed=args.seed,
+        save_steps=args.save_steps,
+    )
+    losses = [entry["loss"] for entry in result.history if "loss" in entry]
+    if finetuning.is_main_process():
+        last = f", last loss {losses[-1]:.4f}" if losses else ""
+        print(
+            f"fine-tuned {len(losses)} steps{last}; {result.trainable_parameters:,} of {result.total_parameters:,} parameters trained; wrote {result.out}"
+        )
+    return EXIT_OK
+
+
 def _save_figure(out: Path, figure, provenance: dict) -> None:
     """Write a figure as PNG, whole or not at all, with how it was made in its metadata (the
     ``Description`` text chunk: model, weights, options, as JSON)."""
@@ -665,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         "map": _map,
         "caption": _caption,
         "export": _export,
+        "finetune": _finetune,
     }
     stdout = sys.stdout
     with warnings.catch_warnings():

@@ -202,6 +202,10 @@ class PromptWarning(UserWarning):
     """A prompt has characters outside BLIP's vocabulary, which the tokenizer turns into ``[UNK]``."""
 
 
+class DataWarning(UserWarning):
+    """Rows of training data left out (a missing image, an empty caption), counted and named."""
+
+
 class ExportChangedWarning(UserWarning):
     """An ONNX export is loaded without checking its graphs (``verify=False``), or from weights
     that changed since the export."""

@@ -349,6 +349,24 @@ def load(
     return captioner
 
 
+def save_checkpoint(model, tokenizer, preprocessor: Preprocessor, folder: str | os.PathLike) -> Path:
+    """Write a checkpoint folder as Hugging Face does, which [`load()`][bliptk.loading.load] and
+    ``BlipForConditionalGeneration.from_pretrained`` both read: ``config.json`` and
+    ``model.safetensors`` (``model``, a ``BlipForConditionalGeneration``), ``vocab.txt`` and
+    ``preprocessor_config.json``.
+
+    Returns:
+        The folder.
+    """
+    import shutil
+
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    shutil.copy(tokenizer.vocab_file, folder / "vocab.txt")
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor.to_config()))
+    return folder
+
+
 def _folder_config(folder: Path, model: str):
     """The ``BlipConfig`` of a folder holding a ``config.json`` (checked as ``_checked_config()``
     checks it)."""

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-__all__ = ["quiet_loggers"]
+__all__ = ["no_transformers_bars", "quiet_loggers"]
 
 
 @contextlib.contextmanager
@@ -22,3 +22,17 @@ def quiet_loggers(*names: str, level: int = logging.ERROR) -> Iterator[None]:
     finally:
         for logger, previous in zip(loggers, levels, strict=True):
             logger.setLevel(previous)
+
+
+@contextlib.contextmanager
+def no_transformers_bars() -> Iterator[None]:
+    """Hide ``transformers``' own progress bars (writing and loading weights) while the block runs."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()

@@ -399,7 +399,7 @@ class RecordOutput:
         self.path = checked_output(path, replace=True, fix="pass resume=True to continue it")
         if not resume and self.path.exists() and self.path.stat().st_size > 0:
             raise OutputExistsError(self.path)
-        self._lock = _OutputLock(self.path)
+        self._lock = OutputLock(self.path)
         self._file: BinaryIO | None = None
         self._written = 0
         try:
@@ -489,7 +489,7 @@ class RecordOutput:
         self.close()
 
 
-class _OutputLock:
+class OutputLock:
     """An OS lock on ``<output>.lock`` (``filelock``: ``fcntl`` or ``msvcrt``), released by the OS
     when its process ends however it ends. The holder writes who it is into the lock file, so
     that a second run can say which process writes the output."""

@@ -8,8 +8,6 @@ Public, so that a user can check bliptk the same way: ``hf_generate(captioner, p
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +48,10 @@ def hf_generate(captioner, pixel_values: torch.Tensor, prompt: str, max_new_toke
 
 
 def save_checkpoint(captioner, folder: Path) -> Path:
-    """Write a checkpoint folder as Hugging Face does: weights, config, tokenizer, preprocessor."""
-    folder = Path(folder)
-    captioner.model.save_pretrained(folder)
-    shutil.copy(captioner.tokenizer.vocab_file, folder / "vocab.txt")
-    (folder / "preprocessor_config.json").write_text(json.dumps(captioner.preprocessor.to_config()))
-    return folder
+    """Write a captioner as a checkpoint folder ([`bliptk.loading.save_checkpoint()`][bliptk.loading.save_checkpoint])."""
+    from .loading import save_checkpoint as save
+
+    return save(captioner.model, captioner.tokenizer, captioner.preprocessor, folder)
 
 
 def fake_hub_cache(cache: Path, checkpoint: Path, hub_id: str = "Salesforce/blip-image-captioning-base") -> Path:

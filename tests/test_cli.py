@@ -274,3 +274,19 @@ def test_figures_record_how_they_were_made(tiny, photos, tmp_path, capsys):
     assert main(["attention", str(photos[0]), "--model", "tiny", "--max-new-tokens", "3", "--out", str(tmp_path / "a.png")]) == 0
     made = json.loads(Image.open(tmp_path / "a.png").info["Description"])
     assert made["model"] == "tiny" and made["options"]["max_new_tokens"] == 3 and made["layer"] == [-1]
+
+
+def test_finetune_trains_and_its_output_captions(photos, tmp_path, capsys):
+    pytest.importorskip("peft")
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"image": p.name, "caption": f"a photo number {i}"}) + "\n" for i, p in enumerate(photos)))
+    for photo in photos:
+        (tmp_path / photo.name).write_bytes(photo.read_bytes())
+    run = tmp_path / "run"
+    assert main(["finetune", "--model", "tiny", "--train", str(train), "--out", str(run), "--max-steps", "2", "--lora", "4"]) == 0
+    assert "fine-tuned 2 steps" in capsys.readouterr().out
+    assert main(["caption", str(photos[0]), "--model", str(run), "--max-new-tokens", "3"]) == 0
+    assert main(["finetune", "--model", "tiny", "--train", str(train), "--out", str(run)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(["finetune", "--model", "tiny", "--train", str(train), "--out", str(tmp_path / "other"), "--save-adapter"]) == 2
+    assert "--save-adapter go with --lora RANK" in capsys.readouterr().err
