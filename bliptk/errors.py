@@ -15,6 +15,7 @@ __all__ = [
     "BliptkError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "DataWarning",
     "DeviceError",
     "EvaluationError",
     "ExampleNotFoundError",

@@ -25,7 +25,7 @@ from .preprocess import Preprocessor
 from .provenance import Weights, weights_fingerprint
 from .tokenizer import load_tokenizer
 
-__all__ = ["architecture", "load", "resolve_checkpoint", "resolve_device", "resolve_dtype"]
+__all__ = ["architecture", "load", "resolve_checkpoint", "resolve_device", "resolve_dtype", "save_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
