@@ -64,7 +64,8 @@ if TYPE_CHECKING:  # what IDEs, mypy and ruff read; at run time each name is imp
         VideoLoadError,
     )
     from .evaluation import EvaluationResult, evaluate
-    from .explanations import EXPLANATION_METHODS, Explanation, explain
+    from .explanation_methods import EXPLANATION_METHODS
+    from .explanations import Explanation, explain
     from .feature_space import ClusterResult, Neighbour, cluster, near_duplicates, nearest, plot_feature_space, project
     from .files import example_path, image_files, media_files
     from .finetuning import FinetuneOptions, FinetuneResult, LoraOptions, finetune
@@ -211,7 +212,7 @@ _MODULE_OF = {
     "EvaluationResult": "evaluation",
     "explain": "explanations",
     "Explanation": "explanations",
-    "EXPLANATION_METHODS": "explanations",
+    "EXPLANATION_METHODS": "explanation_methods",
     "finetune": "finetuning",
     "FinetuneOptions": "finetuning",
     "FinetuneResult": "finetuning",

@@ -191,7 +191,7 @@ def _grid_arguments(parser) -> None:
 
 
 def _explain_parser(commands) -> None:
-    from .explanations import DEFAULT_IG_STEPS, EXPLANATION_METHODS
+    from .explanation_methods import DEFAULT_IG_STEPS, EXPLANATION_METHODS
 
     explain = commands.add_parser("explain", help="draw why each caption token was chosen (Grad-CAM, relevance...), as a PNG grid")
     explain.add_argument("image", metavar="IMAGE", help="the image (or video) to caption and explain")

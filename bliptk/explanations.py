@@ -35,24 +35,12 @@ import torch
 from . import pipeline
 from .decoding import Caption, DecodingOptions, prompt_ids
 from .errors import InvalidOptionError, PromptWarning, check_positive_int, option_error, require
+from .explanation_methods import DEFAULT_IG_STEPS, EXPLANATION_METHODS, METHOD_NAMES
 from .text_decoder import DecoderAttentions, GrowingCache
 from .video import VideoFrames, VideoOptions, is_video, video_frames
 
-__all__ = ["DEFAULT_IG_STEPS", "EXPLANATION_METHODS", "METHOD_NAMES", "Explanation", "explain"]
+__all__ = ["Explanation", "explain"]
 
-EXPLANATION_METHODS = ("attention", "gradcam", "relevance", "rollout", "integrated_gradients")
-"""The methods [`explain()`][bliptk.explanations.explain] knows, in the order the guide presents them."""
-METHOD_NAMES = {
-    "attention": "cross-attention",
-    "gradcam": "Grad-CAM",
-    "relevance": "relevance",
-    "rollout": "attention rollout",
-    "integrated_gradients": "integrated gradients",
-}
-"""Each method's name in figures."""
-DEFAULT_IG_STEPS = 32
-"""Integrated gradients' steps along the path from the baseline (captum's Gauss-Legendre rule):
-the completeness gap stays under 5% of y(image) - y(baseline) on the tested checkpoints."""
 # What one integrated-gradients batch may keep for its backward pass: as many images (frames) as fit
 # go through the encoder together (ViT-B/16: 2, ViT-L/16: 1), whatever ig_steps is.
 _IG_GRAPH_BYTES = 3 * 2**30
@@ -69,7 +57,7 @@ class Explanation:
         tokens: The caption's WordPiece tokens, T of them (the ending ``[SEP]`` not included).
         token_ids: Their ids.
         method: The method that made the maps (one of
-            [`EXPLANATION_METHODS`][bliptk.explanations.EXPLANATION_METHODS]).
+            [`EXPLANATION_METHODS`][bliptk.explanation_methods.EXPLANATION_METHODS]).
         layer: The decoder layer of ``"attention"`` and ``"gradcam"`` (0-based), else None.
         prompt: The prompt the caption follows.
         text: The caption, prompt included.
@@ -525,7 +513,7 @@ def explain(
             its own prompt); a string, explained teacher-forced after ``prompt`` (a string that
             starts with the prompt, as ``Caption.text`` does, is taken whole); or None: the image
             is captioned first, with ``decoding_options``.
-        method: One of [`EXPLANATION_METHODS`][bliptk.explanations.EXPLANATION_METHODS] (see the module's description).
+        method: One of [`EXPLANATION_METHODS`][bliptk.explanation_methods.EXPLANATION_METHODS] (see the module's description).
         layer: The decoder layer (0-based; negative counts from the end) of ``"attention"``
             (default: the last, the page's) and ``"gradcam"`` (default: the middle).
         prompt: The prompt of a string caption, or of the caption made for None (default: "a

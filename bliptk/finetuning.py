@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from transformers import Trainer, TrainerCallback
 
 from .errors import InvalidOptionError, OutputExistsError, check_positive_int, option_error, require
 from .outputs import checked_output, write_whole
-from .quiet import no_transformers_bars, quiet_loggers
+from .quiet import no_transformers_bars, quiet_loggers, stderr_of_children_kept
 from .training_data import CaptionPairs, image_key, read_pairs, text_example
 
 __all__ = ["DEFAULT_LORA_TARGETS", "VISION_LORA_TARGETS", "FinetuneOptions", "FinetuneResult", "LoraOptions", "finetune"]
@@ -421,12 +422,12 @@ class _Run:
         model = self._prepared_model()
         trainer = self._trainer(model)
         checkpoints = self.folder / "checkpoints"
-        last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
         if is_main_process():
             self._write_manifest({"finished": False})
-        # Trainer's warnings here are about itself (the tied output embedding missing from a
-        # checkpoint it reloads as best); the weights' own bars would interleave with ours.
-        with quiet_loggers("transformers.trainer"), no_transformers_bars():
+        # Trainer's warnings here are about itself (the tied output embedding missing from a checkpoint
+        # it reloads as best, how it orders checkpoints); the weights' own bars would interleave with ours.
+        with quiet_loggers("transformers.trainer", "transformers.trainer_utils"), no_transformers_bars():
+            last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
             trainer.train(resume_from_checkpoint=last)
         history = [dict(entry) for entry in trainer.state.log_history]
         skipped = {"train": len(self.train_pairs.skipped) + trainer.data_collator.failed}
@@ -466,7 +467,9 @@ class _Run:
         lora = options.lora
         targets = lora.targets + (f"|{VISION_LORA_TARGETS}" if lora.vision else "")
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=f"({targets})", bias="none")
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)
 
     def _trainer(self, model):
         from transformers import TrainingArguments
@@ -627,7 +630,8 @@ def _caption_metrics(captioner, val: CaptionPairs, prompt: str):
                 model.unmerge_adapter()
             model.train()
         predictions = [{"image_id": key, "caption": caption.text} for key, caption in zip(keys, captions, strict=True)]
-        scores = evaluate(predictions, [{"image_id": key, "captions": refs} for key, refs in references.items()])
+        with stderr_of_children_kept():
+            scores = evaluate(predictions, [{"image_id": key, "captions": refs} for key, refs in references.items()])
         return dict(scores.metrics)
 
     return measure

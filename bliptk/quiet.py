@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
+import tempfile
 from collections.abc import Iterator
 
-__all__ = ["no_transformers_bars", "quiet_loggers"]
+__all__ = ["no_transformers_bars", "quiet_loggers", "stderr_of_children_kept"]
 
 
 @contextlib.contextmanager
@@ -36,3 +39,23 @@ def no_transformers_bars() -> Iterator[None]:
     finally:
         if was_enabled:
             transformers_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def stderr_of_children_kept() -> Iterator[None]:
+    """Keep what child processes write on standard error (pycocoevalcap's Java tokenizer reports its
+    speed there) out of a notebook while the block runs; on an error, it is written out after all."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as kept:
+        os.dup2(kept.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            kept.seek(0)
+            sys.stderr.write(kept.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -239,6 +239,7 @@ def _image_bytes(image) -> bytes:
 
 
 def image_key(image) -> str:
+    """What identifies an image among the references: its path, or a hash of its pixels."""
     return str(image) if isinstance(image, Path) else hashlib.sha256(_image_bytes(image)).hexdigest()[:16]
 
 
@@ -255,9 +256,3 @@ def text_example(tokenizer, prompt: str, caption: str) -> tuple[list[int], list[
     caption_ids = tokenizer.encode(caption)[1:][: max(0, MAX_TEXT_TOKENS - len(prompt_ids) - 1)]
     ids = prompt_ids + caption_ids + [SEP_TOKEN_ID]
     return ids, [-100] * len(prompt_ids) + caption_ids + [SEP_TOKEN_ID]
-
-
-def padded(rows: list[list[int]], value: int) -> list[list[int]]:
-    """Rows padded on the right to the longest."""
-    width = max(len(row) for row in rows)
-    return [row + [value] * (width - len(row)) for row in rows]

@@ -374,7 +374,7 @@ class AttentionExplorer(_Explorer):
     """
 
     def __init__(self, captioner, image, prompt: str | None = None, **decoding_options):
-        from .explanations import EXPLANATION_METHODS, METHOD_NAMES
+        from .explanation_methods import EXPLANATION_METHODS, METHOD_NAMES
 
         self.captioner = captioner
         self.picture = load_image(image)
