@@ -37,8 +37,6 @@ DEFAULT_LORA_TARGETS = (
 decoder's blocks, self-attention, cross-attention and feed-forward; not the word embeddings."""
 VISION_LORA_TARGETS = r"vision_model\.encoder\.layers\.\d+\.(self_attn\.(qkv|projection)|mlp\.fc1|mlp\.fc2)"
 """The image encoder's linear layers, added to the targets by ``LoraOptions(vision=True)``."""
-SAVED_FILES = ("config.json", "model.safetensors", "vocab.txt", "preprocessor_config.json", "finetune.json")
-"""What the output folder holds once a run has finished (``checkpoints/`` holds the run's own)."""
 
 
 @dataclass(frozen=True)
