@@ -206,8 +206,7 @@ def finetune(
         train: The training pairs: see [`read_pairs()`][bliptk.training_data.read_pairs].
         out: The output folder: a checkpoint once the run ends, ``checkpoints/`` while it runs.
         val: Validation pairs: the loss at every checkpoint (each epoch by default) and, with the
-            ``eval`` extra, the COCO metrics (beam 3, 5 to 20 tokens) before training and at each
-            checkpoint; the best checkpoint is the one kept.
+            ``eval`` extra, the COCO metrics (beam 3, 5 to 20 tokens) at each checkpoint; the best checkpoint is the one kept.
         images: The folder a data file's image paths are relative to (default its own).
         resume: Continue the run in ``out`` from its last checkpoint (after a kill).
         load_options: For a model given by name: what [`bliptk.load()`][bliptk.loading.load] gets
