@@ -26,7 +26,7 @@ from .outputs import checked_output, write_whole
 from .quiet import no_transformers_bars, quiet_loggers, stderr_of_children_kept
 from .training_data import CaptionPairs, image_key, read_pairs, text_example
 
-__all__ = ["DEFAULT_LORA_TARGETS", "VISION_LORA_TARGETS", "FinetuneOptions", "FinetuneResult", "LoraOptions", "finetune"]
+__all__ = ["DEFAULT_LORA_TARGETS", "HEAD_NORM", "VISION_LORA_TARGETS", "FinetuneOptions", "FinetuneResult", "LoraOptions", "finetune"]
 
 DEFAULT_LORA_TARGETS = (
     r"text_decoder\.bert\.encoder\.layer\.\d+\."
@@ -37,6 +37,11 @@ DEFAULT_LORA_TARGETS = (
 decoder's blocks, self-attention, cross-attention and feed-forward; not the word embeddings."""
 VISION_LORA_TARGETS = r"vision_model\.encoder\.layers\.\d+\.(self_attn\.(qkv|projection)|mlp\.fc1|mlp\.fc2)"
 """The image encoder's linear layers, added to the targets by ``LoraOptions(vision=True)``."""
+HEAD_NORM = "cls.predictions.transform.LayerNorm"
+"""The prediction head's LayerNorm, trained whole beside the adapters by default (``2 x D`` weights).
+The output layer shares the frozen word embeddings, so this norm's scale is what can sharpen the
+next-token distribution: without it LoRA cannot memorise even six captions on the random test net,
+whose logits its frozen norm keeps within a few units."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class LoraOptions:
         vision: Adapt the image encoder's linear layers too.
         save_adapter: Also save the adapter alone, in ``out/adapter`` (the folder itself holds the
             merged weights, which ``bliptk.load`` and the ONNX export take unchanged).
+        train_head_norm: Train the prediction head's LayerNorm
+            ([`HEAD_NORM`][bliptk.finetuning.HEAD_NORM]) beside the adapters.
     """
 
     r: int = 16
@@ -60,6 +67,7 @@ class LoraOptions:
     targets: str = DEFAULT_LORA_TARGETS
     vision: bool = False
     save_adapter: bool = False
+    train_head_norm: bool = True
 
     def __post_init__(self):
         check_positive_int("lora r", self.r)
@@ -100,6 +108,7 @@ class FinetuneOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise option_error(f"{name} must be a non-negative number, got {value!r}", name)
+            object.__setattr__(self, name, float(value))  # 0 is 0.0: transformers' configs take floats only
         if self.label_smoothing >= 1:
             raise option_error(f"label_smoothing must be below 1, got {self.label_smoothing!r}", "label_smoothing")
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
@@ -122,7 +131,7 @@ class FinetuneResult:
         history: ``Trainer``'s log, one dict per logged step or evaluation (``loss``,
             ``learning_rate``, ``eval_loss``, the COCO metrics as ``eval_CIDEr``...).
         skipped: Rows of the training and validation data left out, by name.
-        trainable_parameters: Parameters trained (LoRA: the adapters').
+        trainable_parameters: Parameters trained (LoRA: the adapters' and the head norm's).
         total_parameters: All parameters of the model trained.
         best_checkpoint: The checkpoint kept as best (by the COCO CIDEr, else the validation
             loss), None without validation data.
@@ -435,7 +444,8 @@ class _Run:
             history,
             skipped,
             trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
-            total_parameters=sum(p.numel() for p in model.parameters()),
+            # peft keeps the head norm's original beside its trained copy: count the model once.
+            total_parameters=sum(p.numel() for name, p in model.named_parameters() if ".original_module." not in name),
             best_checkpoint=trainer.state.best_model_checkpoint,
             step_seconds=self.progress.step_seconds,
             images_per_step=self.options.batch_size * self.options.gradient_accumulation,
@@ -463,7 +473,14 @@ class _Run:
 
         lora = options.lora
         targets = lora.targets + (f"|{VISION_LORA_TARGETS}" if lora.vision else "")
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=f"({targets})", bias="none")
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=f"({targets})",
+            bias="none",
+            modules_to_save=[HEAD_NORM] if lora.train_head_norm else None,
+        )
         with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             return get_peft_model(model, config)
