@@ -215,7 +215,8 @@ def finetune(
         train: The training pairs: see [`read_pairs()`][bliptk.training_data.read_pairs].
         out: The output folder: a checkpoint once the run ends, ``checkpoints/`` while it runs.
         val: Validation pairs: the loss at every checkpoint (each epoch by default) and, with the
-            ``eval`` extra, the COCO metrics (beam 3, 5 to 20 tokens) at each checkpoint; the best checkpoint is the one kept.
+            ``eval`` extra, the COCO metrics (beam 3, 5 to 20 tokens) before training and at each
+            checkpoint; the best checkpoint is the one kept.
         images: The folder a data file's image paths are relative to (default its own).
         resume: Continue the run in ``out`` from its last checkpoint (after a kill).
         load_options: For a model given by name: what [`bliptk.load()`][bliptk.loading.load] gets
@@ -425,15 +426,15 @@ class _Run:
     def train(self, resume: bool) -> FinetuneResult:
         from transformers.trainer_utils import get_last_checkpoint
 
-        model = self._prepared_model()
-        trainer = self._trainer(model)
         checkpoints = self.folder / "checkpoints"
+        last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
+        model = self._prepared_model()
+        trainer = self._trainer(model, evaluate_first=last is None)  # a resumed run has its first evaluation
         if is_main_process():
             self._write_manifest({"finished": False})
         # Trainer's warnings here are about itself (the tied output embedding missing from a checkpoint
         # it reloads as best, how it orders checkpoints); the weights' own bars would interleave with ours.
         with quiet_loggers("transformers.trainer", "transformers.trainer_utils"), no_transformers_bars():
-            last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
             trainer.train(resume_from_checkpoint=last)
         history = [dict(entry) for entry in trainer.state.log_history]
         skipped = {"train": len(self.train_pairs.skipped) + trainer.data_collator.failed}
@@ -485,7 +486,7 @@ class _Run:
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             return get_peft_model(model, config)
 
-    def _trainer(self, model):
+    def _trainer(self, model, evaluate_first: bool):
         from transformers import TrainingArguments
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -516,6 +517,7 @@ class _Run:
             save_total_limit=2,
             eval_strategy="steps" if validating else "no",
             eval_steps=interval if validating else None,
+            eval_on_start=validating and evaluate_first,  # the base model's loss and metrics: where training starts
             load_best_model_at_end=validating,
             metric_for_best_model=("CIDEr" if metrics is not None else "loss") if validating else None,
             greater_is_better=metrics is not None if validating else None,

@@ -270,7 +270,27 @@ def test_validation_loss_at_each_epoch_and_the_best_kept(pairs, tmp_path, monkey
     monkeypatch.setattr("bliptk.finetuning._caption_metrics", lambda *a: None)  # the loss alone decides
     result = finetune("tiny", pairs, out=tmp_path / "run", val=pairs[:2], epochs=3, batch_size=3, lr=1e-3)
     evaluations = [e for e in result.history if "eval_loss" in e]
-    assert [e["step"] for e in evaluations] == [2, 4, 6]
-    assert result.best_checkpoint.endswith(f"checkpoint-{min(evaluations, key=lambda e: e['eval_loss'])['step']}")
+    assert [e["step"] for e in evaluations] == [0, 2, 4, 6]  # the base model first
+    assert result.best_checkpoint.endswith(f"checkpoint-{min(evaluations[1:], key=lambda e: e['eval_loss'])['step']}")
     figure = result.plot()
     assert [line.get_label() for line in figure.axes[0].lines] == ["training loss", "validation loss"]
+
+
+@pytest.mark.slow
+def test_coco_metrics_before_training_and_at_each_epoch(pairs, tmp_path):
+    pytest.importorskip("pycocoevalcap")
+    val = pairs[:3]
+    result = finetune("tiny", pairs, out=tmp_path / "run", val=val, epochs=2, batch_size=3, lr=1e-3)
+    scored = [e for e in result.history if "eval_CIDEr" in e]
+    assert [e["step"] for e in scored] == [0, 2, 4] and [e["step"] for e in result.history if "eval_loss" in e] == [0, 2, 4]
+    # Before training: the untrained net's captions with the paper's decoding, scored by bliptk.evaluate.
+    untrained = bliptk.load("tiny")
+    captions = untrained.caption([image for image, _ in val], PROMPT, num_beams=3, max_new_tokens=16, min_new_tokens=1)
+    expected = bliptk.evaluate(
+        [{"image_id": str(image), "caption": c.text} for (image, _), c in zip(val, captions, strict=True)],
+        [{"image_id": str(image), "captions": [caption]} for image, caption in val],
+    )
+    assert {name: scored[0][f"eval_{name}"] for name in expected.metrics} == pytest.approx(dict(expected.metrics))
+    assert result.best_checkpoint.endswith(f"checkpoint-{max(scored[1:], key=lambda e: e['eval_CIDEr'])['step']}")
+    figure = result.plot()
+    assert [line.get_label() for line in figure.axes[1].lines] == ["CIDEr"]
