@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any
 
 __all__ = ["displayable", "grid_axes", "new_figure"]
 
@@ -62,7 +63,8 @@ def _fonts():
     from matplotlib import font_manager, ft2font, rcParams
 
     generic = ("serif", "sans-serif", "monospace", "cursive", "fantasy")
-    names = [name for family in rcParams["font.family"] for name in (rcParams[f"font.{family}"] if family in generic else [family])]
+    settings: Any = rcParams  # read by computed keys, which matplotlib's typed keys cannot name
+    names = [name for family in settings["font.family"] for name in (settings[f"font.{family}"] if family in generic else [family])]
     paths = []
     for name in names:
         try:

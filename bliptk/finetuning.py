@@ -16,6 +16,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from .errors import InvalidOptionError, OutputExistsError, check_positive_int, o
 from .outputs import checked_output, write_whole
 from .quiet import no_transformers_bars, quiet_loggers, stderr_of_children_kept
 from .training_data import CaptionPairs, image_key, read_pairs, text_example
+
+if TYPE_CHECKING:
+    from .records import OutputLock
 
 __all__ = ["DEFAULT_LORA_TARGETS", "HEAD_NORM", "VISION_LORA_TARGETS", "FinetuneOptions", "FinetuneResult", "LoraOptions", "finetune"]
 
@@ -353,7 +357,7 @@ class _Lock:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.lock = None
+        self.lock: OutputLock | None = None
 
     def __enter__(self):
         from .records import OutputLock
@@ -494,8 +498,9 @@ class _Run:
         processes = int(os.environ.get("WORLD_SIZE", "1"))
         per_step = options.batch_size * options.gradient_accumulation * processes
         interval = options.save_steps or max(1, math.ceil(len(self.train_pairs) / per_step))
-        validating = self.val_pairs is not None
-        metrics = _caption_metrics(self.captioner, self.val_pairs, options.prompt) if validating else None
+        val = self.val_pairs
+        validating = val is not None
+        metrics = _caption_metrics(self.captioner, val, options.prompt) if val is not None else None
         arguments = TrainingArguments(
             output_dir=str(self.folder / "checkpoints"),
             num_train_epochs=options.epochs,
@@ -533,7 +538,7 @@ class _Run:
             model=model,
             args=arguments,
             train_dataset=_Examples(self.train_pairs, encoder.preprocessor, tokenizer, options.prompt),
-            eval_dataset=_Examples(self.val_pairs, encoder.preprocessor, tokenizer, options.prompt) if validating else None,
+            eval_dataset=_Examples(val, encoder.preprocessor, tokenizer, options.prompt) if val is not None else None,
             data_collator=_Collator(),
             caption_metrics=metrics,
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import io
 from dataclasses import dataclass, fields
+from typing import Any
 
 import ipywidgets as w
 from PIL import Image
@@ -194,7 +195,7 @@ _BUSY = '<span class="bliptk-busy" style="color: #b45309">&#9203; working&hellip
 
 
 class _Explorer:
-    widget = None
+    widget: Any = None
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = self.widget._repr_mimebundle_(**kwargs) or {}
