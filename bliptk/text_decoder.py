@@ -18,6 +18,9 @@ It is that of ``BlipTextLMHeadModel`` (post-LayerNorm BERT layers); tests check 
 
 from __future__ import annotations
 
+import functools
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +32,7 @@ from torch import nn
 from .decoding import ImageKeysValues
 from .errors import InvalidOptionError
 
-__all__ = ["DecoderAttentions", "DecoderState", "GrowingCache", "TextDecoder"]
+__all__ = ["DecoderAttentions", "DecoderState", "GrowingCache", "TextDecoder", "split_product_pays"]
 
 
 @dataclass
@@ -114,15 +117,36 @@ _FEW_ROWS = 8
 def _split_product(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``x @ weight.T`` for a float32 ``weight`` ``(out, in)`` and few rows ``x`` ``(R, in)``.
 
-    Through ``F.linear`` a matrix-vector product streams the weight from one core, at about half
-    the memory bandwidth. Split by output into its two contiguous halves, it is one batched product
-    of two independent halves, which the two cores stream together: the same sums, read 2.5 to 3.5
-    times as fast at decoding's shapes.
+    On some CPUs ``F.linear`` streams a matrix-vector product's weight from one core, at about half
+    the memory bandwidth (2-core AMD EPYC: 13 GB/s). Split by output into its two contiguous halves,
+    it is one batched product of two independent halves, which the two cores stream together: the
+    same sums, read 2.5 to 3.5 times as fast there. Elsewhere ``F.linear`` is the faster (2-core
+    Intel Xeon with AMX: 47-56 GB/s against 16-30), hence [`split_product_pays()`][bliptk.text_decoder.split_product_pays].
     """
     outputs, width = weight.shape
     rows = x.shape[0]
     columns = x.t().unsqueeze(0).expand(2, width, rows)  # (2, in, R), no copy
     return torch.bmm(weight.view(2, outputs // 2, width), columns).view(outputs, rows).t()
+
+
+# The split product must read this much faster than F.linear to be used: a clear win, so that
+# a machine where the two are close keeps F.linear (transformers' own product) run after run.
+_SPLIT_MARGIN = 1.3
+
+
+@functools.lru_cache(maxsize=1)
+def split_product_pays() -> bool:
+    """Whether ``_split_product`` reads a float32 weight at
+    least 1.3 times as fast as ``F.linear`` on this machine, measured once per process (about 50
+    ms: medians of 9 alternating products over a 64 MB weight, larger than the caches)."""
+    weight, x = torch.ones(16384, 1024), torch.ones(1, 1024)
+    seconds: dict[str, list[float]] = {"linear": [], "split": []}
+    for _ in range(9):
+        for name, product in (("linear", lambda: F.linear(x, weight)), ("split", lambda: _split_product(weight, x))):
+            started = time.perf_counter()
+            product()
+            seconds[name].append(time.perf_counter() - started)
+    return statistics.median(seconds["linear"]) > _SPLIT_MARGIN * statistics.median(seconds["split"])
 
 
 @torch.no_grad()
@@ -182,7 +206,8 @@ class TextDecoder(nn.Module):
 
     def _project(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """``linear(x)``, in its fastest form when few rows go through (a decoding step): int8
-        weights when the decoder is quantized, else float32 split in two (``_split_product``)."""
+        weights when the decoder is quantized, else float32 split in two (``_split_product``) on
+        machines where that pays."""
         rows = x.numel() // x.shape[-1]
         if rows > _FEW_ROWS or x.device.type != "cpu":
             return linear(x)
@@ -190,7 +215,12 @@ class TextDecoder(nn.Module):
         if linear in self.int8_weights:
             weight, scales = self.int8_weights[linear]
             out = torch._weight_int8pack_mm(flat, weight, scales.to(flat.dtype))
-        elif linear.weight.dtype == torch.float32 and linear.weight.is_contiguous() and linear.weight.shape[0] % 2 == 0:
+        elif (
+            linear.weight.dtype == torch.float32
+            and linear.weight.is_contiguous()
+            and linear.weight.shape[0] % 2 == 0
+            and split_product_pays()
+        ):
             out = _split_product(linear.weight, flat)
         else:
             return linear(x)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import bliptk
+from bliptk import text_decoder
 
 PROMPT = [30522, 1037, 5855, 1997]
 
@@ -22,8 +23,10 @@ def test_logits_equal_transformers_forward(model, photos, request):
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("split", [True, False])  # whichever product this machine's steps take
 @pytest.mark.parametrize("model", ["tiny", pytest.param("vit_b", marks=pytest.mark.slow)])
-def test_logits_with_cache_equal_logits_without(model, photos, request):
+def test_logits_with_cache_equal_logits_without(model, photos, request, split, monkeypatch):
+    monkeypatch.setattr(text_decoder, "split_product_pays", lambda: split)
     captioner = request.getfixturevalue(model)
     decoder = captioner.text_decoder
     features = _features(captioner, photos)
@@ -32,7 +35,7 @@ def test_logits_with_cache_equal_logits_without(model, photos, request):
     state = decoder.start(features, max_length=ids.shape[1])
     steps = [decoder(ids[:, :4], state)] + [decoder(ids[:, i : i + 1], state) for i in range(4, ids.shape[1])]
     assert state.length == ids.shape[1]
-    # One token at a time takes the split matrix-vector products, the whole sequence a matrix product:
+    # One token at a time takes the matrix-vector products (split or not), the whole sequence a matrix product:
     # the same sums in another order, so equal to float32 rounding (as against transformers).
     torch.testing.assert_close(torch.cat(steps, dim=1), whole, atol=1e-4, rtol=1e-4)
 
@@ -68,6 +71,28 @@ def test_select_reorders_rows(tiny, photos):
     alone = decoder.start(features[1:], max_length=5)
     decoder(torch.tensor([PROMPT]), alone)
     torch.testing.assert_close(logits[0], decoder(torch.tensor([[2450]]), alone)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("slow, expected", [("linear", True), ("split", False)])
+def test_the_split_product_is_taken_only_where_it_reads_clearly_faster(monkeypatch, slow, expected):
+    import time as clock
+
+    def slowed(function, name):
+        def product(*args):
+            result = function(*args)
+            if name == slow:
+                clock.sleep(0.02)  # far beyond the 1.3x margin
+            return result
+
+        return product
+
+    monkeypatch.setattr(text_decoder.F, "linear", slowed(text_decoder.F.linear, "linear"))
+    monkeypatch.setattr(text_decoder, "_split_product", slowed(text_decoder._split_product, "split"))
+    text_decoder.split_product_pays.cache_clear()
+    try:
+        assert text_decoder.split_product_pays() is expected
+    finally:
+        text_decoder.split_product_pays.cache_clear()
 
 
 def test_the_split_product_is_the_linear_layer(tiny):
