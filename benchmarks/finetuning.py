@@ -9,7 +9,7 @@ also ``torch.cuda.max_memory_allocated``) is its own. bliptk's step is ``bliptk.
 same batch: ``BlipForConditionalGeneration(pixel_values, input_ids, attention_mask, labels)``,
 ``loss.backward()``, ``AdamW.step()``. Random weights from the real configs: time and memory do not
 depend on weight values. The ways: ``full`` float32, ``bf16`` autocast, ``lora`` (rank 16, the
-decoder), ``frozen`` (the image encoder frozen), ``checkpointing`` (gradient checkpointing).
+decoder, and the head norm), ``frozen`` (the image encoder frozen), ``checkpointing`` (gradient checkpointing).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _reference(model: str, way: str, batch: int, steps: int) -> dict:
     import torch
 
     import bliptk
-    from bliptk.finetuning import DEFAULT_LORA_TARGETS
+    from bliptk.finetuning import DEFAULT_LORA_TARGETS, HEAD_NORM
     from bliptk.training_data import text_example
 
     captioner = bliptk.load(model, pretrained=False)
@@ -87,7 +87,8 @@ def _reference(model: str, way: str, batch: int, steps: int) -> dict:
     if way == "lora":
         from peft import LoraConfig, get_peft_model
 
-        net = get_peft_model(net, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=f"({DEFAULT_LORA_TARGETS})"))
+        config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=f"({DEFAULT_LORA_TARGETS})", modules_to_save=[HEAD_NORM])
+        net = get_peft_model(net, config)
     pairs = _pairs(batch)
     pixels = captioner.preprocessor([image for image, _ in pairs])
     rows = [text_example(captioner.tokenizer, "a picture of ", caption) for _, caption in pairs]

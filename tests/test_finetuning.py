@@ -280,9 +280,9 @@ def test_validation_loss_at_each_epoch_and_the_best_kept(pairs, tmp_path, monkey
 def test_coco_metrics_before_training_and_at_each_epoch(pairs, tmp_path):
     pytest.importorskip("pycocoevalcap")
     val = pairs[:3]
-    result = finetune("tiny", pairs, out=tmp_path / "run", val=val, epochs=2, batch_size=3, lr=1e-3)
+    result = finetune("tiny", pairs, out=tmp_path / "run", val=val, epochs=1, batch_size=3, lr=1e-3)
     scored = [e for e in result.history if "eval_CIDEr" in e]
-    assert [e["step"] for e in scored] == [0, 2, 4] and [e["step"] for e in result.history if "eval_loss" in e] == [0, 2, 4]
+    assert [e["step"] for e in scored] == [0, 2] and [e["step"] for e in result.history if "eval_loss" in e] == [0, 2]
     # Before training: the untrained net's captions with the paper's decoding, scored by bliptk.evaluate.
     untrained = bliptk.load("tiny")
     captions = untrained.caption([image for image, _ in val], PROMPT, num_beams=3, max_new_tokens=16, min_new_tokens=1)
