@@ -4,8 +4,8 @@
 
 Builds the full-size architecture with random weights (speed does not depend on weight values), then:
 
-0. Measures the machine: memory read bandwidth (the faster of ``torch.sum`` over 256 MB and a
-   matrix-vector product over a 256 MB matrix split across the cores, medians of 9 reads) and the matrix-product rate in
+0. Measures the machine: memory read bandwidth (the fastest of ``torch.sum`` over 256 MB, a
+   matrix-vector product over a 256 MB matrix split across the cores, and ``F.linear``'s, medians of 9 reads) and the matrix-product rate in
    float32 and bfloat16 at the encoder's own shapes. Every floor below is computed from these. Also the
    rate of torch's attention kernel at the encoder's shape (used in 6., not in the floors).
 1. The decode step on its own (batch 1): ms per step against its floor, the bytes it must read
@@ -20,13 +20,19 @@ Builds the full-size architecture with random weights (speed does not depend on 
    KL divergence of the next-token distribution along float32's own captions.
 5. Peak memory (resident set) of each path in a fresh process.
 6. What issue 17's ratio bars need, as multiples of the floors, and the floors again with the encoder's
-   attention at the rate of torch's own kernel (measured in 0.) instead of the matrix-product rate.
+   attention at the rate of torch's own kernel (measured in 0.) instead of the matrix-product rate; for
+   the eager paths and for the compiled ones.
+7. Compiled (``load(..., compile=True)``, run before 4. so that 4. can include it): compile times, cold
+   (a fresh process with an empty inductor cache) and cached (a second process), in float32 batch 1 and
+   bfloat16 batch 16; the compiled exact path alternating with ``generate`` and eager; how many compiled
+   float32 captions differ from eager's; compiled throughput at bfloat16 batch 16.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +43,7 @@ import torch
 
 import bliptk
 from bliptk.testing import hf_generate
+from bliptk.text_decoder import split_product_pays
 
 ROOT = Path(__file__).resolve().parent
 PHOTOS = sorted((ROOT / "photos").glob("*.jpg"))
@@ -59,13 +66,18 @@ def best_of(function, repeats: int = 5) -> float:
 # --- 0. the machine ----------------------------------------------------------------------------
 
 
-def _read_rates() -> tuple[float, float]:
-    """Bytes per second read by a sum, and by a matrix-vector product, over 256 MB."""
+def _read_rates() -> tuple[float, float, float]:
+    """Bytes per second read over 256 MB by a sum, by the split matrix-vector product and by
+    ``F.linear``'s (which is the fastest depends on the CPU)."""
     from bliptk.text_decoder import _split_product
 
     values = torch.randn(64 * 1024 * 1024)  # 256 MB
     matrix, vector = values.view(65536, 1024), torch.randn(1, 1024)
-    return values.numel() * 4 / median_of(lambda: values.sum()), values.numel() * 4 / median_of(lambda: _split_product(matrix, vector))
+    by_sum, by_split, by_linear = (
+        values.numel() * 4 / median_of(read)
+        for read in (lambda: values.sum(), lambda: _split_product(matrix, vector), lambda: torch.nn.functional.linear(vector, matrix))
+    )
+    return by_sum, by_split, by_linear
 
 
 def median_of(function, repeats: int = 9) -> float:
@@ -82,7 +94,7 @@ def measure_machine(config) -> dict:
     nothing about the steps that follow. Matrix-product rates are the best of 3 (they cannot
     come out above what the cores compute).
     """
-    by_sum, by_product = _read_rates()
+    by_sum, by_product, by_linear = _read_rates()
     vision = config.vision_config
     width, hidden, tokens = vision.hidden_size, vision.intermediate_size, (vision.image_size // vision.patch_size) ** 2 + 1
     shapes = [(width, 3 * width), (width, width), (width, hidden), (hidden, width)]
@@ -99,7 +111,14 @@ def measure_machine(config) -> dict:
         query, key, value = (torch.randn(batch, heads, tokens, width // heads, dtype=dtype) for _ in range(3))
         seconds = best_of(lambda q=query, k=key, v=value: torch.nn.functional.scaled_dot_product_attention(q, k, v), 3)
         attention[dtype] = batch * 4 * heads * tokens * tokens * (width // heads) / seconds
-    return {"bandwidth": max(by_sum, by_product), "by_sum": by_sum, "by_product": by_product, "gemm": rates, "attention": attention}
+    return {
+        "bandwidth": max(by_sum, by_product, by_linear),
+        "by_sum": by_sum,
+        "by_product": by_product,
+        "by_linear": by_linear,
+        "gemm": rates,
+        "attention": attention,
+    }
 
 
 def encoder_flops(config) -> float:
@@ -156,7 +175,8 @@ def report_machine(captioner, machine: dict, floor: dict) -> None:
     print("\n0. this machine (2 threads), measured now")
     print(
         f"   memory read: {machine['by_sum'] / 1e9:.1f} GB/s (torch.sum, 256 MB, median of 9), {machine['by_product'] / 1e9:.1f} GB/s "
-        f"(split matrix-vector product, 256 MB): floors use {machine['bandwidth'] / 1e9:.1f} GB/s"
+        f"(split matrix-vector product), {machine['by_linear'] / 1e9:.1f} GB/s (F.linear's): floors use {machine['bandwidth'] / 1e9:.1f} GB/s; "
+        f"decoding steps here take the {'split' if split_product_pays() else 'F.linear'} product"
     )
     print(
         f"   matrix products at the encoder's shapes: float32 {machine['gemm'][torch.float32] / 1e9:.0f} GFLOP/s, "
@@ -346,13 +366,16 @@ def attention_flops(config) -> float:
     return vision.num_hidden_layers * 4 * tokens * tokens * vision.hidden_size
 
 
-def report_bars(model: str, captioner, machine: dict, floor: dict, exact: dict, rates: dict) -> None:
+def report_bars(model: str, captioner, machine: dict, floor: dict, exact: dict, rates: dict, path: str = "eager") -> None:
     """Each ratio bar as a multiple of its floor, and that floor with the encoder's attention at the
     rate of torch's own kernel instead of the matrix-product rate."""
     if model not in BARS:
         return
     exact_bar, throughput_bar = BARS[model]
-    print(f"\n6. what the bars need ({model}: exact path <= {exact_bar}x generate, throughput >= {throughput_bar}x generate)")
+    print(f"\n6. what the bars need, {path} ({model}: exact path <= {exact_bar}x generate, throughput >= {throughput_bar}x generate)")
+    print(
+        f"   measured: exact path {exact['bliptk'] / exact['generate']:.2f}x generate, throughput {rates['bfloat16 batch 16'] / rates['generate']:.2f}x"
+    )
     flops = attention_flops(captioner.model.config)
     for name, dtype, floor_seconds, needed_seconds, measured_seconds in (
         ("exact path", torch.float32, floor["exact float32"], exact_bar * exact["generate"], exact["bliptk"]),
@@ -372,6 +395,73 @@ def report_bars(model: str, captioner, machine: dict, floor: dict, exact: dict, 
         )
 
 
+# --- 7. compiled --------------------------------------------------------------------------------
+
+
+def compile_seconds(model: str, dtype: str, batch: int, cache: str) -> dict:
+    """The first batch's extra seconds (compiling) in a fresh process with its own inductor cache
+    folder: cold the first time that folder is used, cached the second."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+    command = [sys.executable, __file__, "--model", model, "--compile-probe", f"{dtype},{batch}"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def compile_probe(model: str, probe: str) -> None:
+    dtype, batch = probe.split(",")
+    captioner = bliptk.load(model, pretrained=False, dtype=dtype, compile=True)
+    pixels = captioner.preprocessor(PHOTOS[: int(batch)])
+    first, _ = timed(captioner.image_encoder, pixels)
+    later = median_of(lambda: captioner.image_encoder(pixels), 3)
+    print(json.dumps({"compile": first - later, "encoder": later}))
+
+
+def compiled_section(model: str, eager: dict, compiled: dict, photos: list, floor: dict, exact: dict, rates: dict, repeats: int) -> dict:
+    """Compile times, the compiled exact path and throughput against generate and the floors, and
+    how often compiled float32 tokens differ from eager's."""
+    import tempfile
+
+    print("\n7. compiled (load(..., compile=True): the image encoder through inductor with freezing)")
+    with tempfile.TemporaryDirectory() as cache:
+        for dtype, batch in (("float32", 1), ("bfloat16", 16)):
+            cold, cached = (compile_seconds(model, dtype, batch, cache) for _ in range(2))
+            print(
+                f"   compile time, {dtype} batch {batch}: cold {cold['compile']:.1f} s, cached {cached['compile']:.1f} s "
+                f"(the encoder then takes {cached['encoder']:.3f} s per batch)"
+            )
+    ours, theirs, plain, differ = [], [], [], 0
+    fast, slow = compiled["float32"], eager["float32"]
+    bliptk_exact(fast, fast.preprocessor(EXACT_PHOTOS[0]))  # compiles (batch 1), not timed
+    for repeat in range(repeats):
+        for photo in EXACT_PHOTOS:
+            pixels = slow.preprocessor(photo)
+            runs = [("generate", transformers_generate, slow), ("eager", bliptk_exact, slow), ("compiled", bliptk_exact, fast)]
+            for name, function, captioner in runs if repeat % 2 == 0 else runs[::-1]:
+                seconds, tokens = timed(function, captioner, pixels)
+                {"generate": theirs, "eager": plain, "compiled": ours}[name].append((seconds, tokens))
+            differ += ours[-1][1] != plain[-1][1]
+    mine, reference, eager_seconds = (statistics.median(s for s, _ in runs) for runs in (ours, theirs, plain))
+    print(
+        f"   exact path, compiled float32 batch 1: median {mine:.3f} s per image = {mine / reference:.2f}x generate "
+        f"({reference:.3f} s), {mine / floor['exact float32']:.2f}x the floor; eager {eager_seconds:.3f} s = {eager_seconds / reference:.2f}x"
+    )
+    for photo in photos:
+        pixels = slow.preprocessor(photo)
+        differ += bliptk_exact(fast, pixels) != bliptk_exact(slow, pixels)
+    print(f"   compiled float32 tokens against eager's: {differ} of {len(ours) + len(photos)} captions differ")
+    model_bf16 = compiled["bfloat16"]
+    list(model_bf16.caption_files(photos[:16], max_new_tokens=TOKENS, batch_size=16, workers=1, progress=False))  # compiles
+    started = time.perf_counter()
+    done = list(model_bf16.caption_files(photos, max_new_tokens=TOKENS, batch_size=16, workers=1, progress=False))
+    rate = len(done) / (time.perf_counter() - started)
+    floor_rate = 1 / floor["bfloat16 batch 16"]
+    print(
+        f"   throughput, compiled bfloat16 batch 16 ({len(photos)} photos): {rate:.3f} images/s = {rate / rates['generate']:.2f}x generate, "
+        f"{floor_rate / rate:.2f}x its floor; eager {rates['bfloat16 batch 16']:.3f} images/s"
+    )
+    return {"exact": {"generate": reference, "bliptk": mine}, "throughput": rate}
+
+
 def main() -> None:
     import warnings
 
@@ -380,10 +470,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="16 photos and 1 repeat")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--compile-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.simplefilter("ignore", bliptk.RandomWeightsWarning)  # random weights on purpose
     if args.memory_probe:
         return memory_probe(args.model, args.memory_probe)
+    if args.compile_probe:
+        return compile_probe(args.model, args.compile_probe)
     photos = PHOTOS[:16] if args.quick else PHOTOS
     print(f"{args.model}, random weights, torch {torch.__version__}, {torch.get_num_threads()} threads")
     models = {
@@ -396,9 +489,12 @@ def main() -> None:
     report_steps(models, floor)
     exact = exact_path(captioner, floor, 1 if args.quick else args.repeats)
     rates = throughput(captioner, models, photos, floor, baseline_images=4 if args.quick else 8)
-    fidelity(models, photos)
+    compiled = {dtype: bliptk.load(args.model, pretrained=False, dtype=dtype, compile=True) for dtype in ("float32", "bfloat16")}
+    best = compiled_section(args.model, models, compiled, photos, floor, exact, rates, 1 if args.quick else args.repeats)
+    fidelity({**models, "compiled float32": compiled["float32"]}, photos)
     peak_memory(args.model)
     report_bars(args.model, captioner, machine, floor, exact, rates)
+    report_bars(args.model, captioner, machine, floor, best["exact"], {**rates, "bfloat16 batch 16": best["throughput"]}, "compiled")
 
 
 if __name__ == "__main__":

@@ -188,13 +188,13 @@ def _preprocess(row: dict, preprocessor: Preprocessor, max_pixels: int | None) -
 class _CaptionActor:
     """Ray actor: loads the captioner once, then captions batches with the batch command's step."""
 
-    def __init__(self, model: str, pretrained: bool, seed: int, dtype, threads: int, options: dict, video_options: dict):
+    def __init__(self, model: str, pretrained: bool, seed: int, dtype, compile: bool, threads: int, options: dict, video_options: dict):
         import torch
 
         from .loading import load
 
         torch.set_num_threads(threads)
-        self.captioner = load(model, pretrained=pretrained, dtype=dtype, weights_seed=seed)
+        self.captioner = load(model, pretrained=pretrained, dtype=dtype, weights_seed=seed, compile=compile)
         self.options, self.video_options = DecodingOptions(**options), VideoOptions(**video_options)
         self.provenance = provenance(self.captioner)
         self.record_options = record_options(self.options, self.video_options)
@@ -221,6 +221,7 @@ def caption_dataset(
     pretrained: bool = True,
     weights_seed: int = 0,
     dtype=None,
+    compile: bool = False,
     pool: ActorPool | None = None,
     batch_size: int = 8,
     format: str = "jsonl",
@@ -246,6 +247,8 @@ def caption_dataset(
         pretrained: False for random weights (tests, benchmarks).
         weights_seed: Seed of random weights.
         dtype: Model dtype (``"bfloat16"`` for throughput on CPUs that support it).
+        compile: Each actor compiles its image encoder (``load(..., compile=True)``); worth it
+            when each actor captions more images than the break-even in the Performance guide.
         pool: The [`ActorPool`][bliptk.distributed.ActorPool] (actors, CPUs and GPUs each); None sizes it to the cluster.
         batch_size: Inputs per captioning batch.
         format: ``"jsonl"`` or ``"parquet"``.
@@ -270,7 +273,7 @@ def caption_dataset(
             ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     recorded = record_options(options, video_options)
     earlier = [r for r in read_output(output) if r["model"] == _model_name(model) and r["options"] == recorded]
-    done = done_inputs(earlier, _provenance(model, pretrained, weights_seed, dtype), recorded) if earlier else set()
+    done = done_inputs(earlier, _provenance(model, pretrained, weights_seed, dtype, compile), recorded) if earlier else set()
     dataset, total, skipped, read_cpus = _todo(ray, source, recursive, done)
     if dataset is None:
         return RunSummary(total, skipped, 0, 0, str(output))
@@ -285,6 +288,7 @@ def caption_dataset(
             pretrained,
             weights_seed,
             dtype,
+            compile,
             math.ceil(cpus_per_worker),
             options.as_dict(),
             video_options.as_dict(),
@@ -341,12 +345,13 @@ def _write(captioned, output: Path, format: str) -> list[dict]:
     return written
 
 
-def _provenance(model: str, pretrained: bool, seed: int, dtype) -> dict:
+def _provenance(model: str, pretrained: bool, seed: int, dtype, compile: bool) -> dict:
     """What the actors' records will say they were made with. The weights' fingerprint needs the
-    weights, so the model is loaded here once (on a rerun only, to compare with earlier records)."""
+    weights, so the model is loaded here once (on a rerun only, to compare with earlier records;
+    nothing compiles before a first batch)."""
     from .loading import load
 
-    return load(model, pretrained=pretrained, weights_seed=seed, dtype=dtype, device="cpu").provenance()
+    return load(model, pretrained=pretrained, weights_seed=seed, dtype=dtype, device="cpu", compile=compile).provenance()
 
 
 def _model_name(model: str) -> str:

@@ -15,6 +15,7 @@ __all__ = [
     "BliptkError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "CompileWarning",
     "DataWarning",
     "DeviceError",
     "EvaluationError",
@@ -205,6 +206,11 @@ class PromptWarning(UserWarning):
 
 class DataWarning(UserWarning):
     """Rows of training data left out (a missing image, an empty caption), counted and named."""
+
+
+class CompileWarning(UserWarning):
+    """``compile=True`` cannot compile here (no C++ compiler, no Triton, an unsupported platform,
+    or inductor failed): bliptk runs eager, with the same results."""
 
 
 class ExportChangedWarning(UserWarning):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compiled import Compiled
 from .preprocess import Preprocessor
 
 __all__ = ["ImageEncoder"]
@@ -36,6 +37,8 @@ class ImageEncoder(nn.Module):
         self.patch_size: int = config.patch_size
         self.grid_size: int = config.image_size // config.patch_size
         self.hidden_size: int = config.hidden_size
+        # Set by compile_forward(): forward's maths compiled with inductor and freezing (None: eager).
+        self.compiled: Compiled | None = None
 
     @property
     def device(self) -> torch.device:
@@ -56,9 +59,26 @@ class ImageEncoder(nn.Module):
 
         The ViT's layers are run here with ``scaled_dot_product_attention`` (``transformers``' BLIP
         vision attention is eager only); the result equals ``BlipVisionModel``'s
-        ``last_hidden_state`` (tested to 1e-4).
+        ``last_hidden_state`` (tested to 1e-4). After [`compile_forward()`][bliptk.image_encoder.ImageEncoder.compile_forward],
+        the compiled maths run instead.
         """
+        if self.compiled is not None:
+            return self.compiled(pixel_values.to(device=self.device, dtype=self.dtype))
         return self.run(pixel_values)
+
+    def compile_forward(self) -> bool:
+        """Compile [`forward()`][bliptk.image_encoder.ImageEncoder.forward] with inductor and
+        freezing (see [`Compiled`][bliptk.compiled.Compiled]); explanations, which need gradients,
+        keep running [`run()`][bliptk.image_encoder.ImageEncoder.run] eager. The compiling itself
+        happens on the first batch of each size. Where inductor cannot compile, says so once and
+        stays eager.
+
+        Returns:
+            True when it will run compiled; False when it stays eager.
+        """
+        if self.compiled is None:
+            self.compiled = Compiled(self.run, self.device)
+        return self.compiled.unavailable is None
 
     def run(
         self, pixel_values: torch.Tensor | None, attentions: list[torch.Tensor] | None = None, patches: torch.Tensor | None = None

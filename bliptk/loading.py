@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,7 @@ def load(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     weights_seed: int = 0,
+    compile: bool = False,
 ) -> Captioner:
     """Load a BLIP captioning model.
 
@@ -304,6 +306,11 @@ def load(
             1 only, see the Performance guide).
         weights_seed: Seed of the random weights when they are random (the sampling seed is a
             decoding option, [`DecodingOptions.seed`][bliptk.decoding.DecodingOptions]).
+        compile: Compile the image encoder with inductor and freezing
+            ([`ImageEncoder.compile_forward()`][bliptk.image_encoder.ImageEncoder.compile_forward]): the
+            first batch of each size pays the compile time, later ones run the compiled code,
+            which is faster on some CPUs and not on others (see the Performance guide). Where it
+            cannot compile, bliptk says so once and runs eager.
 
     Returns:
         A [`Captioner`][bliptk.captioner.Captioner] in eval mode.
@@ -346,6 +353,8 @@ def load(
     captioner = Captioner(net, tokenizer, encoder, name=name, weights=weights)
     if int8:
         captioner.text_decoder.quantize()
+    if compile and encoder.compile_forward():
+        captioner.weights = replace(weights, compiled=True)
     return captioner
 
 

@@ -27,19 +27,25 @@ class Weights:
         fingerprint: [`weights_fingerprint()`][bliptk.provenance.weights_fingerprint] of the weights as loaded, before any dtype
             conversion (16 hex digits).
         dtype: The dtype the captioner computes in (``"float32"``, ``"bfloat16"``).
+        compiled: The image encoder runs compiled (``load(..., compile=True)``), whose features
+            differ from eager's in the last bits.
     """
 
     source: str
     seed: int | None
     fingerprint: str
     dtype: str
+    compiled: bool = False
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        made = asdict(self)
+        if not self.compiled:  # eager, as every record before compiling existed: those stay reusable
+            del made["compiled"]
+        return made
 
     def __str__(self) -> str:
         made = "pretrained weights" if self.source == "pretrained" else f"random weights (seed {self.seed})"
-        return f"{made}, fingerprint {self.fingerprint}, {self.dtype}"
+        return f"{made}, fingerprint {self.fingerprint}, {self.dtype}{', compiled' if self.compiled else ''}"
 
 
 def weights_fingerprint(module) -> str:

@@ -35,6 +35,17 @@ def test_json_records(tiny, photos, capsys):
     assert records[0]["logprobs"] == pytest.approx(expected[0].logprobs)
 
 
+@pytest.mark.slow
+def test_compile_captions_as_eager_and_records_it(tiny, photos, tmp_path):
+    out = tmp_path / "captions.jsonl"
+    assert main(["caption", *map(str, photos[:2]), "--model", "tiny", "--compile", "--out", str(out), "--max-new-tokens", "5"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["token_ids"] for r in records] == [c.token_ids for c in tiny.caption(photos[:2], max_new_tokens=5)]
+    assert all(r["weights"]["compiled"] is True for r in records)  # not reused as eager's
+    assert main(["caption", *map(str, photos[:2]), "--model", "tiny", "--out", str(out), "--resume", "--max-new-tokens", "5"]) == 0
+    assert len(out.read_text().splitlines()) == 4  # the eager run captioned both again
+
+
 def test_a_missing_file_fails_alone(tiny, photos, capsys, tmp_path):
     missing = tmp_path / "gone.jpg"
     assert main(["caption", str(missing), str(photos[0]), "--model", "tiny", "--max-new-tokens", "3"]) == 1

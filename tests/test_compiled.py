@@ -1,0 +1,106 @@
+"""The compiled path: captions equal eager's, smaller batches padded rather than compiled again,
+eager with one warning where inductor cannot compile, and the on-disk cache reused by another
+process with other weights, which it computes with (not the first process's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import bliptk
+from bliptk import compiled as compiled_module
+from bliptk.errors import CompileWarning
+
+pytestmark = pytest.mark.slow  # each test compiles (5-20 s on two cores)
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(compiled_module, "_SAID", set())
+
+
+def test_compiled_captions_equal_eager(tiny, photos):
+    compiled = bliptk.load("tiny", compile=True)
+    assert compiled.weights.compiled and compiled.weights.as_dict()["compiled"] is True
+    assert "compiled" not in tiny.weights.as_dict()  # eager records stay as they were
+    pixels = tiny.preprocessor(photos[:3])
+    torch.testing.assert_close(compiled.image_encoder(pixels), tiny.image_encoder(pixels), rtol=1e-4, atol=1e-5)
+    assert compiled.image_encoder.compiled.sizes == {3}
+    for options in ({}, {"num_beams": 3}):
+        ours = [c.token_ids for c in compiled.caption(photos[:3], max_new_tokens=12, **options)]
+        assert ours == [c.token_ids for c in tiny.caption(photos[:3], max_new_tokens=12, **options)]
+
+
+def test_a_smaller_batch_is_padded_to_a_compiled_size(tiny, photos):
+    compiled = bliptk.load("tiny", compile=True)
+    pixels = tiny.preprocessor(photos[:3])
+    compiled.image_encoder(pixels)
+    torch._dynamo.utils.counters.clear()
+    last = compiled.image_encoder(pixels[:2])
+    assert compiled.image_encoder.compiled.sizes == {3}
+    assert not torch._dynamo.utils.counters["stats"]["unique_graphs"]  # nothing compiled again
+    torch.testing.assert_close(last, tiny.image_encoder(pixels[:2]), rtol=1e-4, atol=1e-5)
+
+
+def test_without_a_compiler_it_says_so_once_and_runs_eager(tiny, photos, fresh_warnings):
+    from torch._inductor import config
+
+    with config.patch({"cpp.cxx": ("/nonexistent/g++",)}):
+        with pytest.warns(CompileWarning, match=r"no C\+\+ compiler .*bliptk runs eager"):
+            captioner = bliptk.load("tiny", compile=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            again = bliptk.load("tiny", compile=True)  # said once
+    assert not captioner.weights.compiled and again.image_encoder.compiled.compiled is None
+    assert [c.token_ids for c in captioner.caption(photos[:2])] == [c.token_ids for c in tiny.caption(photos[:2])]
+
+
+def test_an_inductor_failure_falls_back_to_eager(tiny, photos, fresh_warnings):
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    captioner = bliptk.load("tiny", compile=True)
+
+    def failing(batch):
+        raise InvalidCxxCompiler()
+
+    captioner.image_encoder.compiled.compiled = failing
+    with pytest.warns(CompileWarning, match="inductor failed: InvalidCxxCompiler"):
+        captions = captioner.caption(photos[:2])
+    assert [c.token_ids for c in captions] == [c.token_ids for c in tiny.caption(photos[:2])]
+    assert captioner.image_encoder.compiled.compiled is None
+
+
+def test_a_caller_error_is_not_taken_for_a_compile_failure(photos):
+    captioner = bliptk.load("tiny", compile=True)
+    with pytest.raises(RuntimeError, match="channels|size|shape"):
+        captioner.image_encoder(torch.zeros(1, 4, 96, 96))  # four channels: the caller's mistake
+
+
+CACHED = """
+import json, sys, time, torch, bliptk
+seed = int(sys.argv[1])
+compiled, eager = bliptk.load("tiny", compile=True, weights_seed=seed), bliptk.load("tiny", weights_seed=seed)
+pixels = torch.randn(2, 3, 96, 96)
+started = time.perf_counter()
+features = compiled.image_encoder(pixels)
+print(json.dumps({"seconds": time.perf_counter() - started,
+                  "difference": (features - eager.image_encoder(pixels)).abs().max().item()}))
+"""
+
+
+def test_the_disk_cache_serves_another_process_with_its_own_weights(tmp_path):
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run(seed: int) -> dict:
+        done = subprocess.run([sys.executable, "-c", CACHED, str(seed)], env=env, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    cold, warm = run(0), run(1)  # the second process: other weights, the same architecture
+    assert cold["difference"] < 1e-4 and warm["difference"] < 1e-4  # each computes with its own weights
+    assert warm["seconds"] < cold["seconds"] / 2, (cold, warm)
