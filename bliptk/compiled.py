@@ -2,7 +2,7 @@
 
 Freezing treats the weights as constants: inductor prepacks them for oneDNN and fuses the
 elementwise work around the matrix products. What that saves depends on the CPU (the ViT-B/16
-encoder: 0.76-0.85 of eager's time on a 2-core AMD EPYC, 0.92-0.94 on a 2-core Xeon with AMX, where
+encoder: 0.76-0.85 of eager's time on a 2-core AMD EPYC, 0.92-1.07 on a 2-core Xeon with AMX, where
 the matrix products and attention, unchanged by compiling, are most of the time; see the
 Performance guide). The weights are not part of the
 compiled code: torch's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by default
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import CompileWarning
+from .errors import CompileWarning, first_line
 
 __all__ = ["Compiled", "compile_unavailable"]
 
@@ -50,9 +50,11 @@ class Compiled:
     [`CompileWarning`][bliptk.errors.CompileWarning]).
 
     Shapes are static (``dynamic=False``), which is what freezing and oneDNN's prepacked weights
-    want, so each batch size compiles once; a batch smaller than a size already compiled is padded
-    to it (repeating its last row) and the padding dropped, rather than compiled again, so the last,
-    short batch of a folder job costs its padding, not a second compile.
+    want, so each batch size compiles once; a batch at least half as large as a size already
+    compiled is padded to it (repeating its last row) and the padding dropped, rather than compiled
+    again, so the last, short batch of a folder job costs at most its own size again in padding, not
+    a second compile. Freezing copies the weights at the first compile: changed in place afterwards
+    (training, ``load_state_dict``), they would not be seen, hence a new ``load`` after training.
 
     Args:
         function: The eager function, ``(B, ...) -> (B, ...)``, rows independent of each other.
@@ -70,10 +72,10 @@ class Compiled:
             self.compiled = torch.compile(function, backend="inductor", dynamic=False, options={"freezing": True})
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.compiled is None:
-            return self.function(batch)
         size = batch.shape[0]
-        target = min((s for s in self.sizes if s >= size), default=size)
+        if self.compiled is None or size == 0:
+            return self.function(batch)
+        target = min((s for s in self.sizes if size <= s <= 2 * size), default=size)
         # Always a new tensor, made here (under forward's inference mode): dynamo guards on whether
         # an input is an inference tensor, and a caller's mix of both would compile twice.
         padded = torch.cat([batch, batch[-1:].expand(target - size, *batch.shape[1:])])
@@ -82,7 +84,7 @@ class Compiled:
         except Exception as error:  # inductor's own failures only; anything else is the caller's to see
             if not _is_compile_failure(error):
                 raise
-            self.compiled, self.unavailable = None, f"inductor failed: {type(error).__name__}: {str(error).strip().splitlines()[0]}"
+            self.compiled, self.unavailable = None, f"inductor failed: {type(error).__name__}: {first_line(error)}"
             _say_eager(self.unavailable)
             return self.function(batch)
         self.sizes.add(target)

@@ -347,11 +347,15 @@ def _write(captioned, output: Path, format: str) -> list[dict]:
 
 def _provenance(model: str, pretrained: bool, seed: int, dtype, compile: bool) -> dict:
     """What the actors' records will say they were made with. The weights' fingerprint needs the
-    weights, so the model is loaded here once (on a rerun only, to compare with earlier records;
-    nothing compiles before a first batch)."""
+    weights, so the model is loaded here once (on a rerun only, to compare with earlier records),
+    not compiled: the records say whether compiling was asked for, which the actors record alike."""
+    from dataclasses import replace
+
     from .loading import load
 
-    return load(model, pretrained=pretrained, weights_seed=seed, dtype=dtype, device="cpu", compile=compile).provenance()
+    captioner = load(model, pretrained=pretrained, weights_seed=seed, dtype=dtype, device="cpu")
+    captioner.weights = replace(captioner.weights, compiled=compile)
+    return captioner.provenance()
 
 
 def _model_name(model: str) -> str:

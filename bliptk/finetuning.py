@@ -244,6 +244,7 @@ def finetune(
         MissingDependencyError: ``accelerate`` (or ``peft`` for LoRA) is not installed.
     """
     settings = _options(options)
+    _refuse_compiled(model, load_options or {})
     require("accelerate")
     if settings.lora is not None:
         require("peft")
@@ -306,6 +307,16 @@ def _captioner(model, load_options: dict):
             raise option_error("load_options apply to a model given by name, not to a Captioner", "load_options")
         return model
     return load(model, **load_options)
+
+
+def _refuse_compiled(model, load_options: dict) -> None:
+    """Freezing copied the weights that training is about to change: a compiled captioner would go
+    on captioning with the old ones."""
+    from .captioner import Captioner
+
+    compiled = model.image_encoder.compiled is not None if isinstance(model, Captioner) else bool(load_options.get("compile"))
+    if compiled:
+        raise option_error("fine-tune an uncompiled captioner, then compile the result: bliptk.load(out, compile=True)", "compile")
 
 
 def _manifest(captioner, train: CaptionPairs, val: CaptionPairs | None, options: FinetuneOptions) -> dict:

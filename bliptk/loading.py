@@ -353,8 +353,9 @@ def load(
     captioner = Captioner(net, tokenizer, encoder, name=name, weights=weights)
     if int8:
         captioner.text_decoder.quantize()
-    if compile and encoder.compile_forward():
-        captioner.weights = replace(weights, compiled=True)
+    if compile:
+        encoder.compile_forward()
+        captioner.weights = replace(weights, compiled=True)  # asked for: the same however it then runs
     return captioner
 
 

@@ -27,8 +27,10 @@ class Weights:
         fingerprint: [`weights_fingerprint()`][bliptk.provenance.weights_fingerprint] of the weights as loaded, before any dtype
             conversion (16 hex digits).
         dtype: The dtype the captioner computes in (``"float32"``, ``"bfloat16"``).
-        compiled: The image encoder runs compiled (``load(..., compile=True)``), whose features
-            differ from eager's in the last bits.
+        compiled: Compiling the image encoder was asked for (``load(..., compile=True)``), whose
+            features differ from eager's in the last bits. Where inductor could not compile, that
+            run was eager (said by a ``CompileWarning``); the record still says compiled, so that
+            runs asked for alike match wherever they ran.
     """
 
     source: str

@@ -19,6 +19,7 @@ It is that of ``BlipTextLMHeadModel`` (post-LayerNorm BERT layers); tests check 
 from __future__ import annotations
 
 import functools
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -120,7 +121,8 @@ def _split_product(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     On some CPUs ``F.linear`` streams a matrix-vector product's weight from one core, at about half
     the memory bandwidth (2-core AMD EPYC: 13 GB/s). Split by output into its two contiguous halves,
     it is one batched product of two independent halves, which the two cores stream together: the
-    same sums, read 2.5 to 3.5 times as fast there. Elsewhere ``F.linear`` is the faster (2-core
+    same products, summed in another order (equal to float32 rounding), read 2.5 to 3.5 times as
+    fast there. Elsewhere ``F.linear`` is the faster (2-core
     Intel Xeon with AMX: 47-56 GB/s against 16-30), hence [`split_product_pays()`][bliptk.text_decoder.split_product_pays].
     """
     outputs, width = weight.shape
@@ -136,9 +138,14 @@ _SPLIT_MARGIN = 1.3
 
 @functools.lru_cache(maxsize=1)
 def split_product_pays() -> bool:
-    """Whether ``_split_product`` reads a float32 weight at
-    least 1.3 times as fast as ``F.linear`` on this machine, measured once per process (about 50
-    ms: medians of 9 alternating products over a 64 MB weight, larger than the caches)."""
+    """Whether ``_split_product`` reads a float32 weight at least 1.3 times as fast as ``F.linear``
+    on this machine, measured once per process (about 60 ms: medians of 9 alternating products
+    over a 64 MB weight, larger than the caches). ``BLIPTK_SPLIT_PRODUCT=1`` (or ``0``) decides
+    without measuring: the two products differ in the last bits, so runs that must match each
+    other bit for bit, on a machine where the two are close, can pin one."""
+    pinned = os.environ.get("BLIPTK_SPLIT_PRODUCT")
+    if pinned in ("0", "1"):
+        return pinned == "1"
     weight, x = torch.ones(16384, 1024), torch.ones(1, 1024)
     seconds: dict[str, list[float]] = {"linear": [], "split": []}
     for _ in range(9):

@@ -17,7 +17,10 @@ import bliptk
 from bliptk import compiled as compiled_module
 from bliptk.errors import CompileWarning
 
-pytestmark = pytest.mark.slow  # each test compiles (5-20 s on two cores)
+pytestmark = [
+    pytest.mark.slow,  # each test compiles (5-20 s on two cores)
+    pytest.mark.skipif(compiled_module.compile_unavailable(torch.device("cpu")) is not None, reason="inductor cannot compile here"),
+]
 
 
 @pytest.fixture
@@ -57,7 +60,8 @@ def test_without_a_compiler_it_says_so_once_and_runs_eager(tiny, photos, fresh_w
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             again = bliptk.load("tiny", compile=True)  # said once
-    assert not captioner.weights.compiled and again.image_encoder.compiled.compiled is None
+    assert captioner.image_encoder.compiled.compiled is None and again.image_encoder.compiled.compiled is None
+    assert captioner.weights.compiled  # asked for: records match those of a run that could compile
     assert [c.token_ids for c in captioner.caption(photos[:2])] == [c.token_ids for c in tiny.caption(photos[:2])]
 
 
@@ -76,20 +80,22 @@ def test_an_inductor_failure_falls_back_to_eager(tiny, photos, fresh_warnings):
     assert captioner.image_encoder.compiled.compiled is None
 
 
-def test_a_caller_error_is_not_taken_for_a_compile_failure(photos):
+def test_a_caller_error_is_not_taken_for_a_compile_failure(photos, fresh_warnings):
     captioner = bliptk.load("tiny", compile=True)
-    with pytest.raises(RuntimeError, match="channels|size|shape"):
-        captioner.image_encoder(torch.zeros(1, 4, 96, 96))  # four channels: the caller's mistake
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompileWarning)  # no fallback to eager: the error is the caller's
+        with pytest.raises(RuntimeError, match="channels|size|shape"):
+            captioner.image_encoder(torch.zeros(1, 4, 96, 96))  # four channels: the caller's mistake
+    assert captioner.image_encoder.compiled.compiled is not None
 
 
 CACHED = """
-import json, sys, time, torch, bliptk
+import json, sys, torch, bliptk
 seed = int(sys.argv[1])
 compiled, eager = bliptk.load("tiny", compile=True, weights_seed=seed), bliptk.load("tiny", weights_seed=seed)
 pixels = torch.randn(2, 3, 96, 96)
-started = time.perf_counter()
 features = compiled.image_encoder(pixels)
-print(json.dumps({"seconds": time.perf_counter() - started,
+print(json.dumps({"cache_hits": torch._dynamo.utils.counters["inductor"]["fxgraph_cache_hit"],
                   "difference": (features - eager.image_encoder(pixels)).abs().max().item()}))
 """
 
@@ -103,4 +109,4 @@ def test_the_disk_cache_serves_another_process_with_its_own_weights(tmp_path):
 
     cold, warm = run(0), run(1)  # the second process: other weights, the same architecture
     assert cold["difference"] < 1e-4 and warm["difference"] < 1e-4  # each computes with its own weights
-    assert warm["seconds"] < cold["seconds"] / 2, (cold, warm)
+    assert cold["cache_hits"] == 0 and warm["cache_hits"] >= 1, (cold, warm)  # the second read the first's code

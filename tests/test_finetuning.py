@@ -126,6 +126,9 @@ def test_lora_trains_under_two_percent_of_vit_b(tmp_path, photos):
     )
     share = result.trainable_parameters / result.total_parameters
     assert 0.005 < share < 0.02, share
+    base = bliptk.load("ViT-B/16", pretrained=False).model
+    adapters = result.trainable_parameters - 2 * 768  # the head norm is trained whole, not added
+    assert result.total_parameters == sum(p.numel() for p in base.parameters()) + adapters  # the norm counted once
 
 
 def test_merged_lora_captions_equal_the_unmerged_model(pairs, tmp_path):
@@ -264,6 +267,12 @@ def test_resuming_a_run_made_otherwise_is_refused(pairs, tmp_path):
 def test_option_mistakes_are_named(pairs, tmp_path, options, message):
     with pytest.raises(bliptk.InvalidOptionError, match=message):
         finetune("tiny", pairs, out=tmp_path / "run", **options)
+
+
+def test_a_compiled_captioner_is_refused(pairs, tmp_path):
+    with pytest.raises(bliptk.InvalidOptionError, match=r"fine-tune an uncompiled captioner.*compile=True"):
+        finetune("tiny", pairs, out=tmp_path / "run", load_options={"compile": True}, max_steps=1)
+    assert not (tmp_path / "run").exists()
 
 
 def test_validation_loss_at_each_epoch_and_the_best_kept(pairs, tmp_path, monkeypatch):

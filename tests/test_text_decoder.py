@@ -95,6 +95,14 @@ def test_the_split_product_is_taken_only_where_it_reads_clearly_faster(monkeypat
         text_decoder.split_product_pays.cache_clear()
 
 
+def test_the_choice_can_be_pinned(monkeypatch):
+    for pinned in (True, False):
+        monkeypatch.setenv("BLIPTK_SPLIT_PRODUCT", str(int(pinned)))
+        text_decoder.split_product_pays.cache_clear()
+        assert text_decoder.split_product_pays() is pinned
+    text_decoder.split_product_pays.cache_clear()
+
+
 def test_the_split_product_is_the_linear_layer(tiny):
     from bliptk.text_decoder import _split_product
 
