@@ -154,8 +154,9 @@ def test_the_cli_exports_and_captions_with_an_export(tiny, photos, tmp_path, cap
 @pytest.mark.slow
 def test_full_size_vit_b_greedy_and_beams_equal_the_torch_path(vit_b, photos, tmp_path):
     runner = bliptk_onnx.load(bliptk_onnx.export(vit_b, tmp_path / "vit-b"))
-    for prompt in PROMPTS:
-        assert _ids(runner.caption(photos[:2], prompt, max_new_tokens=10)) == _ids(vit_b.caption(photos[:2], prompt, max_new_tokens=10))
+    # Every prompt is checked on the tiny net (above); at full size, one, and beams.
+    prompt = "the woman"
+    assert _ids(runner.caption(photos[:2], prompt, max_new_tokens=10)) == _ids(vit_b.caption(photos[:2], prompt, max_new_tokens=10))
     assert _ids(runner.caption(photos[:2], num_beams=3, max_new_tokens=10)) == _ids(
         vit_b.caption(photos[:2], num_beams=3, max_new_tokens=10)
     )
