@@ -63,7 +63,7 @@ class ImageEncoder(nn.Module):
         the compiled maths run instead.
         """
         if self.compiled is not None:
-            return self.compiled(pixel_values.to(device=self.device, dtype=self.dtype))
+            return self.compiled(pixel_values)  # run() moves the pixels to the encoder's device and dtype
         return self.run(pixel_values)
 
     def compile_forward(self) -> bool:

@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -344,7 +343,8 @@ def load(
     fingerprint = weights_fingerprint(net)
     net = net.to(device=resolved_device, dtype=resolved_dtype).eval()
     dtype_name = "int8" if int8 else str(resolved_dtype).removeprefix("torch.")
-    weights = Weights("pretrained" if pretrained else "random", None if pretrained else weights_seed, fingerprint, dtype_name)
+    # compiled: asked for, the same however it then runs (see Weights).
+    weights = Weights("pretrained" if pretrained else "random", None if pretrained else weights_seed, fingerprint, dtype_name, compile)
 
     tokenizer = load_tokenizer(folder if folder is not None and (folder / "vocab.txt").is_file() else None)
     preprocessor = preprocessor_for(folder, net.config.vision_config.image_size)
@@ -355,7 +355,6 @@ def load(
         captioner.text_decoder.quantize()
     if compile:
         encoder.compile_forward()
-        captioner.weights = replace(weights, compiled=True)  # asked for: the same however it then runs
     return captioner
 
 
