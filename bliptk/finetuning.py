@@ -185,15 +185,18 @@ class FinetuneResult:
             ax.plot(*zip(*train, strict=True), label="training loss")
         if val:
             ax.plot(*zip(*val, strict=True), marker="o", label="validation loss")
+        handles, labels = ax.get_legend_handles_labels()
         cider = [(e["step"], e["eval_CIDEr"]) for e in self.history if "eval_CIDEr" in e]
         if cider:
             twin = ax.twinx()
             twin.plot(*zip(*cider, strict=True), color="C2", marker="s", label="CIDEr")
             twin.set_ylabel("CIDEr")
-            twin.legend(loc="upper right", fontsize=8)
+            more_handles, more_labels = twin.get_legend_handles_labels()
+            handles, labels = handles + more_handles, labels + more_labels
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        ax.legend(loc="upper left" if cider else "best", fontsize=8)
+        # One legend for both axes, under the plot: inside, it would cover the curves' first points.
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(labels), fontsize=8, frameon=False)
         return ax.figure
 
 
