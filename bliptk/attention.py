@@ -205,6 +205,10 @@ def plot_attention_maps(caption, columns: int = 5, fig=None, **map_options):
     return fig
 
 
+# The most one side of an image may exceed the other for the overlays to draw it in its own shape.
+_MOST_STRETCHED = 4
+
+
 def plot_attention_overlays(image, caption, columns: int = 5, alpha: float = 0.4, fig=None, **map_options):
     """Each token's map upsampled and laid over the image, in a grid (the page's
     ``visualizeAttention`` grid), with the colour scale.
@@ -220,7 +224,8 @@ def plot_attention_overlays(image, caption, columns: int = 5, alpha: float = 0.4
             (a caption's only).
 
     Returns:
-        The figure, one panel per token, titled with the token.
+        The figure, one panel per token, titled with the token. An image more than four times as
+        wide as it is tall (or as tall as wide) is drawn as the model sees it, squared.
     """
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LinearSegmentedColormap
@@ -228,13 +233,25 @@ def plot_attention_overlays(image, caption, columns: int = 5, alpha: float = 0.4
     picture = load_image(image)
     maps, tokens, name = _token_maps(caption, map_options)
     width, height = picture.size
+    if not 1 / _MOST_STRETCHED <= height / width <= _MOST_STRETCHED:
+        # A panel that shape would be a sliver: draw the image as the model sees it, squared (its maps' grid is square).
+        side = max(16, min(max(width, height), 384))
+        picture = picture.resize((side, side), Image.Resampling.BICUBIC)
+        width = height = side
     fig, axes = grid_axes(len(tokens), columns, 2.8, fig, aspect=height / width)
     for ax, token_map, token in zip(axes, maps, tokens, strict=True):
         plot_attention_map(token_map, token, image=picture, alpha=alpha, ax=ax)
         ax.title.set_fontsize(12)
     if len(axes):
         scale = ScalarMappable(cmap=LinearSegmentedColormap.from_list("attention", ["white", "red"]))
-        bar = fig.colorbar(scale, ax=list(axes), shrink=0.5, aspect=30, pad=0.02)
-        bar.set_label(f"{name}, each map scaled to its range (the page's ImageAdjust)")
+        one_row = len(axes) <= columns
+        bar = fig.colorbar(scale, ax=list(axes), shrink=0.9 if one_row else 0.5, aspect=20 if one_row else 30, pad=0.02)
+        # Short lines: a one-row figure is too short for one long one.
+        lines = (
+            f"{name}: relative importance,\neach word's map\nscaled to its own range"
+            if one_row
+            else (f"{name}: relative importance,\neach word's map scaled to its own range")
+        )
+        bar.set_label(lines, fontsize=8)
         bar.set_ticks([0, 1], labels=["least", "most"])
     return fig

@@ -279,6 +279,7 @@ def caption_files(
             before it kept.
     """
     options, video_options = pipeline.resolve_options(options, video_options, **keywords)
+    options = pipeline.own_options(captioner, options)  # records say the prompt a fine-tuned checkpoint captions after
     check_batch_options(options, batch_size, workers, max_pixels)
     prompt_ids(captioner.tokenizer, options.prompt_text, options.max_new_tokens, captioner.decoder.max_positions)
     paths = expand_inputs([inputs] if isinstance(inputs, str | os.PathLike) else inputs, recursive)
@@ -293,6 +294,15 @@ def caption_files(
     finally:
         if output is not None and output is not out:
             output.close()
+
+
+def made_by(captioner, options: DecodingOptions, video_options: VideoOptions | None = None):
+    """Whether a record was made as ``caption_files(captioner, ..., options=options)`` makes them:
+    the same model, weights and options (its own prompt applied), and no error. For reading one
+    job's records from a file that may hold others'."""
+    options = pipeline.own_options(captioner, options)
+    provenance, recorded = pipeline.provenance(captioner), record_options(options, video_options or VideoOptions())
+    return lambda record: not record.get("error") and key_of(record) == record_key(input_identity(record["path"]), provenance, recorded)
 
 
 class _Job:

@@ -31,15 +31,19 @@ class Captioner(CaptionVerbs):
         text_decoder: [`TextDecoder`][bliptk.text_decoder.TextDecoder], usable on its own.
         tokenizer: [`Tokenizer`][bliptk.tokenizer.Tokenizer], usable on its own.
         model: The underlying ``transformers`` ``BlipForConditionalGeneration``.
+        prompt: The checkpoint's own prompt, which a call that gives none captions after: a
+            fine-tuned checkpoint's training prompt (its ``captioning.json``); None for the page's
+            defaults (``"a photography of"``, ``"a video of"``).
     """
 
-    def __init__(self, model, tokenizer: Tokenizer, image_encoder: ImageEncoder, name: str, weights: Weights):
+    def __init__(self, model, tokenizer: Tokenizer, image_encoder: ImageEncoder, name: str, weights: Weights, prompt: str | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.image_encoder = image_encoder
         self.text_decoder = TextDecoder(model.text_decoder)
         self.name = name
         self.weights = weights
+        self.prompt = prompt
 
     def __repr__(self) -> str:
         weights = "pretrained" if self.pretrained else f"random weights (seed {self.weights.seed})"

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import warnings
 from dataclasses import fields
@@ -29,7 +31,7 @@ from .errors import (
     missing_dependency,
 )
 from .models import DEFAULT_MODEL, available_models
-from .outputs import checked_output, reason, write_whole
+from .outputs import Output, claim, reason
 from .records import RECORD_FORMATS, SHARD_FORMATS
 from .video import VideoOptions
 
@@ -76,10 +78,13 @@ def _model_arguments(parser: argparse.ArgumentParser, *, exports: bool = False, 
     parser.add_argument("--dtype", default=None, choices=DTYPES, help=help)
 
 
-def _option_arguments(parser: argparse.ArgumentParser, options: type, names: tuple[str, ...] | None = None) -> None:
+def _option_arguments(
+    parser: argparse.ArgumentParser, options: type, names: tuple[str, ...] | None = None, unset: tuple[str, ...] = ()
+) -> None:
     """One flag per field of an options dataclass ([`DecodingOptions`][bliptk.decoding.DecodingOptions], [`VideoOptions`][bliptk.video.VideoOptions];
     or of ``names``), with its type, default, choices and help from the field: ``max_new_tokens``
-    becomes ``--max-new-tokens``."""
+    becomes ``--max-new-tokens``. The flags of ``unset`` default to None, so that a command can
+    tell whether they were given."""
     for option in fields(options):
         if (names is None and option.metadata.get("per_input", True)) or (names is not None and option.name in names):
             kind = next(t for t in (int, float, str) if t.__name__ in str(option.type))
@@ -89,7 +94,7 @@ def _option_arguments(parser: argparse.ArgumentParser, options: type, names: tup
                 *flags,
                 dest=option.name,
                 type=kind,
-                default=option.default,
+                default=None if option.name in unset else option.default,
                 choices=option.metadata.get("choices"),
                 help=option.metadata["help"] + default,
             )
@@ -102,9 +107,15 @@ def _options(args, options: type = DecodingOptions):
 
 class _Parser(argparse.ArgumentParser):
     """argparse, whose usage errors are one line, as bliptk's own: ``bliptk: error: ...`` and where
-    to read more (exit 2), with a hint for a file whose name starts with a dash."""
+    to read more (exit 2), with a hint for a file whose name starts with a dash. A negative number
+    is a value, in any notation (``--lr -1e-3``, which argparse alone takes for a flag), so that the
+    option's own check says what is wrong with it."""
 
     argv: list[str] = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
 
     def error(self, message: str):
         dashed = [word for word in self.argv if word.startswith("-") and len(word) > 1 and Path(word).exists()]
@@ -215,7 +226,7 @@ def _explain_parser(commands) -> None:
         help="decoder layer of attention and gradcam, 0-based (default: attention the last, gradcam the middle)",
     )
     explain.add_argument("--caption", default=None, help="explain this caption, teacher-forced, instead of the model's own")
-    _option_arguments(explain, DecodingOptions, ("prompt", "max_new_tokens", "num_beams"))
+    _option_arguments(explain, DecodingOptions, ("prompt", "max_new_tokens", "num_beams"), unset=("max_new_tokens", "num_beams"))
     _option_arguments(explain, VideoOptions, ("num_frames",))
     explain.add_argument("--ig-steps", type=int, default=DEFAULT_IG_STEPS, help=f"integrated gradients' steps (default {DEFAULT_IG_STEPS})")
     _grid_arguments(explain)
@@ -258,6 +269,9 @@ def _finetune_parser(commands) -> None:
     )
     finetune.add_argument("--seed", type=int, default=0, help="seed of the data order and initialisation (default 0)")
     finetune.add_argument("--save-steps", type=int, default=None, help="a checkpoint every this many steps (default: each epoch)")
+    finetune.add_argument(
+        "--keep-checkpoints", type=int, default=1, help="the newest checkpoints kept on disk, besides the best (default 1)"
+    )
 
 
 def _embed_parser(commands) -> None:
@@ -485,20 +499,21 @@ def _attention(args) -> int:
     heads = int(args.heads) if args.heads.lstrip("-").isdigit() else args.heads
     options = _options(args)
     _check_prompts(args, options)
-    out = _output_file(args)
-    image = load_image(args.image)
-    captioner = _load(args)
-    caption = captioner.caption_features(captioner.encode_image(image), options, return_attention=True)[0]
-    if not caption.token_ids:
-        raise InvalidOptionError(f"{args.image}: the caption has no generated tokens to draw")
-    map_options = {"layer": args.layer, "heads": heads}
-    if args.raw:
-        figure = plot_attention_maps(caption, columns=args.columns, **map_options)
-    else:
-        figure = plot_attention_overlays(image, caption, columns=args.columns, **map_options)
-    made = {**captioner.provenance(), "options": options.as_dict(), **map_options, "image": args.image, "caption": caption.text}
-    _save_figure(out, figure, made)
-    print(f"{args.image}: {caption.text}\nwrote {out}")
+    check_positive_int("columns", args.columns)
+    with _figure_output(args) as out:
+        image = load_image(args.image)
+        captioner = _load(args)
+        caption = captioner.caption_features(captioner.encode_image(image), options, return_attention=True)[0]
+        if not caption.token_ids:
+            raise InvalidOptionError(f"{_one_line(args.image)}: the caption has no generated tokens to draw")
+        map_options = {"layer": args.layer, "heads": heads}
+        if args.raw:
+            figure = plot_attention_maps(caption, columns=args.columns, **map_options)
+        else:
+            figure = plot_attention_overlays(image, caption, columns=args.columns, **map_options)
+        made = {**captioner.provenance(), "options": options.as_dict(), **map_options, "image": args.image}
+        _save_figure(out, figure, {**made, "caption": caption.text, "tokens": caption.tokens, "token_ids": caption.token_ids})
+    print(f"{_one_line(args.image)}: {caption.text}\nwrote {_one_line(str(out.path))}")
     return EXIT_OK
 
 
@@ -506,23 +521,34 @@ def _explain(args) -> int:
     from .attention import plot_attention_maps, plot_attention_overlays
     from .video import is_video, video_frames
 
-    check_positive_int("--columns", args.columns)
-    out = _output_file(args)
-    video = is_video(args.image)
-    image = video_frames(args.image, args.num_frames) if video else _torch_module("preprocess").load_image(args.image)
-    captioner = _load(args)
-    decoding = {} if args.caption is not None else {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
-    explanation = _torch_module("explanations").explain(
-        captioner, image, args.caption, method=args.method, layer=args.layer, prompt=args.prompt, ig_steps=args.ig_steps, **decoding
-    )
-    if not explanation.tokens:
-        raise InvalidOptionError(f"{args.image}: the caption has no generated tokens to explain")
-    if args.raw:
-        figure = plot_attention_maps(explanation, columns=args.columns)
-    else:
-        figure = plot_attention_overlays(image[len(image) // 2] if video else image, explanation, columns=args.columns)
-    _save_figure(out, figure, {**explanation.provenance, "image": args.image, "caption": explanation.text})
-    print(f"{args.image}: {explanation.text}\nwrote {out}")
+    explanations = _torch_module("explanations")
+    check_positive_int("columns", args.columns)
+    check_positive_int("ig_steps", args.ig_steps)
+    decoding = {name: getattr(args, name) for name in ("max_new_tokens", "num_beams") if getattr(args, name) is not None}
+    if args.caption is not None and decoding:
+        flags = " and ".join("--" + name.replace("_", "-") for name in decoding)
+        raise InvalidOptionError(f"{flags} apply when explain captions the image itself; with --caption, that caption is explained")
+    # The layer is checked against the architecture (shapes only, no weights) before the model loads.
+    layers = _torch_module("loading").architecture(args.model).config.text_config.num_hidden_layers
+    explanations.resolved_layer(args.method, args.layer, layers)
+    with _figure_output(args) as out:
+        video = is_video(args.image)
+        image = video_frames(args.image, args.num_frames) if video else _torch_module("preprocess").load_image(args.image)
+        captioner = _load(args)
+        explanation = explanations.explain(
+            captioner, image, args.caption, method=args.method, layer=args.layer, prompt=args.prompt, ig_steps=args.ig_steps, **decoding
+        )
+        if not explanation.tokens:
+            raise InvalidOptionError(f"{_one_line(args.image)}: the caption has no generated tokens to explain")
+        if args.raw:
+            figure = plot_attention_maps(explanation, columns=args.columns)
+        else:
+            figure = plot_attention_overlays(image[len(image) // 2] if video else image, explanation, columns=args.columns)
+        made = {**explanation.provenance, "image": args.image}
+        # The caption as given (or made), and the very tokens explained: [UNK] included, which the text drops.
+        caption = args.caption if args.caption is not None else explanation.text
+        _save_figure(out, figure, {**made, "caption": caption, "tokens": explanation.tokens, "token_ids": explanation.token_ids})
+    print(f"{_one_line(args.image)}: {explanation.text}\nwrote {_one_line(str(out.path))}")
     return EXIT_OK
 
 
@@ -556,32 +582,54 @@ def _finetune(args) -> int:
         dtype=args.dtype,
         seed=args.seed,
         save_steps=args.save_steps,
+        keep_checkpoints=args.keep_checkpoints,
     )
     losses = [entry["loss"] for entry in result.history if "loss" in entry]
-    if finetuning.is_main_process():
-        last = f", last loss {losses[-1]:.4f}" if losses else ""
-        print(
-            f"fine-tuned {len(losses)} steps{last}; {result.trainable_parameters:,} of {result.total_parameters:,} parameters trained; wrote {result.out}"
-        )
+    if not finetuning.is_main_process():
+        return EXIT_OK
+    if result.finished_before:
+        print(f"the run in {_one_line(str(result.out))} had finished: nothing to train; its model is there")
+        return EXIT_OK
+    last = f", last loss {losses[-1]:.4f}" if losses else ""
+    print(
+        f"fine-tuned {result.steps} steps{last}; {result.trainable_parameters:,} of {result.total_parameters:,} parameters trained; "
+        f"wrote {_one_line(str(result.out))}"
+    )
     return EXIT_OK
 
 
-def _save_figure(out: Path, figure, provenance: dict) -> None:
+def _save_figure(out: Output, figure, provenance: dict) -> None:
     """Write a figure as PNG, whole or not at all, with how it was made in its metadata (the
     ``Description`` text chunk: model, weights, options, as JSON)."""
     from . import __version__
 
     metadata = {"Software": f"bliptk {__version__}", "Description": json.dumps(provenance)}
-    write_whole(out, lambda path: figure.savefig(path, dpi=100, format="png", metadata=metadata))
+    out.write(lambda path: figure.savefig(path, dpi=100, format="png", metadata=metadata))
 
 
-def _output_file(args, suffix: str = "") -> Path:
-    """The --out file of a command that writes one, checked before any model loads: its folder
-    exists and can be written, it names no folder, and it is replaced only with --overwrite."""
+def _output_file(args, suffix: str = "") -> Output:
+    """The --out file of a command that writes one, claimed before any model loads (locked against
+    every other bliptk process, its folder checked), replaced only with --overwrite."""
+    if args.out == "-":
+        raise InvalidOptionError(f"--out -: {args.command} writes a file, not standard output; name the file")
     out = Path(args.out)
     if suffix and out.suffix != suffix:  # as np.savez names it
         out = out.with_name(out.name + suffix)
-    return checked_output(out, replace=args.overwrite)
+    return claim(out, replace=args.overwrite)
+
+
+def _figure_output(args) -> Output:
+    """The --out PNG of a figure command: a name without an extension is written as named, one
+    with another extension (.jpg, .pdf) refused, since the file is a PNG with its provenance in it."""
+    output = _output_file(args)  # the lock first: an output another process holds is said to be so, whatever its name
+    name = output.path.name
+    suffix = (output.path.suffix or (name if name.startswith(".") else "")).lower()  # ".jpg" is a JPEG's name, not a hidden PNG
+    if suffix and suffix != ".png":
+        output.close()
+        raise InvalidOptionError(
+            f"--out {_one_line(args.out)}: figures are written as PNG, with how they were made in their metadata; name the file .png"
+        )
+    return output
 
 
 def _folder_images(args) -> list[Path]:
@@ -600,46 +648,52 @@ def _folder_images(args) -> list[Path]:
 def _embed(args) -> int:
     import numpy as np
 
-    out = _output_file(args, ".npz")
-    paths = _folder_images(args)
-    captioner = _load(args)
-    embeddings = captioner.embed(paths, pooling=args.pooling, batch_size=args.batch_size, cache=args.cache)
-    arrays = {
-        "paths": np.array([str(p) for p in paths]),
-        "embeddings": embeddings,
-        "model": captioner.name,
-        "weights": json.dumps(captioner.weights.as_dict()),
-        "pooling": args.pooling,
-    }
-    write_whole(out, lambda path: np.savez(path, **arrays))
-    print(f"{len(paths)} embeddings of size {embeddings.shape[1]} written to {out}")
+    with _output_file(args, ".npz") as out:
+        paths = _folder_images(args)
+        captioner = _load(args)
+        embeddings = captioner.embed(paths, pooling=args.pooling, batch_size=args.batch_size, cache=args.cache)
+        arrays = {
+            "paths": np.array([str(p) for p in paths]),
+            "embeddings": embeddings,
+            "model": captioner.name,
+            "weights": json.dumps(captioner.weights.as_dict()),
+            "pooling": args.pooling,
+        }
+        out.write(lambda path: np.savez(path, **arrays))
+    print(f"{len(paths)} embeddings of size {embeddings.shape[1]} written to {_one_line(str(out.path))}")
     return EXIT_OK
 
 
 def _map(args) -> int:
     from .feature_space import CLUSTER_PALETTE, cluster, plot_feature_space
 
-    out = _output_file(args)
-    paths = _folder_images(args)
-    if args.clusters is not None and args.clusters != "auto" and not (args.clusters.isdigit() and 1 <= int(args.clusters) <= len(paths)):
-        raise InvalidOptionError(f"--clusters must be auto or an integer in [1, {len(paths)}] (the folder's images), got {args.clusters!r}")
-    labels = [_label(_read_labels(args.labels), path) for path in paths] if args.labels else None
-    captioner = _load(args)
-    embeddings = captioner.embed(paths, pooling=args.pooling, cache=args.cache)
-    if args.clusters is not None:
-        result = cluster(embeddings, k=None if args.clusters == "auto" else int(args.clusters), true_labels=labels)
-        scores = f"k={result.k}, silhouette={result.silhouette:.3f}" if result.silhouette is not None else f"k={result.k}"
-        if labels is not None:
-            scores += f", adjusted Rand index={result.adjusted_rand_index:.3f}, purity={result.purity:.3f}"
-        print(scores)
-        labels = [f"cluster {label}" for label in result.labels]
-    palette = CLUSTER_PALETTE if args.clusters is not None else "tab10"  # clusters are no classes: their own colours
-    figure = plot_feature_space(
-        embeddings, images=paths, labels=labels, method=args.method, random_state=args.seed, callouts=args.callouts, palette=palette
-    )
-    made = {**captioner.provenance(), "folder": args.folder, "method": args.method, "pooling": args.pooling, "seed": args.seed}
-    _save_figure(out, figure, {**made, "clusters": args.clusters, "labels": args.labels})
-    print(f"{len(paths)} images mapped to {out}")
+    with _figure_output(args) as out:
+        paths = _folder_images(args)
+        if (
+            args.clusters is not None
+            and args.clusters != "auto"
+            and not (args.clusters.isdigit() and 1 <= int(args.clusters) <= len(paths))
+        ):
+            raise InvalidOptionError(
+                f"--clusters must be auto or an integer in [1, {len(paths)}] (the folder's images), got {args.clusters!r}"
+            )
+        labels = [_label(_read_labels(args.labels), path) for path in paths] if args.labels else None
+        captioner = _load(args)
+        embeddings = captioner.embed(paths, pooling=args.pooling, cache=args.cache)
+        if args.clusters is not None:
+            result = cluster(embeddings, k=None if args.clusters == "auto" else int(args.clusters), true_labels=labels)
+            scores = f"k={result.k}, silhouette={result.silhouette:.3f}" if result.silhouette is not None else f"k={result.k}"
+            if labels is not None:
+                scores += f", adjusted Rand index={result.adjusted_rand_index:.3f}, purity={result.purity:.3f}"
+            print(scores)
+            labels = [f"cluster {label}" for label in result.labels]
+        palette = CLUSTER_PALETTE if args.clusters is not None else "tab10"  # clusters are no classes: their own colours
+        figure = plot_feature_space(
+            embeddings, images=paths, labels=labels, method=args.method, random_state=args.seed, callouts=args.callouts, palette=palette
+        )
+        made = {**captioner.provenance(), "folder": args.folder, "method": args.method, "pooling": args.pooling, "seed": args.seed}
+        _save_figure(out, figure, {**made, "clusters": args.clusters, "labels": args.labels})
+    print(f"{len(paths)} images mapped to {_one_line(str(out.path))}")
     return EXIT_OK
 
 
@@ -676,41 +730,65 @@ def _print_evaluation(result, worst: int) -> None:
 def _eval(args) -> int:
     from .evaluation import evaluate
 
+    if args.worst < 0:
+        raise InvalidOptionError(f"--worst must be an integer >= 0, got {args.worst}")
+
     _print_evaluation(evaluate(args.predictions, args.references), args.worst)
     return EXIT_OK
 
 
 def _eval_coco(args) -> int:
+    from .batch import made_by
     from .evaluation import evaluate, load_predictions, load_references, numeric_ids
-    from .records import RecordOutput
+    from .records import RecordOutput, read_records
 
     if not Path(args.images).is_dir():
         raise InvalidOptionError(f"--images {args.images}: not a folder; give the folder of the split's images")
     if Path(args.out).suffix.lower() != ".json":
         raise InvalidOptionError(f"--out {args.out}: the results are a COCO results .json file (the records go beside it, as .jsonl)")
-    out = checked_output(args.out, replace=args.resume, fix="pass --resume to continue that run")
-    references = load_references(args.annotations)
-    records_file = out.with_suffix(".jsonl")
-    with RecordOutput(records_file, resume=args.resume) as output:
-        captioner = _load(args)
-        prompt_length = len(captioner.tokenizer.encode(args.prompt))
-        # BLIP's max_length and min_length count the prompt's tokens ([DEC] included) too.
-        options = DecodingOptions(
-            prompt=args.prompt,
-            max_new_tokens=max(0, args.max_length - prompt_length),
-            num_beams=args.num_beams,
-            min_new_tokens=max(0, args.min_length - prompt_length),
-        )
-        records = captioner.caption_files(args.images, output, batch_size=args.batch_size, options=options)
-        failed = [record for record in records if record["error"]]
-    for record in failed:
-        print(f"bliptk: error: {_one_line(record['error']['message'])}", file=sys.stderr)
-    predictions = load_predictions(records_file, numeric_ids(references))
-    results = [{"image_id": image_id, "caption": caption} for image_id, caption in predictions.items()]
-    write_whole(out, lambda path: path.write_text(json.dumps(results, indent=1)))
-    print(f"{len(results)} captions written to {out}")
+    with claim(args.out, replace=args.resume, fix="pass --resume to continue that run") as out:
+        _check_results_file(out.path, args)
+        references = load_references(args.annotations)
+        records_file = out.path.with_suffix(".jsonl")
+        with RecordOutput(records_file, resume=args.resume) as output:
+            captioner = _load(args)
+            prompt_length = len(captioner.tokenizer.encode(args.prompt))
+            # BLIP's max_length and min_length count the prompt's tokens ([DEC] included) too.
+            options = DecodingOptions(
+                prompt=args.prompt,
+                max_new_tokens=max(0, args.max_length - prompt_length),
+                num_beams=args.num_beams,
+                min_new_tokens=max(0, args.min_length - prompt_length),
+            )
+            records = captioner.caption_files(args.images, output, batch_size=args.batch_size, options=options)
+            failed = [record for record in records if record["error"]]
+            made = made_by(captioner, options)
+        for record in failed:
+            print(f"bliptk: error: {_one_line(record['error']['message'])}", file=sys.stderr)
+        # This run's records only: the records file may hold others, of another run or command.
+        predictions = load_predictions([r for r in read_records(records_file) if made(r)], numeric_ids(references))
+        results = [{"image_id": image_id, "caption": caption} for image_id, caption in predictions.items()]
+        out.write(lambda path: path.write_text(json.dumps(results, indent=1)))
+    print(f"{len(results)} captions written to {_one_line(str(out.path))}")
     _print_evaluation(evaluate(results, {i: references[i] for i in predictions if i in references}), 5)
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _check_results_file(out: Path, args) -> None:
+    """eval-coco's results file: never one of its inputs, and continued only if it is a results file
+    (a list of ``{image_id, caption}``), so that no other JSON file is replaced by results."""
+    if os.path.realpath(out) == os.path.realpath(args.annotations):
+        raise InvalidOptionError(f"--out {_one_line(args.out)} is the --annotations file; write the results to a file of their own")
+    if not out.exists() or out.stat().st_size == 0:
+        return
+    try:
+        results = json.loads(out.read_bytes().decode("utf-8"))
+        if not isinstance(results, list) or not all(isinstance(r, dict) and {"image_id", "caption"} <= set(r) for r in results):
+            raise ValueError("not a list of {image_id, caption}")
+    except (UnicodeDecodeError, ValueError) as problem:
+        raise OutputError(
+            f"{_one_line(args.out)} is no COCO results file ({first_line(problem)}), so it is left alone: choose another --out"
+        ) from None
 
 
 def _info(args) -> int:
@@ -730,12 +808,12 @@ def _info(args) -> int:
 
 def _export(args) -> int:
     exporter = _torch_module("onnx.exporter")
-    exporter.check_export_folder(args.out, args.overwrite)  # before the model loads
-    captioner = _load(args)
-    folder = exporter.export(captioner, args.out, int8=args.int8, overwrite=args.overwrite)
+    with exporter.claim_export_folder(args.out, args.overwrite, args.model) as out:  # before the model loads
+        captioner = _load(args)
+        folder = exporter.export(captioner, out, int8=args.int8)
     check = json.loads((folder / "manifest.json").read_text())["check"]
     print(
-        f"exported {captioner.name} to {folder}: features within {check['features_max_abs_diff']:.1e} and logits within "
+        f"exported {captioner.name} to {_one_line(str(folder))}: features within {check['features_max_abs_diff']:.1e} and logits within "
         f"{check['logits_max_abs_diff']:.1e} of torch (tolerance {check['tolerance']['logits']:g})"
     )
     return EXIT_OK

@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import CompileWarning, first_line
+from .errors import CompileWarning, InvalidOptionError, first_line
 
-__all__ = ["Compiled", "compile_unavailable"]
+__all__ = ["Compiled", "check_compile_cache", "compile_unavailable"]
 
 
 def compile_unavailable(device: torch.device) -> str | None:
@@ -42,6 +42,48 @@ def compile_unavailable(device: torch.device) -> str | None:
         if not has_triton():
             return "inductor needs Triton on CUDA (pip install triton)"
     return None
+
+
+def check_compile_cache(compiling: bool = False) -> None:
+    """Check, before a model loads, inductor's on-disk cache folder (``TORCHINDUCTOR_CACHE_DIR``, or
+    torch's default under the temporary folder): torch makes it whenever it loads a model (importing
+    its compiler), compiling or not, so a folder that cannot be made fails every command deep
+    inside torch; compiling also writes there.
+
+    Raises:
+        InvalidOptionError: The folder cannot be made (or, ``compiling``, written).
+    """
+    import os
+    import tempfile
+
+    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    folder = given if given is not None else _default_cache_dir()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        if compiling:
+            tempfile.TemporaryFile(dir=folder).close()
+    except OSError as problem:
+        where = f"TORCHINDUCTOR_CACHE_DIR={folder}" if given is not None else f"torch's compiler cache folder {folder}"
+        made = "made or written" if compiling else "made"
+        raise InvalidOptionError(
+            f"{where} cannot be {made} ({problem.strerror or problem}); torch makes it whenever it loads a model: point "
+            "TORCHINDUCTOR_CACHE_DIR at a folder you can write" + (", or unset it" if given is not None else ""),
+        ) from None
+
+
+def _default_cache_dir() -> str:
+    """torch's default for ``TORCHINDUCTOR_CACHE_DIR``, as ``torch._inductor`` names it, found
+    without importing it (importing it makes the folder, failing where the folder cannot be made)."""
+    import getpass
+    import os
+    import re
+    import tempfile
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name: torch falls back alike
+        user = "unknown"
+    return os.path.join(tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
 
 
 class Compiled:

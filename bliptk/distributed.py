@@ -25,6 +25,7 @@ from .decoding import DecodingOptions
 from .errors import MissingDependencyError, check_positive_int, option_error
 from .files import IMAGE_EXTENSIONS
 from .models import find_model_spec
+from .outputs import claim
 from .pipeline import provenance, resolve_options
 from .preprocess import DEFAULT_MAX_PIXELS, Preprocessor, load_image_bytes
 from .quiet import quiet_loggers
@@ -266,44 +267,63 @@ def caption_dataset(
     if format not in SHARD_FORMATS:
         raise option_error(f"format must be one of {', '.join(SHARD_FORMATS)}, got {format!r}", "format")
     options, video_options = resolve_options(options, video_options, **keywords)
+    options = _own_prompt(model, options)
     check_batch_options(options, batch_size, 0, max_pixels)
     pool = pool or ActorPool()
-    if not ray.is_initialized():
-        with quiet_loggers("ray", "ray.data"):  # Ray's start-up notes, a wall of stderr in a notebook
-            ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    recorded = record_options(options, video_options)
-    earlier = [r for r in read_output(output) if r["model"] == _model_name(model) and r["options"] == recorded]
-    done = done_inputs(earlier, _provenance(model, pretrained, weights_seed, dtype, compile), recorded) if earlier else set()
-    dataset, total, skipped, read_cpus = _todo(ray, source, recursive, done)
-    if dataset is None:
-        return RunSummary(total, skipped, 0, 0, str(output))
-    num_workers, cpus_per_worker = pool.size(ray.cluster_resources(), read_cpus)
-    logger.info("%d captioning actor(s) of %g CPU(s) and %g GPU(s)", num_workers, cpus_per_worker, pool.gpus_per_worker)
-    captioned = dataset.map(
-        _preprocess, fn_kwargs={"preprocessor": _preprocessor(model), "max_pixels": max_pixels}, num_cpus=TASK_CPUS
-    ).map_batches(
-        _CaptionActor,
-        fn_constructor_args=(
-            model,
-            pretrained,
-            weights_seed,
-            dtype,
-            compile,
-            math.ceil(cpus_per_worker),
-            options.as_dict(),
-            video_options.as_dict(),
-        ),
-        batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=num_workers),
-        num_cpus=cpus_per_worker,
-        num_gpus=pool.gpus_per_worker or None,
-        batch_format="numpy",
-        zero_copy_batch=True,
-    )
-    with quiet_loggers("ray", "ray.data"):  # Ray Data's progress, logged line by line without a terminal
-        written = _write(captioned, Path(output), format)
-    failed = sum(1 for r in written if r["error"])
-    return RunSummary(total if total is not None else len(written), skipped, len(written) - failed, failed, str(output))
+    # One job per output folder, claimed before Ray starts (the shards' writers are this job's tasks).
+    with claim(output, folder=True, replace=True) as claimed:
+        output = claimed.path
+        if not ray.is_initialized():
+            with quiet_loggers("ray", "ray.data"):  # Ray's start-up notes, a wall of stderr in a notebook
+                ray.init(
+                    address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+                )
+        recorded = record_options(options, video_options)
+        earlier = [r for r in read_output(output) if r["model"] == _model_name(model) and r["options"] == recorded]
+        done = done_inputs(earlier, _provenance(model, pretrained, weights_seed, dtype, compile), recorded) if earlier else set()
+        dataset, total, skipped, read_cpus = _todo(ray, source, recursive, done)
+        if dataset is None:
+            return RunSummary(total, skipped, 0, 0, str(output))
+        num_workers, cpus_per_worker = pool.size(ray.cluster_resources(), read_cpus)
+        logger.info("%d captioning actor(s) of %g CPU(s) and %g GPU(s)", num_workers, cpus_per_worker, pool.gpus_per_worker)
+        captioned = dataset.map(
+            _preprocess, fn_kwargs={"preprocessor": _preprocessor(model), "max_pixels": max_pixels}, num_cpus=TASK_CPUS
+        ).map_batches(
+            _CaptionActor,
+            fn_constructor_args=(
+                model,
+                pretrained,
+                weights_seed,
+                dtype,
+                compile,
+                math.ceil(cpus_per_worker),
+                options.as_dict(),
+                video_options.as_dict(),
+            ),
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=num_workers),
+            num_cpus=cpus_per_worker,
+            num_gpus=pool.gpus_per_worker or None,
+            batch_format="numpy",
+            zero_copy_batch=True,
+        )
+        with quiet_loggers("ray", "ray.data"):  # Ray Data's progress, logged line by line without a terminal
+            written = _write(captioned, Path(output), format)
+        failed = sum(1 for r in written if r["error"])
+        return RunSummary(total if total is not None else len(written), skipped, len(written) - failed, failed, str(output))
+
+
+def _own_prompt(model: str, options: DecodingOptions) -> DecodingOptions:
+    """The options with a fine-tuned checkpoint's own prompt when none is given, as its captioner
+    would take it, so that the driver and the actors record the same options."""
+    from dataclasses import replace
+
+    if options.prompt is not None or not Path(os.fspath(model)).expanduser().is_dir():
+        return options
+    from .loading import checkpoint_prompt
+
+    own = checkpoint_prompt(Path(os.fspath(model)).expanduser())
+    return options if own is None else replace(options, prompt=own)
 
 
 def _todo(ray, source, recursive: bool, done: set[str]):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from .errors import InvalidOptionError, OutputError, check_positive_int
 from .files import image_files
+from .outputs import reason, write_whole
 
 __all__ = ["EMBEDDING_POOLINGS", "content_key", "embed"]
 
@@ -55,10 +56,11 @@ def _cache_folder(cache: Path, captioner, pooling: str) -> Path:
     manifest = folder / "manifest.json"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        if not manifest.is_file():
-            manifest.write_text(json.dumps({**captioner.provenance(), "pooling": pooling}, indent=1))
     except OSError as error:
-        raise OutputError(f"{folder}: cannot write the embedding cache ({error.strerror or error}); choose another cache folder") from None
+        raise OutputError(f"{folder}: cannot write the embedding cache ({reason(error)}); choose another cache folder") from None
+    if not manifest.is_file():
+        text = json.dumps({**captioner.provenance(), "pooling": pooling}, indent=1)
+        write_whole(manifest, lambda path: path.write_text(text))
     return folder
 
 
@@ -75,15 +77,14 @@ def _read_cached(path: Path) -> np.ndarray | None:
 
 
 def _write_cached(path: Path, vector: np.ndarray) -> None:
-    """Write a cache entry whole or not at all (a temporary file of this process's, then renamed)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """Write a cache entry whole or not at all. The cache is shared, not locked: an entry is named by
+    the content of what it embeds, so two processes writing one entry write the same bytes."""
+
+    def save(temporary: Path) -> None:
         with open(temporary, "wb") as file:
             np.save(file, vector)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise OutputError(f"{path.parent}: cannot write the embedding cache ({error.strerror or error})") from None
+
+    write_whole(path, save)
 
 
 def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=None, progress: bool | None = None) -> np.ndarray:

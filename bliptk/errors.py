@@ -15,6 +15,7 @@ __all__ = [
     "BliptkError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "CheckpointWarning",
     "CompileWarning",
     "DataWarning",
     "DeviceError",
@@ -109,11 +110,17 @@ class CheckpointNotFoundError(CheckpointError):
 
 
 class OutputExistsError(InvalidOptionError):
-    """An output file exists and would be overwritten; resume it or choose another file."""
+    """An output exists and would be overwritten; resume it or choose another."""
 
-    def __init__(self, path, fix: str = "pass resume=True to continue it", command_line_fix: str = "pass --resume to continue it"):
+    def __init__(
+        self,
+        path,
+        fix: str = "pass resume=True to continue it",
+        command_line_fix: str = "pass --resume to continue it",
+        other: str = "choose another file",
+    ):
         self.path = path
-        super().__init__(f"{path} exists; {fix}, or choose another file", command_line={fix: command_line_fix})
+        super().__init__(f"{path} exists; {fix}, or {other}", command_line={fix: command_line_fix, other: other.replace(" out", " --out")})
 
 
 class OutputError(BliptkError, OSError):
@@ -182,10 +189,10 @@ class InputError(BliptkError, ValueError):
         reason: What is wrong with it.
     """
 
-    def __init__(self, source: object, reason: str):
+    def __init__(self, source: object, reason: str, command_line: dict[str, str] | None = None):
         self.source = source
         self.reason = reason
-        super().__init__(f"{source}: {reason}")
+        super().__init__(f"{source}: {reason}", command_line=command_line)
 
 
 class ImageLoadError(InputError):
@@ -205,7 +212,12 @@ class PromptWarning(UserWarning):
 
 
 class DataWarning(UserWarning):
-    """Rows of training data left out (a missing image, an empty caption), counted and named."""
+    """Rows of training data left out (a missing image, an empty caption, an image that does not
+    decode), counted and named."""
+
+
+class CheckpointWarning(UserWarning):
+    """A fine-tuning checkpoint was torn (a kill or a full disk while it saved): resuming skips it."""
 
 
 class CompileWarning(UserWarning):

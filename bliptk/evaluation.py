@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EvaluationError, InputError, MissingDependencyError
+from .quiet import stderr_of_children_kept
 
 __all__ = ["EvaluationResult", "evaluate", "load_predictions", "load_references"]
 
@@ -219,7 +220,8 @@ def evaluate(predictions, references) -> EvaluationResult:
     ids = sorted(predicted, key=str)
     metrics: dict[str, float] = {}
     per_image_cider: dict = {}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap prints its progress
+    # pycocoevalcap prints its progress, and its Java tokenizer its speed on standard error
+    with contextlib.redirect_stdout(io.StringIO()), stderr_of_children_kept():
         results = tokenizer.tokenize({i: [{"caption": predicted[i]}] for i in ids})
         truths = tokenizer.tokenize({i: [{"caption": c} for c in referenced[i]] for i in ids})
         scored = [(scorer.compute_score(truths, results), names) for scorer, names in scorers]

@@ -180,11 +180,16 @@ def explained_target(captioner, visual: Visual, caption, prompt: str | None, opt
     if decoding_given:
         raise InvalidOptionError("decoding options apply when explain captions the image itself (caption=None), not to a given caption")
     words = tokenizer.encode(caption)[1:]
-    ids = prompt_ids(tokenizer, prompt_text, len(words), captioner.max_positions)
+    ids = prompt_ids(tokenizer, prompt_text, 0, captioner.max_positions)
     if len(ids) > 1 and words[: len(ids) - 1] == ids[1:]:  # the caption as Caption.text gives it: the prompt first
         words = words[len(ids) - 1 :]
     if not words:
         raise InvalidOptionError(f"the caption {caption!r} has no tokens after the prompt {prompt_text!r} to explain")
+    if len(ids) + len(words) > captioner.max_positions:
+        raise InvalidOptionError(
+            f"the caption has {len(words)} tokens; after the prompt's {len(ids)} positions the decoder has room for "
+            f"{captioner.max_positions - len(ids)}: explain a shorter caption"
+        )
     unknown = tokenizer.unknown_text(caption)
     if unknown:
         import warnings
@@ -198,6 +203,15 @@ def explained_target(captioner, visual: Visual, caption, prompt: str | None, opt
 
 
 # --- passes through the model ----------------------------------------------------------------------------
+
+
+def pixels_fingerprint(pixels: torch.Tensor) -> str:
+    """A hash of preprocessed frames ``(F, 3, S, S)`` (16 hex digits): which image or video an
+    explanation is of. Of the distinct frames: a video of one picture repeated is that picture."""
+    import hashlib
+
+    distinct = torch.unique(pixels.detach().float().cpu(), dim=0)
+    return hashlib.sha256(distinct.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def encoded(captioner, visual: Visual, batch_size: int = 8) -> torch.Tensor:
@@ -454,6 +468,7 @@ def _stacked(rows: list[torch.Tensor], width: int | None) -> torch.Tensor:
     return torch.zeros((0,) if width is None else (0, width))
 
 
+_GRADIENT_METHODS = ("gradcam", "relevance", "integrated_gradients")
 _METHODS: dict[str, Callable[..., _Maps]] = {
     "attention": _attention,
     "gradcam": _gradcam,
@@ -476,7 +491,7 @@ def resolved_layer(method: str, layer, layers: int) -> int | None:
         InvalidOptionError: An unknown method, a layer out of range, or a layer for a method that
             takes none.
     """
-    if method not in _METHODS:
+    if not isinstance(method, str) or method not in _METHODS:
         raise option_error(f"method must be one of {', '.join(EXPLANATION_METHODS)}, got {method!r}", "method")
     if method not in ("attention", "gradcam"):
         if layer is not None:
@@ -501,7 +516,7 @@ def explain(
     prompt: str | None = None,
     ig_steps: int = DEFAULT_IG_STEPS,
     **decoding_options,
-) -> Explanation:
+) -> Explanation | list[Explanation]:
     """One map per caption token: which image patches made the model choose it.
 
     Args:
@@ -525,7 +540,9 @@ def explain(
 
     Returns:
         An [`Explanation`][bliptk.explanations.Explanation]: ``maps`` ``(T, grid, grid)``, ``tokens``, ``method``,
-        ``layer``, and ``text_relevance`` for ``"relevance"``.
+        ``layer``, and ``text_relevance`` for ``"relevance"``. For a list of images (not a video's
+        [`VideoFrames`][bliptk.video.VideoFrames]), a list: one explanation per image, of the caption
+        given for it (``caption`` a list as long), or of the same ``caption``.
 
     Raises:
         InvalidOptionError: An unknown method or option, a layer out of range, a layer for a
@@ -538,7 +555,29 @@ def explain(
         raise InvalidOptionError(f"explanations need torch's Captioner (bliptk.load); got {type(captioner).__name__}")
     layer = resolved_layer(method, layer, len(captioner.text_decoder.layers))
     check_positive_int("ig_steps", ig_steps)
+    if method in _GRADIENT_METHODS and captioner.weights.dtype == "int8":
+        raise option_error(
+            f"{method} follows gradients, which the int8 decoder's weights have none of: explain with the float model "
+            "(bliptk.load(model) or dtype='bfloat16')",
+            "method",
+        )
+    if isinstance(image, list | tuple) and not isinstance(image, VideoFrames):
+        captions = list(caption) if isinstance(caption, list | tuple) else [caption] * len(image)
+        if len(captions) != len(image):
+            raise InvalidOptionError(f"{len(captions)} captions for {len(image)} images: give one caption per image, or one for all")
+        return [
+            _explain_one(captioner, each, said, method, layer, prompt, ig_steps, decoding_options)
+            for each, said in zip(image, captions, strict=True)
+        ]
+    if isinstance(caption, list | tuple):
+        raise InvalidOptionError("a list of captions goes with a list of images, one caption per image")
+    return _explain_one(captioner, image, caption, method, layer, prompt, ig_steps, decoding_options)
+
+
+def _explain_one(captioner, image, caption, method: str, layer: int | None, prompt: str | None, ig_steps: int, decoding_options: dict):
+    """[`explain()`][bliptk.explanations.explain] of one image or video, its options checked."""
     options, video_options = pipeline.resolve_options(**decoding_options)
+    options = pipeline.own_options(captioner, options)
     decoding_given = any(name not in ("num_frames", "pooling") for name in decoding_options)
     visual = visual_input(captioner, image, video_options)
     target = explained_target(captioner, visual, caption, prompt, options, decoding_given)
@@ -561,5 +600,6 @@ def explain(
             "layer": layer,
             "ig_steps": ig_steps if method == "integrated_gradients" else None,
             "num_frames": int(visual.pixels.shape[0]) if visual.video else None,
+            "pixels": pixels_fingerprint(visual.pixels),
         },
     )

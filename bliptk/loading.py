@@ -18,14 +18,33 @@ from typing import Any
 import torch
 
 from .captioner import Captioner
-from .errors import CheckpointError, CheckpointNotFoundError, DeviceError, InvalidOptionError, UnknownModelError, first_line, require
+from .compiled import check_compile_cache
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    DeviceError,
+    InvalidArgumentError,
+    InvalidOptionError,
+    UnknownModelError,
+    first_line,
+    require,
+)
 from .image_encoder import ImageEncoder
 from .models import _REGISTRY, DEFAULT_MODEL, ModelSpec, find_model_spec
 from .preprocess import Preprocessor
 from .provenance import Weights, weights_fingerprint
 from .tokenizer import load_tokenizer
 
-__all__ = ["architecture", "load", "resolve_checkpoint", "resolve_device", "resolve_dtype", "save_checkpoint"]
+__all__ = [
+    "CAPTIONING_FILE",
+    "architecture",
+    "checkpoint_prompt",
+    "load",
+    "resolve_checkpoint",
+    "resolve_device",
+    "resolve_dtype",
+    "save_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -183,10 +202,13 @@ def _from_pretrained(folder: Path):
     use_safetensors = True if any(folder.glob("*.safetensors")) else None
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # its load report: what it says, bliptk says as an error below
+    from .quiet import no_transformers_bars
+
     try:
-        loaded: Any = BlipForConditionalGeneration.from_pretrained(
-            folder, config=config, use_safetensors=use_safetensors, trust_remote_code=False, output_loading_info=True
-        )
+        with no_transformers_bars():  # its "Loading weights" bar: bliptk's commands say what they load in their own words
+            loaded: Any = BlipForConditionalGeneration.from_pretrained(
+                folder, config=config, use_safetensors=use_safetensors, trust_remote_code=False, output_loading_info=True
+            )
         model, loading = loaded
     except pickle.UnpicklingError:
         raise CheckpointError(
@@ -283,6 +305,32 @@ def preprocessor_for(folder: Path | None, image_size: int) -> Preprocessor:
         raise CheckpointError(f"{config_file} is not a preprocessor config ({first_line(error)}); fix or remove it") from None
 
 
+CAPTIONING_FILE = "captioning.json"
+"""A checkpoint's captioning defaults, written by fine-tuning: ``{"prompt": "a picture of "}``, the
+prompt it was trained after, which [`load()`][bliptk.loading.load]'s captioner, the command line and
+an ONNX export of it caption after when no prompt is given."""
+
+
+def checkpoint_prompt(folder: Path | None) -> str | None:
+    """The prompt a checkpoint folder says it was trained after (its
+    [`CAPTIONING_FILE`][bliptk.loading.CAPTIONING_FILE]), or None.
+
+    Raises:
+        CheckpointError: The file is there but is not one.
+    """
+    path = folder / CAPTIONING_FILE if folder is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_bytes().decode("utf-8"))
+        prompt = settings["prompt"] if isinstance(settings, dict) else None
+        if not isinstance(settings, dict) or (prompt is not None and not isinstance(prompt, str)):
+            raise ValueError('not {"prompt": text}')
+    except (UnicodeDecodeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{path} is not a captioning config ({first_line(error)}); fix or remove it") from None
+    return prompt
+
+
 def load(
     model: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -320,10 +368,11 @@ def load(
         DeviceError: A device that does not exist on this machine.
         InvalidOptionError: A dtype bliptk cannot use.
     """
-    model = os.fspath(model)
+    model = _model_name(model)
     if not model.strip():
         raise UnknownModelError(f"a model is needed: an architecture name ({', '.join(_REGISTRY)}), a hub id or a checkpoint folder")
     require("transformers")
+    check_compile_cache(compiling=compile)
     resolved_device = resolve_device(device)
     int8 = dtype in ("int8", torch.int8)  # bfloat16, with int8 weights for the decoding steps
     resolved_dtype = torch.bfloat16 if int8 else resolve_dtype(dtype, resolved_device)
@@ -338,6 +387,7 @@ def load(
         net = _random_net(_folder_config(folder, model), weights_seed)
     else:
         folder = resolve_checkpoint(model)
+        checkpoint_prompt(folder)  # a broken captioning.json fails before the weights load
         net = _from_pretrained(folder)
     # The fingerprint is taken before the dtype conversion: it names the weights, the dtype is said apart.
     fingerprint = weights_fingerprint(net)
@@ -350,7 +400,7 @@ def load(
     preprocessor = preprocessor_for(folder, net.config.vision_config.image_size)
     encoder = ImageEncoder(net.vision_model, preprocessor)
     name = spec.name if spec is not None else model
-    captioner = Captioner(net, tokenizer, encoder, name=name, weights=weights)
+    captioner = Captioner(net, tokenizer, encoder, name=name, weights=weights, prompt=checkpoint_prompt(folder))
     if int8:
         captioner.text_decoder.quantize()
     if compile:
@@ -358,22 +408,39 @@ def load(
     return captioner
 
 
-def save_checkpoint(model, tokenizer, preprocessor: Preprocessor, folder: str | os.PathLike) -> Path:
+def save_checkpoint(model, tokenizer, preprocessor: Preprocessor, folder: str | os.PathLike, prompt: str | None = None) -> Path:
     """Write a checkpoint folder as Hugging Face does, which [`load()`][bliptk.loading.load] and
     ``BlipForConditionalGeneration.from_pretrained`` both read: ``config.json`` and
     ``model.safetensors`` (``model``, a ``BlipForConditionalGeneration``), ``vocab.txt`` and
-    ``preprocessor_config.json``.
+    ``preprocessor_config.json``; with ``prompt``, the [`CAPTIONING_FILE`][bliptk.loading.CAPTIONING_FILE]
+    that says it. Every file gets the umask's permissions.
 
     Returns:
         The folder.
     """
     import shutil
 
+    from .outputs import share
+
     folder = Path(folder)
     model.save_pretrained(folder)
     shutil.copy(tokenizer.vocab_file, folder / "vocab.txt")
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor.to_config()))
+    if prompt is not None:
+        (folder / CAPTIONING_FILE).write_text(json.dumps({"prompt": prompt}))
+    for written in folder.iterdir():
+        if written.is_file():
+            share(written)
     return folder
+
+
+def _model_name(model) -> str:
+    """A model as a string (a name, a hub id or a folder), or the error that says what it can be."""
+    if not isinstance(model, str | os.PathLike):
+        raise InvalidArgumentError(
+            f"model must be an architecture name ({', '.join(_REGISTRY)}), a hub id or a checkpoint folder; got {type(model).__name__}"
+        )
+    return os.fspath(model)
 
 
 def _folder_config(folder: Path, model: str):
@@ -408,8 +475,9 @@ def architecture(model: str | os.PathLike = DEFAULT_MODEL):
     """
     from transformers import BlipForConditionalGeneration
 
-    model = os.fspath(model)
+    model = _model_name(model)
     require("transformers")
+    check_compile_cache()
     spec = find_model_spec(model)
     if spec is not None:
         config = spec.config()

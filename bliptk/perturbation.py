@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InvalidOptionError, check_positive_int, option_error
-from .explanations import Explanation, Target, token_logprobs, visual_input
+from .errors import InvalidArgumentError, InvalidOptionError, check_positive_int, option_error
+from .explanations import Explanation, Target, pixels_fingerprint, token_logprobs, visual_input
 from .figures import new_figure
 from .video import VideoOptions
 
@@ -111,22 +111,41 @@ def faithfulness(
         random order's, and a ``summary``.
 
     Raises:
-        InvalidOptionError: An unknown mode or baseline, or an explanation whose maps do not fit the
-            captioner's patch grid.
+        InvalidArgumentError: No torch captioner, or no Explanation (a caption, say).
+        InvalidOptionError: An unknown mode or baseline, a bad number, or an explanation whose maps
+            do not fit the captioner's patch grid.
     """
-    if mode not in FAITHFULNESS_MODES:
+    from .captioner import Captioner
+
+    if not isinstance(captioner, Captioner):
+        raise InvalidArgumentError(f"faithfulness needs torch's Captioner (bliptk.load); got {type(captioner).__name__}")
+    if not isinstance(explanation, Explanation):
+        raise InvalidArgumentError(
+            f"explanation must be an Explanation, as bliptk.explain(captioner, image, caption) returns; got {type(explanation).__name__}"
+        )
+    if not isinstance(mode, str) or mode not in FAITHFULNESS_MODES:
         raise option_error(f"mode must be one of {', '.join(FAITHFULNESS_MODES)}, got {mode!r}", "mode")
-    if baseline not in FAITHFULNESS_BASELINES:
+    if not isinstance(baseline, str) or baseline not in FAITHFULNESS_BASELINES:
         raise option_error(f"baseline must be one of {', '.join(FAITHFULNESS_BASELINES)}, got {baseline!r}", "baseline")
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise option_error(f"seed must be an integer >= 0, got {seed!r}", "seed")
     encoder = captioner.image_encoder
     if explanation.maps.shape[1:] != (encoder.grid_size, encoder.grid_size):
         raise InvalidOptionError(
             f"the explanation's maps are {explanation.maps.shape[1:]}, the captioner's patches {encoder.grid_size} x {encoder.grid_size}"
         )
-    frames = explanation.provenance.get("num_frames")
+    made = explanation.provenance
+    if made.get("weights", {}).get("fingerprint") not in (None, captioner.weights.fingerprint):
+        raise InvalidOptionError(
+            f"the explanation was made with other weights (fingerprint {made['weights']['fingerprint']}) than this captioner's "
+            f"({captioner.weights.fingerprint}); measure it with the captioner that made it"
+        )
+    frames = made.get("num_frames")
     visual = visual_input(captioner, image, VideoOptions(num_frames=frames) if frames else VideoOptions())
+    if made.get("pixels") not in (None, pixels_fingerprint(visual.pixels)):
+        raise InvalidOptionError("the explanation is of another image than this one (their pixels differ); give the image it explains")
     target = Target(explanation.prompt, captioner.tokenizer.encode(explanation.prompt), list(explanation.token_ids), explanation.text)
     patches = encoder.grid_size**2
     orders = [np.argsort(-m.ravel(), kind="stable") for m in explanation.maps.astype(np.float64)]
@@ -158,8 +177,8 @@ def faithfulness(
         fractions=fractions,
         curves=curves,
         random_curves=random_curves,
-        auc=np.trapezoid(curves, fractions, axis=-1),
-        random_auc=np.trapezoid(random_curves, fractions, axis=-1),
+        auc=np.asarray(np.trapezoid(curves, fractions, axis=-1)),
+        random_auc=np.asarray(np.trapezoid(random_curves, fractions, axis=-1)),
     )
 
 

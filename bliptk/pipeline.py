@@ -27,6 +27,7 @@ import numpy as np
 
 from .decoding import DEFAULT_PROMPT, Caption, DecoderBackend, DecodingOptions, decode
 from .errors import InvalidOptionError, RandomWeightsWarning, check_positive_int, option_error
+from .notices import in_notebook
 from .preprocess import Preprocessor
 from .provenance import Weights
 from .tokenizer import Tokenizer
@@ -41,6 +42,7 @@ __all__ = [
     "caption_timeline",
     "encode_images",
     "encode_video",
+    "own_options",
     "provenance",
     "resolve_options",
     "say_if_random",
@@ -53,6 +55,8 @@ class CaptionBackend(Protocol):
     Attributes:
         name: The model it was made from (architecture name, hub id or folder).
         weights: What its weights are ([`Weights`][bliptk.provenance.Weights]).
+        prompt: The checkpoint's own prompt (a fine-tuned one's training prompt), used when a call
+            gives none; None for the page's defaults.
         tokenizer: BLIP's tokenizer.
         preprocessor: Images to pixels.
         decoder: The decoding engine's view of its text decoder: the images' keys and values,
@@ -64,6 +68,9 @@ class CaptionBackend(Protocol):
 
     @property
     def weights(self) -> Weights: ...
+
+    @property
+    def prompt(self) -> str | None: ...
 
     @property
     def tokenizer(self) -> Tokenizer: ...
@@ -103,6 +110,14 @@ def resolve_options(
     return decoding, video
 
 
+def own_options(backend: CaptionBackend, options: DecodingOptions) -> DecodingOptions:
+    """``options``, whose prompt, when none is given, is the backend's own: the prompt a fine-tuned
+    checkpoint was trained after (its ``prompt``), so that it is captioned as it learned; the
+    page's defaults otherwise."""
+    own = getattr(backend, "prompt", None)
+    return replace(options, prompt=own) if options.prompt is None and own is not None else options
+
+
 def provenance(backend: CaptionBackend) -> dict:
     """What a backend's results are made with: ``model`` (its name) and ``weights``
     ([`Weights`][bliptk.provenance.Weights] as a dict). Written into every record."""
@@ -125,18 +140,10 @@ def say_if_random(backend: CaptionBackend) -> None:
         f"{backend.name} has random weights (seed {backend.weights.seed}): its captions are random words and its "
         "embeddings carry no meaning. Load pretrained weights for real results."
     )
-    if _in_notebook():
+    if in_notebook():
         print(message)
     else:
         warnings.warn(message, RandomWeightsWarning, stacklevel=3)
-
-
-def _in_notebook() -> bool:
-    """Whether this runs in a Jupyter kernel."""
-    import sys
-
-    shell = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
-    return shell is not None and hasattr(shell, "kernel")
 
 
 # --- what a call asks for -------------------------------------------------------------------------------
@@ -241,6 +248,7 @@ def caption_features(
     """Decode captions from image features ``(B, N, D)``: ``B * num_return_sequences`` captions,
     those of each image together (see [`decode()`][bliptk.decoding.decode])."""
     say_if_random(backend)
+    options = own_options(backend, options)
     return decode(backend.decoder, backend.tokenizer, np.asarray(features, dtype=np.float32), options, prompts, return_attention)
 
 
@@ -266,6 +274,7 @@ def caption(
     """
     say_if_random(backend)
     check_positive_int("batch_size", batch_size)
+    options = own_options(backend, options)
     items, rows, single = requested_captions(images, prompt)
     videos = {item for item in dict.fromkeys(item for item, _ in rows) if is_video(items[item])}
     captions: dict[int, Any] = {}

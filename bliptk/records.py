@@ -21,9 +21,7 @@ import io
 import json
 import logging
 import os
-import socket
 import tempfile
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -33,15 +31,13 @@ from .errors import (
     ImageLoadError,
     InputError,
     InvalidOptionError,
-    MissingDependencyError,
     OutputError,
     OutputExistsError,
-    OutputLockedError,
     VideoLoadError,
     first_line,
     option_error,
 )
-from .outputs import checked_output, reason
+from .outputs import OutputLock, claim, reason, share
 
 __all__ = [
     "RECORD_FIELDS",
@@ -53,6 +49,7 @@ __all__ = [
     "error_summary",
     "input_error",
     "input_identity",
+    "OutputLock",
     "make_record",
     "read_output",
     "read_records",
@@ -396,17 +393,17 @@ class RecordOutput:
 
     def __init__(self, path: str | os.PathLike, format: str | None = None, resume: bool = False):
         self.format = format_of(path, format)
-        self.path = checked_output(path, replace=True, fix="pass resume=True to continue it")
-        if not resume and self.path.exists() and self.path.stat().st_size > 0:
-            raise OutputExistsError(self.path)
-        self._lock = OutputLock(self.path)
+        self._claim = claim(path, replace=True, fix="pass resume=True to continue it")
+        self.path = self._claim.path
         self._file: BinaryIO | None = None
         self._written = 0
         try:
+            if not resume and self.path.exists() and self.path.stat().st_size > 0:
+                raise OutputExistsError(self.path)
             self.existing = self._read_existing() if resume else []
             self._remove_stale_temporaries()
         except BaseException:
-            self._lock.release()
+            self._claim.close()
             raise
 
     def _read_existing(self) -> list[dict]:
@@ -433,6 +430,7 @@ class RecordOutput:
         try:
             with os.fdopen(descriptor, "wb") as file:
                 file.writelines(lines)
+            share(Path(temporary))
             os.replace(temporary, self.path)
             self._file = open(self.path, "ab")  # noqa: SIM115 (held open while the job runs; closed by close())
         except OSError as problem:
@@ -480,55 +478,10 @@ class RecordOutput:
                 except OSError as problem:
                     raise _write_failed(self.path, problem, self._written) from None
         finally:
-            self._lock.release()
+            self._claim.close()
 
     def __enter__(self) -> RecordOutput:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class OutputLock:
-    """An OS lock on ``<output>.lock`` (``filelock``: ``fcntl`` or ``msvcrt``), released by the OS
-    when its process ends however it ends. The holder writes who it is into the lock file, so
-    that a second run can say which process writes the output."""
-
-    def __init__(self, output: Path):
-        try:
-            import filelock
-        except ImportError:
-            raise MissingDependencyError("writing records needs filelock (one writer per output): pip install filelock") from None
-
-        self.path = output.with_name(output.name + ".lock")
-        self._lock = filelock.FileLock(self.path, timeout=0, on_acquired=self._mark)
-        try:
-            self._lock.acquire()
-        except filelock.Timeout:
-            raise OutputLockedError(output, self._holder()) from None
-        except OSError as problem:
-            raise OutputError(f"{output}: cannot write in {output.parent} ({reason(problem)}); choose another output") from None
-
-    @staticmethod
-    def _mark(descriptor: int) -> None:
-        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
-        os.pwrite(descriptor, holder, 0)
-        os.ftruncate(descriptor, len(holder))
-
-    def _holder(self) -> dict:
-        """Who holds the lock, as it wrote; a holder that has just locked may not have written yet."""
-        for _ in range(50):
-            try:
-                holder = json.loads(self.path.read_text())
-                return holder if isinstance(holder, dict) else {}
-            except (OSError, ValueError):
-                time.sleep(0.01)
-        return {}
-
-    def release(self) -> None:
-        if not self._lock.is_locked:
-            return
-        # Unlinked while still held: filelock sees an unlinked lock file and takes the new one.
-        with contextlib.suppress(OSError):
-            self.path.unlink()
-        self._lock.release()

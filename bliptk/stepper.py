@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import pipeline
 from .decoding import Caption, DecodingOptions, DecodingTask, SamplingDecoder, log_softmax
 from .errors import InvalidOptionError
 from .tokenizer import SEP_TOKEN_ID
@@ -110,7 +111,7 @@ class Stepper:
     """
 
     def __init__(self, captioner, image, options: DecodingOptions | None = None, top: int = 10):
-        self.options = options or DecodingOptions()
+        self.options = pipeline.own_options(captioner, options or DecodingOptions())
         if self.options.num_beams > 1 or self.options.num_return_sequences > 1:
             raise InvalidOptionError("the stepper shows one caption by greedy decoding or sampling, not beam search or several captions")
         self.captioner = captioner

@@ -3,18 +3,23 @@ annotations, a list of pairs, a ``datasets.Dataset``.
 
 A bad row (a missing or unreadable image, an empty caption, a line that is no JSON object) is
 counted and skipped when the data is read, never a crash mid-epoch; an image that still fails to
-decode while training is skipped from its batch and counted too. Image paths a file names resolve
-inside the file's own folder (or ``images=``), never outside it.
+decode while training is left out of its batch, named and counted too. A file's image paths are the
+user's own: absolute (``/data/coco/x.jpg``, ``~/x.jpg``, ``file:///data/x.jpg``) or relative to the
+file's folder (or ``images=``), as the operating system reads them. Files are UTF-8 (a byte-order
+mark is allowed); bytes that are not are an error naming the line.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 from PIL import Image
@@ -91,7 +96,8 @@ def read_pairs(data, images: str | os.PathLike | None = None, *, name: str = "tr
             ``image_id`` and ``caption``) or a list of ``{"file_name", "captions": [...]}`` (the
             Karpathy-test references' format); a list of ``(image, caption)`` pairs; or a
             ``datasets.Dataset`` with ``image`` and ``caption`` (or ``text``) columns.
-        images: The folder a file's image paths are relative to (default: the file's own folder).
+        images: The folder a file's relative image paths are relative to (default: the file's own
+            folder); absolute paths, ``~`` and ``file://`` URIs are read as they are.
         name: What the data is called in messages (``"train"``, ``"val"``).
 
     Returns:
@@ -101,6 +107,12 @@ def read_pairs(data, images: str | os.PathLike | None = None, *, name: str = "tr
         InputError: No usable row at all, or a file that cannot be read.
         InvalidArgumentError: Data of no known kind.
     """
+    if images is not None and not Path(images).is_dir():
+        raise InputError(
+            images,
+            "is not a folder; images= names the folder the data file's image paths are relative to",
+            command_line={"images=": "--images"},
+        )
     if isinstance(data, str | os.PathLike):
         pairs = _read_file(Path(data), None if images is None else Path(images))
     elif hasattr(data, "column_names") and hasattr(data, "__getitem__"):
@@ -131,11 +143,14 @@ def _as_pairs(data) -> list:
 
 
 def _read_file(path: Path, images: Path | None) -> CaptionPairs:
+    if path.is_dir():
+        raise InputError(path, "is a folder; training data is a .jsonl file of image-caption lines, or COCO caption annotations (.json)")
     check_readable_file(path, InputError)
     root = images if images is not None else path.parent
-    if path.suffix == ".jsonl":
+    text = _utf8_text(path)
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
         rows: list[tuple] = []
-        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -149,10 +164,27 @@ def _read_file(path: Path, images: Path | None) -> CaptionPairs:
                 rows.append((row["image"], row["caption"], where, None))
         return _checked(rows, root, path.name)
     try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as error:
         raise InputError(path, f"not JSON ({error}); training data is a .jsonl file or COCO caption annotations") from None
     return _checked(_annotation_rows(loaded, path), root, path.name)
+
+
+def _utf8_text(path: Path) -> str:
+    """A data file's text: UTF-8, a byte-order mark dropped (as Windows tools write it).
+
+    Raises:
+        InputError: Bytes that are not UTF-8, naming the line (never read as replacement characters).
+    """
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise InputError(
+            path, f"line {line} is not UTF-8 text (byte 0x{data[error.start]:02x} at column {column}); save the file as UTF-8"
+        ) from None
 
 
 def _annotation_rows(loaded, path: Path) -> list:
@@ -208,8 +240,13 @@ def _caption_problem(caption) -> str | None:
 
 
 def _resolved(image, root: Path | None) -> Path:
-    path = Path(image)
-    return path if root is None else (root / path)
+    """A path as the operating system reads it: ``file://`` URIs and ``~`` resolved, absolute as
+    given, relative to ``root`` (the data file's folder, or ``images=``)."""
+    text = os.fspath(image)
+    if isinstance(text, str) and text.startswith("file://"):
+        text = url2pathname(urlparse(text).path)
+    path = Path(text).expanduser()
+    return path if root is None or path.is_absolute() else root / path
 
 
 def _image_problem(image, root: Path | None) -> str | None:
@@ -220,8 +257,8 @@ def _image_problem(image, root: Path | None) -> str | None:
     if not isinstance(image, str | os.PathLike):
         return f"the image is {type(image).__name__}, not a path or an image"
     path = _resolved(image, root)
-    if root is not None and not path.resolve().is_relative_to(root.resolve()):
-        return f"{image} is outside {root} (paths a file names stay in its folder)"
+    if path.is_dir():
+        return f"{path} is a folder, not an image"
     if not path.is_file():
         return f"{path} is missing"
     try:

@@ -175,3 +175,21 @@ def test_attention_entropy_spans_one_patch_to_all_alike(tiny, photos):
     torch.testing.assert_close(bliptk.attention_entropy(replace(caption, cross_attention=one_patch)), torch.zeros(4, 2, 4))
     with pytest.raises(bliptk.InvalidOptionError, match="return_attention=True"):
         bliptk.attention_entropy(tiny.caption(photos[0], max_new_tokens=2))
+
+
+def test_an_image_far_wider_than_tall_is_drawn_square_without_a_warning(tiny, tmp_path):
+    """A 5000 x 20 image drew slivers with a matplotlib warning (issue 31)."""
+    import warnings
+
+    import numpy as np
+
+    strip = np.random.default_rng(0).integers(0, 256, (20, 5000, 3), dtype=np.uint8)
+    caption = tiny.caption(strip, max_new_tokens=3, return_attention=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = bliptk.plot_attention_overlays(strip, caption)
+        figure.savefig(tmp_path / "strip.png")
+    image_axes = [ax for ax in figure.axes if ax.images]
+    heights = {ax.images[0].get_array().shape[:2] for ax in image_axes}
+    assert heights == {(384, 384)}  # as the model sees it
+    assert all(ax.get_position().height > 0.1 for ax in image_axes)

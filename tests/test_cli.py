@@ -301,3 +301,40 @@ def test_finetune_trains_and_its_output_captions(photos, tmp_path, capsys):
     assert "pass --resume" in capsys.readouterr().err
     assert main(["finetune", "--model", "tiny", "--train", str(train), "--out", str(tmp_path / "other"), "--save-adapter"]) == 2
     assert "--save-adapter go with --lora RANK" in capsys.readouterr().err
+
+
+def test_an_explanation_figure_says_the_very_tokens_explained(tiny, photos, tmp_path, capsys):
+    """[UNK] included (issue 31: the metadata's caption dropped them, so it did not reproduce the figure)."""
+    from PIL import Image
+
+    out = tmp_path / "why.png"
+    assert main(["explain", str(photos[0]), "--model", "tiny", "--caption", "a 猫 on a bench", "--out", str(out)]) == 0
+    assert "bliptk: warning: caption 'a 猫 on a bench' has text outside BLIP's vocabulary, explained as [UNK]" in capsys.readouterr().err
+    made = json.loads(Image.open(out).info["Description"])
+    assert made["caption"] == "a 猫 on a bench" and made["tokens"] == ["a", "[UNK]", "on", "a", "bench"]
+    assert made["token_ids"] == tiny.tokenizer.encode("a 猫 on a bench")[1:]
+    assert bliptk.explain(tiny, photos[0], made["caption"]).token_ids == made["token_ids"]  # the figure can be made again
+
+
+def test_a_path_with_a_newline_prints_on_one_line(photos, tmp_path, capsys):
+    odd = tmp_path / "two\nlines.jpg"
+    shutil.copy(photos[0], odd)
+    out = tmp_path / "why\nnot.png"
+    assert main(["explain", str(odd), "--model", "tiny", "--max-new-tokens", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 2 and "two\\nlines.jpg: a photography of" in printed and "why\\nnot.png" in printed
+
+
+def test_negative_numbers_are_values_for_their_options_to_check(photos, tmp_path, capsys):
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"image": str(photos[0]), "caption": "a dog"}) + "\n")
+    for flag, value, message in [
+        ("--lr", "-1e-3", "--lr must be a finite non-negative number, got -0.001"),
+        ("--weight-decay", "-.5", "--weight-decay must be a finite non-negative number, got -0.5"),
+        ("--label-smoothing", "-1E-2", "--label-smoothing must be a finite non-negative number, got -0.01"),
+        ("--lr", "inf", "--lr must be a finite non-negative number, got inf"),
+        ("--lr", "-inf", "--lr must be a finite non-negative number, got -inf"),
+    ]:
+        assert main(["finetune", "--model", "tiny", "--train", str(train), "--out", str(tmp_path / "run"), flag, value]) == 2
+        assert capsys.readouterr().err == f"bliptk: error: {message}\n"
+    assert not (tmp_path / "run").exists()

@@ -185,6 +185,387 @@ def _caption_with(model: Path, photo: Path) -> list[str]:
     return ["caption", str(photo), "--model", str(model), "--max-new-tokens", "2"]
 
 
+# --- the faults of issue 31: fine-tuning, explanations, every writer -----------------------------------------
+
+
+def _pairs(ctx, name: str = "train.jsonl", **row) -> Path:
+    data = ctx.tmp / name
+    data.write_text("".join(json.dumps({"image": str(photo), "caption": "a dog", **row}) + "\n" for photo in ctx.photos))
+    return data
+
+
+def _finetune(ctx, *arguments: str) -> list[str]:
+    return ["finetune", "--model", "tiny", "--train", str(_pairs(ctx)), "--max-steps", "1", "--batch-size", "3", *arguments]
+
+
+def _api_finetune(ctx, model="tiny", **options):
+    return lambda: bliptk.finetune(model, [(photo, "a dog") for photo in ctx.photos], max_steps=1, batch_size=3, **options)
+
+
+def _run(ctx) -> Path:
+    """A finished one-step fine-tuning run, of the data the faults' runs train on."""
+    out = ctx.tmp / "run"
+    bliptk.finetune("tiny", _pairs(ctx), out=out, max_steps=1, batch_size=3, lr=1e-3)
+    return out
+
+
+def _holding(ctx, name: str, content: str) -> Path:
+    folder = ctx.tmp / "held"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(content)
+    return folder
+
+
+def _explain(ctx, *arguments: str) -> list[str]:
+    return ["explain", str(ctx.photos[0]), "--model", "tiny", "--out", str(ctx.tmp / "why.png"), *arguments]
+
+
+def _unwritable_cache(ctx) -> Path:
+    blocker = ctx.tmp / "a-file"
+    blocker.write_text("x")
+    ctx.monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(blocker / "cache"))
+    return blocker
+
+
+def _no_room(ctx) -> None:
+    import shutil as shell
+
+    usage = shell.disk_usage(ctx.tmp)
+    ctx.monkeypatch.setattr("bliptk.finetune_folder.shutil.disk_usage", lambda path: usage._replace(free=1000))
+    ctx.monkeypatch.setattr("bliptk.loading.load", lambda *a, **k: pytest.fail("loaded a model"))
+
+
+FAULTS_OF_ISSUE_31: dict[str, Callable] = {
+    "finetune: --resume into the model's own checkpoint": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(_checkpoint(ctx, lambda f: None)), "--resume", "--model", str(ctx.tmp / "checkpoint")),
+        _api_finetune(ctx, ctx.tmp / "checkpoint", out=ctx.tmp / "checkpoint", resume=True),
+        bliptk.OutputError,
+        r"out \S+/checkpoint is the model's own folder \S+/checkpoint, or inside it; write the result to a folder of its own",
+        r"--out \S+/checkpoint is the model's own folder",
+    ),
+    "finetune: --out inside the model's folder": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(_checkpoint(ctx, lambda f: None) / "tuned"), "--model", str(ctx.tmp / "checkpoint")),
+        _api_finetune(ctx, ctx.tmp / "checkpoint", out=ctx.tmp / "checkpoint" / "tuned"),
+        bliptk.OutputError,
+        r"checkpoint/tuned is the model's own folder \S+/checkpoint, or inside it",
+    ),
+    "finetune: --resume into a folder of foreign files": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(_holding(ctx, "config.json", "{}")), "--resume"),
+        _api_finetune(ctx, out=ctx.tmp / "held", resume=True),
+        bliptk.OutputError,
+        r"held holds 1 other file \(config.json\), not a fine-tuning run; resume continues a run that bliptk finetune began there; "
+        r"choose another \(new or empty\) out",
+        r"held holds 1 other file \(config.json\), not a fine-tuning run; --resume continues .*choose another \(new or empty\) --out",
+    ),
+    "finetune: --resume into an ONNX export": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(_export(ctx, lambda f: None)), "--resume"),
+        _api_finetune(ctx, out=ctx.tmp / "export", resume=True),
+        bliptk.OutputError,
+        r"export holds an ONNX export \(manifest.json\), not a fine-tuning run",
+    ),
+    "finetune: --resume into a checkpoint folder": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(_checkpoint(ctx, lambda f: None)), "--resume"),
+        _api_finetune(ctx, out=ctx.tmp / "checkpoint", resume=True),
+        bliptk.OutputError,
+        r"checkpoint holds a checkpoint \(config.json and its weights\), not a fine-tuning run",
+    ),
+    "finetune: a finished run without --resume": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(_run(ctx))),
+        _api_finetune(ctx, out=ctx.tmp / "run"),
+        bliptk.OutputExistsError,
+        r"run exists; it holds a fine-tuning run: pass resume=True to continue it, or choose another out$",
+        r"run exists; it holds a fine-tuning run: pass --resume to continue it, or choose another --out$",
+    ),
+    "finetune: resuming with another --lr": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(_run(ctx)), "--resume", "--lr", "0.01"),
+        lambda: bliptk.finetune("tiny", ctx.tmp / "train.jsonl", out=ctx.tmp / "run", max_steps=1, batch_size=3, resume=True, lr=0.01),
+        bliptk.InvalidOptionError,
+        r"run holds a run made with other options \(lr 0.001 \(this run: 0.01\)\); resuming needs the same",
+    ),
+    "export: --overwrite into a fine-tuning run": lambda ctx: Fault(
+        ["export", "--model", "tiny", "--overwrite", "--out", str(_run(ctx))],
+        lambda: bliptk_onnx.export(ctx.tiny, ctx.tmp / "run", overwrite=True),
+        bliptk.OutputError,
+        r"run holds a fine-tuning run \(finetune.json\); an export goes in a folder of its own: choose another \(new or empty\) folder",
+    ),
+    "export: into a checkpoint folder": lambda ctx: Fault(
+        ["export", "--model", "tiny", "--out", str(_checkpoint(ctx, lambda f: None))],
+        lambda: bliptk_onnx.export(ctx.tiny, ctx.tmp / "checkpoint"),
+        bliptk.OutputError,
+        r"checkpoint holds a checkpoint \(config.json and its weights\); an export goes in a folder of its own",
+    ),
+    "export: into the model's own folder": lambda ctx: Fault(
+        ["export", "--model", str(_checkpoint(ctx, lambda f: None)), "--out", str(ctx.tmp / "checkpoint" / "onnx")],
+        None,
+        bliptk.OutputError,
+        r"--out \S+/checkpoint/onnx is the model's own folder",
+    ),
+    "finetune: out=None": lambda ctx: Fault(
+        None, _api_finetune(ctx, out=None), bliptk.InvalidArgumentError, r"out must be the output folder, a path; got None"
+    ),
+    "finetune: LoRA targets that match nothing": lambda ctx: Fault(
+        None,
+        _api_finetune(ctx, out=ctx.tmp / "run", lora={"r": 4, "targets": "nomatch"}),
+        bliptk.InvalidOptionError,
+        r"lora targets 'nomatch' match none of the model's linear layers",
+    ),
+    "finetune: an int8 model": lambda ctx: Fault(
+        None,
+        _api_finetune(ctx, out=ctx.tmp / "run", load_options={"dtype": "int8"}),
+        bliptk.InvalidOptionError,
+        r"fine-tune a float32 \(or bfloat16\) captioner, then quantize the result",
+    ),
+    "finetune: --train a folder": lambda ctx: Fault(
+        ["finetune", "--model", "tiny", "--train", str(ctx.photos[0].parent), "--out", str(ctx.tmp / "run")],
+        lambda: bliptk.finetune("tiny", ctx.photos[0].parent, out=ctx.tmp / "run"),
+        bliptk.InputError,
+        r"images: is a folder; training data is a .jsonl file of image-caption lines, or COCO caption annotations",
+    ),
+    "finetune: training data that is not UTF-8": lambda ctx: Fault(
+        ["finetune", "--model", "tiny", "--train", str(_latin1(ctx)), "--out", str(ctx.tmp / "run")],
+        lambda: bliptk.finetune("tiny", ctx.tmp / "latin1.jsonl", out=ctx.tmp / "run"),
+        bliptk.InputError,
+        r"latin1.jsonl: line 1 is not UTF-8 text \(byte 0xe9 at column \d+\); save the file as UTF-8",
+    ),
+    "finetune: a negative --lr": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(ctx.tmp / "run"), "--lr", "-1e-3"),
+        _api_finetune(ctx, out=ctx.tmp / "run", lr=-1e-3),
+        bliptk.InvalidOptionError,
+        r"lr must be a finite non-negative number, got -0.001",
+        r"--lr must be a finite non-negative number, got -0.001",
+    ),
+    "finetune: a prompt that leaves no room for a caption": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(ctx.tmp / "run"), "--prompt", "a " * 40),
+        _api_finetune(ctx, out=ctx.tmp / "run", prompt="a " * 40),
+        bliptk.InvalidOptionError,
+        r"the prompt takes 41 of the 40 positions of a training text \(\[DEC\], the prompt, the caption, \[SEP\]\), leaving no room",
+        r"the --prompt takes 41 of the 40 positions of a training text \(\[DEC\], the prompt, the caption, \[SEP\]\), leaving no room",
+    ),
+    "finetune: a disk too small for the checkpoints": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(ctx.tmp / "run")) if _no_room(ctx) is None else None,
+        _api_finetune(ctx, out=ctx.tmp / "run"),
+        bliptk.OutputError,
+        r"run: this run needs about \d+ MB \(up to 1 checkpoints of \d+ MB and the final weights\), the disk has 0 MB free; free space, "
+        r"or choose another out",
+        r"the disk has 0 MB free; free space, or choose another --out",
+    ),
+    "finetune: --keep-checkpoints 0": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(ctx.tmp / "run"), "--keep-checkpoints", "0"),
+        _api_finetune(ctx, out=ctx.tmp / "run", keep_checkpoints=0),
+        bliptk.InvalidOptionError,
+        r"keep_checkpoints must be an integer >= 1, got 0",
+        r"--keep-checkpoints must be an integer >= 1, got 0",
+    ),
+    "explain: a method that is a list": lambda ctx: Fault(
+        None,
+        lambda: bliptk.explain(ctx.tiny, ctx.photos[0], "a dog", method=["gradcam"]),
+        bliptk.InvalidOptionError,
+        r"method must be one of attention, gradcam, relevance, rollout, integrated_gradients, got \['gradcam'\]",
+    ),
+    "explain: --caption with --num-beams": lambda ctx: Fault(
+        _explain(ctx, "--caption", "a dog", "--num-beams", "3"),
+        lambda: bliptk.explain(ctx.tiny, ctx.photos[0], "a dog", num_beams=3),
+        bliptk.InvalidOptionError,
+        r"decoding options apply when explain captions the image itself \(caption=None\), not to a given caption",
+        r"--num-beams apply when explain captions the image itself; with --caption, that caption is explained",
+    ),
+    "explain: --out -": lambda ctx: Fault(
+        ["explain", str(ctx.photos[0]), "--model", "tiny", "--out", "-"],
+        None,
+        bliptk.InvalidOptionError,
+        r"--out -: explain writes a file, not standard output; name the file",
+    ),
+    "explain: --out x.jpg": lambda ctx: Fault(
+        ["explain", str(ctx.photos[0]), "--model", "tiny", "--out", str(ctx.tmp / "x.jpg")],
+        None,
+        bliptk.InvalidOptionError,
+        r"x.jpg: figures are written as PNG, with how they were made in their metadata; name the file .png",
+    ),
+    "explain: --out .jpg": lambda ctx: Fault(
+        ["explain", str(ctx.photos[0]), "--model", "tiny", "--out", str(ctx.tmp / ".jpg")],
+        None,
+        bliptk.InvalidOptionError,
+        r"\.jpg: figures are written as PNG, with how they were made in their metadata; name the file .png",
+    ),
+    "explain: --columns 0": lambda ctx: Fault(
+        _explain(ctx, "--columns", "0"), None, bliptk.InvalidOptionError, r"--columns must be an integer >= 1, got 0"
+    ),
+    "explain: a layer the decoder lacks": lambda ctx: Fault(
+        _explain(ctx, "--layer", "5")
+        if ctx.monkeypatch.setattr("bliptk.loading.load", lambda *a, **k: pytest.fail("loaded")) is None
+        else None,
+        lambda: bliptk.explain(ctx.tiny, ctx.photos[0], "a dog", layer=5),
+        bliptk.InvalidOptionError,
+        r"layer must be an integer in \[-2, 1\] \(the decoder has 2 layers\), got 5",
+        r"--layer must be an integer in \[-2, 1\]",
+    ),
+    "explain: a caption longer than the decoder": lambda ctx: Fault(
+        _explain(ctx, "--caption", "dog " * 600),
+        lambda: bliptk.explain(ctx.tiny, ctx.photos[0], "dog " * 600),
+        bliptk.InvalidOptionError,
+        r"the caption has 600 tokens; after the prompt's 4 positions the decoder has room for 508: explain a shorter caption",
+    ),
+    "explain: --ig-steps 0": lambda ctx: Fault(
+        _explain(ctx, "--method", "integrated_gradients", "--ig-steps", "0"),
+        lambda: bliptk.explain(ctx.tiny, ctx.photos[0], "a dog", method="integrated_gradients", ig_steps=0),
+        bliptk.InvalidOptionError,
+        r"ig_steps must be an integer >= 1, got 0",
+        r"--ig-steps must be an integer >= 1, got 0",
+    ),
+    "faithfulness: a caption where the explanation goes": lambda ctx: Fault(
+        None,
+        lambda: bliptk.faithfulness(ctx.tiny, ctx.photos[0], ctx.tiny.caption(ctx.photos[0], max_new_tokens=2)),
+        bliptk.InvalidArgumentError,
+        r"explanation must be an Explanation, as bliptk.explain\(captioner, image, caption\) returns; got Caption",
+    ),
+    "faithfulness: a negative seed": lambda ctx: Fault(
+        None,
+        lambda: bliptk.faithfulness(ctx.tiny, ctx.photos[0], bliptk.explain(ctx.tiny, ctx.photos[0], "a dog"), seed=-1),
+        bliptk.InvalidOptionError,
+        r"seed must be an integer >= 0, got -1",
+    ),
+    "compile: TORCHINDUCTOR_CACHE_DIR that cannot be made": lambda ctx: Fault(
+        ["caption", str(ctx.photos[0]), "--model", "tiny", "--compile"] if _unwritable_cache(ctx) else None,
+        lambda: bliptk.load("tiny", compile=True),
+        bliptk.InvalidOptionError,
+        r"TORCHINDUCTOR_CACHE_DIR=\S+/a-file/cache cannot be made or written \(Not a directory\); torch makes it whenever it "
+        r"loads a model: point TORCHINDUCTOR_CACHE_DIR at a folder you can write, or unset it",
+    ),
+    "TORCHINDUCTOR_CACHE_DIR that cannot be made, without compiling": lambda ctx: Fault(
+        ["caption", str(ctx.photos[0]), "--model", "tiny"] if _unwritable_cache(ctx) else None,
+        lambda: bliptk.load("tiny"),
+        bliptk.InvalidOptionError,
+        r"TORCHINDUCTOR_CACHE_DIR=\S+/a-file/cache cannot be made \(Not a directory\); torch makes it whenever it loads a model",
+    ),
+    "explain: gradients of an int8 captioner": lambda ctx: Fault(
+        _explain(ctx, "--dtype", "int8"),
+        lambda: bliptk.explain(bliptk.load("tiny", dtype="int8"), ctx.photos[0], "a dog"),
+        bliptk.InvalidOptionError,
+        r"gradcam follows gradients, which the int8 decoder's weights have none of: explain with the float model",
+        r"gradcam follows gradients, which the int8 decoder's weights have none of",
+    ),
+    "faithfulness: an explanation of another image": lambda ctx: Fault(
+        None,
+        lambda: bliptk.faithfulness(ctx.tiny, ctx.photos[1], bliptk.explain(ctx.tiny, ctx.photos[0], "a dog")),
+        bliptk.InvalidOptionError,
+        r"the explanation is of another image than this one \(their pixels differ\); give the image it explains",
+    ),
+    "faithfulness: an explanation made with other weights": lambda ctx: Fault(
+        None,
+        lambda: bliptk.faithfulness(bliptk.load("tiny", weights_seed=1), ctx.photos[0], bliptk.explain(ctx.tiny, ctx.photos[0], "a dog")),
+        bliptk.InvalidOptionError,
+        r"the explanation was made with other weights \(fingerprint \w+\) than this captioner's \(\w+\)",
+    ),
+    "finetune: a model of no known kind": lambda ctx: Fault(
+        None,
+        _api_finetune(ctx, 42, out=ctx.tmp / "run"),
+        bliptk.InvalidArgumentError,
+        r"model must be a Captioner \(bliptk.load\), an architecture name, a hub id or a checkpoint folder; got int",
+    ),
+    "load: a model of no known kind": lambda ctx: Fault(
+        None,
+        lambda: bliptk.load(42),
+        bliptk.InvalidArgumentError,
+        r"model must be an architecture name \(.*\), a hub id or a checkpoint folder; got int",
+    ),
+    "finetune: float16 on a CPU": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(ctx.tmp / "run"), "--dtype", "float16"),
+        _api_finetune(ctx, out=ctx.tmp / "run", dtype="float16", load_options={"device": "cpu"}),
+        bliptk.InvalidOptionError,
+        r"dtype float16 trains on a GPU; on a CPU use bfloat16 \(autocast\) or float32",
+        r"--dtype float16 trains on a GPU",
+    ),
+    "finetune: --images that is no folder": lambda ctx: Fault(
+        _finetune(ctx, "--out", str(ctx.tmp / "run"), "--images", str(ctx.tmp / "nowhere")),
+        _api_finetune(ctx, out=ctx.tmp / "run", images=ctx.tmp / "nowhere"),
+        bliptk.InputError,
+        r"nowhere: is not a folder; images= names the folder the data file's image paths are relative to",
+        r"nowhere: is not a folder; --images names the folder",
+    ),
+    "export: a model name where the captioner goes": lambda ctx: Fault(
+        None,
+        lambda: bliptk_onnx.export("tiny", ctx.tmp / "export"),
+        bliptk.InvalidArgumentError,
+        r"export needs a Captioner, as bliptk.load\(model\) returns; got str",
+    ),
+    "export: --overwrite of an export beside other files": lambda ctx: Fault(
+        ["export", "--model", "tiny", "--overwrite", "--out", str(_export(ctx, lambda f: (f / "notes.txt").write_text("mine")))],
+        lambda: bliptk_onnx.export(ctx.tiny, ctx.tmp / "export", overwrite=True),
+        bliptk.OutputError,
+        r"export holds an ONNX export and 1 other file \(notes.txt\), which replacing the export would remove: move them out",
+    ),
+    "onnx: loading a folder that does not exist": lambda ctx: Fault(
+        _caption_with(ctx.tmp / "nowhere", ctx.photos[0]) if False else None,
+        lambda: bliptk_onnx.load(ctx.tmp / "nowhere"),
+        bliptk.CheckpointError,
+        r"nowhere: no such folder; give the folder bliptk export wrote",
+    ),
+    "onnx: loading a fine-tuning run": lambda ctx: Fault(
+        None,
+        lambda: bliptk_onnx.load(_run(ctx)),
+        bliptk.CheckpointError,
+        r"run: not a bliptk ONNX export \(no manifest.json\); it holds a fine-tuning run \(finetune.json\); export a model with",
+    ),
+    "eval-coco: --out the annotations": lambda ctx: Fault(
+        [
+            "eval-coco",
+            "--images",
+            str(ctx.photos[0].parent),
+            "--annotations",
+            str(_copy(REFERENCES, ctx.tmp / "refs.json")),
+            "--model",
+            "tiny",
+            "--out",
+            str(ctx.tmp / "refs.json"),
+            "--resume",
+        ],
+        None,
+        bliptk.InvalidOptionError,
+        r"--out \S+refs.json is the --annotations file; write the results to a file of their own",
+    ),
+    "eval-coco: --resume onto a JSON file that is no results": lambda ctx: Fault(
+        [
+            "eval-coco",
+            "--images",
+            str(ctx.photos[0].parent),
+            "--annotations",
+            str(REFERENCES),
+            "--model",
+            "tiny",
+            "--out",
+            str(_text(ctx.tmp / "settings.json", '{"mine": 1}')),
+            "--resume",
+        ],
+        None,
+        bliptk.OutputError,
+        r"settings.json is no COCO results file \(not a list of \{image_id, caption\}\), so it is left alone: choose another --out",
+    ),
+    "eval: --worst -1": lambda ctx: Fault(
+        [
+            "eval",
+            str(_json(ctx.tmp / "p.json", [{"image_id": 1, "caption": "a"}])),
+            str(_json(ctx.tmp / "r.json", {"1": ["a"]})),
+            "--worst",
+            "-1",
+        ],
+        None,
+        bliptk.InvalidOptionError,
+        r"--worst must be an integer >= 0, got -1",
+    ),
+}
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copy(source, target)
+    return target
+
+
+def _latin1(ctx) -> Path:
+    data = ctx.tmp / "latin1.jsonl"
+    data.write_bytes(json.dumps({"image": str(ctx.photos[0]), "caption": "caf"}).encode()[:-2] + b'\xe9"}\n')
+    return data
+
+
 FAULTS: dict[str, Callable] = {
     "eval: two files with one image id": lambda ctx: Fault(
         ["eval", str(_records(ctx.tmp, ["photos/a/img1.jpg", "photos/b/IMG_0001.png"])), str(_references(ctx.tmp, {"1": ["a cat"]}))],
@@ -515,6 +896,7 @@ FAULTS: dict[str, Callable] = {
     "image: no pixels": lambda ctx: Fault(
         None, lambda: ctx.tiny.caption(np.zeros((0, 0, 3), np.uint8)), bliptk.ImageLoadError, r"ndarray: has no pixels \(0x0\)"
     ),
+    **FAULTS_OF_ISSUE_31,
 }
 
 
@@ -572,13 +954,14 @@ class _Context:
     photos: list
     tiny_checkpoint: Path
     tiny_export: Path
+    monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_every_fault_is_a_bliptk_error_in_python_and_exit_2_in_one_line(
-    fault, tiny, photos, tiny_checkpoint, tiny_export, tmp_path, capsys, caplog
+    fault, tiny, photos, tiny_checkpoint, tiny_export, tmp_path, capsys, caplog, monkeypatch
 ):
-    case = FAULTS[fault](_Context(tmp_path, tiny, photos, tiny_checkpoint, tiny_export))
+    case = FAULTS[fault](_Context(tmp_path, tiny, photos, tiny_checkpoint, tiny_export, monkeypatch))
     if case.api is not None:
         with pytest.raises(case.error, match=case.message):
             case.api()

@@ -7,6 +7,7 @@ from conftest import DATA
 import bliptk
 from bliptk.cli import main
 from bliptk.evaluation import load_predictions, load_references
+from bliptk.records import read_records
 
 REFERENCES = {
     1: ["a cat sitting on a red couch", "a black cat lies on the sofa", "a cat resting on a couch"],
@@ -158,3 +159,21 @@ def test_cli_eval_and_eval_coco(tiny, photos, tmp_path, capsys):
     assert main(args + ["--resume"]) == 0
     assert records.read_text() == captioned and json.loads(results.read_text()) == written  # nothing captioned again
     assert "3 captions written" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@needs_java
+def test_eval_coco_resumed_onto_another_runs_records_scores_its_own(tiny, photos, tmp_path, capsys):
+    """The records beside the results held an earlier caption run's, of other options: eval-coco
+    took both, and failed on each image's two predictions (issue 31's probe)."""
+    results = tmp_path / "results.json"
+    assert (
+        main(["caption", str(photos[0].parent), "--model", "tiny", "--max-new-tokens", "3", "--out", str(results.with_suffix(".jsonl"))])
+        == 0
+    )
+    args = ["eval-coco", "--images", str(photos[0].parent), "--annotations", str(DATA / "references.json"), "--model", "tiny"]
+    assert main([*args, "--out", str(results), "--resume"]) == 0
+    written = json.loads(results.read_text())
+    expected = tiny.caption(photos[0], prompt="a picture of ", num_beams=3, max_new_tokens=16, min_new_tokens=1)
+    assert len(written) == 3 and [r["caption"] for r in written if r["image_id"] == 42] == [expected.text]
+    assert len(read_records(results.with_suffix(".jsonl"))) == 6  # both runs' records kept

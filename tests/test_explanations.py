@@ -325,7 +325,7 @@ def test_figures_draw_an_explanation(tiny, photos):
     explanation = bliptk.explain(tiny, photos[0], max_new_tokens=3, method="relevance")
     fig = bliptk.plot_attention_overlays(photos[0], explanation, columns=2)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == explanation.tokens
-    assert "relevance, each map scaled" in fig.axes[-1].get_ylabel()
+    assert "relevance: relative importance" in fig.axes[-1].get_ylabel()
     fig = bliptk.plot_attention_maps(explanation)
     np.testing.assert_allclose(fig.axes[0].images[0].get_array(), explanation.maps[0])
     with pytest.raises(InvalidOptionError, match="layer apply to a caption's attention; an Explanation's maps are made already"):
@@ -336,3 +336,14 @@ def test_integrated_gradients_without_captum_names_the_install(tiny, photos, mon
     monkeypatch.setitem(sys.modules, "captum", None)
     with pytest.raises(bliptk.MissingDependencyError, match=r"captum.*pip install 'captum"):
         bliptk.explain(tiny, photos[0], "a cake", method="integrated_gradients")
+
+
+def test_a_list_of_images_gets_one_explanation_each(tiny, photos):
+    """Not one explanation of their mean features, with no word (issue 31)."""
+    both = bliptk.explain(tiny, photos[:2], "a dog")
+    assert [e.token_ids for e in both] == [bliptk.explain(tiny, photo, "a dog").token_ids for photo in photos[:2]]
+    for got, photo in zip(both, photos[:2], strict=True):
+        np.testing.assert_array_equal(got.maps, bliptk.explain(tiny, photo, "a dog").maps)
+    assert [e.text for e in bliptk.explain(tiny, photos[:2], ["a dog", "a cat"])] == ["a photography of a dog", "a photography of a cat"]
+    with pytest.raises(bliptk.InvalidOptionError, match="1 captions for 2 images"):
+        bliptk.explain(tiny, photos[:2], ["a dog"])

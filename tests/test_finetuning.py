@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
+from transformers import TrainerCallback
 
 import bliptk
 from bliptk.finetuning import DEFAULT_LORA_TARGETS, finetune
@@ -172,7 +174,8 @@ def training_step(trainer, *args, **kwargs):
     return train_step(trainer, *args, **kwargs)
 
 transformers.Trainer.training_step = training_step
-finetune("tiny", pairs, out=sys.argv[1], lr=1e-3, max_steps=int(sys.argv[3]), batch_size=2, save_steps=3, resume=True)
+lora = {"r": 4} if sys.argv[5] == "lora" else None
+finetune("tiny", pairs, out=sys.argv[1], lr=1e-3, max_steps=int(sys.argv[3]), batch_size=2, save_steps=3, resume=True, lora=lora, keep_checkpoints=2)
 """
 
 
@@ -183,16 +186,17 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_ends_equal_to_an_uninterrupted_run(pairs, tmp_path):
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_killed_and_resumed_ends_equal_to_an_uninterrupted_run(pairs, tmp_path, kind):
     data = json.dumps([[str(image), caption] for image, caption in pairs])
     steps = 30
-    subprocess.run([sys.executable, "-c", RUN, str(tmp_path / "whole"), data, str(steps), "0"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", RUN, str(tmp_path / "whole"), data, str(steps), "0", kind], check=True, capture_output=True)
     killed = tmp_path / "killed"
-    died = subprocess.run([sys.executable, "-c", RUN, str(killed), data, str(steps), "8"], capture_output=True)
+    died = subprocess.run([sys.executable, "-c", RUN, str(killed), data, str(steps), "8", kind], capture_output=True)
     assert died.returncode == -signal.SIGKILL
     assert not (killed / "model.safetensors").exists()  # it was killed mid-run, after checkpoint 6
     assert sorted(p.name for p in (killed / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
-    subprocess.run([sys.executable, "-c", RUN, str(killed), data, str(steps), "0"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", RUN, str(killed), data, str(steps), "0", kind], check=True, capture_output=True)
     whole, resumed = _weights(tmp_path / "whole"), _weights(killed)
     assert whole.keys() == resumed.keys()
     for name in whole:
@@ -240,33 +244,60 @@ def test_an_existing_output_is_refused_before_the_model_loads(pairs, tmp_path, m
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     monkeypatch.setattr(bliptk.loading, "load", lambda *a, **k: pytest.fail("loaded a model"))
-    with pytest.raises(bliptk.OutputExistsError, match="resume=True"):
-        finetune("tiny", pairs, out=out, max_steps=1)
+    for resume in (False, True):
+        with pytest.raises(bliptk.OutputError, match=r"run holds 1 other file \(notes.txt\), not a fine-tuning run; .*choose another"):
+            finetune("tiny", pairs, out=out, max_steps=1, resume=resume)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
 
 
-def test_resuming_a_run_made_otherwise_is_refused(pairs, tmp_path):
+def test_resuming_a_run_made_otherwise_is_refused_naming_what_differs(pairs, tmp_path):
     finetune("tiny", pairs, out=tmp_path / "run", max_steps=1, batch_size=6)
-    with pytest.raises(bliptk.InvalidOptionError, match="other options"):
+    with pytest.raises(
+        bliptk.OutputExistsError, match="it holds a fine-tuning run: pass resume=True to continue it, or choose another out"
+    ):
+        finetune("tiny", pairs, out=tmp_path / "run", max_steps=1, batch_size=6)
+    with pytest.raises(bliptk.InvalidOptionError, match=r"other options \(lr 1e-05 \(this run: 0.001\)\); resuming needs the same"):
         finetune("tiny", pairs, out=tmp_path / "run", max_steps=1, batch_size=6, lr=1e-3, resume=True)
-    with pytest.raises(bliptk.InvalidOptionError, match="other data"):
+    with pytest.raises(bliptk.InvalidOptionError, match=r"other data \(train.fingerprint .*; train.rows 6 \(this run: 5\)"):
         finetune("tiny", pairs[:5], out=tmp_path / "run", max_steps=1, batch_size=6, resume=True)
+    # How many checkpoints are kept changes nothing the run makes: it resumes.
+    finetune("tiny", pairs, out=tmp_path / "run", max_steps=1, batch_size=6, resume=True, keep_checkpoints=3)
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"lr": -1}, "lr must be a non-negative number"),
+        ({"lr": -1}, "lr must be a finite non-negative number"),
         ({"batch_size": 0}, "batch_size must be an integer >= 1"),
         ({"label_smoothing": 1.0}, "label_smoothing must be below 1"),
         ({"dtype": "int8"}, "dtype must be float32, bfloat16"),
         ({"lora": "big"}, "lora must be None, a rank"),
         ({"lora": {"rank": 4}}, "unknown lora option 'rank'"),
         ({"learning_rate": 1e-4}, "unknown option 'learning_rate'"),
+        ({"keep_checkpoints": 0}, "keep_checkpoints must be an integer >= 1"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"lora": {"targets": "("}}, r"lora targets '\(' is not a regular expression"),
+        ({"lora": {"r": 4, "targets": "nomatch"}}, "lora targets 'nomatch' match none of the model's linear layers"),
+        ({"prompt": "a " * 45}, "the prompt takes 46 of the 40 positions of a training text"),
     ],
 )
-def test_option_mistakes_are_named(pairs, tmp_path, options, message):
+def test_option_mistakes_are_named_before_the_model_loads(pairs, tmp_path, monkeypatch, options, message):
+    monkeypatch.setattr(bliptk.loading, "load", lambda *a, **k: pytest.fail("loaded a model"))
     with pytest.raises(bliptk.InvalidOptionError, match=message):
         finetune("tiny", pairs, out=tmp_path / "run", **options)
+    assert not (tmp_path / "run").exists()
+
+
+def test_what_cannot_be_trained_is_refused(tiny, pairs, tmp_path):
+    with pytest.raises(bliptk.InvalidArgumentError, match="out must be the output folder, a path; got None"):
+        finetune("tiny", pairs, out=None)
+    with pytest.raises(bliptk.InvalidOptionError, match=r"fine-tune a float32 \(or bfloat16\) captioner, then quantize the result"):
+        finetune("tiny", pairs, out=tmp_path / "run", load_options={"dtype": "int8"})
+    with pytest.raises(bliptk.InvalidOptionError, match="unknown load option 'seed'"):
+        finetune("tiny", pairs, out=tmp_path / "run", load_options={"seed": 3})
+    with pytest.raises(bliptk.InvalidOptionError, match="load_options apply to a model given by name"):
+        finetune(tiny, pairs, out=tmp_path / "run", load_options={"pretrained": False})
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_compiled_captioner_is_refused(pairs, tmp_path):
@@ -276,7 +307,7 @@ def test_a_compiled_captioner_is_refused(pairs, tmp_path):
 
 
 def test_validation_loss_at_each_epoch_and_the_best_kept(pairs, tmp_path, monkeypatch):
-    monkeypatch.setattr("bliptk.finetuning._caption_metrics", lambda *a: None)  # the loss alone decides
+    monkeypatch.setattr("bliptk.finetune_run._caption_metrics", lambda *a: None)  # the loss alone decides
     result = finetune("tiny", pairs, out=tmp_path / "run", val=pairs[:2], epochs=3, batch_size=3, lr=1e-3)
     evaluations = [e for e in result.history if "eval_loss" in e]
     assert [e["step"] for e in evaluations] == [0, 2, 4, 6]  # the base model first
@@ -303,3 +334,287 @@ def test_coco_metrics_before_training_and_at_each_epoch(pairs, tmp_path):
     assert result.best_checkpoint.endswith(f"checkpoint-{max(scored[1:], key=lambda e: e['eval_CIDEr'])['step']}")
     figure = result.plot()
     assert [line.get_label() for line in figure.axes[1].lines] == ["CIDEr"]
+
+
+# --- in place, seeds, the checkpoint's prompt --------------------------------------------------------------
+
+
+def test_a_captioner_trained_in_place_is_the_one_in_out(pairs, photos, tmp_path):
+    captioner = bliptk.load("tiny")
+    base = captioner.weights
+    finetune(captioner, pairs, out=tmp_path / "run", lr=1e-3, max_steps=3, batch_size=6)
+    loaded = bliptk.load(tmp_path / "run")
+    assert captioner.weights.fingerprint != base.fingerprint
+    assert (captioner.name, captioner.weights, captioner.prompt) == (loaded.name, loaded.weights, loaded.prompt)
+    assert captioner.prompt == PROMPT and captioner.provenance() == loaded.provenance()
+    assert [c.token_ids for c in captioner.caption(photos, max_new_tokens=8)] == [
+        c.token_ids for c in loaded.caption(photos, max_new_tokens=8)
+    ]
+
+
+def test_a_lora_captioner_trained_in_place_captions_as_the_merged_checkpoint(pairs, photos, tmp_path):
+    captioner = bliptk.load("tiny")
+    finetune(captioner, pairs, out=tmp_path / "run", lr=1e-2, max_steps=5, batch_size=6, lora=4)
+    loaded = bliptk.load(tmp_path / "run")
+    assert captioner.weights == loaded.weights and not any("lora" in name for name, _ in captioner.model.named_parameters())
+    assert [c.token_ids for c in captioner.caption(photos, max_new_tokens=8)] == [
+        c.token_ids for c in loaded.caption(photos, max_new_tokens=8)
+    ]
+
+
+def test_an_int8_captioner_is_refused(pairs, tmp_path):
+    with pytest.raises(bliptk.InvalidOptionError, match="fine-tune a float32"):
+        finetune(bliptk.load("tiny", dtype="int8"), pairs, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_lora_runs_with_one_seed_are_equal(pairs, tmp_path):
+    """The adapters are initialised after the seed (issue 31: lr 0, one step, runs differed by 0.35)."""
+    for name in ("a", "b", "c"):
+        finetune("tiny", pairs, out=tmp_path / name, lr=0, max_steps=1, batch_size=6, lora=4, seed=1 if name == "c" else 0)
+    adapters = {name: _adapters(tmp_path / name) for name in "abc"}
+    assert adapters["a"].keys() == adapters["b"].keys() and adapters["a"]
+    assert all(torch.equal(adapters["a"][key], adapters["b"][key]) for key in adapters["a"])
+    assert any(not torch.equal(adapters["a"][key], adapters["c"][key]) for key in adapters["a"] if "lora_A" in key)
+
+
+def _adapters(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    [checkpoint] = (run / "checkpoints").glob("checkpoint-*")
+    return load_file(checkpoint / "adapter_model.safetensors")
+
+
+def test_the_checkpoint_captions_after_the_prompt_it_learned(pairs, photos, tmp_path, capsys):
+    out = tmp_path / "run"
+    finetune("tiny", pairs, out=out, max_steps=1, batch_size=6, prompt="a snapshot of ")
+    assert json.loads((out / "captioning.json").read_text()) == {"prompt": "a snapshot of "}
+    [checkpoint] = (out / "checkpoints").iterdir()  # a checkpoint too is captioned after its prompt
+    assert bliptk.load(checkpoint).prompt == "a snapshot of "
+    tuned = bliptk.load(out)
+    assert tuned.prompt == "a snapshot of " and tuned.caption(photos[0], max_new_tokens=3).text.startswith("a snapshot of")
+    assert tuned.caption(photos[0], "a photo of", max_new_tokens=3).text.startswith("a photo of")  # a given prompt wins
+    from bliptk.cli import main
+
+    assert main(["caption", str(photos[0]), "--model", str(out), "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith(f"{photos[0]}: a snapshot of")
+    [record] = tuned.caption_files([photos[0]], max_new_tokens=3)
+    assert record["options"]["prompt"] == "a snapshot of " and record["caption"].startswith("a snapshot of")
+
+
+def test_an_export_of_a_fine_tuned_checkpoint_keeps_its_prompt(pairs, photos, tmp_path):
+    pytest.importorskip("onnxscript")
+    import bliptk.onnx
+
+    finetune("tiny", pairs, out=tmp_path / "run", max_steps=1, batch_size=6, prompt="a snapshot of ")
+    tuned = bliptk.load(tmp_path / "run")
+    folder = bliptk.onnx.export(tuned, tmp_path / "export")
+    runner = bliptk.onnx.load(folder)
+    assert runner.prompt == "a snapshot of " and json.loads((folder / "manifest.json").read_text())["prompt"] == "a snapshot of "
+    assert runner.caption(photos[0], max_new_tokens=4).token_ids == tuned.caption(photos[0], max_new_tokens=4).token_ids
+    assert runner.caption(photos[0], max_new_tokens=4).text.startswith("a snapshot of")
+
+
+# --- recovery: torn checkpoints, a full disk, undecodable images -------------------------------------------
+
+
+def _run_with_checkpoints(pairs, out: Path, steps: int = 4, **options):
+    return finetune("tiny", pairs, out=out, lr=1e-3, max_steps=steps, batch_size=3, save_steps=2, keep_checkpoints=2, **options)
+
+
+@pytest.mark.parametrize(
+    ("tear", "why"),
+    [
+        (
+            lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:1000]),
+            r"model.safetensors is 1,000 bytes",
+        ),
+        (lambda c: (c / "trainer_state.json").unlink(), "trainer_state.json is missing"),
+        (lambda c: (c / "bliptk-complete.json").unlink(), "it was not saved whole"),
+    ],
+    ids=["truncated weights", "no trainer state", "killed while saving"],
+)
+def test_a_torn_last_checkpoint_resumes_from_the_one_before(pairs, tmp_path, tear, why):
+    whole = _run_with_checkpoints(pairs, tmp_path / "whole")
+    torn = tmp_path / "torn"
+    _run_with_checkpoints(pairs, torn)
+    # As if killed after checkpoint 4, before the final save: no final weights, the run not finished.
+    (torn / "model.safetensors").unlink()
+    made = json.loads((torn / "finetune.json").read_text())
+    (torn / "finetune.json").write_text(json.dumps({**made, "finished": False}))
+    tear(torn / "checkpoints" / "checkpoint-4")
+    with pytest.warns(
+        bliptk.CheckpointWarning, match=rf"checkpoint-4 is torn \({why}.*\): removed, resuming from the checkpoint before it"
+    ):
+        resumed = _run_with_checkpoints(pairs, torn, resume=True)
+    assert [e["step"] for e in resumed.history if "loss" in e][-2:] == [3, 4]  # steps 3 and 4 trained again
+    expected, got = _weights(tmp_path / "whole"), _weights(torn)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert len(whole.history) > 0
+
+
+def test_a_full_disk_while_saving_is_one_line_and_the_run_resumes(pairs, tmp_path, monkeypatch, capsys):
+    from conftest import mounted
+
+    from bliptk.cli import main
+
+    with mounted("", size="24m") as disk:
+        if disk is None:
+            pytest.skip("a small tmpfs needs root")
+        monkeypatch.setattr("bliptk.finetuning.check_space", lambda *a: None)  # the estimate would refuse the run first
+        data = _jsonl(pairs, tmp_path / "train.jsonl")
+        command = ["finetune", "--model", "tiny", "--train", str(data), "--max-steps", "6", "--save-steps", "1", "--batch-size", "3"]
+        assert main([*command, "--out", str(disk / "run"), "--keep-checkpoints", "4"]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("bliptk: error")]
+        assert len(err) == 1 and re.fullmatch(
+            rf"bliptk: error: {disk}/run: cannot save checkpoint checkpoint-\d \(the disk is full\); it was removed, the "
+            r"checkpoints before it are kept: free space, then --resume",
+            err[0],
+        ), err
+        saved = sorted((disk / "run" / "checkpoints").iterdir())
+        assert saved and all((checkpoint / "bliptk-complete.json").is_file() for checkpoint in saved)  # no torn one left
+        subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
+        assert main([*command, "--out", str(disk / "run"), "--keep-checkpoints", "4", "--resume"]) == 0
+        assert bliptk.load(disk / "run").weights.source == "pretrained"
+
+
+def _jsonl(pairs, path: Path) -> Path:
+    path.write_text("".join(json.dumps({"image": str(image), "caption": caption}) + "\n" for image, caption in pairs))
+    return path
+
+
+def test_an_image_that_does_not_decode_is_left_out_and_the_run_finishes(pairs, tmp_path):
+    """A truncated JPEG passes the read-time check (Pillow's verify) and fails when decoded."""
+    from PIL import Image as PILImage
+
+    broken = tmp_path / "truncated.jpg"
+    data = Path(pairs[0][0]).read_bytes() if Path(pairs[0][0]).suffix == ".jpg" else None
+    if data is None:
+        PILImage.open(pairs[0][0]).convert("RGB").save(tmp_path / "whole.jpg")
+        data = (tmp_path / "whole.jpg").read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    train = [(broken, "a broken photo"), *pairs[:2]]
+    with pytest.warns(bliptk.DataWarning, match=r"truncated.jpg: does not decode \(.*truncated.*\); left out of its batch") as said:
+        result = finetune("tiny", train, out=tmp_path / "run", lr=1e-3, epochs=2, batch_size=1)
+    assert len([w for w in said if "does not decode" in str(w.message)]) == 1  # named once, though met each epoch
+    assert result.undecodable == [str(broken)] and result.skipped["train"] == 2
+    steps = [e for e in result.history if "step" in e and "train_runtime" not in e]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6] and sum("loss" not in e for e in steps) == 2  # its batches: no loss
+    made = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert made["finished"] and made["undecodable"] == [str(broken)]
+
+
+def test_checkpoints_kept_are_as_many_as_asked(pairs, tmp_path):
+    finetune("tiny", pairs, out=tmp_path / "one", max_steps=4, batch_size=3, save_steps=1)
+    finetune("tiny", pairs, out=tmp_path / "three", max_steps=4, batch_size=3, save_steps=1, keep_checkpoints=3)
+    assert sorted(p.name for p in (tmp_path / "one" / "checkpoints").iterdir()) == ["checkpoint-4"]
+    assert sorted(p.name for p in (tmp_path / "three" / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+
+
+def test_outputs_are_shared_as_the_umask_says(pairs, tmp_path):
+    previous = os.umask(0o027)
+    try:
+        finetune("tiny", pairs, out=tmp_path / "run", max_steps=1, batch_size=6)
+    finally:
+        os.umask(previous)
+    for name in ("finetune.json", "model.safetensors", "config.json", "captioning.json", "vocab.txt"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o640, name
+
+
+def test_resuming_a_finished_run_trains_nothing_and_loads_no_model(pairs, photos, tmp_path, monkeypatch):
+    """Ctrl-C in such a resume left finetune.json unfinished and its history gone (issue 31's probe)."""
+    out = tmp_path / "run"
+    first = finetune("tiny", pairs, out=out, lr=1e-3, max_steps=2, batch_size=6)
+    manifest = (out / "finetune.json").read_bytes()
+    weights = (out / "model.safetensors").read_bytes()
+    monkeypatch.setattr(bliptk.loading, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    again = finetune("tiny", pairs, out=out, lr=1e-3, max_steps=2, batch_size=6, resume=True)
+    assert again.history == first.history and again.best_checkpoint == first.best_checkpoint
+    assert (out / "finetune.json").read_bytes() == manifest and (out / "model.safetensors").read_bytes() == weights
+    monkeypatch.undo()
+    captioner = bliptk.load("tiny")  # given to train in place, it becomes the finished run's model
+    finetune(captioner, pairs, out=out, lr=1e-3, max_steps=2, batch_size=6, resume=True)
+    assert captioner.weights == bliptk.load(out).weights and captioner.prompt == PROMPT
+
+
+class _Interrupt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("lora", [None, 4])
+def test_a_captioner_interrupted_in_place_does_not_pass_for_its_base(pairs, photos, tmp_path, monkeypatch, lora):
+    """Full training changed its weights: its fingerprint says so. LoRA's adapters are removed: it is
+    its base again, exactly (issue 31's probe: the base's fingerprint was kept over half-trained weights)."""
+    from bliptk import finetune_run
+
+    monkeypatch.setattr(finetune_run._Progress, "on_step_end", _Interrupt.on_step_end)
+    captioner, base = bliptk.load("tiny"), bliptk.load("tiny")
+    with pytest.raises(KeyboardInterrupt):
+        finetune(captioner, pairs, out=tmp_path / "run", lr=1e-2, max_steps=4, batch_size=3, save_steps=1, lora=lora)
+    assert captioner.name == "tiny" and captioner.model.training is False
+    if lora is None:
+        assert captioner.weights.fingerprint != base.weights.fingerprint
+    else:
+        assert captioner.weights == base.weights and not any("lora" in name for name, _ in captioner.model.named_parameters())
+        assert captioner.caption(photos[0], max_new_tokens=6).token_ids == base.caption(photos[0], max_new_tokens=6).token_ids
+
+
+def test_a_captioner_trained_in_place_with_a_frozen_encoder_is_explained(pairs, photos, tmp_path):
+    captioner = bliptk.load("tiny")
+    finetune(captioner, pairs, out=tmp_path / "run", max_steps=1, batch_size=6, freeze_vision=True)
+    explanation = bliptk.explain(captioner, photos[0], "a dog", method="relevance")  # gradients reach the image again
+    assert np.isfinite(explanation.maps).all() and explanation.maps.any()
+
+
+def test_checkpoints_and_adapters_are_shared_as_the_umask_says(pairs, tmp_path):
+    previous = os.umask(0o027)
+    try:
+        finetune("tiny", pairs, out=tmp_path / "full", max_steps=1, batch_size=6)
+        finetune("tiny", pairs, out=tmp_path / "lora", max_steps=1, batch_size=6, lora={"r": 4, "save_adapter": True})
+    finally:
+        os.umask(previous)
+    files = [p for run in ("full", "lora") for p in (tmp_path / run).rglob("*") if p.is_file()]
+    assert (
+        files and {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in files if p.stat().st_mode & 0o777 != 0o640} == {}
+    )
+
+
+def test_a_finished_run_resumed_from_another_base_is_refused(pairs, tmp_path, capsys):
+    from bliptk.cli import main
+
+    out = tmp_path / "run"
+    finetune("tiny", pairs, out=out, max_steps=1, batch_size=6)
+    with pytest.raises(
+        bliptk.InvalidOptionError, match=r"run holds a run made with other base weights \(fingerprint .*; seed 0 \(this run: 7\)\)"
+    ):
+        finetune(bliptk.load("tiny", weights_seed=7), pairs, out=out, max_steps=1, batch_size=6, resume=True)
+    with pytest.raises(bliptk.InvalidOptionError, match=r"other base model \("):
+        finetune("ViT-B/16", pairs, out=out, max_steps=1, batch_size=6, resume=True, load_options={"pretrained": False})
+    data = _jsonl(pairs, tmp_path / "train.jsonl")
+    arguments = ["finetune", "--model", "tiny", "--train", str(data), "--max-steps", "1", "--batch-size", "6", "--resume"]
+    finetune("tiny", data, out=tmp_path / "cli", max_steps=1, batch_size=6)
+    assert main([*arguments, "--out", str(tmp_path / "cli")]) == 0
+    assert capsys.readouterr().out == f"the run in {tmp_path / 'cli'} had finished: nothing to train; its model is there\n"
+    # The same run, with its data under another name and float32 said aloud: the same, so it resumes.
+    renamed = _jsonl(pairs, tmp_path / "renamed.jsonl")
+    assert main([*arguments[:4], str(renamed), *arguments[5:], "--dtype", "float32", "--out", str(tmp_path / "cli")]) == 0
+
+
+def test_a_finished_run_whose_weights_are_gone_saves_them_again(pairs, tmp_path):
+    out = tmp_path / "run"
+    finetune("tiny", pairs, out=out, max_steps=2, batch_size=6)
+    weights = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").unlink()
+    finetune("tiny", pairs, out=out, max_steps=2, batch_size=6, resume=True)
+    assert (out / "model.safetensors").read_bytes() == weights
+
+
+def test_gradient_checkpointing_says_nothing_a_user_cannot_act_on(pairs, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers' deprecation of gradient_checkpointing_enable
+        finetune("tiny", pairs, out=tmp_path / "run", max_steps=1, batch_size=6, gradient_checkpointing=True)

@@ -1,6 +1,7 @@
 """Every notebook under notebooks/ runs top to bottom on the tiny random model, with its kernel
 started at the repository root (as VS Code, papermill and a plain NotebookClient start it)."""
 
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -9,6 +10,11 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _scratch_folders() -> set[str]:
+    """bliptk's temporary folders in the system's temporary folder (the notebooks' runs, exports, shards)."""
+    return {path.name for path in Path(tempfile.gettempdir()).glob("bliptk-*")}
 
 
 def test_there_are_notebooks():
@@ -24,7 +30,9 @@ def test_notebook_runs_from_the_repository_root(path, monkeypatch):
     monkeypatch.setenv("BLIPTK_MODEL", "tiny")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+    before = _scratch_folders()
     client.execute()
+    assert _scratch_folders() == before, "the notebook left temporary folders behind"
     # No box of stderr in a notebook: random weights are said in one plain line, once. (Ray says a
     # few things of its own on stderr when it starts, in the Ray notebook: nothing of bliptk's.)
     streams = [output for cell in notebook.cells for output in cell.get("outputs", []) if output.output_type == "stream"]

@@ -32,12 +32,12 @@ from torch import nn
 
 from ..decoding import DEFAULT_PROMPT
 from ..errors import ExampleNotFoundError, ExportError, MissingDependencyError, OutputError, OutputExistsError
-from ..outputs import checked_output, reason
+from ..outputs import Output, claim, folder_contents, refuse_inside, share, write_folder_whole
 from ..quiet import quiet_loggers
 from ..text_decoder import GrowingCache
 from .runtime import FORMAT, FORMAT_VERSION, GRAPHS, _onnxruntime, is_export, load, sha256
 
-__all__ = ["OPSET", "TOLERANCE", "check_export_folder", "export"]
+__all__ = ["OPSET", "TOLERANCE", "claim_export_folder", "export"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +153,14 @@ def export(captioner, folder, *, int8: bool = False, overwrite: bool = False) ->
     The check runs a real photo through both runtimes and compares the image features and the
     decoder's logits (prompt and one more token) against torch: the largest differences and the
     tolerance ([`TOLERANCE`][bliptk.onnx.exporter.TOLERANCE]) go into ``manifest.json``, with the model, the weights'
-    fingerprint, the opset, the bliptk version and each graph's sha256.
+    fingerprint, the captioner's own prompt (a fine-tuned checkpoint's), the opset, the bliptk
+    version and each graph's sha256. The folder is written whole or not at all: an export that
+    fails leaves the folder as it was.
 
     Args:
         captioner: A float32 [`Captioner`][bliptk.captioner.Captioner] (on any device: a CPU copy is exported).
-        folder: Where to write (created).
+        folder: Where to write (created), or an [`Output`][bliptk.outputs.Output] that
+            [`claim_export_folder()`][bliptk.onnx.exporter.claim_export_folder] claimed already.
         int8: Also write dynamically quantized copies (``*.int8.onnx``: ONNX Runtime's
             ``quantize_dynamic``, int8 weights per channel), which [`load()`][bliptk.onnx.runtime.load]
             runs with ``dtype="int8"``.
@@ -170,10 +173,15 @@ def export(captioner, folder, *, int8: bool = False, overwrite: bool = False) ->
         MissingDependencyError: ``onnx``, ``onnxscript`` or ``onnxruntime`` is not installed.
         InvalidOptionError: The captioner is not float32.
         OutputExistsError: ``folder`` holds an export and ``overwrite`` is False.
+        OutputError: ``folder`` holds something else (a checkpoint, a fine-tuning run, other
+            files), is the model's own folder, or another process writes it.
         ExportError: The export does not match torch within the tolerance.
     """
-    from ..errors import option_error
+    from ..captioner import Captioner
+    from ..errors import InvalidArgumentError, option_error
 
+    if not isinstance(captioner, Captioner):
+        raise InvalidArgumentError(f"export needs a Captioner, as bliptk.load(model) returns; got {type(captioner).__name__}")
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -184,34 +192,71 @@ def export(captioner, folder, *, int8: bool = False, overwrite: bool = False) ->
     _onnxruntime()
     if captioner.dtype != torch.float32 or captioner.weights.dtype != "float32":
         raise option_error(f"export a float32 captioner (this one: {captioner.weights.dtype}); load it with dtype='float32'", "dtype")
-    folder = check_export_folder(folder, overwrite)
-    captioner = _on_cpu(captioner)
+    output = folder if isinstance(folder, Output) else claim_export_folder(folder, overwrite, captioner.name)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_graphs(captioner, folder)
-        manifest = _write_manifest(captioner, folder)
-        manifest["check"] = _check(captioner, folder)
-        if int8:
-            manifest["int8_graphs"] = _quantize(folder)
-            manifest["sha256"].update({name: sha256(folder / name) for name in manifest["int8_graphs"].values()})
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    except OSError as problem:
-        raise OutputError(f"{folder}: cannot write the export ({reason(problem)})") from None
-    logger.info("exported %s to %s", captioner.name, folder)
-    return folder
+        captioner = _on_cpu(captioner)
+        write_folder_whole(output.path, lambda building: _write_export(captioner, building, int8), "the export")
+    finally:
+        if output is not folder:
+            output.close()
+    logger.info("exported %s to %s", captioner.name, output.path)
+    return output.path
 
 
-def check_export_folder(folder, overwrite: bool = False) -> Path:
-    """The folder an export is written to, checked before any work: it can be written, it is no
-    file, and an export in it is replaced only with ``overwrite``.
+def _write_export(captioner, folder: Path, int8: bool) -> None:
+    """Write the graphs, the tokenizer, the preprocessing config and the manifest into ``folder``."""
+    _write_graphs(captioner, folder)
+    manifest = _write_manifest(captioner, folder)
+    manifest["check"] = _check(captioner, folder)
+    if int8:
+        manifest["int8_graphs"] = _quantize(folder)
+        manifest["sha256"].update({name: sha256(folder / name) for name in manifest["int8_graphs"].values()})
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    for file in folder.iterdir():
+        share(file)  # the tokenizer copied from the package keeps no mode of the package's
+
+
+def claim_export_folder(folder, overwrite: bool = False, source=None) -> Output:
+    """Claim the folder an export is written to, before any work (and before the model loads):
+    locked against every other bliptk process; it can be written, it is no file, it is not the
+    model's own folder (``source``) nor inside it; an export in it is replaced only with
+    ``overwrite``, and a folder holding anything else (a checkpoint, a fine-tuning run, other
+    files) is refused, since an export's folder holds the export alone.
 
     Raises:
-        OutputError, OutputExistsError: As [`checked_output()`][bliptk.outputs.checked_output].
+        OutputLockedError, OutputError, OutputExistsError: As [`claim()`][bliptk.outputs.claim], and
+            as above.
     """
-    folder = checked_output(Path(folder).expanduser(), folder=True, replace=True)
-    if is_export(folder) and not overwrite:
-        raise OutputExistsError(folder, "pass overwrite=True to replace it", "pass --overwrite to replace it")
-    return folder
+    output = claim(Path(folder).expanduser(), folder=True, replace=True)
+    try:
+        refuse_inside(output.path, source)
+        held = folder_contents(output.path)
+        if held is not None and not is_export(output.path):
+            raise OutputError(f"{output.given} holds {held}; an export goes in a folder of its own: choose another (new or empty) folder")
+        if held is not None and not overwrite:
+            raise OutputExistsError(output.given, "pass overwrite=True to replace it", "pass --overwrite to replace it")
+        others = sorted(_not_the_exports(output.path)) if held is not None else []
+        if others:  # replacing the export replaces the folder: what else it holds would go with it
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise OutputError(
+                f"{output.given} holds an ONNX export and {len(others)} other file{'s' if len(others) > 1 else ''} ({shown}), which "
+                "replacing the export would remove: move them out, or choose another folder"
+            )
+    except BaseException:
+        output.close()
+        raise
+    return output
+
+
+def _not_the_exports(folder: Path) -> set[str]:
+    """What a folder holding an export holds besides the export's own files."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        own = {"manifest.json", str(manifest.get("tokenizer")), str(manifest.get("preprocessor"))}
+        own |= {str(name) for table in ("graphs", "int8_graphs") for name in dict(manifest.get(table) or {}).values()}
+    except (OSError, ValueError, TypeError):
+        own = {"manifest.json"}
+    return {entry.name for entry in folder.iterdir()} - own
 
 
 def _on_cpu(captioner):
@@ -240,6 +285,7 @@ def _write_manifest(captioner, folder: Path) -> dict:
         "opset": OPSET,
         "model": captioner.name,
         "weights": captioner.weights.as_dict(),
+        "prompt": captioner.prompt,
         "config": {
             "layers": len(decoder.layers),
             "heads": decoder.num_heads,

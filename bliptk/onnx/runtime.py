@@ -19,6 +19,7 @@ import numpy as np
 
 from ..decoding import ImageKeysValues
 from ..errors import CheckpointError, ExportChangedWarning, InvalidOptionError, MissingDependencyError, first_line, option_error
+from ..outputs import folder_contents
 from ..preprocess import Preprocessor
 from ..provenance import Weights
 from ..tokenizer import load_tokenizer
@@ -131,6 +132,7 @@ class OnnxCaptioner(CaptionVerbs):
         weights: Its [`Weights`][bliptk.provenance.Weights]; ``dtype`` says ``"onnx float32"`` or
             ``"onnx int8"``, so that records made here are never taken for torch's.
         manifest: The export's manifest.
+        prompt: The exported checkpoint's own prompt (see [`Captioner`][bliptk.captioner.Captioner]).
         tokenizer, preprocessor: As on [`Captioner`][bliptk.captioner.Captioner].
         decoder: The decoding engine's view of the exported decoder.
     """
@@ -140,6 +142,7 @@ class OnnxCaptioner(CaptionVerbs):
         self.name = manifest["model"]
         recorded = manifest["weights"]
         self.weights = Weights(recorded["source"], recorded.get("seed"), recorded["fingerprint"], f"onnx {dtype}")
+        self.prompt: str | None = manifest.get("prompt")  # a fine-tuned checkpoint's own (exports before it had none)
         self.tokenizer = load_tokenizer(_inside(folder, manifest["tokenizer"], "tokenizer"))
         self.preprocessor = _preprocessor(
             _inside(folder, manifest["preprocessor"], "preprocessor config"), manifest["config"]["image_size"]
@@ -194,8 +197,14 @@ def read_manifest(folder: Path) -> dict:
     from .. import __version__
 
     manifest_file = folder / "manifest.json"
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such folder; give the folder bliptk export wrote")
     if not manifest_file.is_file():
-        raise CheckpointError(f"{folder}: not a bliptk ONNX export (no manifest.json); write one with bliptk export --out {folder}")
+        held = folder_contents(folder)
+        raise CheckpointError(
+            f"{folder}: not a bliptk ONNX export (no manifest.json){f'; it holds {held}' if held else ', it is empty'}; "
+            f"export a model with bliptk export --model MODEL --out NEW_FOLDER"
+        )
     try:
         manifest = json.loads(manifest_file.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -229,6 +238,8 @@ def read_manifest(folder: Path) -> dict:
     for name, value in [*manifest["graphs"].items(), *manifest.get("int8_graphs", {}).items(), *manifest["sha256"].items()]:
         if not isinstance(value, str):
             raise broken(f"{name} must be a string, not {type(value).__name__}")
+    if manifest.get("prompt") is not None and not isinstance(manifest["prompt"], str):
+        raise broken(f"prompt must be a string or null, not {type(manifest['prompt']).__name__}")
     return manifest
 
 
