@@ -42,8 +42,8 @@ from pathlib import Path
 import torch
 
 import bliptk
-from bliptk.testing import hf_generate
-from bliptk.text_decoder import split_product_pays
+from bliptk.model.parity import hf_generate
+from bliptk.model.text_decoder import split_product_pays
 
 ROOT = Path(__file__).resolve().parent
 PHOTOS = sorted((ROOT / "photos").glob("*.jpg"))
@@ -69,7 +69,7 @@ def best_of(function, repeats: int = 5) -> float:
 def _read_rates() -> tuple[float, float, float]:
     """Bytes per second read over 256 MB by a sum, by the split matrix-vector product and by
     ``F.linear``'s (which is the fastest depends on the CPU)."""
-    from bliptk.text_decoder import _split_product
+    from bliptk.model.text_decoder import _split_product
 
     values = torch.randn(64 * 1024 * 1024)  # 256 MB
     matrix, vector = values.view(65536, 1024), torch.randn(1, 1024)

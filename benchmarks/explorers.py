@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 import bliptk
-from bliptk.widgets import CaptionExplorer
+from bliptk.notebook.widgets import CaptionExplorer
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = sorted((ROOT / "tests" / "data" / "images").glob("*.jpg"))[:2]

@@ -75,8 +75,8 @@ def _reference(model: str, way: str, batch: int, steps: int) -> dict:
     import torch
 
     import bliptk
-    from bliptk.finetuning import DEFAULT_LORA_TARGETS, HEAD_NORM
-    from bliptk.training_data import text_example
+    from bliptk.training.data import text_example
+    from bliptk.training.finetune import DEFAULT_LORA_TARGETS, HEAD_NORM
 
     captioner = bliptk.load(model, pretrained=False)
     net = captioner.model.float().train()

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import bliptk
-import bliptk.onnx
+import bliptk.exported
 
 ROOT = Path(__file__).resolve().parent
 PHOTOS = sorted((ROOT / "photos").glob("*.jpg"))
@@ -70,7 +70,7 @@ def throughput(paths: dict, photos: list) -> None:
 
 def teacher_forced(runner, pixels: np.ndarray, sequences: np.ndarray, prompt_length: int) -> np.ndarray:
     """Log-probabilities of each next token along ``sequences``, one step at a time: (B, T, V)."""
-    from bliptk.decoding import log_softmax
+    from bliptk.core.decoding import log_softmax
 
     decoder = runner.decoder
     state = decoder.start(decoder.image_keys_values(runner.encode(pixels)), sequences.shape[1], None, np.arange(len(sequences)))
@@ -105,13 +105,13 @@ def main() -> None:
     photos = PHOTOS[:16] if args.quick else PHOTOS
     exact = bliptk.load(args.model, pretrained=False)
     with tempfile.TemporaryDirectory(prefix="bliptk-onnx-") as scratch:
-        seconds, folder = timed(bliptk.onnx.export, exact, Path(scratch) / "export", int8=True)
+        seconds, folder = timed(bliptk.export, exact, Path(scratch) / "export", int8=True)
         sizes = {path.name: path.stat().st_size / 1e6 for path in folder.glob("*.onnx")}
         print(
             f"{args.model}, random weights: exported in {seconds:.0f} s; graphs float32 {sum(v for k, v in sizes.items() if '.int8.' not in k):.0f} MB, "
             f"int8 {sum(v for k, v in sizes.items() if '.int8.' in k):.0f} MB"
         )
-        runner, quantized = bliptk.onnx.load(folder), bliptk.onnx.load(folder, dtype="int8")
+        runner, quantized = bliptk.exported.load(folder), bliptk.exported.load(folder, dtype="int8")
         torch_int8 = bliptk.load(args.model, pretrained=False, dtype="int8")
         latency(
             {"torch float32 (exact)": exact, "torch int8": torch_int8, "ONNX float32": runner, "ONNX int8": quantized},

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import bliptk
-from bliptk.distributed import caption_dataset
+from bliptk.captioning.ray_data import caption_dataset
 
 PHOTOS = sorted((Path(__file__).resolve().parent / "photos").glob("*.jpg"))
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import bliptk
-from bliptk.testing import save_checkpoint
+from bliptk.model.parity import save_checkpoint
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = sorted((DATA / "images").glob("*.jpg"))
@@ -24,7 +24,7 @@ VIDEOS = DATA / "video"
 @pytest.fixture(autouse=True)
 def _random_weights_said_afresh():
     """Each test sees random weights and odd prompts said anew (bliptk says each once a process)."""
-    from bliptk import decoding, pipeline
+    from bliptk.core import decoding, pipeline
 
     pipeline._SAID_RANDOM.clear()
     decoding._WARNED_PROMPTS.clear()
@@ -58,9 +58,7 @@ def tiny_checkpoint(tiny, tmp_path_factory) -> Path:
 def tiny_export(tiny, tmp_path_factory) -> Path:
     """An ONNX export of the tiny model, with int8 graphs."""
     pytest.importorskip("onnxscript")
-    import bliptk.onnx
-
-    return bliptk.onnx.export(tiny, tmp_path_factory.mktemp("onnx") / "tiny", int8=True)
+    return bliptk.export(tiny, tmp_path_factory.mktemp("onnx") / "tiny", int8=True)
 
 
 @pytest.fixture

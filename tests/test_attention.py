@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import bliptk
-from bliptk.cli import main
+from bliptk.cli.main import main
 
 
 def _transformers_cross_attention(captioner, features, caption):
@@ -60,7 +60,7 @@ def test_vit_l_shapes(photos):
 
 
 def test_grid_follows_the_image_size(tmp_path, photos):
-    config = bliptk.models.get_model_spec("tiny").config()
+    config = bliptk.core.models.get_model_spec("tiny").config()
     config.vision_config.image_size = 160  # 10 x 10 patches of 16 px
     config.save_pretrained(tmp_path)
     captioner = bliptk.load(tmp_path, pretrained=False)

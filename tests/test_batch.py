@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 import bliptk
-from bliptk.batch import BatchStatus, expand_inputs
-from bliptk.cli import main
-from bliptk.records import read_records
-from bliptk.testing import fake_hub_cache, make_video
+from bliptk.captioning.folder import BatchStatus, expand_inputs
+from bliptk.cli.main import main
+from bliptk.model.parity import fake_hub_cache, make_video
+from bliptk.store.records import read_records
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def locked(monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return original(path, *args, **kwargs)
 
-    monkeypatch.setattr("bliptk.preprocess.Image.open", open_image)
+    monkeypatch.setattr("bliptk.core.preprocess.Image.open", open_image)
 
 
 def test_every_input_gets_a_defined_outcome(tiny, photos, mixed_folder, locked, tmp_path):
@@ -352,7 +352,7 @@ def test_a_video_that_fails_unexpectedly_becomes_an_error_record(tiny, photos, t
     def broken_decoder(*args, **kwargs):
         raise RuntimeError("the decoder fell over")
 
-    monkeypatch.setattr("bliptk.pipeline.video_frames", broken_decoder)
+    monkeypatch.setattr("bliptk.core.pipeline.video_frames", broken_decoder)
     records = {Path(r["path"]).name: r for r in tiny.caption_files([video, photos[0]], max_new_tokens=3)}
     assert records["clip.mp4"]["kind"] == "video" and records["clip.mp4"]["caption"] is None
     assert records["clip.mp4"]["error"] == {"type": "VideoLoadError", "message": f"{video}: RuntimeError: the decoder fell over"}

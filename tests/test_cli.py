@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import bliptk
-from bliptk.cli import main
+from bliptk.cli.main import main
 
 
 def test_models_prints_the_family(capsys):
@@ -137,7 +137,7 @@ def test_ctrl_c_while_the_model_loads_exits_130_with_one_line(photos, capsys, mo
     def interrupted_load(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("bliptk.loading.load", interrupted_load)
+    monkeypatch.setattr("bliptk.model.loading.load", interrupted_load)
     assert main(["caption", str(photos[0]), "--model", "tiny"]) == 130
     assert capsys.readouterr().err == "bliptk: interrupted\n"
 
@@ -154,7 +154,7 @@ def test_random_weights_say_so_once_on_stderr(photos, capsys):
 def test_decoding_flags_are_the_fields_of_decoding_options():
     from dataclasses import fields
 
-    from bliptk.cli import _parser
+    from bliptk.cli.main import _parser
 
     caption = _parser()._subparsers._group_actions[0].choices["caption"]
     flags = {action.dest: action for action in caption._actions}
@@ -167,7 +167,7 @@ def test_decoding_flags_are_the_fields_of_decoding_options():
 
 
 def _subcommands():
-    from bliptk.cli import _parser
+    from bliptk.cli.main import _parser
 
     [choices] = [action.choices for action in _parser()._actions if isinstance(action, argparse._SubParsersAction)]
     return choices
@@ -213,7 +213,7 @@ def test_usage_errors_are_one_line_and_a_dashed_file_gets_a_hint(photos, tmp_pat
 
 
 def test_a_timeline_of_each_video_and_each_bad_one_reported(tiny, tmp_path, capsys):
-    from bliptk.testing import make_video
+    from bliptk.model.parity import make_video
 
     make_video(tmp_path / "a-good.mp4", frames=20)
     (tmp_path / "b-empty.mp4").write_bytes(b"")

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import bliptk
-from bliptk import compiled as compiled_module
-from bliptk.errors import CompileWarning
+from bliptk.core.errors import CompileWarning
+from bliptk.model import compiled as compiled_module
 
 pytestmark = [
     pytest.mark.slow,  # each test compiles (5-20 s on two cores)

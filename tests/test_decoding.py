@@ -4,8 +4,8 @@ different lengths in one batch, and the options."""
 import pytest
 
 import bliptk
-from bliptk.decoding import decode
-from bliptk.testing import hf_generate
+from bliptk.core.decoding import decode
+from bliptk.model.parity import hf_generate
 
 
 def _ours(captioner, pixel_values, max_new_tokens, **options):

@@ -11,7 +11,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import bliptk  # noqa: E402
-from bliptk.distributed import ActorPool, _preprocessor, caption_dataset, read_output  # noqa: E402
+from bliptk.captioning.ray_data import ActorPool, _preprocessor, caption_dataset, read_output  # noqa: E402
 
 TIME_LIMIT_S = 240
 

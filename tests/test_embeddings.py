@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 import bliptk
-from bliptk.embeddings import content_key
+from bliptk.model.embeddings import content_key
 
 
 def test_embed_equals_the_encoder_output_pooled_by_hand(tiny, photos):

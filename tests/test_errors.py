@@ -18,8 +18,8 @@ import torch
 from conftest import DATA, VIDEOS
 
 import bliptk
-import bliptk.onnx as bliptk_onnx
-from bliptk.cli import main
+import bliptk.exported
+from bliptk.cli.main import main
 
 REFERENCES = DATA / "references.json"
 
@@ -80,7 +80,7 @@ def test_every_mistake_raises_a_bliptk_error_that_keeps_its_builtin_base(tiny, p
 
 
 def test_the_command_line_maps_bliptk_errors_to_exit_2_without_a_table_of_types():
-    source = (Path(bliptk.__file__).parent / "cli.py").read_text()
+    source = (Path(bliptk.__file__).parent / "cli" / "main.py").read_text()
     main_function = next(node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef) and node.name == "main")
     handled = [node for node in ast.walk(main_function) if isinstance(node, ast.ExceptHandler) and node.type is not None]
     caught = [ast.unparse(handler.type) for handler in handled]
@@ -231,8 +231,8 @@ def _no_room(ctx) -> None:
     import shutil as shell
 
     usage = shell.disk_usage(ctx.tmp)
-    ctx.monkeypatch.setattr("bliptk.finetune_folder.shutil.disk_usage", lambda path: usage._replace(free=1000))
-    ctx.monkeypatch.setattr("bliptk.loading.load", lambda *a, **k: pytest.fail("loaded a model"))
+    ctx.monkeypatch.setattr("bliptk.training.folder.shutil.disk_usage", lambda path: usage._replace(free=1000))
+    ctx.monkeypatch.setattr("bliptk.model.loading.load", lambda *a, **k: pytest.fail("loaded a model"))
 
 
 FAULTS_OF_ISSUE_31: dict[str, Callable] = {
@@ -284,13 +284,13 @@ FAULTS_OF_ISSUE_31: dict[str, Callable] = {
     ),
     "export: --overwrite into a fine-tuning run": lambda ctx: Fault(
         ["export", "--model", "tiny", "--overwrite", "--out", str(_run(ctx))],
-        lambda: bliptk_onnx.export(ctx.tiny, ctx.tmp / "run", overwrite=True),
+        lambda: bliptk.export(ctx.tiny, ctx.tmp / "run", overwrite=True),
         bliptk.OutputError,
         r"run holds a fine-tuning run \(finetune.json\); an export goes in a folder of its own: choose another \(new or empty\) folder",
     ),
     "export: into a checkpoint folder": lambda ctx: Fault(
         ["export", "--model", "tiny", "--out", str(_checkpoint(ctx, lambda f: None))],
-        lambda: bliptk_onnx.export(ctx.tiny, ctx.tmp / "checkpoint"),
+        lambda: bliptk.export(ctx.tiny, ctx.tmp / "checkpoint"),
         bliptk.OutputError,
         r"checkpoint holds a checkpoint \(config.json and its weights\); an export goes in a folder of its own",
     ),
@@ -392,7 +392,7 @@ FAULTS_OF_ISSUE_31: dict[str, Callable] = {
     ),
     "explain: a layer the decoder lacks": lambda ctx: Fault(
         _explain(ctx, "--layer", "5")
-        if ctx.monkeypatch.setattr("bliptk.loading.load", lambda *a, **k: pytest.fail("loaded")) is None
+        if ctx.monkeypatch.setattr("bliptk.model.loading.load", lambda *a, **k: pytest.fail("loaded")) is None
         else None,
         lambda: bliptk.explain(ctx.tiny, ctx.photos[0], "a dog", layer=5),
         bliptk.InvalidOptionError,
@@ -484,25 +484,25 @@ FAULTS_OF_ISSUE_31: dict[str, Callable] = {
     ),
     "export: a model name where the captioner goes": lambda ctx: Fault(
         None,
-        lambda: bliptk_onnx.export("tiny", ctx.tmp / "export"),
+        lambda: bliptk.export("tiny", ctx.tmp / "export"),
         bliptk.InvalidArgumentError,
         r"export needs a Captioner, as bliptk.load\(model\) returns; got str",
     ),
     "export: --overwrite of an export beside other files": lambda ctx: Fault(
         ["export", "--model", "tiny", "--overwrite", "--out", str(_export(ctx, lambda f: (f / "notes.txt").write_text("mine")))],
-        lambda: bliptk_onnx.export(ctx.tiny, ctx.tmp / "export", overwrite=True),
+        lambda: bliptk.export(ctx.tiny, ctx.tmp / "export", overwrite=True),
         bliptk.OutputError,
         r"export holds an ONNX export and 1 other file \(notes.txt\), which replacing the export would remove: move them out",
     ),
     "onnx: loading a folder that does not exist": lambda ctx: Fault(
         _caption_with(ctx.tmp / "nowhere", ctx.photos[0]) if False else None,
-        lambda: bliptk_onnx.load(ctx.tmp / "nowhere"),
+        lambda: bliptk.exported.load(ctx.tmp / "nowhere"),
         bliptk.CheckpointError,
         r"nowhere: no such folder; give the folder bliptk export wrote",
     ),
     "onnx: loading a fine-tuning run": lambda ctx: Fault(
         None,
-        lambda: bliptk_onnx.load(_run(ctx)),
+        lambda: bliptk.exported.load(_run(ctx)),
         bliptk.CheckpointError,
         r"run: not a bliptk ONNX export \(no manifest.json\); it holds a fine-tuning run \(finetune.json\); export a model with",
     ),
@@ -646,7 +646,7 @@ FAULTS: dict[str, Callable] = {
     ),
     "export: a graph with overwritten bytes": lambda ctx: Fault(
         _caption_with(_export(ctx, lambda f: _overwrite_bytes(f / "decoder.onnx")), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        lambda: bliptk.exported.load(ctx.tmp / "export"),
         bliptk.CheckpointError,
         r"decoder.onnx is not the graph that was exported \(its sha256 differs\)",
     ),
@@ -658,49 +658,49 @@ FAULTS: dict[str, Callable] = {
     ),
     "export: a manifest missing a key": lambda ctx: Fault(
         _caption_with(_export(ctx, _manifest(lambda m: m.pop("config"))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        lambda: bliptk.exported.load(ctx.tmp / "export"),
         bliptk.CheckpointError,
         r"manifest.json: config is missing; the export is damaged: export the model again",
     ),
     "export: a manifest field of the wrong type": lambda ctx: Fault(
         _caption_with(_export(ctx, _manifest(lambda m: m.update(graphs=["encoder.onnx"]))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        lambda: bliptk.exported.load(ctx.tmp / "export"),
         bliptk.CheckpointError,
         r"manifest.json: graphs must be a dict, not list",
     ),
     "export: a manifest that is no JSON": lambda ctx: Fault(
         _caption_with(_export(ctx, lambda f: (f / "manifest.json").write_text("{oops")), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        lambda: bliptk.exported.load(ctx.tmp / "export"),
         bliptk.CheckpointError,
         r"manifest.json: not valid JSON",
     ),
     "export: a graph outside the folder": lambda ctx: Fault(
         _caption_with(_export(ctx, _manifest(lambda m: m["graphs"].update(decoder="../../outside/decoder.onnx"))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        lambda: bliptk.exported.load(ctx.tmp / "export"),
         bliptk.CheckpointError,
         r"graph '../../outside/decoder.onnx' is not a file name inside the export; bliptk reads only its own folder",
     ),
     "export: an absolute graph path": lambda ctx: Fault(
         _caption_with(_export(ctx, _manifest(lambda m: m["graphs"].update(encoder="/etc/passwd"))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        lambda: bliptk.exported.load(ctx.tmp / "export"),
         bliptk.CheckpointError,
         r"graph '/etc/passwd' is not a file name inside the export",
     ),
     "export: a tokenizer outside the folder": lambda ctx: Fault(
         _caption_with(_export(ctx, _manifest(lambda m: m.update(tokenizer="../../../etc/passwd"))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        lambda: bliptk.exported.load(ctx.tmp / "export"),
         bliptk.CheckpointError,
         r"tokenizer '../../../etc/passwd' is not a file name inside the export",
     ),
     "export: a link that leads out": lambda ctx: Fault(
         None,
-        lambda: bliptk_onnx.load(_export(ctx, _link_out)),
+        lambda: bliptk.exported.load(_export(ctx, _link_out)),
         bliptk.CheckpointError,
         r"decoder.onnx is a link that leads out of the export",
     ),
     "export: a graph without a hash": lambda ctx: Fault(
         _caption_with(_export(ctx, _manifest(lambda m: m["sha256"].pop("decoder.onnx"))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        lambda: bliptk.exported.load(ctx.tmp / "export"),
         bliptk.CheckpointError,
         r"the manifest has no sha256 of decoder.onnx, so it cannot be checked",
     ),
@@ -784,13 +784,13 @@ FAULTS: dict[str, Callable] = {
     ),
     "export: --out naming a file": lambda ctx: Fault(
         ["export", "--model", "tiny", "--out", str(_text(ctx.tmp / "exp", "x"))],
-        lambda: bliptk_onnx.export(ctx.tiny, ctx.tmp / "exp"),
+        lambda: bliptk.export(ctx.tiny, ctx.tmp / "exp"),
         bliptk.OutputError,
         r"exp is a file, not a folder; choose another output",
     ),
     "export: over an export": lambda ctx: Fault(
         ["export", "--model", "tiny", "--out", str(ctx.tiny_export)],
-        lambda: bliptk_onnx.export(ctx.tiny, ctx.tiny_export),
+        lambda: bliptk.export(ctx.tiny, ctx.tiny_export),
         bliptk.OutputExistsError,
         r"exists; pass overwrite=True to replace it, or choose another file",
         r"exists; pass --overwrite to replace it, or choose another file",
@@ -861,13 +861,13 @@ FAULTS: dict[str, Callable] = {
     ),
     "export: a config that is not its graphs'": lambda ctx: Fault(
         _caption_with(_export(ctx, _manifest(lambda m: m["config"].update(layers=3))), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        lambda: bliptk.exported.load(ctx.tmp / "export"),
         bliptk.CheckpointError,
         r"graph has not the 3 layers manifest.json's config says",
     ),
     "export: graphs in each other's place": lambda ctx: Fault(
         _caption_with(_export(ctx, _swap_graphs), ctx.photos[0]),
-        lambda: bliptk_onnx.load(ctx.tmp / "export"),
+        lambda: bliptk.exported.load(ctx.tmp / "export"),
         bliptk.CheckpointError,
         r"the encoder graph has no input pixel_values of 4 dimensions",
     ),
@@ -924,7 +924,7 @@ def _swap_graphs(folder: Path) -> None:
 
 def _unchecked(folder: Path):
     with pytest.warns(bliptk.ExportChangedWarning, match="without checking them"):
-        return bliptk_onnx.load(folder, verify=False)
+        return bliptk.exported.load(folder, verify=False)
 
 
 def _json(path: Path, data) -> Path:
@@ -997,7 +997,7 @@ def test_the_onnx_loader_opens_no_file_outside_the_export(tiny_export, tmp_path)
         _manifest(change)(folder)
         opened.clear()
         with pytest.raises(bliptk.CheckpointError, match="is not a file name inside the export"):
-            bliptk_onnx.load(folder)
+            bliptk.exported.load(folder)
         outside = [
             path
             for path in opened
@@ -1097,7 +1097,7 @@ def test_prompts_outside_the_vocabulary_are_warned_about_once(tiny, photos):
 def test_a_missing_torch_or_pyav_is_a_missing_dependency_error(photos, tmp_path):
     """A torch-free install: the command line names what to install, no traceback."""
     (tmp_path / "clip.mp4").write_bytes((VIDEOS / "bigbuckbunny.mp4").read_bytes())
-    code = "import sys; sys.modules['torch'] = sys.modules['av'] = None\nfrom bliptk.cli import main\nsys.exit(main(sys.argv[1:]))"
+    code = "import sys; sys.modules['torch'] = sys.modules['av'] = None\nfrom bliptk.cli.main import main\nsys.exit(main(sys.argv[1:]))"
     torchless = subprocess.run(
         [sys.executable, "-c", code, "caption", str(photos[0]), "--model", "ViT-B/16", "--random-weights"],
         capture_output=True,
@@ -1108,7 +1108,7 @@ def test_a_missing_torch_or_pyav_is_a_missing_dependency_error(photos, tmp_path)
         "bliptk: error: PyTorch is not installed: see the README's Install section"
     )
     assert "Traceback" not in torchless.stderr
-    script = "import sys; sys.modules['av'] = None\nfrom bliptk.cli import main\nsys.exit(main(sys.argv[1:]))"
+    script = "import sys; sys.modules['av'] = None\nfrom bliptk.cli.main import main\nsys.exit(main(sys.argv[1:]))"
     no_av = subprocess.run(
         [sys.executable, "-c", script, "caption", str(tmp_path / "clip.mp4"), str(photos[0]), "--model", "tiny", "--max-new-tokens", "2"],
         capture_output=True,
@@ -1133,7 +1133,7 @@ def test_an_unexpected_error_is_reported_as_a_bug_in_one_line(photos, capsys, mo
     def broken(*args, **kwargs):
         raise RuntimeError("something inside went wrong")
 
-    monkeypatch.setattr("bliptk.info.net_information", broken)
+    monkeypatch.setattr("bliptk.model.info.net_information", broken)
     assert main(["info", "--model", "tiny"]) == 1
     assert capsys.readouterr().err == (
         "bliptk: internal error: RuntimeError: something inside went wrong. This is a bug in bliptk; please report it, "

@@ -5,9 +5,9 @@ import pytest
 from conftest import DATA
 
 import bliptk
-from bliptk.cli import main
-from bliptk.evaluation import load_predictions, load_references
-from bliptk.records import read_records
+from bliptk.analysis.evaluation import load_predictions, load_references
+from bliptk.cli.main import main
+from bliptk.store.records import read_records
 
 REFERENCES = {
     1: ["a cat sitting on a red couch", "a black cat lies on the sofa", "a cat resting on a couch"],

@@ -13,9 +13,9 @@ import torch
 from conftest import VIDEOS
 
 import bliptk
-from bliptk import explanations
-from bliptk.errors import InvalidOptionError
-from bliptk.video import VideoFrames
+from bliptk.attribution import explanation as explanations
+from bliptk.core.errors import InvalidOptionError
+from bliptk.core.video import VideoFrames
 
 
 def _pass(captioner, image, prompt: str, token_ids: list[int], encoder_graph: bool = False):

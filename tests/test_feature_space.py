@@ -4,7 +4,7 @@ from matplotlib.offsetbox import AnnotationBbox
 from PIL import Image
 
 import bliptk
-from bliptk.cli import main
+from bliptk.cli.main import main
 
 
 @pytest.fixture(scope="module")

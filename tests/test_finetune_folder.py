@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import bliptk
-from bliptk.finetune_folder import checkpoint_bytes, complete_checkpoint, mark_complete, resumable_checkpoint, space_needed
+from bliptk.training.folder import checkpoint_bytes, complete_checkpoint, mark_complete, resumable_checkpoint, space_needed
 
 
 def _checkpoint(folder: Path) -> Path:

@@ -19,9 +19,9 @@ from PIL import Image, ImageOps
 from transformers import TrainerCallback
 
 import bliptk
-from bliptk.finetuning import DEFAULT_LORA_TARGETS, finetune
-from bliptk.testing import hf_generate
-from bliptk.training_data import text_example
+from bliptk.model.parity import hf_generate
+from bliptk.training.data import text_example
+from bliptk.training.finetune import DEFAULT_LORA_TARGETS, finetune
 
 pytest.importorskip("accelerate")
 
@@ -128,7 +128,7 @@ def test_lora_trains_under_two_percent_of_vit_b(tmp_path, photos):
     )
     share = result.trainable_parameters / result.total_parameters
     assert 0.005 < share < 0.02, share
-    base = bliptk.loading.architecture("ViT-B/16")  # shapes only, on the meta device
+    base = bliptk.model.loading.architecture("ViT-B/16")  # shapes only, on the meta device
     adapters = result.trainable_parameters - 2 * 768  # the head norm is trained whole, not added
     assert result.total_parameters == sum(p.numel() for p in base.parameters()) + adapters  # the norm counted once
 
@@ -163,7 +163,7 @@ def test_default_lora_targets_are_the_decoders_linear_layers(tiny):
 
 RUN = """
 import os, signal, sys, json, bliptk, transformers
-from bliptk.finetuning import finetune
+from bliptk.training.finetune import finetune
 pairs, die_at = json.loads(sys.argv[2]), int(sys.argv[4])
 train_step = transformers.Trainer.training_step
 
@@ -243,7 +243,7 @@ def test_an_existing_output_is_refused_before_the_model_loads(pairs, tmp_path, m
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    monkeypatch.setattr(bliptk.loading, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(bliptk.model.loading, "load", lambda *a, **k: pytest.fail("loaded a model"))
     for resume in (False, True):
         with pytest.raises(bliptk.OutputError, match=r"run holds 1 other file \(notes.txt\), not a fine-tuning run; .*choose another"):
             finetune("tiny", pairs, out=out, max_steps=1, resume=resume)
@@ -282,7 +282,7 @@ def test_resuming_a_run_made_otherwise_is_refused_naming_what_differs(pairs, tmp
     ],
 )
 def test_option_mistakes_are_named_before_the_model_loads(pairs, tmp_path, monkeypatch, options, message):
-    monkeypatch.setattr(bliptk.loading, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(bliptk.model.loading, "load", lambda *a, **k: pytest.fail("loaded a model"))
     with pytest.raises(bliptk.InvalidOptionError, match=message):
         finetune("tiny", pairs, out=tmp_path / "run", **options)
     assert not (tmp_path / "run").exists()
@@ -307,7 +307,7 @@ def test_a_compiled_captioner_is_refused(pairs, tmp_path):
 
 
 def test_validation_loss_at_each_epoch_and_the_best_kept(pairs, tmp_path, monkeypatch):
-    monkeypatch.setattr("bliptk.finetune_run._caption_metrics", lambda *a: None)  # the loss alone decides
+    monkeypatch.setattr("bliptk.training.run._caption_metrics", lambda *a: None)  # the loss alone decides
     result = finetune("tiny", pairs, out=tmp_path / "run", val=pairs[:2], epochs=3, batch_size=3, lr=1e-3)
     evaluations = [e for e in result.history if "eval_loss" in e]
     assert [e["step"] for e in evaluations] == [0, 2, 4, 6]  # the base model first
@@ -394,7 +394,7 @@ def test_the_checkpoint_captions_after_the_prompt_it_learned(pairs, photos, tmp_
     tuned = bliptk.load(out)
     assert tuned.prompt == "a snapshot of " and tuned.caption(photos[0], max_new_tokens=3).text.startswith("a snapshot of")
     assert tuned.caption(photos[0], "a photo of", max_new_tokens=3).text.startswith("a photo of")  # a given prompt wins
-    from bliptk.cli import main
+    from bliptk.cli.main import main
 
     assert main(["caption", str(photos[0]), "--model", str(out), "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.startswith(f"{photos[0]}: a snapshot of")
@@ -404,12 +404,10 @@ def test_the_checkpoint_captions_after_the_prompt_it_learned(pairs, photos, tmp_
 
 def test_an_export_of_a_fine_tuned_checkpoint_keeps_its_prompt(pairs, photos, tmp_path):
     pytest.importorskip("onnxscript")
-    import bliptk.onnx
-
     finetune("tiny", pairs, out=tmp_path / "run", max_steps=1, batch_size=6, prompt="a snapshot of ")
     tuned = bliptk.load(tmp_path / "run")
-    folder = bliptk.onnx.export(tuned, tmp_path / "export")
-    runner = bliptk.onnx.load(folder)
+    folder = bliptk.export(tuned, tmp_path / "export")
+    runner = bliptk.exported.load(folder)
     assert runner.prompt == "a snapshot of " and json.loads((folder / "manifest.json").read_text())["prompt"] == "a snapshot of "
     assert runner.caption(photos[0], max_new_tokens=4).token_ids == tuned.caption(photos[0], max_new_tokens=4).token_ids
     assert runner.caption(photos[0], max_new_tokens=4).text.startswith("a snapshot of")
@@ -457,12 +455,12 @@ def test_a_torn_last_checkpoint_resumes_from_the_one_before(pairs, tmp_path, tea
 def test_a_full_disk_while_saving_is_one_line_and_the_run_resumes(pairs, tmp_path, monkeypatch, capsys):
     from conftest import mounted
 
-    from bliptk.cli import main
+    from bliptk.cli.main import main
 
     with mounted("", size="24m") as disk:
         if disk is None:
             pytest.skip("a small tmpfs needs root")
-        monkeypatch.setattr("bliptk.finetuning.check_space", lambda *a: None)  # the estimate would refuse the run first
+        monkeypatch.setattr("bliptk.training.finetune.check_space", lambda *a: None)  # the estimate would refuse the run first
         data = _jsonl(pairs, tmp_path / "train.jsonl")
         command = ["finetune", "--model", "tiny", "--train", str(data), "--max-steps", "6", "--save-steps", "1", "--batch-size", "3"]
         assert main([*command, "--out", str(disk / "run"), "--keep-checkpoints", "4"]) == 2
@@ -528,7 +526,7 @@ def test_resuming_a_finished_run_trains_nothing_and_loads_no_model(pairs, photos
     first = finetune("tiny", pairs, out=out, lr=1e-3, max_steps=2, batch_size=6)
     manifest = (out / "finetune.json").read_bytes()
     weights = (out / "model.safetensors").read_bytes()
-    monkeypatch.setattr(bliptk.loading, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(bliptk.model.loading, "load", lambda *a, **k: pytest.fail("loaded a model"))
     again = finetune("tiny", pairs, out=out, lr=1e-3, max_steps=2, batch_size=6, resume=True)
     assert again.history == first.history and again.best_checkpoint == first.best_checkpoint
     assert (out / "finetune.json").read_bytes() == manifest and (out / "model.safetensors").read_bytes() == weights
@@ -548,9 +546,9 @@ class _Interrupt(TrainerCallback):
 def test_a_captioner_interrupted_in_place_does_not_pass_for_its_base(pairs, photos, tmp_path, monkeypatch, lora):
     """Full training changed its weights: its fingerprint says so. LoRA's adapters are removed: it is
     its base again, exactly (issue 31's probe: the base's fingerprint was kept over half-trained weights)."""
-    from bliptk import finetune_run
+    from bliptk.training import run
 
-    monkeypatch.setattr(finetune_run._Progress, "on_step_end", _Interrupt.on_step_end)
+    monkeypatch.setattr(run._Progress, "on_step_end", _Interrupt.on_step_end)
     captioner, base = bliptk.load("tiny"), bliptk.load("tiny")
     with pytest.raises(KeyboardInterrupt):
         finetune(captioner, pairs, out=tmp_path / "run", lr=1e-2, max_steps=4, batch_size=3, save_steps=1, lora=lora)
@@ -583,7 +581,7 @@ def test_checkpoints_and_adapters_are_shared_as_the_umask_says(pairs, tmp_path):
 
 
 def test_a_finished_run_resumed_from_another_base_is_refused(pairs, tmp_path, capsys):
-    from bliptk.cli import main
+    from bliptk.cli.main import main
 
     out = tmp_path / "run"
     finetune("tiny", pairs, out=out, max_steps=1, batch_size=6)

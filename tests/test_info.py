@@ -3,7 +3,7 @@ import torch
 from transformers import BlipForConditionalGeneration
 
 import bliptk
-from bliptk.models import get_model_spec
+from bliptk.core.models import get_model_spec
 
 
 @pytest.fixture(scope="module", params=["ViT-B/16", "ViT-L/16"])

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import bliptk
-from bliptk.loading import resolve_device, resolve_dtype
-from bliptk.testing import fake_hub_cache
+from bliptk.model.loading import resolve_device, resolve_dtype
+from bliptk.model.parity import fake_hub_cache
 
 
 def _run_cli(*args, env=None, timeout=120):

@@ -3,8 +3,8 @@ import torch
 from transformers import BlipForConditionalGeneration
 
 import bliptk
-from bliptk.cli import main
-from bliptk.models import get_model_spec
+from bliptk.cli.main import main
+from bliptk.core.models import get_model_spec
 
 
 def test_family_table_has_one_row_per_architecture():

@@ -14,15 +14,15 @@ pytest.importorskip("onnxscript")
 from conftest import VIDEOS  # noqa: E402
 
 import bliptk  # noqa: E402
-import bliptk.onnx as bliptk_onnx  # noqa: E402
-from bliptk.cli import main  # noqa: E402
+import bliptk.exported  # noqa: E402
+from bliptk.cli.main import main  # noqa: E402
 
 PROMPTS = ["a picture of", "", "the woman"]
 
 
 @pytest.fixture(scope="module")
 def runner(tiny_export):
-    return bliptk_onnx.load(tiny_export)
+    return bliptk.exported.load(tiny_export)
 
 
 def _ids(captions):
@@ -74,13 +74,13 @@ def test_the_manifest_says_how_the_export_was_made(tiny, tiny_export):
         "image_kv.int8.onnx",
         "decoder.int8.onnx",
     }
-    records = list(bliptk_onnx.load(tiny_export).caption_files([bliptk.example_path("images/woman-with-cake.jpg")], max_new_tokens=3))
+    records = list(bliptk.exported.load(tiny_export).caption_files([bliptk.example_path("images/woman-with-cake.jpg")], max_new_tokens=3))
     assert records[0]["weights"] == {**tiny.weights.as_dict(), "dtype": "onnx float32"}  # never taken for torch's records
 
 
 def test_float32_graphs_by_default_int8_on_request(tiny_export, photos):
-    assert bliptk_onnx.load(tiny_export).weights.dtype == "onnx float32"
-    quantized = bliptk_onnx.load(tiny_export, dtype="int8")
+    assert bliptk.exported.load(tiny_export).weights.dtype == "onnx float32"
+    quantized = bliptk.exported.load(tiny_export, dtype="int8")
     with pytest.warns(bliptk.RandomWeightsWarning, match=r"tiny has random weights \(seed 0\)") as said:
         assert quantized.weights.dtype == "onnx int8" and len(quantized.caption(photos[0], max_new_tokens=5).token_ids) == 5
         quantized.caption(photos[1], max_new_tokens=2)
@@ -102,8 +102,8 @@ def test_preprocessing_without_torch_equals_blip_image_processor(runner, photos)
 def test_the_runner_works_where_torch_cannot_be_imported(tiny, tiny_export, photos):
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import bliptk.onnx\n"
-        f"runner = bliptk.onnx.load({str(tiny_export)!r})\n"
+        "import bliptk.exported\n"
+        f"runner = bliptk.exported.load({str(tiny_export)!r})\n"
         f"print(runner.caption({str(photos[0])!r}, max_new_tokens=8).token_ids)\n"
         "assert 'torch' not in {name.split('.')[0] for name, module in sys.modules.items() if module is not None}\n"
     )
@@ -114,30 +114,30 @@ def test_the_runner_works_where_torch_cannot_be_imported(tiny, tiny_export, phot
 
 def test_bad_exports_give_clear_errors(tiny_export, tmp_path):
     with pytest.raises(bliptk.CheckpointError, match="not a bliptk ONNX export"):
-        bliptk_onnx.load(tmp_path)
+        bliptk.exported.load(tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(tiny_export, broken)
     (broken / "decoder.onnx").unlink()
     with pytest.raises(bliptk.CheckpointError, match=r"graph decoder.onnx is missing"):
-        bliptk_onnx.load(broken)
+        bliptk.exported.load(broken)
     newer = tmp_path / "newer"
     shutil.copytree(tiny_export, newer)
     manifest = json.loads((newer / "manifest.json").read_text())
     (newer / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99, "bliptk_version": "9.0"}))
     with pytest.raises(bliptk.CheckpointError, match="exported by bliptk 9.0 in format 99, newer than this bliptk"):
-        bliptk_onnx.load(newer)
+        bliptk.exported.load(newer)
     changed = tmp_path / "changed"
     shutil.copytree(tiny_export, changed)
     shutil.copy(tiny_export / "encoder.int8.onnx", changed / "encoder.onnx")  # other weights under the same name
     with pytest.raises(bliptk.CheckpointError, match=r"encoder.onnx is not the graph that was exported \(its sha256 differs\)"):
-        bliptk_onnx.load(changed)
+        bliptk.exported.load(changed)
     with pytest.warns(bliptk.ExportChangedWarning, match=r"loading its graphs without checking them \(verify=False\)"):
-        bliptk_onnx.load(changed, verify=False)
+        bliptk.exported.load(changed, verify=False)
     with pytest.raises(bliptk.OutputExistsError):
-        bliptk_onnx.export(bliptk.load("tiny"), tiny_export)
+        bliptk.export(bliptk.load("tiny"), tiny_export)
     retrained = bliptk.load("tiny", weights_seed=1)  # the model's weights changed since the export
     with pytest.warns(bliptk.ExportChangedWarning, match=r"exported from weights with fingerprint \w+; tiny's are now"):
-        bliptk_onnx.load(tiny_export, against=retrained)
+        bliptk.exported.load(tiny_export, against=retrained)
 
 
 @pytest.mark.slow
@@ -153,7 +153,7 @@ def test_the_cli_exports_and_captions_with_an_export(tiny, photos, tmp_path, cap
 
 @pytest.mark.slow
 def test_full_size_vit_b_greedy_and_beams_equal_the_torch_path(vit_b, photos, tmp_path):
-    runner = bliptk_onnx.load(bliptk_onnx.export(vit_b, tmp_path / "vit-b"))
+    runner = bliptk.exported.load(bliptk.export(vit_b, tmp_path / "vit-b"))
     # Every prompt is checked on the tiny net (above); at full size, one, and beams.
     prompt = "the woman"
     assert _ids(runner.caption(photos[:2], prompt, max_new_tokens=10)) == _ids(vit_b.caption(photos[:2], prompt, max_new_tokens=10))

@@ -15,9 +15,9 @@ import pytest
 from conftest import mounted
 
 import bliptk
-from bliptk.cli import main
-from bliptk.outputs import checked_output, write_whole
-from bliptk.records import read_records
+from bliptk.cli.main import main
+from bliptk.store.outputs import checked_output, write_whole
+from bliptk.store.records import read_records
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def no_model(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr("bliptk.loading.load", refuse)
+    monkeypatch.setattr("bliptk.model.loading.load", refuse)
 
 
 def test_a_read_only_folder_is_refused_before_the_model_loads(photos, capsys, no_model):
@@ -96,16 +96,16 @@ def test_a_broken_link_and_a_name_too_long_get_their_own_records(tiny, photos, t
 
 SLOW_CAPTION_JOB = """
 import sys, time
-import bliptk.pipeline
-from bliptk.cli import main
+import bliptk.core.pipeline
+from bliptk.cli.main import main
 
-caption_pixels = bliptk.pipeline.caption_pixels
+caption_pixels = bliptk.core.pipeline.caption_pixels
 
 def slow(*args, **kwargs):  # a job that runs long enough to be written against
     time.sleep(0.4)
     return caption_pixels(*args, **kwargs)
 
-bliptk.pipeline.caption_pixels = slow
+bliptk.core.pipeline.caption_pixels = slow
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -179,8 +179,7 @@ def test_an_export_is_shared_as_the_umask_says(tiny_export):
 
 
 def test_an_export_that_fails_leaves_the_folder_as_it_was(tiny, tiny_export, tmp_path, monkeypatch):
-    import bliptk.onnx
-    import bliptk.onnx.exporter
+    import bliptk.model.exporting
 
     folder = tmp_path / "export"
     shutil.copytree(tiny_export, folder)
@@ -190,8 +189,8 @@ def test_an_export_that_fails_leaves_the_folder_as_it_was(tiny, tiny_export, tmp
         (building / "encoder.onnx").write_bytes(b"half a graph")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(bliptk.onnx.exporter, "_write_export", fails)
+    monkeypatch.setattr(bliptk.model.exporting, "_write_export", fails)
     with pytest.raises(bliptk.OutputError, match=r"export: cannot write the export \(the disk is full\)"):
-        bliptk.onnx.export(tiny, folder, overwrite=True)
+        bliptk.export(tiny, folder, overwrite=True)
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]  # nothing half-written beside it

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import bliptk
-from bliptk.errors import InvalidOptionError
-from bliptk.perturbation import baseline_pixels
-from bliptk.video import VideoFrames
+from bliptk.attribution.faithfulness import baseline_pixels
+from bliptk.core.errors import InvalidOptionError
+from bliptk.core.video import VideoFrames
 
 
 def _transformers_logprobs(captioner, pixels: torch.Tensor, explanation) -> np.ndarray:

@@ -11,8 +11,8 @@ import pytest
 from conftest import VIDEOS
 
 import bliptk
-from bliptk.records import RECORD_FIELDS, read_records
-from bliptk.testing import hf_generate
+from bliptk.model.parity import hf_generate
+from bliptk.store.records import RECORD_FIELDS, read_records
 
 pytest.importorskip("onnxruntime")
 
@@ -21,7 +21,7 @@ PROMPTS = ["a photography of", "", "the woman"]
 
 @pytest.fixture(scope="module", params=["torch", "onnx"])
 def backend(request, tiny, tiny_export):
-    return tiny if request.param == "torch" else bliptk.onnx.load(tiny_export)
+    return tiny if request.param == "torch" else bliptk.exported.load(tiny_export)
 
 
 def _ids(captions):
@@ -71,7 +71,7 @@ def test_a_video_is_the_mean_of_its_frames_features(backend, tiny):
     video = VIDEOS / "bigbuckbunny.mp4"
     frames = bliptk.video_frames(video, 4)
     mean = backend.encode(backend.preprocessor.arrays(list(frames))).mean(axis=0)
-    expected = bliptk.pipeline.caption_features(backend, mean[None], bliptk.DecodingOptions(prompt="a video of", max_new_tokens=6))[0]
+    expected = bliptk.core.pipeline.caption_features(backend, mean[None], bliptk.DecodingOptions(prompt="a video of", max_new_tokens=6))[0]
     caption = backend.caption(video, num_frames=4, max_new_tokens=6)
     assert caption.token_ids == expected.token_ids and caption.prompt == "a video of"
     assert caption.token_ids == tiny.caption(video, num_frames=4, max_new_tokens=6).token_ids

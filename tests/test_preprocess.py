@@ -7,7 +7,7 @@ from PIL import Image
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
 import bliptk
-from bliptk.preprocess import Preprocessor, load_image
+from bliptk.core.preprocess import Preprocessor, load_image
 
 
 @pytest.fixture(scope="module")

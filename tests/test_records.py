@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bliptk
-from bliptk.batch import BatchStatus
-from bliptk.cli import main
-from bliptk.decoding import Caption
-from bliptk.records import RecordOutput, done_inputs, input_identity, make_record, read_records
+from bliptk.captioning.folder import BatchStatus
+from bliptk.cli.main import main
+from bliptk.core.decoding import Caption
+from bliptk.store.records import RecordOutput, done_inputs, input_identity, make_record, read_records
 
 PROVENANCE = {"model": "tiny", "weights": {"source": "random", "seed": 0, "fingerprint": "0123456789abcdef", "dtype": "float32"}}
 OPTIONS = {"prompt": None, "max_new_tokens": 5}
@@ -134,7 +134,7 @@ def test_the_plain_output_keeps_one_line_per_input(tiny, photos, tmp_path, capsy
 SLOW_RUN = """
 import sys, time
 import bliptk
-from bliptk.records import RecordOutput
+from bliptk.store.records import RecordOutput
 with RecordOutput(sys.argv[1]) as output:
     output.start([])
     print("locked", flush=True)
@@ -188,7 +188,7 @@ def test_output_mistakes_are_reported_before_the_model_loads(photos, tmp_path, c
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr("bliptk.loading.load", no_model)
+    monkeypatch.setattr("bliptk.model.loading.load", no_model)
     (tmp_path / "folder.jsonl").mkdir()
     (tmp_path / "taken.jsonl").write_text("{}\n")
     cases = [

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import bliptk
-from bliptk import text_decoder
+from bliptk.model import text_decoder
 
 PROMPT = [30522, 1037, 5855, 1997]
 
@@ -104,7 +104,7 @@ def test_the_choice_can_be_pinned(monkeypatch):
 
 
 def test_the_split_product_is_the_linear_layer(tiny):
-    from bliptk.text_decoder import _split_product
+    from bliptk.model.text_decoder import _split_product
 
     generator = torch.Generator().manual_seed(0)
     for rows, (outputs, inputs) in [(1, (768, 768)), (3, (3072, 768)), (8, (30524, 48))]:
@@ -113,7 +113,7 @@ def test_the_split_product_is_the_linear_layer(tiny):
 
 
 def test_int8_weights_round_trip_within_half_a_step():
-    from bliptk.text_decoder import quantize_int8
+    from bliptk.model.text_decoder import quantize_int8
 
     weight = torch.randn(64, 32, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.1, 3, 64)[:, None]
     values, scales = quantize_int8(weight)

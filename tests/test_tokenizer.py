@@ -3,7 +3,7 @@ from conftest import DATA
 from transformers import AutoTokenizer
 
 import bliptk
-from bliptk.tokenizer import DEC_TOKEN_ID, ENC_TOKEN_ID, SEP_TOKEN_ID
+from bliptk.core.tokenizer import DEC_TOKEN_ID, ENC_TOKEN_ID, SEP_TOKEN_ID
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import bliptk
-from bliptk.training_data import read_pairs
+from bliptk.training.data import read_pairs
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from conftest import VIDEOS
 from PIL import Image
 
 import bliptk
-from bliptk.cli import main
-from bliptk.testing import make_video
+from bliptk.cli.main import main
+from bliptk.model.parity import make_video
 
 REAL_VIDEOS = {"bigbuckbunny.mp4": 5.28, "car-detection.mp4": 30.16, "bottle-detection.mp4": 39.85}
 

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 import bliptk
-from bliptk.figures import displayable
-from bliptk.widgets import AttentionExplorer, CaptionExplorer, StepThroughDecoder, probability_text
+from bliptk.core.figures import displayable
+from bliptk.notebook.widgets import AttentionExplorer, CaptionExplorer, StepThroughDecoder, probability_text
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_the_controls_start_at_the_decoding_options_defaults(explorer):
 
 
 def test_the_layout_keeps_the_controls_beside_a_bounded_output_or_below_them(tiny, photos, explorer):
-    from bliptk.widgets import CONTROLS_WIDTH, MIN_OUTPUT_WIDTH, OUTPUT_WIDTH
+    from bliptk.notebook.widgets import CONTROLS_WIDTH, MIN_OUTPUT_WIDTH, OUTPUT_WIDTH
 
     view = AttentionExplorer(tiny, photos[0], max_new_tokens=4)
     stepper = StepThroughDecoder(tiny, photos[0])
@@ -158,7 +158,7 @@ def test_the_layout_keeps_the_controls_beside_a_bounded_output_or_below_them(tin
 
 
 def test_tokens_without_a_glyph_are_escaped_without_a_warning(tiny, explorer):
-    from bliptk.stepper import TokenChoice
+    from bliptk.model.stepper import TokenChoice
 
     explorer.choices = [TokenChoice("\u0925", 1349, 0.6, [("\u0925", 0.6), ("cake", 0.3)])]
     explorer.token.value = 0
@@ -190,7 +190,7 @@ def test_several_captions_have_a_control(tiny, photos, explorer):
 
 
 def test_the_chosen_token_is_always_in_the_chart(tiny, photos):
-    from bliptk.stepper import TokenChoice
+    from bliptk.model.stepper import TokenChoice
 
     explorer = CaptionExplorer(tiny, images=photos[:1], alternatives=2)
     explorer.choices = [TokenChoice("rare", 7, 2e-6, [("cake", 0.5), ("cat", 0.3)])]
@@ -221,7 +221,7 @@ def _chart_axes(explorer):
 
 
 def test_probabilities_read_at_any_magnitude():
-    from bliptk.widgets import probability_text
+    from bliptk.notebook.widgets import probability_text
 
     assert [probability_text(p) for p in (0.4567, 0.001, 0.00032, 2.5e-9, 0.0)] == ["0.457", "0.001", "3.2e-04", "2.5e-09", "0.000"]
 

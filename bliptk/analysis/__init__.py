@@ -1,0 +1,1 @@
+"""What is made of captions and embeddings, torch-free: COCO caption metrics, feature-space maps and clusters."""

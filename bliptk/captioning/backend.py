@@ -1,0 +1,108 @@
+"""The verbs every captioner has: [`caption()`][bliptk.captioning.backend.CaptionVerbs.caption], [`caption_files()`][bliptk.captioning.backend.CaptionVerbs.caption_files]
+and [`encode_video()`][bliptk.captioning.backend.CaptionVerbs.encode_video], written once over the [`CaptionBackend`][bliptk.core.pipeline.CaptionBackend]
+its class implements (torch's [`Captioner`][bliptk.model.captioner.Captioner], ONNX Runtime's
+[`OnnxCaptioner`][bliptk.exported.runtime.OnnxCaptioner])."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..core import pipeline
+from ..core.decoding import Caption, DecodingOptions
+from ..core.video import VideoOptions
+
+__all__ = ["CaptionVerbs"]
+
+
+class CaptionVerbs:
+    """Captioning verbs, for a class that is a [`CaptionBackend`][bliptk.core.pipeline.CaptionBackend]."""
+
+    def provenance(self) -> dict:
+        """What this captioner's results are made with: ``model`` (its name) and ``weights``
+        ([`Weights`][bliptk.core.provenance.Weights] as a dict). Written into every record."""
+        return pipeline.provenance(self)  # type: ignore[arg-type]
+
+    @property
+    def pretrained(self) -> bool:
+        """False for the uninitialized net (random weights), whose captions are random words."""
+        return self.weights.source == "pretrained"  # type: ignore[attr-defined]
+
+    @property
+    def max_positions(self) -> int:
+        """Most positions (prompt and caption) the text decoder takes: 512."""
+        return self.decoder.max_positions  # type: ignore[attr-defined]
+
+    def caption(
+        self,
+        images,
+        prompt: str | None | list[str | None] = None,
+        *,
+        options: DecodingOptions | None = None,
+        video_options: VideoOptions | None = None,
+        batch_size: int = 16,
+        return_attention: bool = False,
+        **keywords,
+    ) -> Caption | list:
+        """Caption one image or video, or a list of them (images in chunks of ``batch_size``).
+
+        Videos are recognised by name (``.mp4``, ``.mov``, ...) or content (a file PyAV reads as a
+        video and Pillow not as an image, or the [`VideoFrames`][bliptk.core.video.VideoFrames] that
+        [`video_frames()`][bliptk.core.video.video_frames] returns) and captioned from their frames' pooled features.
+
+        Args:
+            images: One image (path, PIL image, NumPy array, torch tensor) or video, or a list.
+            prompt: Text the caption starts with; None means ``"a photography of"`` for an image
+                and ``"a video of"`` for a video; ``""`` unconditional. A list gives one prompt per
+                image of a list, or, for one image, several prompts (the page's list of prompts):
+                prompts of any lengths share one batched pass, and each caption equals
+                captioning it alone.
+            options: [`DecodingOptions`][bliptk.core.decoding.DecodingOptions] to start from.
+            video_options: [`VideoOptions`][bliptk.core.video.VideoOptions] (frames per video, pooling).
+            batch_size: Images encoded and decoded together.
+            return_attention: Fill each caption's ``cross_attention`` ``(T, L, H, N)`` (torch's
+                captioner only).
+            **keywords: Fields of [`DecodingOptions`][bliptk.core.decoding.DecodingOptions] (``max_new_tokens`` (25),
+                ``temperature`` (0: greedy), ``top_k`` (10), ``top_p``, ``seed``, ``num_beams``,
+                ``length_penalty``, ``min_new_tokens``, ``repetition_penalty``,
+                ``num_return_sequences``: above 1, a list of captions per input) or of
+                [`VideoOptions`][bliptk.core.video.VideoOptions] (``num_frames``, ``pooling``).
+
+        Returns:
+            A [`Caption`][bliptk.core.decoding.Caption] for one input and one prompt, else a list of them (with
+            ``num_return_sequences`` > 1, a list of captions in place of each caption).
+
+        Raises:
+            InvalidOptionError: An unknown or invalid option, or as many prompts as images were
+                not given.
+        """
+        options, video_options = pipeline.resolve_options(options, video_options, **keywords)
+        return pipeline.caption(self, images, prompt, options, video_options, batch_size, return_attention)  # type: ignore[arg-type]
+
+    def encode_video(self, video, video_options: VideoOptions | None = None, *, batch_size: int = 8, **keywords):
+        """Image features of a video: its frames' features averaged (the page's method) or
+        concatenated.
+
+        Args:
+            video: A video file, or frames ([`VideoFrames`][bliptk.core.video.VideoFrames] or a list of images).
+            video_options: [`VideoOptions`][bliptk.core.video.VideoOptions]; ``keywords`` replace its fields
+                (``num_frames=8``, ``pooling="concat"``).
+            batch_size: Frames encoded at once (memory stays bounded for any number of frames).
+
+        Returns:
+            ``(577, D)`` for ``"mean"`` at 384 px; ``(frames * 577, D)`` for ``"concat"``.
+        """
+        _, video_options = pipeline.resolve_options(None, video_options, **keywords)
+        return self._as_features(pipeline.encode_video(self, video, video_options, batch_size))  # type: ignore[arg-type]
+
+    def _as_features(self, features: np.ndarray):
+        """Features as this captioner gives them to its users (torch's: a tensor in its dtype)."""
+        return features
+
+    def caption_files(self, inputs, out: str | os.PathLike | None = None, **arguments) -> Iterator[dict]:
+        """Caption many files, one record per input, resumable: see [`bliptk.captioning.folder.caption_files()`][bliptk.captioning.folder.caption_files]."""
+        from .folder import caption_files
+
+        return caption_files(self, inputs, out, **arguments)

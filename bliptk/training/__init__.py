@@ -1,0 +1,1 @@
+"""Fine-tuning: options, data, the output folder, the run on transformers' Trainer."""
