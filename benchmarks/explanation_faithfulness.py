@@ -39,7 +39,8 @@ def main(model: str, tokens: int, steps: int, ig_steps: int, photos: Path, pretr
         caption = captioner.caption(path, max_new_tokens=tokens)
         for method in bliptk.EXPLANATION_METHODS:
             started = time.perf_counter()
-            explanation = bliptk.explain(captioner, path, caption, method=method, ig_steps=ig_steps)
+            method_options = {"ig_steps": ig_steps} if method == "integrated_gradients" else {}
+            explanation = bliptk.explain(captioner, path, caption, method=method, **method_options)
             seconds[method] += time.perf_counter() - started
             for mode in ("deletion", "insertion"):
                 results[method][mode].append(bliptk.faithfulness(captioner, path, explanation, mode=mode, steps=steps))

@@ -40,6 +40,7 @@ from .core.models import ModelSpec, available_models
 from .core.pipeline import TimelineSegment, caption_timeline
 from .core.preprocess import load_image
 from .core.provenance import Weights
+from .core.runtimes import LoadOptions, load
 from .core.video import DEFAULT_VIDEO_PROMPT, VideoFrames, VideoInfo, VideoOptions, is_video, plot_video_frames, video_frames, video_info
 from .model.attention import (
     attention_entropy,
@@ -52,7 +53,6 @@ from .model.attention import (
 from .model.captioner import Captioner
 from .model.exporting import export
 from .model.info import NetInformation, net_information
-from .model.loading import load
 from .model.stepper import DecodeStep, Stepper, TokenChoice, token_alternatives
 from .store.records import read_records
 from .training.data import read_pairs

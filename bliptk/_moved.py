@@ -88,9 +88,10 @@ def _caller() -> int:
     """The stack level of the first frame outside the import machinery, this module and the
     package's ``__init__``: the code that used the old path."""
     here = (__file__, __file__.replace("_moved.py", "__init__.py"))
-    level, frame = 1, sys._getframe(1)  # type: FrameType | None
-    while frame is not None and ("importlib" in frame.f_code.co_filename or frame.f_code.co_filename in here):
-        frame, level = frame.f_back, level + 1
+    level, frame = 1, sys._getframe(1)
+    caller: FrameType | None = frame
+    while caller is not None and ("importlib" in caller.f_code.co_filename or caller.f_code.co_filename in here):
+        caller, level = caller.f_back, level + 1
     return level
 
 

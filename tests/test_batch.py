@@ -124,7 +124,7 @@ def test_cli_exit_code_says_some_failed(tiny, mixed_folder, locked, tmp_path, ca
 def test_csv_output_and_resume(tiny, photos, tmp_path):
     out = tmp_path / "captions.csv"
     first = list(tiny.caption_files(photos[:2] + [tmp_path / "gone.png"], out, max_new_tokens=4))
-    assert out.read_text().splitlines()[0] == "path,kind,caption,token_ids,tokens,logprobs,finished,model,weights,options,error"
+    assert out.read_text().splitlines()[0] == "path,kind,caption,token_ids,tokens,logprobs,finished,model,weights,options,error,runtime"
     assert sorted(r["path"] for r in read_records(out)) == sorted(r["path"] for r in first)
     again = list(tiny.caption_files(photos + [tmp_path / "gone.png"], out, max_new_tokens=4, resume=True))
     assert sorted(r["path"] for r in again) == sorted([str(photos[2]), str(tmp_path / "gone.png")])

@@ -264,7 +264,8 @@ def test_explain_draws_the_apis_explanation_and_records_how(tiny, photos, tmp_pa
         ),
         (["--layer", "5"], "--layer must be an integer in [-2, 1] (the decoder has 2 layers), got 5"),
         (["--method", "lrp"], "argument --method: invalid choice: 'lrp'"),
-        (["--ig-steps", "0"], "--ig-steps must be an integer >= 1, got 0"),
+        (["--method", "integrated_gradients", "--ig-steps", "0"], "--ig-steps must be an integer >= 1, got 0"),
+        (["--ig-steps", "8"], "--ig-steps applies to the integrated_gradients method, not gradcam: add --method integrated_gradients"),
         (["--columns", "0"], "--columns must be an integer >= 1, got 0"),
     ],
 )

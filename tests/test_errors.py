@@ -20,6 +20,7 @@ from conftest import DATA, VIDEOS
 import bliptk
 import bliptk.exported
 from bliptk.cli.main import main
+from bliptk.core.tokenizer import Tokenizer
 
 REFERENCES = DATA / "references.json"
 
@@ -62,7 +63,7 @@ MISTAKES = {
     ),
     "nearest images without a captioner": (lambda tiny, photos: bliptk.nearest(photos[0], photos), TypeError, "pass captioner="),
     "a vocabulary that is not BERT's": (
-        lambda tiny, photos: bliptk.Tokenizer(Path(__file__).parent / "data" / "references.json"),
+        lambda tiny, photos: Tokenizer(Path(__file__).parent / "data" / "references.json"),
         ValueError,
         "expected BERT's 30,522-entry vocabulary",
     ),
@@ -466,7 +467,7 @@ FAULTS_OF_ISSUE_31: dict[str, Callable] = {
         None,
         lambda: bliptk.load(42),
         bliptk.InvalidArgumentError,
-        r"model must be an architecture name \(.*\), a hub id or a checkpoint folder; got int",
+        r"model must be an architecture name \(.*\), a hub id, a checkpoint folder or an export folder; got int",
     ),
     "finetune: float16 on a CPU": lambda ctx: Fault(
         _finetune(ctx, "--out", str(ctx.tmp / "run"), "--dtype", "float16"),

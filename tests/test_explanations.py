@@ -13,7 +13,8 @@ import torch
 from conftest import VIDEOS
 
 import bliptk
-from bliptk.attribution import explanation as explanations
+from bliptk.attribution import passes, registry
+from bliptk.attribution import relevance as relevance_method
 from bliptk.core.errors import InvalidOptionError
 from bliptk.core.video import VideoFrames
 
@@ -80,10 +81,10 @@ def test_gradcam_equals_transformers_autograd_on_tiny(tiny, photos):
 
 
 def test_gradcam_default_layer_is_the_middle(vit_b):
-    assert explanations.resolved_layer("gradcam", None, 12) == 6
-    assert explanations.resolved_layer("attention", None, 12) == 11
-    assert explanations.resolved_layer("gradcam", -1, 12) == 11
-    assert explanations.resolved_layer("relevance", None, 12) is None
+    assert registry.resolved_layer("gradcam", None, 12) == 6
+    assert registry.resolved_layer("attention", None, 12) == 11
+    assert registry.resolved_layer("gradcam", -1, 12) == 11
+    assert registry.resolved_layer("relevance", None, 12) is None
 
 
 # --- relevance (Chefer, Gur and Wolf 2021) ------------------------------------------------------------------
@@ -150,7 +151,7 @@ def test_relevance_keeps_every_cross_attention_term(tiny, photos):
     leave only the first cross-attention layer's term... or none: the maps would be all zero."""
     relevance = torch.eye(4)
     relevance[1, 0] = 0.5
-    normalised = explanations._normalized(relevance)
+    normalised = relevance_method._normalized(relevance)
     assert not normalised.isnan().any()
     torch.testing.assert_close(normalised[2:], torch.eye(4)[2:])
     torch.testing.assert_close(normalised[1], torch.tensor([1.0, 1.0, 0.0, 0.0]))
@@ -208,8 +209,8 @@ def test_integrated_gradients_completeness_on_vit_b(vit_b, photos):
     encoder = vit_b.image_encoder
     with torch.no_grad():
         zero = encoder.run(None, patches=torch.zeros(1, 576, 768))
-        y_baseline = explanations.token_logprobs(
-            vit_b, zero, explanations.Target(caption.prompt, vit_b.tokenizer.encode(caption.prompt), caption.token_ids, "")
+        y_baseline = passes.token_logprobs(
+            vit_b, zero, passes.Target(caption.prompt, vit_b.tokenizer.encode(caption.prompt), caption.token_ids, "")
         )[0]
     difference = (y.detach() - y_baseline).numpy()
     np.testing.assert_allclose(
@@ -230,12 +231,13 @@ def test_integrated_gradients_gap_shrinks_with_steps(tiny, photos):
 # --- what explaining must not change, and odd input -----------------------------------------------------
 
 
-@pytest.mark.parametrize("method", explanations.EXPLANATION_METHODS)
+@pytest.mark.parametrize("method", registry.EXPLANATION_METHODS)
 def test_explaining_changes_no_caption(tiny, photos, method):
     caption = tiny.caption(photos[0], max_new_tokens=4)
     before = copy.deepcopy(caption)
     weights = {name: p.detach().clone() for name, p in tiny.model.named_parameters()}
-    explanation = bliptk.explain(tiny, photos[0], caption, method=method, ig_steps=4)
+    steps = {"ig_steps": 4} if method == "integrated_gradients" else {}
+    explanation = bliptk.explain(tiny, photos[0], caption, method=method, **steps)
     assert caption == before
     assert tiny.caption(photos[0], max_new_tokens=4) == before
     assert all(p.grad is None and torch.equal(p, weights[name]) for name, p in tiny.model.named_parameters())
@@ -263,9 +265,10 @@ def test_a_video_of_identical_frames_explains_as_its_image(tiny, photos):
     frame = bliptk.load_image(photos[0])
     video = VideoFrames([frame, frame], [0.0, 1.0])
     caption = tiny.caption(photos[0], "a video of", max_new_tokens=3)
-    for method in explanations.EXPLANATION_METHODS:
-        of_image = bliptk.explain(tiny, photos[0], caption, method=method, ig_steps=8)
-        of_video = bliptk.explain(tiny, video, caption, method=method, ig_steps=8)
+    for method in registry.EXPLANATION_METHODS:
+        steps = {"ig_steps": 8} if method == "integrated_gradients" else {}
+        of_image = bliptk.explain(tiny, photos[0], caption, method=method, **steps)
+        of_video = bliptk.explain(tiny, video, caption, method=method, **steps)
         np.testing.assert_allclose(of_video.maps, of_image.maps, rtol=1e-4, atol=1e-5 * np.abs(of_image.maps).max())
 
 
@@ -280,8 +283,9 @@ def test_a_caption_of_no_tokens_has_no_maps(sep_likely, photos):
     captioner = sep_likely(60.0)
     caption = captioner.caption(photos[0])
     assert caption.token_ids == []
-    for method in explanations.EXPLANATION_METHODS:
-        explanation = bliptk.explain(captioner, photos[0], caption, method=method, ig_steps=2)
+    for method in registry.EXPLANATION_METHODS:
+        steps = {"ig_steps": 2} if method == "integrated_gradients" else {}
+        explanation = bliptk.explain(captioner, photos[0], caption, method=method, **steps)
         assert explanation.maps.shape == (0, 6, 6)
 
 
@@ -292,7 +296,8 @@ def test_a_caption_of_no_tokens_has_no_maps(sep_likely, photos):
         ({"method": "relevance", "layer": 1}, "relevance uses all decoder layers: drop layer (it applies to attention and gradcam)"),
         ({"layer": 2}, "layer must be an integer in [-2, 1] (the decoder has 2 layers), got 2"),
         ({"layer": True}, "layer must be an integer in [-2, 1]"),
-        ({"ig_steps": 0}, "ig_steps must be an integer >= 1, got 0"),
+        ({"method": "integrated_gradients", "ig_steps": 0}, "ig_steps must be an integer >= 1, got 0"),
+        ({"ig_steps": 8}, "ig_steps applies to the integrated_gradients method, not gradcam"),
         ({"caption": "", "prompt": "a"}, "the caption '' has no tokens after the prompt 'a' to explain"),
         ({"caption": 3}, "caption must be a Caption, a string or None, got int"),
         ({"caption": "a dog", "max_new_tokens": 3}, "decoding options apply when explain captions the image itself"),

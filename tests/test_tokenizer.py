@@ -2,13 +2,12 @@ import pytest
 from conftest import DATA
 from transformers import AutoTokenizer
 
-import bliptk
-from bliptk.core.tokenizer import DEC_TOKEN_ID, ENC_TOKEN_ID, SEP_TOKEN_ID
+from bliptk.core.tokenizer import DEC_TOKEN_ID, ENC_TOKEN_ID, SEP_TOKEN_ID, load_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return bliptk.load_tokenizer()
+    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -50,4 +49,4 @@ def test_a_foreign_vocabulary_is_refused(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\n")
     with pytest.raises(ValueError, match="30,522-entry"):
-        bliptk.load_tokenizer(vocab)
+        load_tokenizer(vocab)

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from ..core.errors import InvalidArgumentError, InvalidOptionError, check_positive_int, option_error
 from ..core.figures import new_figure
 from ..core.video import VideoOptions
-from .explanation import Explanation, Target, pixels_fingerprint, token_logprobs, visual_input
+from .explanation import Explanation
+from .passes import Target, pixels_fingerprint, token_logprobs, visual_input
 
 __all__ = ["FAITHFULNESS_BASELINES", "FAITHFULNESS_MODES", "Faithfulness", "faithfulness", "plot_faithfulness"]
 

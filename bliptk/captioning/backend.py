@@ -1,39 +1,81 @@
-"""The verbs every captioner has: [`caption()`][bliptk.captioning.backend.CaptionVerbs.caption], [`caption_files()`][bliptk.captioning.backend.CaptionVerbs.caption_files]
-and [`encode_video()`][bliptk.captioning.backend.CaptionVerbs.encode_video], written once over the [`CaptionBackend`][bliptk.core.pipeline.CaptionBackend]
-its class implements (torch's [`Captioner`][bliptk.model.captioner.Captioner], ONNX Runtime's
-[`OnnxCaptioner`][bliptk.exported.runtime.OnnxCaptioner])."""
+"""What every captioner is: [`CaptionBackend`][bliptk.captioning.backend.CaptionBackend], the base class of
+each runtime's captioner (torch's [`Captioner`][bliptk.model.captioner.Captioner], ONNX Runtime's
+[`OnnxCaptioner`][bliptk.exported.runtime.OnnxCaptioner]). It declares what a runtime provides (its
+name, weights, prompt, tokenizer, preprocessing, decoder and image encoder) and gives every
+captioner the same verbs, written once over the pipeline ([`bliptk.core.pipeline`][bliptk.core.pipeline]):
+[`caption()`][bliptk.captioning.backend.CaptionBackend.caption], [`caption_files()`][bliptk.captioning.backend.CaptionBackend.caption_files]
+and [`encode_video()`][bliptk.captioning.backend.CaptionBackend.encode_video]."""
 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import ClassVar
 
 import numpy as np
 
 from ..core import pipeline
-from ..core.decoding import Caption, DecodingOptions
+from ..core.decoding import Caption, DecoderBackend, DecodingOptions
+from ..core.preprocess import Preprocessor
+from ..core.provenance import Weights
+from ..core.tokenizer import Tokenizer
 from ..core.video import VideoOptions
 
-__all__ = ["CaptionVerbs"]
+__all__ = ["CaptionBackend"]
 
 
-class CaptionVerbs:
-    """Captioning verbs, for a class that is a [`CaptionBackend`][bliptk.core.pipeline.CaptionBackend]."""
+class CaptionBackend(ABC):
+    """A loaded captioning model, in some runtime: what it provides, and the captioning verbs.
+
+    A runtime's captioner sets the attributes and implements the three abstract members; the
+    verbs come with the class.
+
+    Attributes:
+        runtime: The runtime's name (``"torch"``, ``"onnx"``), which its records carry.
+        name: The model it was made from (architecture name, hub id or folder).
+        weights: What its weights are ([`Weights`][bliptk.core.provenance.Weights]).
+        prompt: The checkpoint's own prompt (a fine-tuned one's training prompt), which a call
+            that gives none captions after; None for the page's defaults.
+        tokenizer: BLIP's tokenizer.
+    """
+
+    runtime: ClassVar[str]
+    name: str
+    weights: Weights
+    prompt: str | None
+    tokenizer: Tokenizer
+
+    @property
+    @abstractmethod
+    def preprocessor(self) -> Preprocessor:
+        """Images to pixels ``(B, 3, S, S)``."""
+
+    @property
+    @abstractmethod
+    def decoder(self) -> DecoderBackend:
+        """The decoding engine's view of the text decoder: the images' keys and values, then one
+        step at a time."""
+
+    @abstractmethod
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """Image features ``(B, N, D)`` (float32 NumPy) of preprocessed pixels ``(B, 3, S, S)``."""
 
     def provenance(self) -> dict:
-        """What this captioner's results are made with: ``model`` (its name) and ``weights``
-        ([`Weights`][bliptk.core.provenance.Weights] as a dict). Written into every record."""
-        return pipeline.provenance(self)  # type: ignore[arg-type]
+        """What this captioner's results are made with: ``model`` (its name), ``weights``
+        ([`Weights`][bliptk.core.provenance.Weights] as a dict) and, for another runtime than
+        torch, ``runtime``. Written into every record."""
+        return pipeline.provenance(self)
 
     @property
     def pretrained(self) -> bool:
         """False for the uninitialized net (random weights), whose captions are random words."""
-        return self.weights.source == "pretrained"  # type: ignore[attr-defined]
+        return self.weights.source == "pretrained"
 
     @property
     def max_positions(self) -> int:
         """Most positions (prompt and caption) the text decoder takes: 512."""
-        return self.decoder.max_positions  # type: ignore[attr-defined]
+        return self.decoder.max_positions
 
     def caption(
         self,
@@ -79,7 +121,7 @@ class CaptionVerbs:
                 not given.
         """
         options, video_options = pipeline.resolve_options(options, video_options, **keywords)
-        return pipeline.caption(self, images, prompt, options, video_options, batch_size, return_attention)  # type: ignore[arg-type]
+        return pipeline.caption(self, images, prompt, options, video_options, batch_size, return_attention)
 
     def encode_video(self, video, video_options: VideoOptions | None = None, *, batch_size: int = 8, **keywords):
         """Image features of a video: its frames' features averaged (the page's method) or
@@ -95,14 +137,14 @@ class CaptionVerbs:
             ``(577, D)`` for ``"mean"`` at 384 px; ``(frames * 577, D)`` for ``"concat"``.
         """
         _, video_options = pipeline.resolve_options(None, video_options, **keywords)
-        return self._as_features(pipeline.encode_video(self, video, video_options, batch_size))  # type: ignore[arg-type]
+        return self._as_features(pipeline.encode_video(self, video, video_options, batch_size))
 
     def _as_features(self, features: np.ndarray):
         """Features as this captioner gives them to its users (torch's: a tensor in its dtype)."""
         return features
 
     def caption_files(self, inputs, out: str | os.PathLike | None = None, **arguments) -> Iterator[dict]:
-        """Caption many files, one record per input, resumable: see [`bliptk.captioning.folder.caption_files()`][bliptk.captioning.folder.caption_files]."""
+        """Caption many files, one record per input, resumable: see [`caption_files()`][bliptk.captioning.folder.caption_files]."""
         from .folder import caption_files
 
         return caption_files(self, inputs, out, **arguments)

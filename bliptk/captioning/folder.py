@@ -26,13 +26,14 @@ import numpy as np
 
 from ..core import pipeline
 from ..core.decoding import Caption, DecodingOptions, prompt_ids
-from ..core.errors import NoInputsError, check_positive_int, option_error
+from ..core.errors import NoInputsError, option_error
 from ..core.files import media_files
-from ..core.preprocess import DEFAULT_MAX_PIXELS, load_image
+from ..core.preprocess import load_image
 from ..core.video import VideoOptions
 from ..store.records import RecordOutput, done_inputs, input_error, input_identity, key_of, make_record, record_key, record_options
+from .options import FolderJobOptions, job_options
 
-__all__ = ["BatchStatus", "Prepared", "caption_files", "caption_prepared", "check_batch_options", "expand_inputs", "prepare"]
+__all__ = ["BatchStatus", "Prepared", "caption_files", "caption_prepared", "check_batch_options", "expand_inputs", "made_by", "prepare"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,19 +87,15 @@ def _exists(path: str) -> bool:
         return False
 
 
-def check_batch_options(options: DecodingOptions, batch_size: int, workers: int, max_pixels: int | None) -> None:
-    """Check a batch job's options (before any model loads, on the command line).
+def check_batch_options(options: DecodingOptions) -> None:
+    """Check a batch job's decoding options (before any model loads, on the command line): one
+    caption per input.
 
     Raises:
-        InvalidOptionError: An option is out of range, or asks for several captions per input.
+        InvalidOptionError: Several captions per input asked for.
     """
     if options.num_return_sequences != 1:
         raise option_error("a batch job writes one caption per input: num_return_sequences must be 1", "num_return_sequences")
-    check_positive_int("batch_size", batch_size)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise option_error(f"workers must be an integer >= 0, got {workers!r}", "workers")
-    if max_pixels is not None:
-        check_positive_int("max_pixels", max_pixels)
 
 
 @dataclass
@@ -226,12 +223,7 @@ def caption_files(
     inputs,
     out: str | os.PathLike | RecordOutput | None = None,
     *,
-    format: str | None = None,
-    recursive: bool = False,
-    batch_size: int = 8,
-    workers: int = 2,
-    resume: bool = False,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    job: FolderJobOptions | None = None,
     progress: bool | None = None,
     status: BatchStatus | None = None,
     options: DecodingOptions | None = None,
@@ -239,7 +231,7 @@ def caption_files(
     **keywords,
 ) -> Iterator[dict]:
     """Caption many files, yielding one record per input as it is made
-    ([`bliptk.Captioner.caption_files()`][bliptk.captioning.backend.CaptionVerbs.caption_files], or any captioner's).
+    ([`bliptk.Captioner.caption_files()`][bliptk.captioning.backend.CaptionBackend.caption_files], or any captioner's).
 
     Bad inputs never stop the job: each gets a record with an ``error`` (its type and
     message) instead of a caption. With ``out``, each record is also appended to that file
@@ -249,48 +241,45 @@ def caption_files(
     output has one writer: a second job on it fails at once, naming the process that writes it.
 
     Args:
-        captioner: Any captioner (a [`CaptionBackend`][bliptk.core.pipeline.CaptionBackend]).
+        captioner: Any captioner (a [`CaptionBackend`][bliptk.captioning.backend.CaptionBackend]).
         inputs: Files, folders (their image and video files) and glob patterns, or one of them.
         out: A ``.jsonl`` or ``.csv`` file to write records to (or a [`RecordOutput`][bliptk.store.records.RecordOutput]
             already opened, which the caller closes); None only yields them.
-        format: ``"jsonl"`` or ``"csv"``; None picks by ``out``'s extension.
-        recursive: Look in subfolders of folders (and let ``**`` match in patterns).
-        batch_size: Inputs captioned together.
-        workers: Threads that read and preprocess the next images while the model works (0:
-            none).
-        resume: Continue an existing ``out`` (without it, an existing non-empty ``out`` is
-            an error, so that nothing is overwritten by accident).
-        max_pixels: Refuse images with more pixels than this (decompression bombs).
+        job: [`FolderJobOptions`][bliptk.captioning.options.FolderJobOptions]: ``recursive``,
+            ``batch_size`` (8), ``workers`` (2), ``max_pixels``, ``resume``, ``format`` (each
+            may be given as a keyword too).
         progress: Show a ``tqdm`` progress bar (None: when there is more than one batch).
         status: A [`BatchStatus`][bliptk.captioning.folder.BatchStatus] to keep counts in.
         options: [`DecodingOptions`][bliptk.core.decoding.DecodingOptions] to start from.
         video_options: [`VideoOptions`][bliptk.core.video.VideoOptions] for the videos among the inputs.
-        **keywords: Fields of either options (``prompt``, ``max_new_tokens``, ``num_frames``,
-            ...) that replace theirs.
+        **keywords: Fields of the job's options, or of the decoding or video options (``prompt``,
+            ``max_new_tokens``, ``num_frames``, ...), that replace theirs.
 
     Yields:
-        Records (dicts): ``path`` (the input's resolved path), ``kind`` (image or video),
-        ``caption``, ``token_ids``, ``tokens``, ``logprobs``, ``finished``, ``model``,
-        ``weights``, ``options``, and ``error`` (None, or ``{"type", "message"}``).
+        Records (dicts, [`Record`][bliptk.store.records.Record]'s fields): ``path`` (the input's resolved
+        path), ``kind`` (image or video), ``caption``, ``token_ids``, ``tokens``, ``logprobs``,
+        ``finished``, ``model``, ``weights``, ``options``, ``error`` (None, or ``{"type",
+        "message"}``) and ``runtime`` (None for torch).
 
     Raises:
         InvalidOptionError, NoInputsError, OutputExistsError, OutputLockedError, OutputError:
             Before any work; OutputError also when a write fails (a full disk), every record
             before it kept.
     """
+    job, keywords = job_options(job, keywords)
     options, video_options = pipeline.resolve_options(options, video_options, **keywords)
     options = pipeline.own_options(captioner, options)  # records say the prompt a fine-tuned checkpoint captions after
-    check_batch_options(options, batch_size, workers, max_pixels)
+    check_batch_options(options)
     prompt_ids(captioner.tokenizer, options.prompt_text, options.max_new_tokens, captioner.decoder.max_positions)
-    paths = expand_inputs([inputs] if isinstance(inputs, str | os.PathLike) else inputs, recursive)
-    output = RecordOutput(out, format, resume) if isinstance(out, str | os.PathLike) else out
+    paths = expand_inputs([inputs] if isinstance(inputs, str | os.PathLike) else inputs, job.recursive)
+    output = RecordOutput(out, job.format, job.resume) if isinstance(out, str | os.PathLike) else out
     try:
         pipeline.say_if_random(captioner)
-        job = _Job(captioner, options, video_options, status or BatchStatus())
-        job.status.total = len(paths)
+        run = _Job(captioner, options, video_options, status or BatchStatus())
+        run.status.total = len(paths)
         if output is not None:
-            paths = job.resume(output, paths)
-        yield from job.run(paths, output, batch_size, workers, max_pixels, progress)
+            paths = run.resume(output, paths)
+        yield from run.run(paths, output, job, progress)
     finally:
         if output is not None and output is not out:
             output.close()
@@ -298,8 +287,8 @@ def caption_files(
 
 def made_by(captioner, options: DecodingOptions, video_options: VideoOptions | None = None):
     """Whether a record was made as ``caption_files(captioner, ..., options=options)`` makes them:
-    the same model, weights and options (its own prompt applied), and no error. For reading one
-    job's records from a file that may hold others'."""
+    the same model, weights, runtime and options (its own prompt applied), and no error. For
+    reading one job's records from a file that may hold others'."""
     options = pipeline.own_options(captioner, options)
     provenance, recorded = pipeline.provenance(captioner), record_options(options, video_options or VideoOptions())
     return lambda record: not record.get("error") and key_of(record) == record_key(input_identity(record["path"]), provenance, recorded)
@@ -332,16 +321,14 @@ class _Job:
             self.status.captioned += 1
         return record
 
-    def run(
-        self, paths: list[str], output: RecordOutput | None, batch_size: int, workers: int, max_pixels: int | None, progress
-    ) -> Iterator[dict]:
+    def run(self, paths: list[str], output: RecordOutput | None, job: FolderJobOptions, progress) -> Iterator[dict]:
         from tqdm.auto import tqdm
 
-        show_progress = progress if progress is not None else len(paths) > batch_size
-        load = lambda path: prepare(path, max_pixels, self.captioner.preprocessor)  # noqa: E731
-        prepared = _prefetched(paths, load, workers, window=batch_size * (workers + 1))
+        show_progress = progress if progress is not None else len(paths) > job.batch_size
+        load = lambda path: prepare(path, job.max_pixels, self.captioner.preprocessor)  # noqa: E731
+        prepared = _prefetched(paths, load, job.workers, window=job.batch_size * (job.workers + 1))
         with tqdm(total=len(paths), desc="captioning", unit="file", disable=not show_progress) as bar, _StopAfterBatch() as stop:
-            while batch := list(itertools.islice(prepared, batch_size)):
+            while batch := list(itertools.islice(prepared, job.batch_size)):
                 for item, caption, error in caption_prepared(self.captioner, batch, self.options, self.video_options):
                     record = self.record(item, caption, error)
                     if output is not None:

@@ -15,24 +15,25 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
+from ..core import runtimes
 from ..core.decoding import DecodingOptions
 from ..core.errors import check_positive_int, option_error
 from ..core.files import IMAGE_EXTENSIONS
-from ..core.models import find_model_spec
 from ..core.optional import optional
 from ..core.pipeline import provenance, resolve_options
-from ..core.preprocess import DEFAULT_MAX_PIXELS, Preprocessor, load_image_bytes
+from ..core.preprocess import Preprocessor, load_image_bytes
 from ..core.quiet import quiet_loggers
+from ..core.runtimes import LoadOptions
 from ..core.video import VideoOptions
+from ..store.format_parquet import arrow_table
+from ..store.formats import SHARD_FORMATS
 from ..store.outputs import claim
 from ..store.records import (
-    SHARD_FORMATS,
-    arrow_table,
     done_inputs,
     error_summary,
     input_error,
@@ -43,6 +44,7 @@ from ..store.records import (
     record_options,
 )
 from .folder import Prepared, caption_prepared, check_batch_options, expand_inputs, prepare
+from .options import FolderJobOptions, job_options
 
 __all__ = ["ActorPool", "RunSummary", "caption_dataset", "read_output"]
 
@@ -132,22 +134,6 @@ class ActorPool:
 # --- tasks and actors -----------------------------------------------------------------------------------
 
 
-def _preprocessor(model: str) -> Preprocessor:
-    """The preprocessing ``load(model)`` uses, without loading the model: the registry's
-    checkpoints use BLIP's (their ``preprocessor_config.json`` holds its defaults), a checkpoint
-    folder its own ``preprocessor_config.json``; a hub id outside the registry gets BLIP's."""
-    from ..model.loading import preprocessor_for
-
-    spec = find_model_spec(model)
-    if spec is not None:
-        return Preprocessor(spec.image_size)
-    folder = Path(model).expanduser()
-    config = folder / "config.json"
-    if config.is_file():
-        return preprocessor_for(folder, json.loads(config.read_text())["vision_config"].get("image_size", 384))
-    return Preprocessor()
-
-
 def _read_bytes(uri: str) -> bytes:
     """The bytes behind a URI: ``http(s)://`` with urllib, other schemes (``s3://``, ``gs://``,
     ``file://``, ...) through pyarrow's filesystems, which Ray Data ships with."""
@@ -184,15 +170,11 @@ def _preprocess(row: dict, preprocessor: Preprocessor, max_pixels: int | None) -
 
 
 class _CaptionActor:
-    """Ray actor: loads the captioner once, then captions batches with the batch command's step."""
+    """Ray actor: loads the captioner once, in its runtime (``bliptk.load``: a checkpoint into torch,
+    an export into ONNX Runtime), then captions batches with the batch command's step."""
 
-    def __init__(self, model: str, pretrained: bool, seed: int, dtype, compile: bool, threads: int, options: dict, video_options: dict):
-        import torch
-
-        from ..model.loading import load
-
-        torch.set_num_threads(threads)
-        self.captioner = load(model, pretrained=pretrained, dtype=dtype, weights_seed=seed, compile=compile)
+    def __init__(self, load: dict, options: dict, video_options: dict):
+        self.captioner = runtimes.load(LoadOptions(**load))
         self.options, self.video_options = DecodingOptions(**options), VideoOptions(**video_options)
         self.provenance = provenance(self.captioner)
         self.record_options = record_options(self.options, self.video_options)
@@ -215,23 +197,18 @@ def caption_dataset(
     source,
     *,
     output,
-    model: str = "ViT-L/16",
-    pretrained: bool = True,
-    weights_seed: int = 0,
-    dtype=None,
-    compile: bool = False,
+    model: str | LoadOptions = "ViT-L/16",
+    job: FolderJobOptions | None = None,
     pool: ActorPool | None = None,
-    batch_size: int = 8,
-    format: str = "jsonl",
-    recursive: bool = False,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     address: str | None = None,
     options: DecodingOptions | None = None,
     video_options: VideoOptions | None = None,
     **keywords,
 ) -> RunSummary:
     """Caption images and videos with Ray Data: reading and preprocessing in Ray tasks,
-    captioning in an actor pool.
+    captioning in an actor pool. Reruns continue the output (there is no other way to run into a
+    folder of shards): an input captioned with the same model, weights, runtime and options is
+    skipped, a failed one retried.
 
     Args:
         source: A folder, a glob, a list of paths or URIs (``s3://``, ``gs://``, ``file://``,
@@ -241,63 +218,56 @@ def caption_dataset(
             image (as ``ray.data.read_binary_files(..., include_paths=True)`` or Parquet give).
             Videos are captioned from local files.
         output: Folder for the JSONL or Parquet shards (created; reruns add shards).
-        model: Architecture name, hub id or checkpoint folder, loaded once per actor.
-        pretrained: False for random weights (tests, benchmarks).
-        weights_seed: Seed of random weights.
-        dtype: Model dtype (``"bfloat16"`` for throughput on CPUs that support it).
-        compile: Each actor compiles its image encoder (``load(..., compile=True)``); worth it
-            when each actor captions more images than the break-even in the Performance guide.
+        model: What each actor loads, once: an architecture name, hub id, checkpoint folder or ONNX
+            export folder, or [`LoadOptions`][bliptk.core.runtimes.LoadOptions]; keywords of
+            ``LoadOptions`` (``pretrained=False``, ``weights_seed``, ``dtype``, ``compile``:
+            each actor compiles its image encoder) replace its fields.
+        job: [`FolderJobOptions`][bliptk.captioning.options.FolderJobOptions]: ``batch_size``,
+            ``recursive``, ``max_pixels``, ``format`` (``"jsonl"``, default, or ``"parquet"``); as
+            keywords too.
         pool: The [`ActorPool`][bliptk.captioning.ray_data.ActorPool] (actors, CPUs and GPUs each); None sizes it to the cluster.
-        batch_size: Inputs per captioning batch.
-        format: ``"jsonl"`` or ``"parquet"``.
-        recursive: Look in subfolders of folders.
-        max_pixels: Refuse larger images (decompression bombs).
         address: A Ray cluster to connect to; None starts (or reuses) a local instance.
         options: [`DecodingOptions`][bliptk.core.decoding.DecodingOptions] to start from.
         video_options: [`VideoOptions`][bliptk.core.video.VideoOptions] for the videos among the inputs.
-        **keywords: Fields of either options that replace theirs.
+        **keywords: Fields of any of these options that replace theirs.
 
     Returns:
         A [`RunSummary`][bliptk.captioning.ray_data.RunSummary].
     """
     ray = _ray()
+    load, keywords = _load_options(model, keywords)
+    job, keywords = job_options(job, keywords)
+    format = job.format or "jsonl"
     if format not in SHARD_FORMATS:
         raise option_error(f"format must be one of {', '.join(SHARD_FORMATS)}, got {format!r}", "format")
     options, video_options = resolve_options(options, video_options, **keywords)
-    options = _own_prompt(model, options)
-    check_batch_options(options, batch_size, 0, max_pixels)
+    described = runtimes.describe(load)  # the model's preprocessing and prompt, its weights left unloaded
+    if options.prompt is None and described.prompt is not None:  # as the actors' captioner applies it
+        options = replace(options, prompt=described.prompt)
+    check_batch_options(options)
     pool = pool or ActorPool()
     # One job per output folder, claimed before Ray starts (the shards' writers are this job's tasks).
     with claim(output, folder=True, replace=True) as claimed:
-        output = claimed.path
         if not ray.is_initialized():
             with quiet_loggers("ray", "ray.data"):  # Ray's start-up notes, a wall of stderr in a notebook
                 ray.init(
                     address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
                 )
         recorded = record_options(options, video_options)
-        earlier = [r for r in read_output(output) if r["model"] == _model_name(model) and r["options"] == recorded]
-        done = done_inputs(earlier, _provenance(model, pretrained, weights_seed, dtype, compile), recorded) if earlier else set()
-        dataset, total, skipped, read_cpus = _todo(ray, source, recursive, done)
+        earlier = [r for r in read_output(claimed.path) if r["options"] == recorded]
+        done = done_inputs(earlier, _provenance(load), recorded) if earlier else set()
+        dataset, total, skipped, read_cpus = _todo(ray, source, job.recursive, done)
         if dataset is None:
-            return RunSummary(total, skipped, 0, 0, str(output))
+            return RunSummary(total, skipped, 0, 0, str(claimed.path))
         num_workers, cpus_per_worker = pool.size(ray.cluster_resources(), read_cpus)
         logger.info("%d captioning actor(s) of %g CPU(s) and %g GPU(s)", num_workers, cpus_per_worker, pool.gpus_per_worker)
+        actors = replace(load, threads=load.threads or math.ceil(cpus_per_worker)).as_dict()
         captioned = dataset.map(
-            _preprocess, fn_kwargs={"preprocessor": _preprocessor(model), "max_pixels": max_pixels}, num_cpus=TASK_CPUS
+            _preprocess, fn_kwargs={"preprocessor": described.preprocessor, "max_pixels": job.max_pixels}, num_cpus=TASK_CPUS
         ).map_batches(
             _CaptionActor,
-            fn_constructor_args=(
-                model,
-                pretrained,
-                weights_seed,
-                dtype,
-                compile,
-                math.ceil(cpus_per_worker),
-                options.as_dict(),
-                video_options.as_dict(),
-            ),
-            batch_size=batch_size,
+            fn_constructor_args=(actors, options.as_dict(), video_options.as_dict()),
+            batch_size=job.batch_size,
             compute=ray.data.ActorPoolStrategy(size=num_workers),
             num_cpus=cpus_per_worker,
             num_gpus=pool.gpus_per_worker or None,
@@ -305,22 +275,18 @@ def caption_dataset(
             zero_copy_batch=True,
         )
         with quiet_loggers("ray", "ray.data"):  # Ray Data's progress, logged line by line without a terminal
-            written = _write(captioned, Path(output), format)
-        failed = sum(1 for r in written if r["error"])
-        return RunSummary(total if total is not None else len(written), skipped, len(written) - failed, failed, str(output))
+            written = _write(captioned, claimed.path, format)
+    failed = sum(1 for r in written if r["error"])
+    return RunSummary(total if total is not None else len(written), skipped, len(written) - failed, failed, str(claimed.path))
 
 
-def _own_prompt(model: str, options: DecodingOptions) -> DecodingOptions:
-    """The options with a fine-tuned checkpoint's own prompt when none is given, as its captioner
-    would take it, so that the driver and the actors record the same options."""
-    from dataclasses import replace
-
-    if options.prompt is not None or not Path(os.fspath(model)).expanduser().is_dir():
-        return options
-    from ..model.loading import checkpoint_prompt
-
-    own = checkpoint_prompt(Path(os.fspath(model)).expanduser())
-    return options if own is None else replace(options, prompt=own)
+def _load_options(model: str | LoadOptions, keywords: dict) -> tuple[LoadOptions, dict]:
+    """The job's [`LoadOptions`][bliptk.core.runtimes.LoadOptions]: ``model``, with the fields
+    ``keywords`` name replaced; the other keywords left."""
+    names = {f.name for f in fields(LoadOptions)} - {"model"}
+    given = {name: value for name, value in keywords.items() if name in names}
+    load = model if isinstance(model, LoadOptions) else LoadOptions(model=model)
+    return replace(load, **given), {name: value for name, value in keywords.items() if name not in names}
 
 
 def _todo(ray, source, recursive: bool, done: set[str]):
@@ -362,19 +328,10 @@ def _write(captioned, output: Path, format: str) -> list[dict]:
     return written
 
 
-def _provenance(model: str, pretrained: bool, seed: int, dtype, compile: bool) -> dict:
+def _provenance(load: LoadOptions) -> dict:
     """What the actors' records will say they were made with. The weights' fingerprint needs the
     weights, so the model is loaded here once (on a rerun only, to compare with earlier records),
     not compiled: the records say whether compiling was asked for, which the actors record alike."""
-    from dataclasses import replace
-
-    from ..model.loading import load
-
-    captioner = load(model, pretrained=pretrained, weights_seed=seed, dtype=dtype, device="cpu")
-    captioner.weights = replace(captioner.weights, compiled=compile)
+    captioner = runtimes.load(replace(load, compile=False))
+    captioner.weights = replace(captioner.weights, compiled=load.compile)
     return captioner.provenance()
-
-
-def _model_name(model: str) -> str:
-    spec = find_model_spec(model)
-    return spec.name if spec is not None else str(model)

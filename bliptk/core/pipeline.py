@@ -1,7 +1,7 @@
 """The captioning pipeline: one implementation of captioning, over any runtime.
 
 bliptk captions with torch ([`Captioner`][bliptk.model.captioner.Captioner]) and with ONNX Runtime
-([`OnnxCaptioner`][bliptk.exported.runtime.OnnxCaptioner]). Each is a *caption backend* ([`CaptionBackend`][bliptk.core.pipeline.CaptionBackend]): it
+([`OnnxCaptioner`][bliptk.exported.runtime.OnnxCaptioner]). Each is a *caption backend* ([`PipelineBackend`][bliptk.core.pipeline.PipelineBackend]): it
 encodes preprocessed pixels into image features, gives the decoding engine its decoder (the image
 keys and values, then one step at a time: [`DecoderBackend`][bliptk.core.decoding.DecoderBackend]), and says what
 it is (model and weights). Everything else is written once, here, and runs over either:
@@ -34,7 +34,7 @@ from .tokenizer import Tokenizer
 from .video import DEFAULT_VIDEO_PROMPT, VideoFrames, VideoOptions, is_video, video_frames, video_info
 
 __all__ = [
-    "CaptionBackend",
+    "PipelineBackend",
     "TimelineSegment",
     "caption",
     "caption_features",
@@ -49,19 +49,22 @@ __all__ = [
 ]
 
 
-class CaptionBackend(Protocol):
-    """What a runtime provides to the pipeline.
+class PipelineBackend(Protocol):
+    """What the pipeline needs of a runtime's captioner: the members
+    [`PipelineBackend`][bliptk.captioning.backend.PipelineBackend] declares, every runtime's base class.
 
     Attributes:
+        runtime: The runtime's name (``"torch"``, ``"onnx"``).
         name: The model it was made from (architecture name, hub id or folder).
         weights: What its weights are ([`Weights`][bliptk.core.provenance.Weights]).
-        prompt: The checkpoint's own prompt (a fine-tuned one's training prompt), used when a call
-            gives none; None for the page's defaults.
+        prompt: The checkpoint's own prompt, used when a call gives none; None for the page's defaults.
         tokenizer: BLIP's tokenizer.
         preprocessor: Images to pixels.
-        decoder: The decoding engine's view of its text decoder: the images' keys and values,
-            then one step at a time.
+        decoder: The decoding engine's view of its text decoder.
     """
+
+    @property
+    def runtime(self) -> str: ...
 
     @property
     def name(self) -> str: ...
@@ -110,7 +113,7 @@ def resolve_options(
     return decoding, video
 
 
-def own_options(backend: CaptionBackend, options: DecodingOptions) -> DecodingOptions:
+def own_options(backend: PipelineBackend, options: DecodingOptions) -> DecodingOptions:
     """``options``, whose prompt, when none is given, is the backend's own: the prompt a fine-tuned
     checkpoint was trained after (its ``prompt``), so that it is captioned as it learned; the
     page's defaults otherwise."""
@@ -118,17 +121,20 @@ def own_options(backend: CaptionBackend, options: DecodingOptions) -> DecodingOp
     return replace(options, prompt=own) if options.prompt is None and own is not None else options
 
 
-def provenance(backend: CaptionBackend) -> dict:
-    """What a backend's results are made with: ``model`` (its name) and ``weights``
-    ([`Weights`][bliptk.core.provenance.Weights] as a dict). Written into every record."""
-    return {"model": backend.name, "weights": backend.weights.as_dict()}
+def provenance(backend: PipelineBackend) -> dict:
+    """What a backend's results are made with: ``model`` (its name), ``weights``
+    ([`Weights`][bliptk.core.provenance.Weights] as a dict) and, for another runtime than torch,
+    ``runtime`` (left out for torch, as records were before runtimes were recorded, so that they
+    stay resumable). Written into every record."""
+    made = {"model": backend.name, "weights": backend.weights.as_dict()}
+    return made if backend.runtime == "torch" else {**made, "runtime": backend.runtime}
 
 
 # The random weights said so already, by fingerprint: said once per process, whatever captions with them.
 _SAID_RANDOM: set[str] = set()
 
 
-def say_if_random(backend: CaptionBackend) -> None:
+def say_if_random(backend: PipelineBackend) -> None:
     """Say once, when random weights first caption or embed, that their results carry no meaning:
     a [`RandomWeightsWarning`][bliptk.core.errors.RandomWeightsWarning]; in a notebook, one plain line
     of output instead (a warning there is a box of stderr, with a line of bliptk's source repeated
@@ -202,12 +208,12 @@ def _chunks(rows: list[int], size: int) -> list[list[int]]:
 # --- the pipeline ----------------------------------------------------------------------------------------
 
 
-def encode_images(backend: CaptionBackend, images: Sequence) -> np.ndarray:
+def encode_images(backend: PipelineBackend, images: Sequence) -> np.ndarray:
     """Image features ``(B, N, D)`` (float32) of images (paths, PIL images, arrays, tensors)."""
     return backend.encode(backend.preprocessor.arrays(list(images)))
 
 
-def encode_video(backend: CaptionBackend, video, video_options: VideoOptions, batch_size: int = 8) -> np.ndarray:
+def encode_video(backend: PipelineBackend, video, video_options: VideoOptions, batch_size: int = 8) -> np.ndarray:
     """Image features of a video: its frames encoded ``batch_size`` at a time (memory stays
     bounded for any number of frames) and pooled.
 
@@ -239,7 +245,7 @@ def encode_video(backend: CaptionBackend, video, video_options: VideoOptions, ba
 
 
 def caption_features(
-    backend: CaptionBackend,
+    backend: PipelineBackend,
     features: np.ndarray,
     options: DecodingOptions,
     prompts: list[str] | None = None,
@@ -252,13 +258,13 @@ def caption_features(
     return decode(backend.decoder, backend.tokenizer, np.asarray(features, dtype=np.float32), options, prompts, return_attention)
 
 
-def caption_pixels(backend: CaptionBackend, pixels: np.ndarray, options: DecodingOptions) -> list[Caption]:
+def caption_pixels(backend: PipelineBackend, pixels: np.ndarray, options: DecodingOptions) -> list[Caption]:
     """Captions of preprocessed pixels ``(B, 3, S, S)`` (what the batch and Ray jobs feed)."""
     return caption_features(backend, backend.encode(pixels), options)
 
 
 def caption(
-    backend: CaptionBackend,
+    backend: PipelineBackend,
     images,
     prompt: str | None | list[str | None],
     options: DecodingOptions,
@@ -294,7 +300,7 @@ def caption(
     return ordered[0] if single else ordered
 
 
-def _chunk_features(backend: CaptionBackend, images: list, keys: list[int]) -> np.ndarray:
+def _chunk_features(backend: PipelineBackend, images: list, keys: list[int]) -> np.ndarray:
     """The features of a chunk's rows, ``(R, N, D)``: each distinct image (by ``keys``) encoded once,
     however many of the rows prompt it. Only the rows' copy outlives this call."""
     distinct = list(dict.fromkeys(keys))

@@ -2,7 +2,7 @@
 
 [`load()`][bliptk.exported.runtime.load] checks an export (its manifest field by field, every file inside its folder, each graph
 against its sha256) and returns an [`OnnxCaptioner`][bliptk.exported.runtime.OnnxCaptioner]: a caption backend
-([`CaptionBackend`][bliptk.core.pipeline.CaptionBackend]) whose decoder runs the exported graphs, under the very
+([`CaptionBackend`][bliptk.captioning.backend.CaptionBackend]) whose decoder runs the exported graphs, under the very
 pipeline and decoding engine that torch's [`Captioner`][bliptk.model.captioner.Captioner] runs under.
 """
 
@@ -17,21 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-from ..captioning.backend import CaptionVerbs
+from ..captioning.backend import CaptionBackend
 from ..core.decoding import ImageKeysValues
 from ..core.errors import CheckpointError, ExportChangedWarning, InvalidOptionError, first_line, option_error
 from ..core.optional import optional
 from ..core.preprocess import Preprocessor
 from ..core.provenance import Weights
+from ..core.runtimes import RUNTIMES, LoadOptions, ModelDescription
 from ..core.tokenizer import load_tokenizer
 from ..store.outputs import folder_contents
 
-__all__ = ["DTYPES", "FORMAT", "FORMAT_VERSION", "GRAPHS", "OnnxCaptioner", "is_export", "load", "sha256"]
+__all__ = ["DTYPES", "FORMAT", "FORMAT_VERSION", "GRAPHS", "OnnxCaptioner", "is_export", "describe_model", "load", "load_model", "sha256"]
 
 FORMAT, FORMAT_VERSION = "bliptk-onnx", 1
 GRAPHS = {"encoder": "encoder.onnx", "image_kv": "image_kv.onnx", "decoder": "decoder.onnx"}
 """The graphs of an export, by role, and their file names (int8 copies: ``*.int8.onnx``)."""
-DTYPES = ("float32", "int8")
+DTYPES = RUNTIMES["onnx"].dtypes
 """The graphs an export can run: float32 (the default: an image's caption is the same alone and in
 any batch), or int8, dynamically quantized, whose activations are quantized per tensor, so that
 an image's caption can change with what else is in its batch."""
@@ -117,7 +118,7 @@ class _OnnxDecoder:
         )
 
 
-class OnnxCaptioner(CaptionVerbs):
+class OnnxCaptioner(CaptionBackend):
     """Captions with ONNX Runtime from an export. Make one with [`load()`][bliptk.exported.runtime.load].
 
     It has the verbs of torch's [`Captioner`][bliptk.model.captioner.Captioner] (``caption``, ``caption_files``,
@@ -126,26 +127,37 @@ class OnnxCaptioner(CaptionVerbs):
 
     Attributes:
         name: The model the export was made from.
-        weights: Its [`Weights`][bliptk.core.provenance.Weights]; ``dtype`` says ``"onnx float32"`` or
-            ``"onnx int8"``, so that records made here are never taken for torch's.
+        weights: Its [`Weights`][bliptk.core.provenance.Weights] (``dtype`` ``"float32"`` or ``"int8"``);
+            its records say ``runtime: "onnx"`` besides, so that they are never taken for torch's.
+        runtime: ``"onnx"``.
         manifest: The export's manifest.
         prompt: The exported checkpoint's own prompt (see [`Captioner`][bliptk.model.captioner.Captioner]).
         tokenizer, preprocessor: As on [`Captioner`][bliptk.model.captioner.Captioner].
         decoder: The decoding engine's view of the exported decoder.
     """
 
+    runtime = "onnx"
+
     def __init__(self, folder: Path, manifest: dict, sessions: dict, dtype: str):
         self.folder, self.manifest = folder, manifest
         self.name = manifest["model"]
         recorded = manifest["weights"]
-        self.weights = Weights(recorded["source"], recorded.get("seed"), recorded["fingerprint"], f"onnx {dtype}")
+        self.weights = Weights(recorded["source"], recorded.get("seed"), recorded["fingerprint"], dtype)
         self.prompt: str | None = manifest.get("prompt")  # a fine-tuned checkpoint's own (exports before it had none)
         self.tokenizer = load_tokenizer(_inside(folder, manifest["tokenizer"], "tokenizer"))
-        self.preprocessor = _preprocessor(
+        self._preprocessor = _preprocessor(
             _inside(folder, manifest["preprocessor"], "preprocessor config"), manifest["config"]["image_size"]
         )
         self.encoder = sessions["encoder"]
-        self.decoder = _OnnxDecoder(sessions["image_kv"], sessions["decoder"], manifest["config"])
+        self._decoder = _OnnxDecoder(sessions["image_kv"], sessions["decoder"], manifest["config"])
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        return self._preprocessor
+
+    @property
+    def decoder(self) -> _OnnxDecoder:
+        return self._decoder
 
     def __repr__(self) -> str:
         return f"OnnxCaptioner({self.name!r}, {self.weights.source} weights, {self.weights.dtype}, {self.folder})"
@@ -264,6 +276,21 @@ def _inside(folder: Path, name: str, what: str) -> Path:
     if not resolved.is_file():
         raise CheckpointError(f"{folder}: {what} {name} is not a plain file")
     return resolved
+
+
+def load_model(options: LoadOptions) -> OnnxCaptioner:
+    """The ONNX runtime's registration entry ([`bliptk.core.runtimes`][bliptk.core.runtimes]): the
+    export folder ``options.model``, as [`load()`][bliptk.exported.runtime.load] loads it."""
+    return load(options.model, dtype=options.dtype or "float32", threads=options.threads)
+
+
+def describe_model(options: LoadOptions) -> ModelDescription:
+    """The ONNX runtime's description of an export, without loading its graphs: its preprocessing
+    and its prompt, from its manifest."""
+    folder = Path(options.model).expanduser()
+    manifest = read_manifest(folder)
+    preprocessor = _preprocessor(_inside(folder, manifest["preprocessor"], "preprocessor config"), manifest["config"]["image_size"])
+    return ModelDescription(preprocessor, manifest.get("prompt"))
 
 
 def load(folder, *, dtype: str = "float32", threads: int | None = None, verify: bool = True, against=None) -> OnnxCaptioner:

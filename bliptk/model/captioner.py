@@ -1,6 +1,6 @@
 """The Captioner: BLIP's parts in torch, with the captioning verbs.
 
-The verbs themselves ([`CaptionVerbs`][bliptk.captioning.backend.CaptionVerbs]) are shared with the ONNX Runtime
+The verbs themselves ([`CaptionBackend`][bliptk.captioning.backend.CaptionBackend]) are shared with the ONNX Runtime
 captioner; this class adds what only torch does: each part on its own, cross-attention capture,
 embeddings, and tensors in and out.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..captioning.backend import CaptionVerbs
+from ..captioning.backend import CaptionBackend
 from ..core import pipeline
 from ..core.decoding import Caption, DecodingOptions
 from ..core.provenance import Weights
@@ -21,7 +21,7 @@ from .text_decoder import TextDecoder
 __all__ = ["Captioner"]
 
 
-class Captioner(CaptionVerbs):
+class Captioner(CaptionBackend):
     """A loaded BLIP captioning model. Make one with [`bliptk.load()`][bliptk.model.loading.load].
 
     Attributes:
@@ -35,6 +35,8 @@ class Captioner(CaptionVerbs):
             fine-tuned checkpoint's training prompt (its ``captioning.json``); None for the page's
             defaults (``"a photography of"``, ``"a video of"``).
     """
+
+    runtime = "torch"
 
     def __init__(self, model, tokenizer: Tokenizer, image_encoder: ImageEncoder, name: str, weights: Weights, prompt: str | None = None):
         self.model = model
@@ -61,7 +63,7 @@ class Captioner(CaptionVerbs):
     def preprocessor(self):
         return self.image_encoder.preprocessor
 
-    # The pipeline's backend (bliptk.core.pipeline.CaptionBackend).
+    # What a runtime provides (bliptk.captioning.backend.CaptionBackend).
 
     @property
     def decoder(self) -> TextDecoder:
@@ -93,7 +95,7 @@ class Captioner(CaptionVerbs):
             _attention_as_tensors(captions)
         return captions
 
-    caption.__doc__ = CaptionVerbs.caption.__doc__
+    caption.__doc__ = CaptionBackend.caption.__doc__
 
     def caption_features(
         self, features, options: DecodingOptions | None = None, return_attention: bool = False, prompts: list[str] | None = None

@@ -1,74 +1,131 @@
 """Records: what every captioning job writes, one per input, and how it is read back.
 
 A record holds an input's caption (text, tokens, log-probabilities) or its error, and what made
-it: the model, its weights ([`Weights`][bliptk.core.provenance.Weights]) and the options. One schema
-serves the batch command (JSONL or CSV files, [`RecordOutput`][bliptk.store.records.RecordOutput]) and the Ray path (JSONL or
-Parquet shards). The rule of what is already done ([`done_inputs()`][bliptk.store.records.done_inputs]) is the same everywhere:
-an input captioned with the same model, weights and options; a failure is never done.
+it: the model, its weights ([`Weights`][bliptk.core.provenance.Weights]), the runtime when it is not
+torch, and the options. [`Record`][bliptk.store.records.Record] declares the one schema: its fields,
+which hold JSON (nested values), which a line must have to be a record, and each column's Arrow
+type. Each format ([`bliptk.store.formats`][bliptk.store.formats]: JSONL and CSV records files,
+JSONL and Parquet shards) encodes and decodes records by it, and
+[`read_records()`][bliptk.store.records.read_records] reads any of them. The rule of what is
+already done ([`done_inputs()`][bliptk.store.records.done_inputs]) is the same everywhere: an input
+captioned with the same model, weights, runtime and options; a failure is never done.
 
 An output file has one writer at a time (an OS file lock beside it, ``<output>.lock``, which
 names the process that holds it), is rewritten only through a temporary file of its own, and
 keeps every finished record whatever stops the run: a kill, a full disk, an unexpected error.
-[`read_records()`][bliptk.store.records.read_records] reads back any file bliptk wrote, whatever its paths and captions hold,
-dropping a last line torn by a kill wherever it tears.
+[`read_records()`][bliptk.store.records.read_records] reads back any file bliptk wrote, whatever its
+paths and captions hold, dropping a last line torn by a kill wherever it tears.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import os
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from ..core.errors import (
-    BliptkError,
-    ImageLoadError,
-    InputError,
-    InvalidOptionError,
-    OutputError,
-    OutputExistsError,
-    VideoLoadError,
-    first_line,
-    option_error,
-)
+from ..core.errors import BliptkError, ImageLoadError, InputError, OutputError, OutputExistsError, VideoLoadError
+from .formats import codec, file_format_of, shard_format_of
 from .outputs import OutputLock, claim, reason, share
 
 __all__ = [
     "RECORD_FIELDS",
-    "RECORD_FORMATS",
-    "SHARD_FORMATS",
+    "OutputLock",
+    "Record",
     "RecordOutput",
-    "arrow_table",
     "done_inputs",
     "error_summary",
     "input_error",
     "input_identity",
-    "OutputLock",
+    "key_of",
     "make_record",
     "read_output",
     "read_records",
-    "read_shards",
     "record_key",
     "record_options",
 ]
 
 logger = logging.getLogger(__name__)
 
-RECORD_FORMATS = ("jsonl", "csv")
-"""The formats of a records file (the batch command's output)."""
-RECORD_FIELDS = ("path", "kind", "caption", "token_ids", "tokens", "logprobs", "finished", "model", "weights", "options", "error")
+
+def _column(arrow: str, *, nested: bool = False, required: bool = False, default: Any = None):
+    """A field of [`Record`][bliptk.store.records.Record]: its Arrow type (``"string"``,
+    ``"list<int64>"``...), whether it holds JSON (a nested value: text in a CSV cell or a shard's
+    column), whether a line without it is no record."""
+    return field(default=default, metadata={"arrow": arrow, "nested": nested, "required": required})
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input's record, the schema every format reads and writes. Jobs give records as dicts
+    (``asdict(record)``), in this order.
+
+    Attributes:
+        path: The input, as the job named it (a resolved path, or a URI).
+        kind: ``"image"`` or ``"video"``.
+        caption: The caption, prompt included; None for a failed input.
+        token_ids: The generated tokens' ids (the ending ``[SEP]`` not included).
+        tokens: Their WordPiece strings.
+        logprobs: Each token's log-probability.
+        finished: Whether the caption ended with ``[SEP]`` (else it was cut at ``max_new_tokens``).
+        model: The model that made it.
+        weights: Its weights ([`Weights.as_dict()`][bliptk.core.provenance.Weights.as_dict]); older
+            records may lack them (and match no weights).
+        options: Every decoding and video option the job captioned with.
+        error: ``{"type", "message"}`` of a failed input, else None.
+        runtime: The runtime, when it is not torch (``"onnx"``); None for torch, and left out of a
+            JSONL line, as records were before runtimes were recorded.
+    """
+
+    path: str = _column("string", required=True, default="")
+    kind: str | None = _column("string")
+    caption: str | None = _column("string")
+    token_ids: list[int] | None = _column("list<int64>", nested=True)
+    tokens: list[str] | None = _column("list<string>", nested=True)
+    logprobs: list[float] | None = _column("list<float64>", nested=True)
+    finished: bool | None = _column("bool", nested=True)
+    model: str | None = _column("string", required=True)
+    weights: dict | None = _column("json", nested=True)
+    options: dict | None = _column("json", nested=True, required=True)
+    error: dict | None = _column("json", nested=True, required=True)
+    runtime: str | None = _column("string")
+
+    @classmethod
+    def from_row(cls, row) -> dict:
+        """A decoded line, row or shard row as a record (a dict in the schema's order): nested
+        fields given as JSON text (a CSV cell, a shard's column) parsed, the weights of records from
+        before runtimes were recorded (``"dtype": "onnx float32"``) read as ``runtime: "onnx"``.
+
+        Raises:
+            TypeError, KeyError, ValueError: The row is no record.
+        """
+        if not isinstance(row, dict) or not isinstance(row.get("path"), str):
+            raise TypeError("not a record")
+        for column in fields(cls):
+            if column.metadata["required"] and column.name not in row:
+                raise KeyError(column.name)
+        record = {column.name: _value(row.get(column.name), column.metadata["nested"]) for column in fields(cls)}
+        dtype = str((record["weights"] or {}).get("dtype", ""))
+        if dtype.startswith("onnx "):  # 0.2's ONNX records named the runtime in the dtype
+            record["weights"] = {**record["weights"], "dtype": dtype.removeprefix("onnx ")}
+            record["runtime"] = record["runtime"] or "onnx"
+        return record
+
+
+def _value(value, nested: bool):
+    """A field's value as a record holds it: JSON text of a nested field parsed ("" and None: none)."""
+    if nested and isinstance(value, str):
+        return json.loads(value) if value else None
+    return value
+
+
+RECORD_FIELDS = tuple(column.name for column in fields(Record))
 """The fields of a record, in order."""
-# Fields a CSV row holds as JSON text (the others are plain text).
-_JSON_FIELDS = ("token_ids", "tokens", "logprobs", "finished", "weights", "options", "error")
-# Fields without which a line is no record of bliptk's (older records may lack "weights").
-_REQUIRED = ("path", "model", "options", "error")
-_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
 
 # --- what a record says -----------------------------------------------------------------------------
@@ -105,7 +162,8 @@ def input_error(error: Exception, source: str, kind: str = "image") -> BliptkErr
 def make_record(path: str, kind: str, provenance: dict, options: dict, caption=None, error: Exception | dict | None = None) -> dict:
     """One output record: the caption's text, tokens and log-probabilities, or, for a failed
     input, empty fields and ``error`` (an exception, or its [`error_summary()`][bliptk.store.records.error_summary]); ``model`` and
-    ``weights`` (see [`provenance()`][bliptk.captioning.backend.CaptionVerbs.provenance]) and ``options`` say how it was made."""
+    ``weights`` and ``runtime`` (see [`provenance()`][bliptk.captioning.backend.CaptionBackend.provenance]) and ``options``
+    say how it was made."""
     return {
         "path": path,
         "kind": kind,
@@ -118,6 +176,7 @@ def make_record(path: str, kind: str, provenance: dict, options: dict, caption=N
         "weights": provenance["weights"],
         "options": options,
         "error": (error if isinstance(error, dict) else error_summary(error)) if error else None,
+        "runtime": provenance.get("runtime"),
     }
 
 
@@ -128,9 +187,10 @@ def record_options(options, video_options) -> dict:
 
 
 def record_key(path: str, provenance: dict, options: dict) -> tuple:
-    """What makes two records the same work: the input, the model and its weights, the options.
-    (Records written before bliptk recorded weights have none, and match no weights.)"""
-    return (path, provenance["model"], json.dumps(provenance.get("weights"), sort_keys=True), json.dumps(options, sort_keys=True))
+    """What makes two records the same work: the input, the model, its weights and runtime, the
+    options. (Records written before bliptk recorded weights have none, and match no weights.)"""
+    weights = json.dumps(provenance.get("weights"), sort_keys=True)
+    return (path, provenance["model"], provenance.get("runtime") or "torch", weights, json.dumps(options, sort_keys=True))
 
 
 def key_of(record: dict) -> tuple:
@@ -154,31 +214,9 @@ def done_inputs(records: Iterable[dict], provenance: dict, options: dict) -> set
 # --- reading ------------------------------------------------------------------------------------------
 
 
-def format_of(path: str | os.PathLike, format: str | None = None) -> str:
-    """The record format of an output: ``format`` if given, else by extension (``.jsonl``,
-    ``.ndjson``, ``.csv``).
-
-    Raises:
-        InvalidOptionError: An unknown ``format``, or an extension that names no record format.
-    """
-    if format is not None:
-        if format not in RECORD_FORMATS:
-            ray = " (Parquet shards are written by the Ray path: ray=True, --ray)" if format == "parquet" else ""
-            raise option_error(f"format must be one of {', '.join(RECORD_FORMATS)}, got {format!r}{ray}", "format")
-        return format
-    suffix = Path(path).suffix.lower()
-    if suffix not in _EXTENSIONS:
-        parquet = " (Parquet shards are written by the Ray path: ray=True, --ray)" if suffix == ".parquet" else ""
-        raise InvalidOptionError(
-            f"{path}: records are written as .jsonl or .csv, not {suffix or 'a file without extension'}{parquet}; "
-            "name the file so, or pass format=",
-            command_line={"pass format=": "pass --format"},
-        )
-    return _EXTENSIONS[suffix]
-
-
 def read_records(path: str | os.PathLike, format: str | None = None) -> list[dict]:
-    """The complete records of a records file (JSONL or CSV, by extension or ``format``).
+    """The complete records of a records file (JSONL or CSV, by extension or ``format``) or of a
+    folder of a Ray job's shards (see [`read_output()`][bliptk.store.records.read_output]).
 
     A last line torn by a killed run (anywhere: inside a field, inside a character) is left out.
 
@@ -187,143 +225,34 @@ def read_records(path: str | os.PathLike, format: str | None = None) -> list[dic
             not a record (the message names it). A missing file has no records.
     """
     path = Path(path)
+    if path.is_dir():
+        return read_output(path)
     if not path.is_file():
         return []
-    data = path.read_bytes()
-    if format_of(path, format) == "csv":
-        return _read_csv(path, data)
-    lines = data.split(b"\n")
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(_checked(json.loads(line.decode("utf-8"))))
-        except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as problem:
-            if number < len(lines) or not _RECORD_START.startswith(line[: len(_RECORD_START)]):
-                raise InputError(path, f"line {number} is not a bliptk record ({first_line(problem)})") from None
-            logger.warning("%s: dropping a torn last line (a run stopped while writing it)", path)
-    return records
-
-
-# How every JSONL record of bliptk's starts: a torn last line starts so too (or with part of it).
-_RECORD_START = b'{"path": '
-
-
-def _read_csv(path: Path, data: bytes) -> list[dict]:
-    text = data.decode("utf-8", errors="surrogateescape")  # paths the OS allows, undecodable bytes included
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    if not rows:
-        return []
-    if tuple(rows[0]) != RECORD_FIELDS:
-        raise InputError(path, f"the header is not a bliptk records file's ({', '.join(RECORD_FIELDS)})")
-    records = []
-    for number, row in enumerate(rows[1:], start=2):
-        try:
-            if len(row) != len(RECORD_FIELDS):
-                raise ValueError(f"{len(row)} fields")
-            record = {name: json.loads(value) if name in _JSON_FIELDS else value for name, value in zip(RECORD_FIELDS, row, strict=True)}
-            # CSV has no null: a failed input's caption is None, a captioned one's a string ("" too).
-            record["caption"] = None if record["error"] else record["caption"]
-            records.append(_checked(record))
-        except (ValueError, TypeError, KeyError) as problem:
-            if number < len(rows):
-                raise InputError(path, f"row {number} is not a bliptk record ({first_line(problem)})") from None
-            logger.warning("%s: dropping a torn last row (a run stopped while writing it)", path)
-    return records
-
-
-def _checked(record) -> dict:
-    """A parsed line as a record, or TypeError/KeyError when it is none."""
-    if not isinstance(record, dict) or not isinstance(record["path"], str):
-        raise TypeError("not a record")
-    for name in _REQUIRED:
-        record[name]  # noqa: B018 (KeyError when missing)
-    return {name: record.get(name) for name in RECORD_FIELDS}
-
-
-# --- Ray's shards: one flat schema -----------------------------------------------------------------------
-
-# In a shard, weights, options and errors are JSON text, so that every shard has one flat, stable
-# schema whatever they hold.
-_SHARD_JSON_COLUMNS = ("weights", "options", "error")
-SHARD_FORMATS = ("jsonl", "parquet")
-"""The formats of a Ray job's shards."""
-
-
-def flat_record(record: dict) -> dict:
-    """A record as a shard row (its nested fields as JSON text)."""
-    return {
-        **record,
-        **{name: json.dumps(record[name], sort_keys=True) if record[name] is not None else "" for name in _SHARD_JSON_COLUMNS},
-    }
-
-
-def unflat_record(row: dict) -> dict:
-    """A shard row as a record."""
-    return _checked({**row, **{name: json.loads(row[name]) if row.get(name) else None for name in _SHARD_JSON_COLUMNS}})
-
-
-def arrow_table(records: list[dict]):
-    """Records as an Arrow table with one fixed schema (so that every shard reads back alike)."""
-    import pyarrow as pa
-
-    schema = pa.schema(
-        [
-            ("path", pa.string()),
-            ("kind", pa.string()),
-            ("caption", pa.string()),
-            ("token_ids", pa.list_(pa.int64())),
-            ("tokens", pa.list_(pa.string())),
-            ("logprobs", pa.list_(pa.float64())),
-            ("finished", pa.bool_()),
-            ("model", pa.string()),
-            ("weights", pa.string()),
-            ("options", pa.string()),
-            ("error", pa.string()),
-        ]
-    )
-    return pa.Table.from_pylist([flat_record(record) for record in records], schema=schema)
+    return codec(file_format_of(path, format)).decode(path.read_bytes(), path)
 
 
 def read_shards(shards: list[Path]) -> list[dict]:
-    """The records of JSONL and Parquet shards, in order. A shard cut short by a killed job (a torn
-    JSONL line, an unreadable Parquet file) gives what it holds whole: its other inputs are
-    captioned again."""
+    """The records of a job's shards, in order. A shard cut short by a killed job (a torn line, an
+    unreadable Parquet file) gives what it holds whole: its other inputs are captioned again."""
     records: list[dict] = []
     for shard in shards:
-        if ".json" in shard.name:
-            for line in shard.read_bytes().split(b"\n"):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(unflat_record(json.loads(line.decode("utf-8"))))
-                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-                    logger.warning("%s: dropping a torn line", shard)
-        elif shard.suffix == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            try:
-                table = pq.read_table(shard)
-            except (OSError, pa.ArrowException) as error:
-                logger.warning("%s: skipping an unreadable shard (%s)", shard, first_line(error))
-                continue
-            records.extend(unflat_record(row) for row in table.to_pylist())
+        format = shard_format_of(shard)
+        if format is not None:
+            records.extend(codec(format).decode_shard(shard))
     return records
 
 
 def read_output(output) -> list[dict]:
     """The records in an output folder's shards, one per input and way of making it (model,
-    weights, options): an input that failed and was captioned on a rerun has only its caption;
-    one that failed on every run has its latest failure."""
+    weights, runtime, options): an input that failed and was captioned on a rerun has only its
+    caption; one that failed on every run has its latest failure."""
     folder = Path(output)
     if not folder.is_dir():
         return []
     latest: dict[tuple, dict] = {}
     shards = sorted(
-        (p for p in folder.iterdir() if p.suffix in (".json", ".jsonl", ".parquet")),
-        key=lambda shard: (shard.stat().st_mtime_ns, shard.name),
+        (p for p in folder.iterdir() if shard_format_of(p) is not None), key=lambda shard: (shard.stat().st_mtime_ns, shard.name)
     )
     for record in read_shards(shards):
         key = key_of(record)
@@ -333,29 +262,6 @@ def read_output(output) -> list[dict]:
 
 
 # --- writing ------------------------------------------------------------------------------------------
-
-
-def _jsonl_line(record: dict) -> bytes:
-    try:
-        return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-    except UnicodeEncodeError:  # a path with bytes that are no UTF-8: JSON escapes carry them
-        return (json.dumps(record) + "\n").encode("ascii")
-
-
-def _csv_line(record: dict) -> bytes:
-    buffer = io.StringIO(newline="")
-    row = [
-        json.dumps(record.get(name)) if name in _JSON_FIELDS else ("" if record.get(name) is None else record[name])
-        for name in RECORD_FIELDS
-    ]
-    csv.writer(buffer).writerow(row)
-    return buffer.getvalue().encode("utf-8", errors="surrogateescape")
-
-
-def _csv_header() -> bytes:
-    buffer = io.StringIO(newline="")
-    csv.writer(buffer).writerow(RECORD_FIELDS)
-    return buffer.getvalue().encode("utf-8")
 
 
 def _write_failed(path: Path, problem: OSError, kept: int) -> OutputError:
@@ -392,7 +298,7 @@ class RecordOutput:
     """
 
     def __init__(self, path: str | os.PathLike, format: str | None = None, resume: bool = False):
-        self.format = format_of(path, format)
+        self.format = file_format_of(path, format)
         self._claim = claim(path, replace=True, fix="pass resume=True to continue it")
         self.path = self._claim.path
         self._file: BinaryIO | None = None
@@ -423,9 +329,8 @@ class RecordOutput:
     def start(self, kept: list[dict]) -> None:
         """Rewrite the file with the ``kept`` records, then append from there. The old file stays
         whole until the new one replaces it, through a temporary file of this run's own."""
-        lines = [_csv_header()] if self.format == "csv" else []
-        encode = _csv_line if self.format == "csv" else _jsonl_line
-        lines += [encode(record) for record in kept]
+        writer = codec(self.format)
+        lines = [writer.header(), *(writer.encode(record) for record in kept)]
         descriptor, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
             with os.fdopen(descriptor, "wb") as file:
@@ -448,7 +353,7 @@ class RecordOutput:
         """
         if self._file is None:
             raise OutputError(f"{self.path}: write() before start()")
-        line = _csv_line(record) if self.format == "csv" else _jsonl_line(record)
+        line = codec(self.format).encode(record)
         try:
             self._file.write(line)
             self._file.flush()

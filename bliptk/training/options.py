@@ -58,13 +58,18 @@ class LoraOptions:
             ([`HEAD_NORM`][bliptk.training.options.HEAD_NORM]) beside the adapters.
     """
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    targets: str = DEFAULT_LORA_TARGETS
-    vision: bool = False
-    save_adapter: bool = False
-    train_head_norm: bool = True
+    r: int = field(
+        default=16,
+        metadata={"flag": "--lora", "metavar": "RANK", "help": "train LoRA adapters of this rank (alpha 2 x rank) instead of every weight"},
+    )
+    alpha: int = field(default=32, metadata={"flag": None})
+    dropout: float = field(default=0.05, metadata={"flag": None})
+    targets: str = field(default=DEFAULT_LORA_TARGETS, metadata={"flag": None})
+    vision: bool = field(default=False, metadata={"flag": "--lora-vision", "help": "with --lora: adapt the image encoder too"})
+    save_adapter: bool = field(
+        default=False, metadata={"flag": "--save-adapter", "help": "with --lora: also save the adapter alone in OUT/adapter"}
+    )
+    train_head_norm: bool = field(default=True, metadata={"flag": None})
 
     def __post_init__(self):
         check_positive_int("lora r", self.r)
@@ -83,22 +88,27 @@ class LoraOptions:
 class FinetuneOptions:
     """How [`finetune()`][bliptk.training.finetune.finetune] trains (see its arguments)."""
 
-    epochs: int = 5
-    max_steps: int | None = None
-    batch_size: int = 8
-    gradient_accumulation: int = 1
-    lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_steps: int = 0
-    prompt: str = "a picture of "
-    label_smoothing: float = 0.1
-    lora: LoraOptions | None = None
-    freeze_vision: bool = False
-    gradient_checkpointing: bool = False
-    dtype: str | None = None
-    seed: int = 0
-    save_steps: int | None = None
-    keep_checkpoints: int = 1
+    epochs: int = field(default=5, metadata={"help": "passes over the training data"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps (default: the epochs decide)"})
+    batch_size: int = field(default=8, metadata={"help": "images per step, per process"})
+    gradient_accumulation: int = field(default=1, metadata={"help": "batches per optimizer step"})
+    lr: float = field(default=1e-5, metadata={"help": "peak learning rate (BLIP's for ViT-B/16; 2e-6 for ViT-L/16)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW's weight decay"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up before the cosine schedule"})
+    prompt: str = field(default="a picture of ", metadata={"help": "the prompt, masked from the loss, which the model captions after"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the loss"})
+    lora: LoraOptions | None = field(default=None, metadata={"flag": None})  # --lora RANK and its companions, below
+    freeze_vision: bool = field(default=False, metadata={"help": "train the text decoder only"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in the backward pass: less memory, more time"}
+    )
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "float32 (default), bfloat16 autocast, float16 (GPUs)", "choices": ("float32", "bfloat16", "float16")},
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the data order, dropout and LoRA's initial adapters"})
+    save_steps: int | None = field(default=None, metadata={"help": "a checkpoint every this many steps (default: each epoch)"})
+    keep_checkpoints: int = field(default=1, metadata={"help": "the newest checkpoints kept on disk, besides the best"})
 
     def __post_init__(self):
         check_positive_int("epochs", self.epochs)

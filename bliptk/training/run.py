@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ..core.decoding import paper_decoding
 from ..core.errors import BliptkError, DataWarning, InputError, OutputError, first_line
 from ..core.quiet import no_transformers_bars, quiet_loggers, stderr_of_children_kept
 from ..model.loading import CAPTIONING_FILE
@@ -463,8 +464,7 @@ def _caption_metrics(captioner, val: CaptionPairs, prompt: str):
     from ..model.captioner import Captioner
     from ..model.image_encoder import ImageEncoder
 
-    prompt_tokens = len(captioner.tokenizer.encode(prompt))
-    decoding: dict = {"num_beams": 3, "max_new_tokens": max(1, 20 - prompt_tokens), "min_new_tokens": max(0, 5 - prompt_tokens)}
+    decoding = paper_decoding(captioner.tokenizer, prompt)
     images = {image_key(image): image for image in val.images}
     # An image that does not decode is named, and neither captioned nor among the references.
     references = {key: captions for key, captions in val.references().items() if _decodes(images[key])}
@@ -483,7 +483,7 @@ def _caption_metrics(captioner, val: CaptionPairs, prompt: str):
                 net, captioner.tokenizer, ImageEncoder(net.vision_model, captioner.preprocessor), captioner.name, captioner.weights
             )
             with torch.inference_mode():
-                captions = current.caption([images[key] for key in keys], prompt, **decoding)
+                captions = current.caption([images[key] for key in keys], options=decoding)
         finally:
             if merged:
                 model.unmerge_adapter()

@@ -1,0 +1,58 @@
+"""Integrated Gradients (Sundararajan et al. 2017, through ``captum``) on the patch embeddings, from patches of zeros, summed per patch. ``ig_steps`` forward and backward passes of the whole model per token."""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.optional import optional
+from .passes import Maps, Target, Visual, stacked, token_logprobs
+
+__all__ = ["integrated_gradients"]
+
+
+# What one integrated-gradients batch may keep for its backward pass: as many images (frames) as fit
+# go through the encoder together (ViT-B/16: 2, ViT-L/16: 1), whatever ig_steps is.
+_IG_GRAPH_BYTES = 3 * 2**30
+
+
+def integrated_gradients(captioner, visual: Visual, target: Target, layer: int | None, options) -> Maps:
+    optional("captum")
+    from captum.attr import IntegratedGradients
+
+    encoder = captioner.image_encoder
+    frames = visual.pixels.shape[0]
+    with torch.no_grad():
+        patches = encoder.patch_embeddings(visual.pixels)  # (F, grid**2, D)
+
+    def logprobs_of(batch: torch.Tensor) -> torch.Tensor:  # (B, F, grid**2, D) -> (B, T)
+        features = encoder.run(None, patches=batch.flatten(0, 1))
+        pooled = features.view(batch.shape[0], frames, *features.shape[1:]).float().mean(dim=1)
+        return token_logprobs(captioner, pooled, target)
+
+    integrated = IntegratedGradients(logprobs_of)
+    inputs = patches.unsqueeze(0)
+    rows, gaps = [], []
+    with torch.enable_grad():
+        for token in range(len(target.token_ids)):
+            attributions, gap = integrated.attribute(
+                inputs,
+                baselines=torch.zeros_like(inputs),
+                target=token,
+                n_steps=options.ig_steps,
+                internal_batch_size=max(1, _images_at_once(encoder) // frames),
+                return_convergence_delta=True,
+            )
+            rows.append(attributions[0].float().sum(dim=(0, 2)))  # over frames and channels: (grid**2,)
+            gaps.append(gap.reshape(()).float())
+    return Maps(stacked(rows, patches.shape[1]), {"completeness_gap": stacked(gaps, None)})
+
+
+def _images_at_once(encoder) -> int:
+    """How many images' encoder graphs fit in ``_IG_GRAPH_BYTES``: per layer, each
+    head's attention probabilities and their scores ``(N, N)``, and about 48 activations ``(N, D)``
+    of 4 bytes (a measured upper bound of what autograd keeps)."""
+    tokens, width = encoder.feature_shape
+    layers = len(encoder.vision_model.encoder.layers)
+    heads = encoder.vision_model.encoder.layers[0].self_attn.num_heads
+    per_image = layers * 4 * (2 * heads * tokens**2 + 48 * tokens * width)
+    return max(1, _IG_GRAPH_BYTES // per_image)

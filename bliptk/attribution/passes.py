@@ -1,0 +1,227 @@
+"""What every explanation method shares: the caption being explained as the decoder reads it
+teacher-forced ([`Target`][bliptk.attribution.passes.Target]), the image or video as the encoder reads
+it ([`Visual`][bliptk.attribution.passes.Visual]), the passes through the model that keep what the
+methods need, and the form of a method's result ([`Maps`][bliptk.attribution.passes.Maps]).
+
+A method is a function ``(captioner, visual, target, layer, options) -> Maps``; its maps are the
+patch scores of each caption token, ``(T, N - 1)``, and its extra outputs go in ``Maps.extras``
+(named arrays, which the [`Explanation`][bliptk.attribution.explanation.Explanation] keeps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core import pipeline
+from ..core.decoding import Caption, DecodingOptions, prompt_ids
+from ..core.errors import InvalidOptionError, PromptWarning, option_error
+from ..core.video import VideoFrames, VideoOptions, is_video, video_frames
+from ..model.text_decoder import DecoderAttentions, GrowingCache
+
+__all__ = [
+    "Maps",
+    "Target",
+    "Visual",
+    "encoded",
+    "explained_target",
+    "grid_of",
+    "kept_pass",
+    "pixels_fingerprint",
+    "stacked",
+    "token_logprobs",
+    "visual_input",
+]
+
+
+@dataclass
+class Maps:
+    """A method's result.
+
+    Attributes:
+        patches: ``(T, N - 1)`` the patch scores of each caption token.
+        extras: Named extra outputs (``"text_relevance"``, ``"completeness_gap"``), tensors.
+    """
+
+    patches: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The caption being explained, as the decoder reads it teacher-forced.
+
+    Attributes:
+        prompt: The prompt text.
+        prompt_ids: ``[DEC]`` and the prompt's ids (P of them).
+        token_ids: The caption's ids (T of them), each predicted at position ``P - 1 + t``.
+        text: The caption, prompt included.
+    """
+
+    prompt: str
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str
+
+    @property
+    def sequence(self) -> list[int]:
+        """The decoder's input, ``P + T`` ids."""
+        return self.prompt_ids + self.token_ids
+
+    @property
+    def positions(self) -> list[int]:
+        """The position that predicts each caption token."""
+        return [len(self.prompt_ids) - 1 + t for t in range(len(self.token_ids))]
+
+
+@dataclass
+class Visual:
+    """An image, or a video's frames, as the image encoder takes them.
+
+    Attributes:
+        pixels: ``(F, 3, S, S)`` preprocessed frames (F = 1 for an image).
+        video: Whether it is a video, whose features are its frames' mean.
+        features: The pooled features ``(1, N, D)``, once [`encoded()`][bliptk.attribution.explanation.encoded] has computed them.
+    """
+
+    pixels: torch.Tensor
+    video: bool
+    features: torch.Tensor | None = None
+
+
+def visual_input(captioner, image, video_options: VideoOptions) -> Visual:
+    """What the encoder reads of an image or video (as ``caption`` recognises videos).
+
+    Raises:
+        InvalidOptionError: A video with ``pooling="concat"``: explanations map the grid of the
+            pooled features.
+    """
+    if not is_video(image):
+        return Visual(captioner.preprocessor(image), video=False)
+    if video_options.pooling != "mean":
+        raise option_error("explanations need a video's mean features (pooling='mean'), whose patches form one grid", "pooling")
+    frames = image if isinstance(image, VideoFrames | list | tuple) else video_frames(image, video_options.num_frames)
+    if not frames:
+        raise InvalidOptionError("a video needs at least one frame")
+    return Visual(captioner.preprocessor(list(frames)), video=True)
+
+
+def explained_target(captioner, visual: Visual, caption, prompt: str | None, options: DecodingOptions, decoding_given: bool) -> Target:
+    """The caption to explain: a [`Caption`][bliptk.core.decoding.Caption] (along its own prompt), a string
+    (teacher-forced after the prompt; a string that starts with the prompt is taken whole), or None
+    (captioned now, with ``options``)."""
+    tokenizer = captioner.tokenizer
+    if isinstance(caption, Caption):
+        if decoding_given:
+            raise InvalidOptionError("decoding options apply when explain captions the image itself (caption=None), not to a given Caption")
+        if prompt is not None and prompt != caption.prompt:
+            raise option_error(f"the caption was made from the prompt {caption.prompt!r}, not {prompt!r}; drop prompt=", "prompt")
+        ids = prompt_ids(tokenizer, caption.prompt, len(caption.token_ids), captioner.max_positions)
+        return Target(caption.prompt, ids, list(caption.token_ids), caption.text)
+    prompt_text = pipeline.request_prompt(prompt, options, visual.video)
+    if caption is None:
+        features = encoded(captioner, visual).numpy()
+        captions = pipeline.caption_features(captioner, features, options, [prompt_text])
+        if len(captions) != 1:
+            raise option_error("explain explains one caption: num_return_sequences must be 1", "num_return_sequences")
+        return explained_target(captioner, visual, captions[0], None, options, False)
+    if not isinstance(caption, str):
+        raise InvalidOptionError(f"caption must be a Caption, a string or None, got {type(caption).__name__}")
+    if decoding_given:
+        raise InvalidOptionError("decoding options apply when explain captions the image itself (caption=None), not to a given caption")
+    words = tokenizer.encode(caption)[1:]
+    ids = prompt_ids(tokenizer, prompt_text, 0, captioner.max_positions)
+    if len(ids) > 1 and words[: len(ids) - 1] == ids[1:]:  # the caption as Caption.text gives it: the prompt first
+        words = words[len(ids) - 1 :]
+    if not words:
+        raise InvalidOptionError(f"the caption {caption!r} has no tokens after the prompt {prompt_text!r} to explain")
+    if len(ids) + len(words) > captioner.max_positions:
+        raise InvalidOptionError(
+            f"the caption has {len(words)} tokens; after the prompt's {len(ids)} positions the decoder has room for "
+            f"{captioner.max_positions - len(ids)}: explain a shorter caption"
+        )
+    unknown = tokenizer.unknown_text(caption)
+    if unknown:
+        import warnings
+
+        warnings.warn(
+            f"caption {caption!r} has text outside BLIP's vocabulary, explained as [UNK]: {', '.join(map(repr, unknown))}",
+            PromptWarning,
+            stacklevel=3,
+        )
+    return Target(prompt_text, ids, words, tokenizer.decode(ids[1:] + words).strip())
+
+
+def pixels_fingerprint(pixels: torch.Tensor) -> str:
+    """A hash of preprocessed frames ``(F, 3, S, S)`` (16 hex digits): which image or video an
+    explanation is of. Of the distinct frames: a video of one picture repeated is that picture."""
+    distinct = torch.unique(pixels.detach().float().cpu(), dim=0)
+    return hashlib.sha256(distinct.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def encoded(captioner, visual: Visual, batch_size: int = 8) -> torch.Tensor:
+    """The pooled image features ``(1, N, D)`` (float32, no graph): an image's, or the mean of a
+    video's frames'. Computed once per [`Visual`][bliptk.attribution.explanation.Visual] (captioning it first and explaining it share them)."""
+    if visual.features is None:
+        encoder = captioner.image_encoder
+        with torch.no_grad():
+            total = sum(encoder.run(chunk).float().sum(0, keepdim=True) for chunk in visual.pixels.split(batch_size))
+        assert isinstance(total, torch.Tensor)
+        visual.features = total / visual.pixels.shape[0]
+    return visual.features.detach().clone()
+
+
+def token_logprobs(captioner, features: torch.Tensor, target: Target, attentions: DecoderAttentions | None = None) -> torch.Tensor:
+    """y_t = log p(w_t) of every caption token, teacher-forced: ``(B, T)`` for features ``(B, N, D)``.
+
+    One pass of the decoder over the prompt and the caption ([`TextDecoder.run()`][bliptk.model.text_decoder.TextDecoder.run]); with
+    ``attentions``, it keeps every layer's attention probabilities (in the graph, when the
+    features or the weights carry one).
+    """
+    decoder = captioner.text_decoder
+    rows = features.shape[0]
+    features = features.to(device=decoder.device, dtype=decoder.dtype)
+    ids = torch.tensor([target.sequence] * rows, device=decoder.device)
+    keys, values = decoder.cross_keys_values(features)
+    nothing = features.new_zeros(rows, decoder.num_heads, 0, decoder.head_dim)
+    cache = GrowingCache([nothing] * len(keys), [nothing] * len(keys))
+    logits = decoder.run(ids, 0, cache, keys, values, attentions=attentions)
+    start = len(target.prompt_ids) - 1
+    logprobs = torch.log_softmax(logits[:, start : start + len(target.token_ids)].float(), dim=-1)
+    chosen = torch.tensor(target.token_ids, device=decoder.device).view(1, -1, 1).expand(rows, -1, 1)
+    return logprobs.gather(-1, chosen).squeeze(-1)
+
+
+@dataclass
+class Pass:
+    """One teacher-forced pass kept for gradients: the features (a leaf), y ``(T,)``, and the
+    decoder's attention probabilities."""
+
+    features: torch.Tensor
+    logprobs: torch.Tensor
+    attentions: DecoderAttentions
+
+
+def kept_pass(captioner, visual: Visual, target: Target) -> Pass:
+    features = encoded(captioner, visual).requires_grad_(True)  # gradients flow into the image from here
+    attentions = DecoderAttentions()
+    with torch.enable_grad():
+        logprobs = token_logprobs(captioner, features, target, attentions)[0]
+    return Pass(features, logprobs, attentions)
+
+
+def grid_of(features: int) -> int:
+    grid = math.isqrt(features - 1)
+    if grid * grid != features - 1:
+        raise InvalidOptionError(f"{features} image features are not 1 + a square grid of patches")
+    return grid
+
+
+def stacked(rows: list[torch.Tensor], width: int | None) -> torch.Tensor:
+    """Rows stacked, detached; ``(0, width)`` for none (a caption of no tokens)."""
+    if rows:
+        return torch.stack([row.detach().float().cpu() for row in rows])
+    return torch.zeros((0,) if width is None else (0, width))
