@@ -5,6 +5,7 @@ written out from the papers (LAVIS's compute_gradcam, Chefer et al. 2021, Abnar 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 import sys
 
 import numpy as np
@@ -352,3 +353,77 @@ def test_a_list_of_images_gets_one_explanation_each(tiny, photos):
     assert [e.text for e in bliptk.explain(tiny, photos[:2], ["a dog", "a cat"])] == ["a photography of a dog", "a photography of a cat"]
     with pytest.raises(bliptk.InvalidOptionError, match="1 captions for 2 images"):
         bliptk.explain(tiny, photos[:2], ["a dog"])
+
+
+@dataclass(frozen=True)
+class _CentreOptions:
+    width: float = field(default=0.25, metadata={"help": "the bump's width, a fraction of the image"})
+
+
+def _centre(captioner, visual, target, layer, options) -> passes.Maps:
+    """A toy method: every token's map is a bump at the image centre, scaled by its 1-based layer."""
+    grid = passes.grid_of(passes.encoded(captioner, visual).shape[1])
+    axis = (torch.arange(grid) + 0.5) / grid - 0.5
+    bump = torch.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * options.width**2)).flatten() * (layer + 1)
+    return passes.Maps(passes.stacked([bump for _ in target.token_ids], grid * grid), {"layer_used": torch.tensor([layer])})
+
+
+@pytest.fixture
+def centre_method():
+    registry.register_method(
+        registry.ExplanationMethod("centre", "centre bump", _centre, layer="last", options=_CentreOptions, cost="instant")
+    )
+    yield registry.METHODS["centre"]
+    del registry.METHODS["centre"]
+
+
+def test_a_registered_method_is_found_by_explain_the_cli_and_the_explorer(centre_method, tiny, photos, tmp_path, capsys):
+    from bliptk.cli.main import main
+    from bliptk.notebook.widgets import AttentionExplorer
+
+    caption = tiny.caption(photos[0], max_new_tokens=3)
+    explanation = bliptk.explain(tiny, photos[0], caption, method="centre", layer=0, width=0.5)
+    assert "centre" in bliptk.EXPLANATION_METHODS and registry.METHOD_NAMES["centre"] == "centre bump"
+    assert explanation.maps.shape == (3, 6, 6) and explanation.layer == 0 and explanation.extras["layer_used"].tolist() == [0]
+    assert np.isclose(explanation.maps[0, 2, 2], explanation.maps[0].max()) and explanation.provenance["width"] == 0.5
+    assert bliptk.explain(tiny, photos[0], caption, method="centre").layer == 1  # "last" of the tiny net's 2 layers
+    with pytest.raises(InvalidOptionError, match="width applies to the centre method, not gradcam"):
+        bliptk.explain(tiny, photos[0], caption, width=0.5)
+
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "centre: centre bump (instant)" in help_text
+        and "--width WIDTH" in help_text
+        and "decoder layer of attention, gradcam, centre" in help_text
+    )
+    out = tmp_path / "centre.png"
+    assert (
+        main(
+            [
+                "explain",
+                str(photos[0]),
+                "--model",
+                "tiny",
+                "--method",
+                "centre",
+                "--width",
+                "0.5",
+                "--max-new-tokens",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert out.exists()
+
+    view = AttentionExplorer(tiny, photos[0], max_new_tokens=3)
+    assert ("centre bump (instant)", "centre") in view.method.options
+    view.method.value = "centre"
+    assert not view.layer.disabled and view.method_controls["centre"]["width"].layout.display is None
+    assert view.method_controls["integrated_gradients"]["ig_steps"].layout.display == "none"
+    view.method_controls["centre"]["width"].value = 0.5
+    np.testing.assert_allclose(view.explanation.maps, explanation.maps * 2)  # the explorer's default layer is the last

@@ -64,7 +64,8 @@ class ExplanationMethod:
     Attributes:
         name: Its name (``method=``, ``--method``).
         title: Its name in figures and selectors (``"Grad-CAM"``).
-        implementation: ``"module:function"`` of its maps, imported when it first explains.
+        implementation: Its maps' function, or ``"module:function"`` to import it when it first
+            explains (so that the table stays importable without torch).
         layer: Which decoder layer it takes by default: ``"last"``, ``"middle"``, or None for a
             method that uses every layer (and takes none).
         gradients: It follows gradients (so an int8 decoder, which has none, cannot be explained by it).
@@ -75,7 +76,7 @@ class ExplanationMethod:
 
     name: str
     title: str
-    implementation: str
+    implementation: str | Callable[..., Any]
     layer: str | None = None
     gradients: bool = False
     options: type = NoOptions
@@ -86,6 +87,8 @@ class ExplanationMethod:
         return self.layer is not None
 
     def function(self) -> Callable[..., Any]:
+        if callable(self.implementation):
+            return self.implementation
         module, _, name = self.implementation.partition(":")
         return getattr(importlib.import_module(module), name)
 

@@ -88,6 +88,30 @@ def _option_controls() -> dict:
     return controls
 
 
+def _method_label(method) -> str:
+    """A method's entry in the explorer's selector: its title, and its cost where it is slow."""
+    return f"{method.title} ({method.cost})" if method.cost else method.title
+
+
+_FIELD_WIDGETS = {int: "BoundedIntText", float: "FloatText", bool: "Checkbox", str: "Text"}
+
+
+def _method_option_controls(options_class) -> dict:
+    """One widget per field of an explanation method's options dataclass, at the field's default:
+    a number box for numbers (bounded below by the field's ``min`` metadata), a checkbox for
+    switches, a text box for text. A method registered with new options gets its controls here."""
+    defaults = options_class()
+    controls = {}
+    for option in fields(options_class):
+        default = getattr(defaults, option.name)
+        kind = _FIELD_WIDGETS.get(type(default), "Text")
+        limits = {"min": option.metadata.get("min", 1), "max": 10**6} if kind == "BoundedIntText" else {}
+        control = getattr(w, kind)(value=default, description=option.name.replace("_", " "), continuous_update=False, **limits)
+        control.tooltip = option.metadata.get("help", "")
+        controls[option.name] = control
+    return controls
+
+
 # Display sizes: the controls' column, and the box a picture or chart is drawn in. The output sits
 # beside the controls where there is room for both, and below them where there is not (a narrow
 # notebook, a sidebar open), never squeezed under MIN_OUTPUT_WIDTH.
@@ -356,11 +380,14 @@ class CaptionExplorer(_Explorer):
 class AttentionExplorer(_Explorer):
     """Browse where each token of a caption looked, and why it was chosen.
 
-    The method selector switches between the caption's cross-attention (the page's maps, with the
-    layer and head selectors) and the explanations of [`explain()`][bliptk.attribution.explanation.explain]: Grad-CAM at the chosen
-    layer (the default, the middle one, for "all"), relevance, rollout and integrated gradients
-    over every layer. Each explanation is computed once, when first chosen, while a busy indicator
-    shows; the selectors a method ignores are disabled.
+    The method selector lists every registered explanation method
+    ([`bliptk.attribution.registry`][bliptk.attribution.registry]), the slow ones marked: the
+    caption's cross-attention (the page's maps, with the layer and head selectors), and the
+    explanations of [`explain()`][bliptk.attribution.explanation.explain]: Grad-CAM at the chosen
+    layer (its default, the middle one, for "all"), relevance, rollout and integrated gradients
+    over every layer. A method's own options (integrated gradients' steps) show while it is
+    selected. Each explanation is computed once per layer and options, when first chosen, while a
+    busy indicator shows; the selectors a method ignores are disabled.
 
     Args:
         captioner: A [`Captioner`][bliptk.model.captioner.Captioner].
@@ -375,18 +402,20 @@ class AttentionExplorer(_Explorer):
     """
 
     def __init__(self, captioner, image, prompt: str | None = None, **decoding_options):
-        from ..attribution.registry import EXPLANATION_METHODS, METHOD_NAMES
+        from ..attribution.registry import METHODS
 
         self.captioner = captioner
         self.picture = load_image(image)
         self.caption = captioner.caption(self.picture, prompt, return_attention=True, **decoding_options)
         layers, heads = self.caption.cross_attention.shape[1:3]
-        self.method = w.Dropdown(options=[(METHOD_NAMES[m], m) for m in EXPLANATION_METHODS], value="attention", description="method")
+        self.method = w.Dropdown(options=[(_method_label(m), m.name) for m in METHODS.values()], value="attention", description="method")
         self.token = w.IntSlider(value=0, min=0, max=max(0, len(self.caption.tokens) - 1), description="token", continuous_update=False)
         self.layer = w.Dropdown(options=[("all", ALL_LAYERS)] + [(str(i), i) for i in range(layers)], value=layers - 1, description="layer")
         self.heads = w.Dropdown(
             options=[("mean", "mean"), ("max", "max")] + [(str(i), i) for i in range(heads)], value="mean", description="heads"
         )
+        # Each method's own options (integrated gradients' steps), shown while it is selected.
+        self.method_controls = {m.name: _method_option_controls(m.options) for m in METHODS.values()}
         self.busy = _busy_indicator()
         self.label = w.HTML()
         self.view = _picture()
@@ -395,10 +424,12 @@ class AttentionExplorer(_Explorer):
         self._explanations: dict = {}
         self._update = _Latest(self.update)
         self.token.observe(lambda change: self.update(), names="value")
-        for control in (self.method, self.layer, self.heads):
+        own = [control for controls in self.method_controls.values() for control in controls.values()]
+        for control in (self.method, self.layer, self.heads, *own):
             control.observe(self._changed, names="value")
         caption = w.HTML(_caption_html(self.caption.text))
-        self.widget = _two_columns([caption, self.method, self.token, self.layer, self.heads, self.busy, self.label], [self.view])
+        column = [caption, self.method, *own, self.token, self.layer, self.heads, self.busy, self.label]
+        self.widget = _two_columns(column, [self.view])
         self._enable()
         self.update()
 
@@ -408,11 +439,20 @@ class AttentionExplorer(_Explorer):
         layer = list(range(layers)) if self.layer.value == ALL_LAYERS else self.layer.value
         return {"layer": layer, "heads": self.heads.value}
 
+    def method_options(self) -> dict:
+        """The selected method's own options, as its controls say (keywords of ``explain``)."""
+        return {name: control.value for name, control in self.method_controls[self.method.value].items()}
+
     def _enable(self) -> None:
-        """Disable the selectors the method ignores: heads unless attention, the layer unless
-        attention or Grad-CAM."""
+        """Disable the selectors the method ignores (heads unless attention, the layer unless the
+        method takes one) and show only the selected method's own options."""
+        from ..attribution.registry import METHODS
+
         self.heads.disabled = self.method.value != "attention"
-        self.layer.disabled = self.method.value not in ("attention", "gradcam")
+        self.layer.disabled = not METHODS[self.method.value].takes_layer
+        for name, controls in self.method_controls.items():
+            for control in controls.values():
+                control.layout.display = None if name == self.method.value else "none"
 
     def _changed(self, change) -> None:
         self._enable()
@@ -420,16 +460,20 @@ class AttentionExplorer(_Explorer):
         self._update()
 
     def _explained(self):
-        """The selected method's explanation of the caption, computed once; None for attention."""
+        """The selected method's explanation of the caption, computed once per layer and options;
+        None for attention (drawn from the caption's own cross-attention, with the head selector)."""
         from ..attribution.explanation import explain
+        from ..attribution.registry import METHODS
 
         method = self.method.value
         if method == "attention":
             return None
-        layer = None if method != "gradcam" or self.layer.value == ALL_LAYERS else self.layer.value
-        if (method, layer) not in self._explanations:
-            self._explanations[method, layer] = explain(self.captioner, self.picture, self.caption, method=method, layer=layer)
-        return self._explanations[method, layer]
+        layer = None if not METHODS[method].takes_layer or self.layer.value == ALL_LAYERS else self.layer.value
+        options = self.method_options()
+        key = (method, layer, tuple(sorted(options.items())))
+        if key not in self._explanations:
+            self._explanations[key] = explain(self.captioner, self.picture, self.caption, method=method, layer=layer, **options)
+        return self._explanations[key]
 
     def update(self) -> None:
         """Redraw the selected token's map (computing the selected explanation first, once)."""
