@@ -70,7 +70,7 @@ def throughput(paths: dict, photos: list) -> None:
 
 def teacher_forced(runner, pixels: np.ndarray, sequences: np.ndarray, prompt_length: int) -> np.ndarray:
     """Log-probabilities of each next token along ``sequences``, one step at a time: (B, T, V)."""
-    from bliptk.core.decoding import log_softmax
+    from bliptk.core.score_filters import log_softmax
 
     decoder = runner.decoder
     state = decoder.start(decoder.image_keys_values(runner.encode(pixels)), sequences.shape[1], None, np.arange(len(sequences)))

@@ -8,6 +8,7 @@ from .attribution.explanation import Explanation, explain
 from .attribution.faithfulness import Faithfulness, faithfulness, plot_faithfulness
 from .attribution.registry import EXPLANATION_METHODS
 from .captioning.folder import BatchStatus, caption_files
+from .captioning.runtimes import LoadOptions, load
 from .core.decoding import DEFAULT_PROMPT, Caption, DecodingOptions
 from .core.errors import (
     BliptkError,
@@ -40,7 +41,6 @@ from .core.models import ModelSpec, available_models
 from .core.pipeline import TimelineSegment, caption_timeline
 from .core.preprocess import load_image
 from .core.provenance import Weights
-from .core.runtimes import LoadOptions, load
 from .core.video import DEFAULT_VIDEO_PROMPT, VideoFrames, VideoInfo, VideoOptions, is_video, plot_video_frames, video_frames, video_info
 from .model.attention import (
     attention_entropy,

@@ -71,9 +71,10 @@ MOVED_NAMES = {
     "CaptionBackend": "bliptk.captioning.backend",
     "Tokenizer": "bliptk.core.tokenizer",
     "load_tokenizer": "bliptk.core.tokenizer",
-    "Preprocessor": "bliptk.core.preprocess",
+    # 0.2's Preprocessor gave torch tensors; the torch-free core's gives NumPy arrays.
+    "Preprocessor": "bliptk.model.image_encoder:TensorPreprocessor",
 }
-"""Each name that left the top level in 0.3 and the module that has it."""
+"""Each name that left the top level in 0.3 and where it is: ``module`` (the same name) or ``module:name``."""
 
 # bliptk.onnx was a package of the export and the runner: it is both runtimes' halves now.
 _ONNX = "bliptk.onnx"
@@ -145,8 +146,9 @@ def top_level(name: str):
     """What ``bliptk.<name>`` gives for a name 0.3 moved: an old module (imported from its new
     path), a name that left the top level, or a subpackage; None for any other name."""
     if name in MOVED_NAMES:
-        _warn(f"bliptk.{name}", f"{MOVED_NAMES[name]}.{name}")
-        return getattr(importlib.import_module(MOVED_NAMES[name]), name)
+        module, _, new_name = MOVED_NAMES[name].partition(":")
+        _warn(f"bliptk.{name}", f"{module}.{new_name or name}")
+        return getattr(importlib.import_module(module), new_name or name)
     if f"bliptk.{name}" in MOVED_MODULES or f"bliptk.{name}" == _ONNX:
         return importlib.import_module(f"bliptk.{name}")
     if name in ("core", "store", "captioning", "analysis", "model", "exported", "attribution", "training", "notebook", "cli", "version"):

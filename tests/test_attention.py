@@ -8,6 +8,7 @@ from PIL import Image
 
 import bliptk
 from bliptk.cli.main import main
+from bliptk.model.loading import blip_config
 
 
 def _transformers_cross_attention(captioner, features, caption):
@@ -31,6 +32,55 @@ def test_captured_weights_equal_transformers(model, photos, request):
     for row, caption in enumerate(captions):
         assert caption.cross_attention.shape[0] == len(caption.token_ids) > 0
         expected = _transformers_cross_attention(captioner, features[row : row + 1], caption)
+        torch.testing.assert_close(caption.cross_attention, expected, atol=1e-5, rtol=0)
+
+
+def _transformers_beam_attention(captioner, pixel_values, max_new_tokens: int, num_beams: int):
+    """The best beam of transformers' ``generate(num_beams=..., output_attentions=True)``: its
+    generated ids (up to [SEP]) and, for each, the cross-attention of the beam row that produced
+    it at that step ``(T, L, H, N)``, followed back through ``beam_indices``. ``generate`` keeps no
+    cross-attention for a decoder-only model, so a hook collects what each of its forward passes
+    returned, rows in the order ``beam_indices`` counts them."""
+    from bliptk.core.tokenizer import CLS_TOKEN_ID, SEP_TOKEN_ID
+
+    prompt_ids = captioner.tokenizer.encode("a photography of")[1:]
+    steps = []
+    hook = captioner.model.text_decoder.register_forward_hook(lambda module, args, output: steps.append(output.cross_attentions))
+    try:
+        with torch.inference_mode():
+            output = captioner.model.generate(
+                pixel_values=pixel_values,
+                input_ids=torch.tensor([[CLS_TOKEN_ID, *prompt_ids, SEP_TOKEN_ID]]),
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                output_attentions=True,
+                return_dict_in_generate=True,
+            )
+    finally:
+        hook.remove()
+    generated = output.sequences[0, 1 + len(prompt_ids) :].tolist()
+    generated = generated[: generated.index(SEP_TOKEN_ID)] if SEP_TOKEN_ID in generated else generated
+    beam_rows = output.beam_indices[0].tolist()
+    attention = [torch.stack([layer[beam_rows[t], :, -1] for layer in steps[t]]) for t in range(len(generated))]
+    if not attention:  # the caption ended at once: no tokens, no attention
+        return generated, torch.zeros((0, *torch.stack([layer[0, :, -1] for layer in steps[0]]).shape))
+    return generated, torch.stack(attention)
+
+
+@pytest.mark.parametrize(
+    "model, boost, max_new_tokens",
+    [("tiny", 0.0, 10), ("tiny", 6.5, 12), pytest.param("vit_b", 0.0, 8, marks=pytest.mark.slow)],
+)
+def test_a_beam_captions_attention_equals_transformers_generate_for_that_beam(model, boost, max_new_tokens, photos, request, sep_likely):
+    # The tiny net's best beam changes parents along the way (beam_indices 0, 2, 2, 2, 2, 1, ...);
+    # with [SEP] raised by 6.5 it ends by [SEP] on the first photo, and at once on the second.
+    captioner = request.getfixturevalue(model) if model == "vit_b" else sep_likely(boost)
+    for photo in photos[:2]:
+        pixel_values = captioner.preprocessor(photo)
+        expected_ids, expected = _transformers_beam_attention(captioner, pixel_values, max_new_tokens, num_beams=3)
+        caption = captioner.caption(photo, num_beams=3, max_new_tokens=max_new_tokens, return_attention=True)
+        assert caption.token_ids == expected_ids
         torch.testing.assert_close(caption.cross_attention, expected, atol=1e-5, rtol=0)
 
 
@@ -60,7 +110,7 @@ def test_vit_l_shapes(photos):
 
 
 def test_grid_follows_the_image_size(tmp_path, photos):
-    config = bliptk.core.models.get_model_spec("tiny").config()
+    config = blip_config(bliptk.core.models.get_model_spec("tiny"))
     config.vision_config.image_size = 160  # 10 x 10 patches of 16 px
     config.save_pretrained(tmp_path)
     captioner = bliptk.load(tmp_path, pretrained=False)

@@ -119,7 +119,7 @@ def test_encode_image_shape_full_size(vit_b, photos):
 
 
 def test_top_k_and_top_p_keep_the_right_tokens():
-    from bliptk.core.decoding import sampling_distribution
+    from bliptk.core.decoding_strategies import sampling_distribution
 
     probabilities = np.array([[0.5, 0.3, 0.15, 0.05]])
     scores = np.log(probabilities)
@@ -131,7 +131,7 @@ def test_top_k_and_top_p_keep_the_right_tokens():
 
 
 def test_a_sample_is_drawn_from_its_distribution():
-    from bliptk.core.decoding import draw
+    from bliptk.core.decoding_strategies import draw
 
     generator = np.random.default_rng(0)
     counts = np.bincount([draw(np.array([0.7, 0.0, 0.3]), generator) for _ in range(4000)], minlength=3)

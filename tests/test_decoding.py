@@ -4,7 +4,7 @@ different lengths in one batch, and the options."""
 import pytest
 
 import bliptk
-from bliptk.core.decoding import decode
+from bliptk.core.decoding_strategies import decode
 from bliptk.model.parity import hf_generate
 
 

@@ -56,10 +56,10 @@ MISTAKES = {
         "the cache holds 1 positions; 2 needed",
     ),
     "net information of a number": (lambda tiny, photos: bliptk.net_information(42), TypeError, "not int"),
-    "a stepper with beams": (
-        lambda tiny, photos: bliptk.Stepper(tiny, photos[0], bliptk.DecodingOptions(num_beams=2)),
+    "a stepper for several captions": (
+        lambda tiny, photos: bliptk.Stepper(tiny, photos[0], bliptk.DecodingOptions(num_beams=2, num_return_sequences=2)),
         ValueError,
-        "not beam search",
+        "the stepper follows one caption: num_return_sequences must be 1, got 2",
     ),
     "nearest images without a captioner": (lambda tiny, photos: bliptk.nearest(photos[0], photos), TypeError, "pass captioner="),
     "a vocabulary that is not BERT's": (

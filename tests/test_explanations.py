@@ -5,8 +5,8 @@ written out from the papers (LAVIS's compute_gradcam, Chefer et al. 2021, Abnar 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest

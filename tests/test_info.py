@@ -4,6 +4,7 @@ from transformers import BlipForConditionalGeneration
 
 import bliptk
 from bliptk.core.models import get_model_spec
+from bliptk.model.loading import blip_config
 
 
 @pytest.fixture(scope="module", params=["ViT-B/16", "ViT-L/16"])
@@ -11,7 +12,7 @@ def full_size(request):
     """The full-size architecture on the meta device (shapes without memory)."""
     spec = get_model_spec(request.param)
     with torch.device("meta"):
-        return spec, BlipForConditionalGeneration(spec.config())
+        return spec, BlipForConditionalGeneration(blip_config(spec))
 
 
 def test_total_counts_shared_arrays_once(full_size):

@@ -5,6 +5,7 @@ from transformers import BlipForConditionalGeneration
 import bliptk
 from bliptk.cli.main import main
 from bliptk.core.models import get_model_spec
+from bliptk.model.loading import blip_config
 
 
 def test_family_table_has_one_row_per_architecture():
@@ -28,7 +29,7 @@ def test_table_prints_and_renders_in_jupyter():
 def test_parameter_count_matches_the_built_architecture(name):
     spec = get_model_spec(name)
     with torch.device("meta"):
-        net = BlipForConditionalGeneration(spec.config())
+        net = BlipForConditionalGeneration(blip_config(spec))
     assert sum(p.numel() for p in net.parameters()) == spec.parameters
 
 

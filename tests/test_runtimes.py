@@ -10,8 +10,8 @@ import shutil
 import pytest
 
 import bliptk
-from bliptk.core import runtimes
-from bliptk.core.runtimes import RUNTIMES, LoadOptions, Runtime, describe, register_runtime, runtime_of
+from bliptk.captioning import runtimes
+from bliptk.captioning.runtimes import RUNTIMES, LoadOptions, Runtime, describe, register_runtime, runtime_of
 
 
 def test_a_checkpoint_loads_into_torch_and_an_export_into_onnx_runtime(tiny_checkpoint, tiny_export, photos):

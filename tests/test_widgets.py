@@ -264,3 +264,40 @@ def test_the_stepper_says_why_it_stopped(tiny, photos, sep_likely):
     while ends.next() is not None:
         pass
     assert ends.button.disabled and ends.status.value == "done: [SEP] was chosen, which ends a caption"
+
+
+@pytest.mark.parametrize(
+    "photo, steps, reason", [(0, 12, "max new tokens (12) reached, where beam search ends"), (2, 2, "no running beam")]
+)
+def test_beam_steps_follow_the_beams_to_the_returned_caption(sep_likely, photos, photo, steps, reason):
+    # [SEP] raised by 6.5: on the first photo the best caption ends by [SEP] after 10 tokens while
+    # beams run on to the limit; on the third the search stops early, none of its beams can win.
+    captioner, options = sep_likely(6.5), bliptk.DecodingOptions(num_beams=3, max_new_tokens=12)
+    expected = captioner.caption(photos[photo], num_beams=3, max_new_tokens=12)
+    stepper = bliptk.Stepper(captioner, photos[photo], options)
+    taken = stepper.run()
+    assert len(taken) == steps and reason in stepper.stop_reason
+    assert stepper.token_ids == expected.token_ids and stepper.text == expected.text and stepper.caption().token_ids == expected.token_ids
+    assert taken[0].input_tokens == ["[DEC]", "a", "photography", "of"] and taken[0].cache_length == 4
+    for index, step in enumerate(taken[:-1]):
+        running = [beam for beam in step.beams if not beam.finished]
+        assert len(running) == 3 and all(len(beam.token_ids) == index + 1 for beam in running)
+        assert [beam.score for beam in running] == sorted((beam.score for beam in running), reverse=True)
+        if not step.finished:  # the best continuation goes on as the best beam
+            assert running[0].token_ids[-1] == step.chosen_id
+    finished = [beam for beam in taken[-1].beams if beam.finished]
+    assert len(finished) == 3 and finished[0].token_ids == expected.token_ids
+
+
+def test_the_step_through_decoder_lists_the_beams(sep_likely, photos):
+    captioner = sep_likely(6.5)
+    expected = captioner.caption(photos[0], num_beams=3, max_new_tokens=12)
+    view = StepThroughDecoder(captioner, photos[0], bliptk.DecodingOptions(num_beams=3, max_new_tokens=12))
+    view.next()
+    # 10 next tokens, then 3 running beams and the caption that ended at once, [SEP] first.
+    assert "beam (&#10003; finished)" in view.state.value and view.state.value.count("<tr>") == 1 + 10 + 1 + 3 + 1
+    assert "<td>&#10003; a photography of</td>" in view.state.value
+    while view.next() is not None:
+        pass
+    assert view.button.disabled and view.status.value.startswith("done: max new tokens (12) reached, where beam search ends")
+    assert html.escape(displayable(expected.text)) in view.caption.value and view.state.value.count("<td>&#10003; ") == 3

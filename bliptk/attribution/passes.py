@@ -20,7 +20,7 @@ from ..core import pipeline
 from ..core.decoding import Caption, DecodingOptions, prompt_ids
 from ..core.errors import InvalidOptionError, PromptWarning, option_error
 from ..core.video import VideoFrames, VideoOptions, is_video, video_frames
-from ..model.text_decoder import DecoderAttentions, GrowingCache
+from ..model.text_decoder import DecoderAttentions, GrowingCache, KeptAttention, Kernels
 
 __all__ = [
     "Maps",
@@ -188,7 +188,8 @@ def token_logprobs(captioner, features: torch.Tensor, target: Target, attentions
     keys, values = decoder.cross_keys_values(features)
     nothing = features.new_zeros(rows, decoder.num_heads, 0, decoder.head_dim)
     cache = GrowingCache([nothing] * len(keys), [nothing] * len(keys))
-    logits = decoder.run(ids, 0, cache, keys, values, attentions=attentions)
+    kernels = Kernels(decoder) if attentions is None else KeptAttention(decoder, attentions)
+    logits = decoder.run(ids, 0, cache, keys, values, kernels=kernels)
     start = len(target.prompt_ids) - 1
     logprobs = torch.log_softmax(logits[:, start : start + len(target.token_ids)].float(), dim=-1)
     chosen = torch.tensor(target.token_ids, device=decoder.device).view(1, -1, 1).expand(rows, -1, 1)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import runtimes
 from ..core.decoding import DecodingOptions
 from ..core.errors import check_positive_int, option_error
 from ..core.files import IMAGE_EXTENSIONS
@@ -28,7 +27,6 @@ from ..core.optional import optional
 from ..core.pipeline import provenance, resolve_options
 from ..core.preprocess import Preprocessor, load_image_bytes
 from ..core.quiet import quiet_loggers
-from ..core.runtimes import LoadOptions
 from ..core.video import VideoOptions
 from ..store.format_parquet import arrow_table
 from ..store.formats import SHARD_FORMATS
@@ -43,8 +41,10 @@ from ..store.records import (
     read_shards,
     record_options,
 )
+from . import runtimes
 from .folder import Prepared, caption_prepared, check_batch_options, expand_inputs, prepare
 from .options import FolderJobOptions, job_options
+from .runtimes import LoadOptions
 
 __all__ = ["ActorPool", "RunSummary", "caption_dataset", "read_output"]
 
@@ -219,7 +219,7 @@ def caption_dataset(
             Videos are captioned from local files.
         output: Folder for the JSONL or Parquet shards (created; reruns add shards).
         model: What each actor loads, once: an architecture name, hub id, checkpoint folder or ONNX
-            export folder, or [`LoadOptions`][bliptk.core.runtimes.LoadOptions]; keywords of
+            export folder, or [`LoadOptions`][bliptk.captioning.runtimes.LoadOptions]; keywords of
             ``LoadOptions`` (``pretrained=False``, ``weights_seed``, ``dtype``, ``compile``:
             each actor compiles its image encoder) replace its fields.
         job: [`FolderJobOptions`][bliptk.captioning.options.FolderJobOptions]: ``batch_size``,
@@ -281,7 +281,7 @@ def caption_dataset(
 
 
 def _load_options(model: str | LoadOptions, keywords: dict) -> tuple[LoadOptions, dict]:
-    """The job's [`LoadOptions`][bliptk.core.runtimes.LoadOptions]: ``model``, with the fields
+    """The job's [`LoadOptions`][bliptk.captioning.runtimes.LoadOptions]: ``model``, with the fields
     ``keywords`` name replaced; the other keywords left."""
     names = {f.name for f in fields(LoadOptions)} - {"model"}
     given = {name: value for name, value in keywords.items() if name in names}

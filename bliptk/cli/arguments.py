@@ -1,6 +1,6 @@
 """What the ``bliptk`` commands share: their exit codes, the parser whose errors are one line, the
 flags built from options dataclasses (decoding, video, folder jobs, fine-tuning, the model's
-[`LoadOptions`][bliptk.core.runtimes.LoadOptions], an explanation method's options), their outputs,
+[`LoadOptions`][bliptk.captioning.runtimes.LoadOptions], an explanation method's options), their outputs,
 and how they load a model."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import re
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from ..captioning.runtimes import RUNTIMES, LoadOptions
 from ..core.decoding import DecodingOptions
 from ..core.errors import InvalidOptionError
 from ..core.models import DEFAULT_MODEL
 from ..core.optional import missing_dependency
-from ..core.runtimes import RUNTIMES, LoadOptions
 from ..store.outputs import Output, claim
 
 __all__ = [
@@ -122,7 +122,7 @@ def options_from(args, options: type = DecodingOptions, **given):
 
 
 def model_arguments(parser: argparse.ArgumentParser, *, runtimes: tuple[str, ...] = ("torch",), dtype: bool = True) -> None:
-    """The model flags, one per field of [`LoadOptions`][bliptk.core.runtimes.LoadOptions] that a
+    """The model flags, one per field of [`LoadOptions`][bliptk.captioning.runtimes.LoadOptions] that a
     runtime the command works with takes (``--model``, ``--random-weights``, ``--device``,
     ``--dtype`` and ``--compile`` (with ``dtype``), ``--threads``...), with the field's help."""
     taken = (
@@ -153,7 +153,7 @@ def model_arguments(parser: argparse.ArgumentParser, *, runtimes: tuple[str, ...
 
 
 def load_options(args) -> LoadOptions:
-    """The [`LoadOptions`][bliptk.core.runtimes.LoadOptions] the model flags give."""
+    """The [`LoadOptions`][bliptk.captioning.runtimes.LoadOptions] the model flags give."""
     given = {
         name: getattr(args, name) for name in ("runtime", "dtype", "device", "compile", "threads") if getattr(args, name, None) is not None
     }
@@ -163,7 +163,7 @@ def load_options(args) -> LoadOptions:
 def load_model(args, runtimes: tuple[str, ...] = ("torch",)):
     """The captioner the model flags name, in the runtime they choose (``bliptk.load``), which must
     be one the command works with (an ONNX export captions only)."""
-    from ..core.runtimes import load, runtime_of
+    from ..captioning.runtimes import load, runtime_of
 
     options = load_options(args)
     runtime = runtime_of(options)

@@ -2,7 +2,7 @@
 caption through Ray Data. Its decoding, video and job flags are the fields of
 [`DecodingOptions`][bliptk.core.decoding.DecodingOptions], [`VideoOptions`][bliptk.core.video.VideoOptions]
 and [`FolderJobOptions`][bliptk.captioning.options.FolderJobOptions]; its model flags,
-[`LoadOptions`][bliptk.core.runtimes.LoadOptions]' (an ONNX export folder too)."""
+[`LoadOptions`][bliptk.captioning.runtimes.LoadOptions]' (an ONNX export folder too)."""
 
 from __future__ import annotations
 

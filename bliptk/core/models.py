@@ -40,11 +40,10 @@ class ModelSpec:
     parameters: int
     description: str
 
-    def config(self):
-        """The architecture's ``transformers.BlipConfig`` (read from the shipped file)."""
-        from transformers import BlipConfig
-
-        return BlipConfig.from_dict(_config_dict(self.config_asset))
+    def config_dict(self) -> dict:
+        """The architecture's ``config.json`` (the shipped file), as a dict; the torch runtime
+        builds ``transformers.BlipConfig`` from it ([`blip_config()`][bliptk.model.loading.blip_config])."""
+        return _config_dict(self.config_asset)
 
     @property
     def image_size(self) -> int:

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .decoding import DEFAULT_PROMPT, Caption, DecoderBackend, DecodingOptions, decode
+from .decoding import DEFAULT_PROMPT, Caption, DecoderBackend, DecodingOptions
+from .decoding_strategies import decode
 from .errors import InvalidOptionError, RandomWeightsWarning, check_positive_int, option_error
 from .notices import in_notebook
 from .preprocess import Preprocessor
@@ -193,7 +194,7 @@ def request_prompt(text: str | None, options: DecodingOptions, video: bool = Fal
 
 
 def group_captions(decoded: list[Caption], per_request: int) -> list:
-    """[`decode()`][bliptk.core.decoding.decode]'s captions (``per_request`` for each request, together) as one
+    """[`decode()`][bliptk.core.decoding_strategies.decode]'s captions (``per_request`` for each request, together) as one
     entry per request: the caption itself, or with ``per_request`` > 1 (``num_return_sequences``)
     the list."""
     if per_request == 1:
@@ -252,7 +253,7 @@ def caption_features(
     return_attention: bool = False,
 ) -> list[Caption]:
     """Decode captions from image features ``(B, N, D)``: ``B * num_return_sequences`` captions,
-    those of each image together (see [`decode()`][bliptk.core.decoding.decode])."""
+    those of each image together (see [`decode()`][bliptk.core.decoding_strategies.decode])."""
     say_if_random(backend)
     options = own_options(backend, options)
     return decode(backend.decoder, backend.tokenizer, np.asarray(features, dtype=np.float32), options, prompts, return_attention)

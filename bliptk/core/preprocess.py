@@ -173,7 +173,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 @dataclass(frozen=True)
 class Preprocessor:
-    """Image -> normalised ``(3, S, S)`` tensor, BLIP style.
+    """Image -> normalised ``(3, S, S)`` pixels, BLIP style (NumPy; no torch needed).
 
     Attributes:
         image_size: Side of the square the image is resized to (384 for both checkpoints).
@@ -184,6 +184,15 @@ class Preprocessor:
     image_size: int = 384
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
+
+    def __eq__(self, other: object) -> bool:
+        # A runtime's subclass (one giving tensors) does the same preprocessing, so it is equal.
+        if not isinstance(other, Preprocessor):
+            return NotImplemented
+        return (self.image_size, self.mean, self.std) == (other.image_size, other.mean, other.std)
+
+    def __hash__(self) -> int:
+        return hash((self.image_size, self.mean, self.std))
 
     @classmethod
     def from_config(cls, config: dict, image_size: int) -> Preprocessor:
@@ -223,19 +232,19 @@ class Preprocessor:
             "do_normalize": True,
         }
 
-    def __call__(self, images):
+    def __call__(self, images) -> np.ndarray:
         """Preprocess one image or a list of them.
 
         Returns:
-            Pixel values of shape ``(B, 3, S, S)``, a float32 torch tensor (B = 1 for a single
-            image).
+            Pixel values ``(B, 3, S, S)``, a float32 NumPy array (B = 1 for a single image). The
+            torch runtime's preprocessor
+            ([`TensorPreprocessor`][bliptk.model.image_encoder.TensorPreprocessor], a captioner's
+            ``preprocessor``) gives a torch tensor.
         """
-        import torch
-
-        return torch.from_numpy(self.arrays(images))
+        return self.arrays(images)
 
     def arrays(self, images) -> np.ndarray:
-        """Like calling it, as a float32 NumPy array ``(B, 3, S, S)`` (no torch needed)."""
+        """Pixel values ``(B, 3, S, S)`` of one image or a list of them, a float32 NumPy array."""
         if not isinstance(images, (list, tuple)):
             images = [images]
         return np.stack([self.array(load_image(image)) for image in images])

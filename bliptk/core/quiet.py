@@ -10,7 +10,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["no_transformers_bars", "quiet_loggers", "stderr_of_children_kept"]
+__all__ = ["quiet_loggers", "stderr_of_children_kept"]
 
 
 @contextlib.contextmanager
@@ -25,20 +25,6 @@ def quiet_loggers(*names: str, level: int = logging.ERROR) -> Iterator[None]:
     finally:
         for logger, previous in zip(loggers, levels, strict=True):
             logger.setLevel(previous)
-
-
-@contextlib.contextmanager
-def no_transformers_bars() -> Iterator[None]:
-    """Hide ``transformers``' own progress bars (writing and loading weights) while the block runs."""
-    from transformers.utils import logging as transformers_logging
-
-    was_enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            transformers_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager

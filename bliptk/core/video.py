@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -329,50 +330,77 @@ class _Demuxer:
         self.container.close()
 
 
-def _frames_at(path: Path, targets: list[float]):
-    """The frame shown at each target time (the last frame starting at or before it).
+class _FrameWalk:
+    """One forward walk through a video's frames, toward later and later target times.
 
     Decoding never goes back, so no frame is decoded twice: at most one pass over the file,
     whatever its keyframes. Before jumping ahead to a target, a second copy of the file seeks there
     and reads one packet, the keyframe decoding would restart from; decoding jumps (on that copy)
     only when that keyframe lies past the last decoded frame, and otherwise decodes on.
-    Returns distinct frames (as RGB images), their times, and how many frames were decoded.
     """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.current: _Demuxer | None = None  # the copy that decodes
+        self.spare = _Demuxer(path)  # the copy that looks ahead
+        self.shown: tuple[float, Any] | None = None  # the latest decoded (time, frame) at or before the current target
+        self.ahead: tuple[float, Any] | None = None  # a decoded (time, frame) past the current target, not yet shown
+        self.position: float | None = None  # time of the latest decoded frame
+        self.decoded = 0
+
+    def frame_at(self, target: float):
+        """``(time, frame)`` shown at ``target`` (the last frame starting at or before it; the
+        first frame for a target before it), or None for a video with no frame."""
+        if self.position is None or target > self.position:
+            self._jump_toward(target)
+        while self.ahead is not None or self._decode_next():
+            assert self.ahead is not None
+            if self.ahead[0] > target:
+                break
+            self.shown, self.ahead = self.ahead, None
+        return self.shown if self.shown is not None else self.ahead
+
+    def _jump_toward(self, target: float) -> None:
+        """Restart decoding from the keyframe before ``target`` where it lies past the last decoded frame."""
+        found = self.spare.keyframe_before(target)
+        keyframe = found[0] if found is not None else None
+        if self.current is None or (keyframe is not None and (self.position is None or keyframe > self.position)):
+            if self.current is not None:
+                self.current.close()
+            self.current, self.spare = self.spare, _Demuxer(self.path)
+            self.current.decode_from(found[1] if found is not None else None)
+            self.shown = self.ahead = None
+
+    def _decode_next(self) -> bool:
+        """Decode the next frame into ``ahead``; False at the end of the video."""
+        assert self.current is not None and self.current.frames is not None
+        frame = next(self.current.frames, None)
+        if frame is None:
+            return False
+        self.decoded += 1
+        stream = self.current.stream
+        time = _frame_time(frame, stream)
+        if time is None:
+            time = (self.position + 1 / float(stream.average_rate or 25)) if self.position is not None else 0.0
+        self.ahead, self.position = (time, frame), time
+        return True
+
+    def close(self) -> None:
+        for demuxer in (self.current, self.spare):
+            if demuxer is not None:
+                demuxer.close()
+
+
+def _frames_at(path: Path, targets: list[float]):
+    """The frame shown at each target time (the last frame starting at or before it), each decoded
+    once ([`_FrameWalk`][bliptk.core.video._FrameWalk]). Returns distinct frames (as RGB images),
+    their times, and how many frames were decoded."""
     images, times = [], []
-    decoded = 0
-    current: _Demuxer | None = None  # the copy that decodes
-    spare = _Demuxer(path)  # the copy that looks ahead
-    shown = None  # (time, frame): the latest decoded frame at or before the current target
-    ahead = None  # (time, frame): a decoded frame past the current target, not yet shown
-    position: float | None = None  # time of the latest decoded frame
     chosen_pts = None
+    walk = _FrameWalk(path)
     try:
         for target in targets:
-            if position is None or target > position:
-                found = spare.keyframe_before(target)
-                keyframe = found[0] if found is not None else None
-                if current is None or (keyframe is not None and (position is None or keyframe > position)):
-                    if current is not None:
-                        current.close()
-                    current, spare = spare, _Demuxer(path)
-                    current.decode_from(found[1] if found is not None else None)
-                    shown = ahead = None
-            assert current is not None and current.frames is not None
-            stream = current.stream
-            while True:
-                if ahead is None:
-                    frame = next(current.frames, None)
-                    if frame is None:
-                        break
-                    decoded += 1
-                    time = _frame_time(frame, stream)
-                    if time is None:
-                        time = (position + 1 / float(stream.average_rate or 25)) if position is not None else 0.0
-                    ahead, position = (time, frame), time
-                if ahead[0] > target:
-                    break
-                shown, ahead = ahead, None
-            pick = shown if shown is not None else ahead
+            pick = walk.frame_at(target)
             if pick is None:
                 continue
             if pick[1].pts is None or pick[1].pts != chosen_pts:
@@ -380,10 +408,8 @@ def _frames_at(path: Path, targets: list[float]):
                 images.append(_to_image(pick[1]))
                 times.append(pick[0])
     finally:
-        for demuxer in (current, spare):
-            if demuxer is not None:
-                demuxer.close()
-    return images, times, decoded
+        walk.close()
+    return images, times, walk.decoded
 
 
 def is_video(source) -> bool:

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from ..captioning.backend import CaptionBackend
+from ..captioning.runtimes import RUNTIMES, LoadOptions, ModelDescription
 from ..core.decoding import ImageKeysValues
 from ..core.errors import CheckpointError, ExportChangedWarning, InvalidOptionError, first_line, option_error
 from ..core.optional import optional
 from ..core.preprocess import Preprocessor
 from ..core.provenance import Weights
-from ..core.runtimes import RUNTIMES, LoadOptions, ModelDescription
 from ..core.tokenizer import load_tokenizer
 from ..store.outputs import folder_contents
 
@@ -203,8 +203,16 @@ def read_manifest(folder: Path) -> dict:
         CheckpointError: No manifest, not JSON, a field missing or of the wrong type, or an export
             in a newer format.
     """
-    from ..version import __version__
+    manifest = _open_manifest(folder)
+    _check_format(folder, manifest)
+    _check_fields(
+        manifest, lambda what: CheckpointError(f"{folder / 'manifest.json'}: {what}; the export is damaged: export the model again")
+    )
+    return manifest
 
+
+def _open_manifest(folder: Path):
+    """The manifest's JSON value (of any type)."""
     manifest_file = folder / "manifest.json"
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such folder; give the folder bliptk export wrote")
@@ -215,12 +223,14 @@ def read_manifest(folder: Path) -> dict:
             f"export a model with bliptk export --model MODEL --out NEW_FOLDER"
         )
     try:
-        manifest = json.loads(manifest_file.read_bytes().decode("utf-8"))
+        return json.loads(manifest_file.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{manifest_file}: not valid JSON ({error}); export the model again") from None
 
-    def broken(what: str) -> CheckpointError:
-        return CheckpointError(f"{manifest_file}: {what}; the export is damaged: export the model again")
+
+def _check_format(folder: Path, manifest) -> None:
+    """A bliptk export's manifest, in a format this bliptk reads."""
+    from ..version import __version__
 
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
@@ -230,6 +240,10 @@ def read_manifest(folder: Path) -> dict:
             f"{folder}: exported by bliptk {manifest.get('bliptk_version')} in format {manifest['format_version']}, newer than this "
             f"bliptk {__version__} reads ({FORMAT_VERSION}); upgrade bliptk"
         )
+
+
+def _check_fields(manifest: dict, broken) -> None:
+    """Every field present, of its type; ``broken(what)`` makes the error."""
     for expected, section, where in ((_MANIFEST_FIELDS, manifest, ""), (_WEIGHTS_FIELDS, manifest.get("weights"), "weights.")):
         for name, kind in expected.items():
             if not isinstance(section, dict) or name not in section:
@@ -249,7 +263,6 @@ def read_manifest(folder: Path) -> dict:
             raise broken(f"{name} must be a string, not {type(value).__name__}")
     if manifest.get("prompt") is not None and not isinstance(manifest["prompt"], str):
         raise broken(f"prompt must be a string or null, not {type(manifest['prompt']).__name__}")
-    return manifest
 
 
 def _inside(folder: Path, name: str, what: str) -> Path:
@@ -279,7 +292,7 @@ def _inside(folder: Path, name: str, what: str) -> Path:
 
 
 def load_model(options: LoadOptions) -> OnnxCaptioner:
-    """The ONNX runtime's registration entry ([`bliptk.core.runtimes`][bliptk.core.runtimes]): the
+    """The ONNX runtime's registration entry ([`bliptk.captioning.runtimes`][bliptk.captioning.runtimes]): the
     export folder ``options.model``, as [`load()`][bliptk.exported.runtime.load] loads it."""
     return load(options.model, dtype=options.dtype or "float32", threads=options.threads)
 

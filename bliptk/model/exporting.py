@@ -36,7 +36,7 @@ from ..core.optional import optional
 from ..core.quiet import quiet_loggers
 from ..exported.runtime import FORMAT, FORMAT_VERSION, GRAPHS, is_export, load, sha256
 from ..store.outputs import Output, claim, folder_contents, refuse_inside, share, write_folder_whole
-from .text_decoder import GrowingCache
+from .text_decoder import GrowingCache, TracedKernels
 
 __all__ = ["OPSET", "TOLERANCE", "claim_export_folder", "export"]
 
@@ -81,9 +81,8 @@ class _DecoderStep(nn.Module):
 
     def forward(self, input_ids, padding, past_keys: list, past_values: list, cross_keys: list, cross_values: list):
         cache = GrowingCache(past_keys, past_values)
-        logits = self.decoder.run(
-            input_ids, past_keys[0].shape[2], cache, cross_keys, cross_values, padding, traced=True, head_weight=self.head_weight
-        )
+        kernels = TracedKernels(self.decoder, self.head_weight)
+        logits = self.decoder.run(input_ids, past_keys[0].shape[2], cache, cross_keys, cross_values, padding, kernels)
         return (logits, *cache.keys, *cache.values)
 
 

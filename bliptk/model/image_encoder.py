@@ -11,7 +11,20 @@ from torch import nn
 from ..core.preprocess import Preprocessor
 from .compiled import Compiled
 
-__all__ = ["ImageEncoder"]
+__all__ = ["ImageEncoder", "TensorPreprocessor"]
+
+
+class TensorPreprocessor(Preprocessor):
+    """The [`Preprocessor`][bliptk.core.preprocess.Preprocessor] of the torch runtime: called on
+    an image or a list, it gives pixel values ``(B, 3, S, S)`` as a float32 torch tensor."""
+
+    def __call__(self, images) -> torch.Tensor:  # type: ignore[override]
+        return torch.from_numpy(self.arrays(images))
+
+    @classmethod
+    def of(cls, preprocessor: Preprocessor) -> TensorPreprocessor:
+        """The same preprocessing, giving tensors."""
+        return cls(preprocessor.image_size, preprocessor.mean, preprocessor.std)
 
 
 class ImageEncoder(nn.Module):
@@ -25,13 +38,14 @@ class ImageEncoder(nn.Module):
 
     Args:
         vision_model: A ``transformers`` ``BlipVisionModel``.
-        preprocessor: The matching [`Preprocessor`][bliptk.core.preprocess.Preprocessor].
+        preprocessor: The matching [`Preprocessor`][bliptk.core.preprocess.Preprocessor] (kept as
+            a [`TensorPreprocessor`][bliptk.model.image_encoder.TensorPreprocessor]).
     """
 
     def __init__(self, vision_model: nn.Module, preprocessor: Preprocessor):
         super().__init__()
         self.vision_model: Any = vision_model  # transformers' BlipVisionModel (its attributes are not nn.Module's)
-        self.preprocessor = preprocessor
+        self.preprocessor = TensorPreprocessor.of(preprocessor)
         config: Any = vision_model.config
         self.image_size: int = config.image_size
         self.patch_size: int = config.patch_size

@@ -7,11 +7,13 @@ cache; the Hub (unless ``HF_HUB_OFFLINE`` is set). Only safetensors files, or ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,11 @@ from ..core.errors import (
 from ..core.models import _REGISTRY, DEFAULT_MODEL, ModelSpec, find_model_spec
 from ..core.optional import optional
 from ..core.preprocess import Preprocessor
-from ..core.provenance import Weights, weights_fingerprint
+from ..core.provenance import Weights
 from ..core.tokenizer import load_tokenizer
 from .captioner import Captioner
 from .compiled import check_compile_cache
+from .fingerprint import weights_fingerprint
 from .image_encoder import ImageEncoder
 
 __all__ = [
@@ -66,6 +69,27 @@ _DTYPES = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
+
+
+def blip_config(spec: ModelSpec):
+    """An architecture's ``transformers.BlipConfig`` (from its shipped ``config.json``)."""
+    from transformers import BlipConfig
+
+    return BlipConfig.from_dict(spec.config_dict())
+
+
+@contextlib.contextmanager
+def no_transformers_bars() -> Iterator[None]:
+    """Hide ``transformers``' own progress bars (writing and loading weights) while the block runs."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -202,8 +226,6 @@ def _from_pretrained(folder: Path):
     use_safetensors = True if any(folder.glob("*.safetensors")) else None
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # its load report: what it says, bliptk says as an error below
-    from ..core.quiet import no_transformers_bars
-
     try:
         with no_transformers_bars():  # its "Loading weights" bar: bliptk's commands say what they load in their own words
             loaded: Any = BlipForConditionalGeneration.from_pretrained(
@@ -379,7 +401,7 @@ def load(
     spec: ModelSpec | None = find_model_spec(model)
     folder: Path | None = None
     if spec is not None and (not pretrained or spec.hub_id is None):
-        net = _random_net(spec.config(), weights_seed)
+        net = _random_net(blip_config(spec), weights_seed)
         pretrained = False
         logger.info("built %s with random weights (seed %d)", spec.name, weights_seed)
     elif not pretrained:
@@ -480,7 +502,7 @@ def architecture(model: str | os.PathLike = DEFAULT_MODEL):
     check_compile_cache()
     spec = find_model_spec(model)
     if spec is not None:
-        config = spec.config()
+        config = blip_config(spec)
     else:
         folder = Path(model).expanduser()
         config = _folder_config(folder if folder.is_dir() else resolve_checkpoint(model), model)

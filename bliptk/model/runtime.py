@@ -1,5 +1,5 @@
-"""The torch runtime's registration entry ([`bliptk.core.runtimes`][bliptk.core.runtimes]): a model
-described by [`LoadOptions`][bliptk.core.runtimes.LoadOptions], loaded as a
+"""The torch runtime's registration entry ([`bliptk.captioning.runtimes`][bliptk.captioning.runtimes]): a model
+described by [`LoadOptions`][bliptk.captioning.runtimes.LoadOptions], loaded as a
 [`Captioner`][bliptk.model.captioner.Captioner] by [`bliptk.model.loading`][bliptk.model.loading]."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..captioning.runtimes import LoadOptions, ModelDescription
 from ..core.models import find_model_spec
 from ..core.preprocess import Preprocessor
-from ..core.runtimes import LoadOptions, ModelDescription
 from . import loading
 from .captioner import Captioner
 

@@ -33,7 +33,16 @@ from torch import nn
 from ..core.decoding import ImageKeysValues
 from ..core.errors import InvalidOptionError
 
-__all__ = ["DecoderAttentions", "DecoderState", "GrowingCache", "TextDecoder", "split_product_pays"]
+__all__ = [
+    "DecoderAttentions",
+    "DecoderState",
+    "GrowingCache",
+    "KeptAttention",
+    "Kernels",
+    "TextDecoder",
+    "TracedKernels",
+    "split_product_pays",
+]
 
 
 @dataclass
@@ -328,17 +337,12 @@ class TextDecoder(nn.Module):
         end = state.length + input_ids.shape[1]
         if end > state.max_length:
             raise InvalidOptionError(f"the cache holds {state.max_length} positions; {end} needed")
-        result = self.run(
-            input_ids,
-            state.length,
-            state,
-            state.cross_keys,
-            state.cross_values,
-            state.padding,
-            return_cross_attention=return_cross_attention,
-        )
+        kernels = KeptAttention(self, DecoderAttentions(), keep_self=False) if return_cross_attention else Kernels(self)
+        logits = self.run(input_ids, state.length, state, state.cross_keys, state.cross_values, state.padding, kernels)
         state.length = end
-        return result
+        if isinstance(kernels, KeptAttention):
+            return logits, tuple(kernels.attentions.cross_attention)
+        return logits
 
     def run(
         self,
@@ -348,14 +352,11 @@ class TextDecoder(nn.Module):
         cross_keys: list[torch.Tensor],
         cross_values: list[torch.Tensor],
         padding: torch.Tensor | None = None,
-        *,
-        return_cross_attention: bool = False,
-        traced: bool = False,
-        head_weight: torch.Tensor | None = None,
-        attentions: DecoderAttentions | None = None,
-    ):
+        kernels: Kernels | None = None,
+    ) -> torch.Tensor:
         """The decoder's maths for ``S`` new tokens after ``start`` cached positions: one
-        implementation for decoding ([`forward()`][bliptk.model.text_decoder.TextDecoder.forward]) and the ONNX export (which traces it).
+        implementation for decoding ([`forward()`][bliptk.model.text_decoder.TextDecoder.forward]),
+        the ONNX export (which traces it) and explanations (which keep its attention).
 
         Within the new tokens attention is causal, and every cached position is visible; no query
         sees the left padding of a shorter prompt (a padding slot sees itself only, so that its
@@ -368,24 +369,36 @@ class TextDecoder(nn.Module):
             cross_keys: Per layer, the image keys ``(B, H, N, Dh)``.
             cross_values: Per layer, the image values ``(B, H, N, Dh)``.
             padding: ``(B,)`` left padding of each sequence, or None.
-            return_cross_attention: Also return each layer's cross-attention weights.
-            traced: For a traced graph: no branch on shapes or device (the mask always built,
-                plain products and fused attention), and only the last position's logits.
-            head_weight: The output head's weight, when it is not the tied word embeddings
-                (the export gives the head a copy of its own to quantize).
-            attentions: Where to keep every layer's self- and cross-attention probabilities
-                ([`DecoderAttentions`][bliptk.model.text_decoder.DecoderAttentions]); None keeps none.
+            kernels: How the caller's pass computes its products and attention (and what it
+                keeps): [`Kernels`][bliptk.model.text_decoder.Kernels] (decoding, the default),
+                [`TracedKernels`][bliptk.model.text_decoder.TracedKernels] (the export) or
+                [`KeptAttention`][bliptk.model.text_decoder.KeptAttention] (explanations).
 
         Returns:
-            Logits ``(B, S, V)`` (traced: ``(B, V)``); with ``return_cross_attention``, also a
-            tuple of L tensors ``(B, H, S, N)``.
+            Logits ``(B, S, V)`` (of the last position only, ``(B, V)``, where the kernels say so).
         """
-        steps = input_ids.shape[1]
+        kernels = kernels or Kernels(self)
+        mask, positions = self._mask(input_ids.shape[1], start, padding, input_ids.device, kernels.always_mask)
+        embeddings = self.lm.bert.embeddings
+        hidden = embeddings.LayerNorm(embeddings.word_embeddings(input_ids) + embeddings.position_embeddings(positions))
+        for index, layer in enumerate(self.layers):
+            hidden = self._self_attention(layer, index, hidden, cache, mask, kernels)
+            hidden = self._cross_attention(layer, hidden, cross_keys[index], cross_values[index], kernels)
+            hidden = self._feed_forward(layer, hidden, kernels)
+        if kernels.last_position_only:
+            hidden = hidden[:, -1]
+        head = self.lm.cls.predictions
+        transformed = head.transform.LayerNorm(head.transform.transform_act_fn(kernels.project(head.transform.dense, hidden)))
+        return kernels.output(head.decoder, transformed)
+
+    @staticmethod
+    def _mask(steps: int, start, padding: torch.Tensor | None, device, always: bool):
+        """Which cached and new positions each new position sees ``(S, end)`` or ``(B, 1, S, end)``
+        (None: all of them), and the positions the new tokens embed, ``(S,)`` or ``(B, S)``."""
         end = start + steps
-        device = input_ids.device
         positions = torch.arange(start, end, device=device)
         mask = None
-        if traced or steps > 1:  # within the new tokens attention is causal; every cached position is visible
+        if always or steps > 1:  # within the new tokens attention is causal; every cached position is visible
             mask = torch.arange(end, device=device)[None, :] <= positions[:, None]  # (S, end)
         if padding is not None:
             slots = torch.arange(end, device=device)
@@ -393,46 +406,31 @@ class TextDecoder(nn.Module):
             mask = visible if mask is None else visible & mask
             mask = mask | (slots[None, :] == positions[:, None])  # (B, 1, S, end)
             positions = (positions[None, :] - padding[:, None]).clamp_min(0)  # (B, S)
-        embeddings = self.lm.bert.embeddings
-        hidden = embeddings.LayerNorm(embeddings.word_embeddings(input_ids) + embeddings.position_embeddings(positions))
-        project = (lambda linear, x: linear(x)) if traced else self._project
-        attend = (lambda q, k, v, m=None: F.scaled_dot_product_attention(q, k, v, attn_mask=m)) if traced else self._attend
+        return mask, positions
 
-        cross_attentions: list[torch.Tensor] = []
-        for index, layer in enumerate(self.layers):
-            attention = layer.attention.self
-            keys, values = cache.extend(
-                index, self._split_heads(project(attention.key, hidden)), self._split_heads(project(attention.value, hidden))
-            )
-            query = self._split_heads(project(attention.query, hidden))
-            if attentions is not None:
-                weights = self._weights(query, keys, mask)
-                attentions.self_attention.append(weights)
-                context = weights @ values
-            else:
-                context = attend(query, keys, values, mask)
-            hidden = layer.attention.output.LayerNorm(project(layer.attention.output.dense, self._merge_heads(context)) + hidden)
+    def _self_attention(self, layer, index: int, hidden, cache, mask, kernels: Kernels) -> torch.Tensor:
+        """One layer's causal self-attention block over the cache, extended by the new positions."""
+        attention, project = layer.attention.self, kernels.project
+        keys, values = cache.extend(
+            index, self._split_heads(project(attention.key, hidden)), self._split_heads(project(attention.value, hidden))
+        )
+        query = self._split_heads(project(attention.query, hidden))
+        context = kernels.self_attention(query, keys, values, mask)
+        return layer.attention.output.LayerNorm(project(layer.attention.output.dense, self._merge_heads(context)) + hidden)
 
-            query = self._split_heads(project(layer.crossattention.self.query, hidden))
-            if return_cross_attention or attentions is not None:
-                weights = self._weights(query, cross_keys[index])
-                (cross_attentions if attentions is None else attentions.cross_attention).append(weights)
-                context = weights @ cross_values[index]
-            else:
-                context = attend(query, cross_keys[index], cross_values[index])
-            hidden = layer.crossattention.output.LayerNorm(project(layer.crossattention.output.dense, self._merge_heads(context)) + hidden)
+    def _cross_attention(self, layer, hidden, keys, values, kernels: Kernels) -> torch.Tensor:
+        """One layer's cross-attention block over the image keys and values."""
+        query = self._split_heads(kernels.project(layer.crossattention.self.query, hidden))
+        context = kernels.cross_attention(query, keys, values)
+        return layer.crossattention.output.LayerNorm(
+            kernels.project(layer.crossattention.output.dense, self._merge_heads(context)) + hidden
+        )
 
-            intermediate = layer.intermediate.intermediate_act_fn(project(layer.intermediate.dense, hidden))
-            hidden = layer.output.LayerNorm(project(layer.output.dense, intermediate) + hidden)
-
-        head = self.lm.cls.predictions
-        if traced:
-            hidden = hidden[:, -1]
-        transformed = head.transform.LayerNorm(head.transform.transform_act_fn(project(head.transform.dense, hidden)))
-        logits = F.linear(transformed, head_weight, head.decoder.bias) if head_weight is not None else project(head.decoder, transformed)
-        if return_cross_attention:
-            return logits, tuple(cross_attentions if attentions is None else attentions.cross_attention)
-        return logits
+    @staticmethod
+    def _feed_forward(layer, hidden, kernels: Kernels) -> torch.Tensor:
+        """One layer's feed-forward block."""
+        intermediate = layer.intermediate.intermediate_act_fn(kernels.project(layer.intermediate.dense, hidden))
+        return layer.output.LayerNorm(kernels.project(layer.output.dense, intermediate) + hidden)
 
     # The decoding engine's view (bliptk.core.decoding.DecoderBackend): NumPy in, NumPy out.
 
@@ -477,3 +475,93 @@ class TextDecoder(nn.Module):
         """(B, H, S, Dh) -> (B, S, H*Dh)"""
         batch, heads, length, head_dim = x.shape
         return x.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
+class Kernels:
+    """How a pass of [`TextDecoder.run()`][bliptk.model.text_decoder.TextDecoder.run] computes its
+    products and attention: one choice per caller. This one is decoding's, the fastest on the
+    machine (int8 or split float32 products and plain batched attention for the few rows of a
+    decoding step, the fused kernel otherwise); it keeps nothing.
+
+    Attributes:
+        always_mask: Build the attention mask even for one new position (a traced graph cannot
+            branch on shapes).
+        last_position_only: Only the last position's logits (``(B, V)``).
+    """
+
+    always_mask = False
+    last_position_only = False
+
+    def __init__(self, decoder: TextDecoder):
+        self.decoder = decoder
+
+    def project(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder._project(linear, x)
+
+    def self_attention(self, query, keys, values, mask) -> torch.Tensor:
+        return self.decoder._attend(query, keys, values, mask)
+
+    def cross_attention(self, query, keys, values) -> torch.Tensor:
+        return self.decoder._attend(query, keys, values)
+
+    def output(self, head: nn.Linear, transformed: torch.Tensor) -> torch.Tensor:
+        """The logits from the head's transformed states."""
+        return self.project(head, transformed)
+
+
+class TracedKernels(Kernels):
+    """The ONNX export's: no branch on shapes or device (the mask always built, plain products and
+    the fused attention), only the last position's logits, and the head's own weight.
+
+    Args:
+        decoder: The decoder.
+        head_weight: The output head's weight, a copy of its own (not the tied word embeddings)
+            for the export to quantize.
+    """
+
+    always_mask = True
+    last_position_only = True
+
+    def __init__(self, decoder: TextDecoder, head_weight: torch.Tensor):
+        super().__init__(decoder)
+        self.head_weight = head_weight
+
+    def project(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return linear(x)
+
+    def self_attention(self, query, keys, values, mask) -> torch.Tensor:
+        return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
+
+    def cross_attention(self, query, keys, values) -> torch.Tensor:
+        return F.scaled_dot_product_attention(query, keys, values)
+
+    def output(self, head: nn.Linear, transformed: torch.Tensor) -> torch.Tensor:
+        return F.linear(transformed, self.head_weight, head.bias)
+
+
+class KeptAttention(Kernels):
+    """A pass that keeps its attention probabilities, computed explicitly (softmax of the scaled
+    scores, as ``transformers``' eager attention) and in the autograd graph when the pass has one:
+    explanations keep every layer's, ``return_cross_attention`` the cross-attention's.
+
+    Args:
+        decoder: The decoder.
+        attentions: Where they go.
+        keep_self: Keep the self-attention's too (else it runs on decoding's kernels).
+    """
+
+    def __init__(self, decoder: TextDecoder, attentions: DecoderAttentions, keep_self: bool = True):
+        super().__init__(decoder)
+        self.attentions, self.keep_self = attentions, keep_self
+
+    def self_attention(self, query, keys, values, mask) -> torch.Tensor:
+        if not self.keep_self:
+            return super().self_attention(query, keys, values, mask)
+        weights = self.decoder._weights(query, keys, mask)
+        self.attentions.self_attention.append(weights)
+        return weights @ values
+
+    def cross_attention(self, query, keys, values) -> torch.Tensor:
+        weights = self.decoder._weights(query, keys)
+        self.attentions.cross_attention.append(weights)
+        return weights @ values

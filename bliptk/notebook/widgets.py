@@ -500,8 +500,20 @@ class AttentionExplorer(_Explorer):
         _show(self.view, self.overlay)
 
 
+def _beams_table(beams) -> str:
+    """Beam search's beams after a step, best first: the running ones, then the finished
+    captions (marked); empty for greedy decoding and sampling."""
+    if not beams:
+        return ""
+    rows = "".join(
+        f"<tr><td>{'&#10003; ' if beam.finished else ''}{_token(beam.text)}</td><td>{beam.score:.3f}</td></tr>" for beam in beams
+    )
+    return f"<table><tr><th>beam (&#10003; finished)</th><th>score</th></tr>{rows}</table>"
+
+
 class StepThroughDecoder(_Explorer):
-    """Advance decoding one token per button press (the page's ``NestWhile`` loop, visible).
+    """Advance decoding one token per button press (the page's ``NestWhile`` loop, visible). With
+    ``num_beams``, each press extends every beam, and the beams and finished captions are listed.
 
     Args:
         captioner: A [`Captioner`][bliptk.model.captioner.Captioner].
@@ -543,6 +555,7 @@ class StepThroughDecoder(_Explorer):
                 f" &middot; chosen <b>{_token(step.chosen_token)}</b> ({probability_text(step.chosen_probability)})"
             )
             + f"<table><tr><th>next token</th><th>probability</th></tr>{rows}</table>"
+            + _beams_table(step.beams)
         )
         if self.stepper.done:
             self._stopped()
@@ -551,11 +564,7 @@ class StepThroughDecoder(_Explorer):
     def _stopped(self) -> None:
         """Grey the button out, and say why."""
         self.button.disabled = True
-        last = self.stepper.steps[-1] if self.stepper.steps else None
-        if last is not None and last.finished:
-            self.status.value = "done: [SEP] was chosen, which ends a caption"
-        else:
-            self.status.value = f"done: max new tokens ({self.stepper.options.max_new_tokens}) reached, the caption is cut there"
+        self.status.value = f"done: {html.escape(self.stepper.stop_reason)}"
 
     def reset(self) -> None:
         """Start the caption again."""

@@ -25,8 +25,8 @@ from transformers import Trainer, TrainerCallback
 
 from ..core.decoding import paper_decoding
 from ..core.errors import BliptkError, DataWarning, InputError, OutputError, first_line
-from ..core.quiet import no_transformers_bars, quiet_loggers, stderr_of_children_kept
-from ..model.loading import CAPTIONING_FILE
+from ..core.quiet import quiet_loggers, stderr_of_children_kept
+from ..model.loading import CAPTIONING_FILE, no_transformers_bars
 from ..store.outputs import reason, share, write_whole
 from .data import CaptionPairs, image_key, text_example
 from .folder import MANIFEST_FILE, is_main_process, mark_complete, remove_torn, resumable_checkpoint
@@ -283,7 +283,7 @@ class FinetuneRun:
         are now (the base's again when training left them as they were: LoRA's adapters removed)."""
         from dataclasses import replace
 
-        from ..core.provenance import weights_fingerprint
+        from ..model.fingerprint import weights_fingerprint
         from ..model.image_encoder import ImageEncoder
         from ..model.text_decoder import TextDecoder
 

@@ -1,12 +1,12 @@
 """The runtime seam: which model, which runtime, which weights, in what dtype, compiled or not, on
-which device, described once ([`LoadOptions`][bliptk.core.runtimes.LoadOptions]) and loaded by one
-function ([`load()`][bliptk.core.runtimes.load], ``bliptk.load``) for every runtime.
+which device, described once ([`LoadOptions`][bliptk.captioning.runtimes.LoadOptions]) and loaded by one
+function ([`load()`][bliptk.captioning.runtimes.load], ``bliptk.load``) for every runtime.
 
 A runtime is a module with a ``load_model(options: LoadOptions)`` that returns a
 [`CaptionBackend`][bliptk.captioning.backend.CaptionBackend], and a ``describe_model(options)`` that says,
 without loading its weights, how a model preprocesses images and which prompt it captions after
-([`ModelDescription`][bliptk.core.runtimes.ModelDescription]: what a Ray job's driver needs), registered here by one
-[`Runtime`][bliptk.core.runtimes.Runtime] row: its name (which records carry), its module (imported
+([`ModelDescription`][bliptk.captioning.runtimes.ModelDescription]: what a Ray job's driver needs), registered here by one
+[`Runtime`][bliptk.captioning.runtimes.Runtime] row: its name (which records carry), its module (imported
 only when it loads something, so that a torch-free install never imports torch), its dtypes, the
 options it takes, and how it recognises a model of its own (an ONNX export folder). The command
 line's ``--model``, ``--dtype``, ``--random-weights``, ``--device`` and ``--compile``, the Ray
@@ -22,14 +22,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from .errors import InvalidArgumentError, InvalidOptionError, UnknownModelError, check_positive_int, option_error
-from .models import _REGISTRY as _ARCHITECTURES
-from .models import DEFAULT_MODEL
-from .optional import missing_dependency
-from .preprocess import Preprocessor
+from ..core.errors import InvalidArgumentError, InvalidOptionError, UnknownModelError, check_positive_int, option_error
+from ..core.models import _REGISTRY as _ARCHITECTURES
+from ..core.models import DEFAULT_MODEL
+from ..core.optional import missing_dependency
+from ..core.preprocess import Preprocessor
 
 if TYPE_CHECKING:
-    from ..captioning.backend import CaptionBackend
+    from .backend import CaptionBackend
 
 __all__ = ["DTYPES", "RUNTIMES", "LoadOptions", "ModelDescription", "Runtime", "describe", "load", "register_runtime", "runtime_of"]
 
@@ -46,7 +46,7 @@ class LoadOptions:
             ``"onnx"``, any other model's ``"torch"``).
         pretrained: False for the architecture with random weights (torch).
         weights_seed: The seed of random weights (torch).
-        dtype: One of the runtime's [`DTYPES`][bliptk.core.runtimes.DTYPES]; None for float32.
+        dtype: One of the runtime's [`DTYPES`][bliptk.captioning.runtimes.DTYPES]; None for float32.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; None picks CUDA when present (torch).
         compile: Compile the image encoder with inductor (torch).
         threads: The threads a model computes on (torch's, ONNX Runtime's intra-op); None for the
@@ -136,7 +136,7 @@ class Runtime:
         module: The module whose ``load_model(options: LoadOptions)`` loads a model into it,
             imported when a model is loaded.
         dtypes: The dtypes it computes in, its default first.
-        options: The [`LoadOptions`][bliptk.core.runtimes.LoadOptions] fields it takes besides
+        options: The [`LoadOptions`][bliptk.captioning.runtimes.LoadOptions] fields it takes besides
             ``model``, ``runtime`` and ``dtype``.
         recognises: ``"module:function"`` of a test that a model is this runtime's own (an export
             folder), or None: the runtime is chosen for a model only when named (or as the
@@ -239,8 +239,8 @@ def load(model: str | os.PathLike | LoadOptions = DEFAULT_MODEL, **options) -> C
     Args:
         model: ``"ViT-L/16"`` (default) or ``"ViT-B/16"``; a hub id; a checkpoint folder in
             Hugging Face layout; an ONNX export folder; ``"tiny"``, a small random test net. Or a
-            [`LoadOptions`][bliptk.core.runtimes.LoadOptions].
-        **options: Fields of [`LoadOptions`][bliptk.core.runtimes.LoadOptions]: ``runtime``,
+            [`LoadOptions`][bliptk.captioning.runtimes.LoadOptions].
+        **options: Fields of [`LoadOptions`][bliptk.captioning.runtimes.LoadOptions]: ``runtime``,
             ``pretrained`` (False: random weights), ``weights_seed``, ``dtype`` (torch:
             ``"float32"``, ``"bfloat16"``, ``"float16"`` on GPUs, ``"int8"``: bfloat16 with int8
             decoder weights for one image at a time; onnx: ``"float32"``, ``"int8"``), ``device``,
@@ -285,6 +285,6 @@ def _runtime_module(options: LoadOptions):
 
 def describe(model: str | os.PathLike | LoadOptions, **options) -> ModelDescription:
     """How a model preprocesses images and which prompt it captions after, without loading its
-    weights (as [`load()`][bliptk.core.runtimes.load] takes it)."""
+    weights (as [`load()`][bliptk.captioning.runtimes.load] takes it)."""
     asked = _options(model, options)
     return _runtime_module(asked).describe_model(asked)
