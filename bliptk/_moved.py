@@ -92,7 +92,10 @@ def _caller() -> int:
     level, frame = 1, sys._getframe(1)
     caller: FrameType | None = frame
     while caller is not None and ("importlib" in caller.f_code.co_filename or caller.f_code.co_filename in here):
-        caller, level = caller.f_back, level + 1
+        caller = caller.f_back
+        # warnings.warn steps over the import system's frozen frames by itself: count the others only
+        if caller is not None and not ("importlib" in caller.f_code.co_filename and "_bootstrap" in caller.f_code.co_filename):
+            level += 1
     return level
 
 

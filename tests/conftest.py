@@ -7,6 +7,7 @@ Session fixtures are never changed in place: a test that needs a changed model b
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +16,10 @@ import torch
 
 import bliptk
 from bliptk.model.parity import save_checkpoint
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N runs N workers on the machine's cores: one thread each, or they fight for them.
+    torch.set_num_threads(1)
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = sorted((DATA / "images").glob("*.jpg"))
@@ -79,7 +84,6 @@ def sep_likely():
 def mounted(options: str, size: str = "64k"):
     """A tmpfs of ``size`` mounted with ``options`` (``ro`` for a read-only folder), or None where
     mounting needs root: for disk-full and read-only tests on real file systems."""
-    import os
     import subprocess
     import tempfile
 

@@ -252,7 +252,7 @@ def test_the_explorers_render_and_respond_in_jupyterlab(lab, tmp_path):
             expect(picture).not_to_have_attribute("src", shown)  # the new picture arrives after the label
             expect(selector("heads")).to_be_disabled()
             expect(selector("layer")).to_be_enabled()
-            selector("method").select_option(label="relevance")
+            selector("method").select_option(label="relevance (slow)")  # a slow method says so
             expect(label).to_have_text(re.compile(r"^token 1: .*\(relevance\)$"))
             expect(selector("layer")).to_be_disabled()
             handle.focus()

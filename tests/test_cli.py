@@ -213,7 +213,7 @@ def test_usage_errors_are_one_line_and_a_dashed_file_gets_a_hint(photos, tmp_pat
 
 
 def test_a_timeline_of_each_video_and_each_bad_one_reported(tiny, tmp_path, capsys):
-    from bliptk.model.parity import make_video
+    from helpers import make_video
 
     make_video(tmp_path / "a-good.mp4", frames=20)
     (tmp_path / "b-empty.mp4").write_bytes(b"")

@@ -16,8 +16,9 @@ TIME_LIMIT_S = 240
 
 
 def ray_job(test):
-    """Marks a test that starts a local Ray instance (tens of seconds): ray, and slow."""
-    return pytest.mark.ray(pytest.mark.slow(test))
+    """Marks a test that starts a local Ray instance (tens of seconds): ray, and slow; under
+    ``pytest -n``, every such test runs in one worker, which starts Ray once."""
+    return pytest.mark.xdist_group("ray")(pytest.mark.ray(pytest.mark.slow(test)))
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +72,23 @@ def test_caption_dataset_one_record_per_input_and_resume(tiny, photos, folder, l
     again = caption_dataset(folder, output=output, model="tiny", pretrained=False, batch_size=2, max_new_tokens=6)
     assert (again.skipped, again.captioned, again.failed) == (3, 0, 2)  # the captions are kept, the failures retried
     assert sorted(r["path"] for r in read_output(output)) == sorted(str(p) for p in folder.iterdir())  # still one each
+
+
+@ray_job
+def test_ray_captions_from_an_onnx_export_as_the_single_process_runner(tiny_export, photos, folder, local_ray, tmp_path):
+    output = tmp_path / "onnx-shards"
+    summary = caption_dataset(folder, output=output, model=str(tiny_export), batch_size=2, max_new_tokens=6, num_beams=2)
+    assert (summary.total, summary.captioned, summary.failed) == (5, 3, 2)
+    runner = bliptk.load(tiny_export)
+    alone = {r["path"]: r for r in runner.caption_files(folder, batch_size=2, max_new_tokens=6, num_beams=2)}
+    by_ray = {r["path"]: r for r in read_output(output)}
+    assert by_ray.keys() == alone.keys()
+    same = ("caption", "token_ids", "model", "weights", "runtime", "options", "frames")
+    for path, record in by_ray.items():
+        assert {k: record.get(k) for k in same} == {k: alone[path].get(k) for k in same}, path
+        assert (record["error"] or {}).get("type") == (alone[path]["error"] or {}).get("type")
+    captioned = [r for r in by_ray.values() if r["error"] is None]
+    assert len(captioned) == 3 and all(r["runtime"] == "onnx" and r["token_ids"] for r in captioned)
 
 
 @ray_job

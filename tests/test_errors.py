@@ -1143,3 +1143,11 @@ def test_an_unexpected_error_is_reported_as_a_bug_in_one_line(photos, capsys, mo
     assert main(["--debug", "info", "--model", "tiny"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Traceback (most recent call last):") and 'raise RuntimeError("something inside went wrong")' in err
+
+
+def test_an_existing_output_is_an_output_error_and_an_option_error(tiny, photos, tmp_path):
+    out = tmp_path / "records.jsonl"
+    out.write_text('{"path": "a.jpg"}\n')
+    for kind in (bliptk.OutputError, bliptk.InvalidOptionError):
+        with pytest.raises(kind, match=r"records.jsonl exists; pass resume=True to continue it, or choose another file"):
+            next(tiny.caption_files(photos[0], out))

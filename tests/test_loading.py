@@ -7,10 +7,10 @@ import warnings
 
 import pytest
 import torch
+from helpers import fake_hub_cache
 
 import bliptk
 from bliptk.model.loading import resolve_device, resolve_dtype
-from bliptk.model.parity import fake_hub_cache
 
 
 def _run_cli(*args, env=None, timeout=120):

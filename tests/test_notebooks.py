@@ -1,6 +1,7 @@
 """Every notebook under notebooks/ runs top to bottom on the tiny random model, with its kernel
 started at the repository root (as VS Code, papermill and a plain NotebookClient start it)."""
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,9 +13,9 @@ ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def _scratch_folders() -> set[str]:
-    """bliptk's temporary folders in the system's temporary folder (the notebooks' runs, exports, shards)."""
-    return {path.name for path in Path(tempfile.gettempdir()).glob("bliptk-*")}
+def _scratch_folders(folder: Path) -> set[str]:
+    """bliptk's temporary folders in a temporary folder (the notebooks' runs, exports, shards)."""
+    return {path.name for path in folder.glob("bliptk-*")}
 
 
 def test_there_are_notebooks():
@@ -29,10 +30,16 @@ def test_notebook_runs_from_the_repository_root(path, monkeypatch):
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "commit without outputs"
     monkeypatch.setenv("BLIPTK_MODEL", "tiny")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # The kernel's own temporary folder: what other tests (pytest -n) make at the same time is not its.
+    # A short path, as Ray puts its sockets under it (a Unix socket's path has 107 bytes at most).
+    scratch = Path(tempfile.mkdtemp(prefix="nb-"))
+    monkeypatch.setenv("TMPDIR", str(scratch))
     client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
-    before = _scratch_folders()
-    client.execute()
-    assert _scratch_folders() == before, "the notebook left temporary folders behind"
+    try:
+        client.execute()
+        assert _scratch_folders(scratch) == set(), "the notebook left temporary folders behind"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     # No box of stderr in a notebook: random weights are said in one plain line, once. (Ray says a
     # few things of its own on stderr when it starts, in the Ray notebook: nothing of bliptk's.)
     streams = [output for cell in notebook.cells for output in cell.get("outputs", []) if output.output_type == "stream"]

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import VIDEOS
+from helpers import make_video
 from PIL import Image
 
 import bliptk
 from bliptk.cli.main import main
-from bliptk.model.parity import make_video
 
 REAL_VIDEOS = {"bigbuckbunny.mp4": 5.28, "car-detection.mp4": 30.16, "bottle-detection.mp4": 39.85}
 

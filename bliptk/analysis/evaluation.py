@@ -19,6 +19,7 @@ from pathlib import Path
 from ..core.errors import EvaluationError, InputError, MissingDependencyError
 from ..core.optional import optional
 from ..core.quiet import stderr_of_children_kept
+from ..store.coco import coco_captions, coco_file_problem, is_coco_captions
 
 __all__ = ["EvaluationResult", "evaluate", "load_predictions", "load_references"]
 
@@ -133,15 +134,14 @@ def load_references(source) -> dict[int | str, list[str]]:
     ``annotations``), a list of ``{"image_id", "captions"}``, or such a map."""
     data = _read_json(source, "references")
     references: dict[int | str, list[str]] = {}
-    if isinstance(data, dict) and "annotations" in data:
-        if not isinstance(data["annotations"], list):
-            raise EvaluationError(
-                f"references: annotations must be a list of {{image_id, caption}}, not {type(data['annotations']).__name__}"
-            )
-        for annotation in data["annotations"]:
-            if not isinstance(annotation, dict) or "image_id" not in annotation or not isinstance(annotation.get("caption"), str):
-                raise EvaluationError(f"annotation without image_id and caption: {str(annotation)[:80]}")
-            references.setdefault(_image_id(annotation["image_id"]), []).append(annotation["caption"])
+    if is_coco_captions(data):
+        problem = coco_file_problem(data)
+        if problem:
+            raise EvaluationError(f"references: {problem}")
+        for annotation in coco_captions(data):
+            if not annotation.is_object or annotation.image_id is None or not isinstance(annotation.caption, str):
+                raise EvaluationError(f"annotation without image_id and caption: {str(annotation.raw)[:80]}")
+            references.setdefault(_image_id(annotation.image_id), []).append(annotation.caption)
     elif isinstance(data, dict):
         for key, captions in data.items():
             references[_image_id(key)] = _captions(captions, key)

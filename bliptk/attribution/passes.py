@@ -84,7 +84,7 @@ class Visual:
     Attributes:
         pixels: ``(F, 3, S, S)`` preprocessed frames (F = 1 for an image).
         video: Whether it is a video, whose features are its frames' mean.
-        features: The pooled features ``(1, N, D)``, once [`encoded()`][bliptk.attribution.explanation.encoded] has computed them.
+        features: The pooled features ``(1, N, D)``, once [`encoded()`][bliptk.attribution.passes.encoded] has computed them.
     """
 
     pixels: torch.Tensor
@@ -164,7 +164,7 @@ def pixels_fingerprint(pixels: torch.Tensor) -> str:
 
 def encoded(captioner, visual: Visual, batch_size: int = 8) -> torch.Tensor:
     """The pooled image features ``(1, N, D)`` (float32, no graph): an image's, or the mean of a
-    video's frames'. Computed once per [`Visual`][bliptk.attribution.explanation.Visual] (captioning it first and explaining it share them)."""
+    video's frames'. Computed once per [`Visual`][bliptk.attribution.passes.Visual] (captioning it first and explaining it share them)."""
     if visual.features is None:
         encoder = captioner.image_encoder
         with torch.no_grad():

@@ -1,1 +1,2 @@
-"""Captioning over any runtime, torch-free: the backend every captioner is, folder jobs and Ray Data jobs."""
+"""Captioning over any runtime, torch-free: the runtime registry and one `load` for all, the backend
+every captioner is, folder-job options, folder jobs and Ray Data jobs."""

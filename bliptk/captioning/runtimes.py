@@ -144,6 +144,7 @@ class Runtime:
         why_not: What to say of an option it does not take.
         models: What else ``--model`` names for it (``", or an ONNX export folder"``), for help.
         dtype_help: What its dtypes are for, for help.
+        kind: What a model of it is, in messages (``"an ONNX export"``); "" for ``"a NAME model"``.
     """
 
     name: str
@@ -154,6 +155,11 @@ class Runtime:
     why_not: str = ""
     models: str = ""
     dtype_help: str = ""
+    kind: str = ""
+
+    def described(self) -> str:
+        """What a model of this runtime is, in words."""
+        return self.kind or f"a {self.name} model"
 
     def claims(self, model: str) -> bool:
         """Whether ``model`` is this runtime's own."""
@@ -214,6 +220,7 @@ register_runtime(
         recognises="bliptk.exported.runtime:is_export",
         why_not="which has its own weights and runs on the CPU (an export captions only)",
         models=", or an ONNX export folder (bliptk export)",
+        kind="an ONNX export",
         dtype_help="with an ONNX export: float32 (default) or int8, its quantized graphs, whose activations are quantized per batch, "
         "so that a caption can change with what else is in the batch",
     )

@@ -1,4 +1,4 @@
-"""The ``bliptk`` command (also ``python -m bliptk``): [`main()`][bliptk.cli.main.main.main] and one module
+"""The ``bliptk`` command (also ``python -m bliptk``): [`main()`][bliptk.cli.main.main] and one module
 per command."""
 
 from .main import main

@@ -168,7 +168,7 @@ def load_model(args, runtimes: tuple[str, ...] = ("torch",)):
     options = load_options(args)
     runtime = runtime_of(options)
     if runtime.name not in runtimes:
-        raise InvalidOptionError(f"{args.model} runs in {runtime.name}, which captions only; give the model itself for {args.command}")
+        raise InvalidOptionError(f"{args.model} is {runtime.described()}, which captions only; give the model itself for {args.command}")
     return load(options)
 
 

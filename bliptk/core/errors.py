@@ -109,8 +109,15 @@ class CheckpointNotFoundError(CheckpointError):
         return f"{self.reason} {self._COMMAND_LINE_FIXES}" if self.fixable else self.reason
 
 
-class OutputExistsError(InvalidOptionError):
-    """An output exists and would be overwritten; resume it or choose another."""
+class OutputError(BliptkError, OSError):
+    """An output cannot be written: its folder is missing or read-only, it names a folder, the
+    disk is full. Every record finished before the error is kept."""
+
+
+class OutputExistsError(OutputError, InvalidOptionError):
+    """An output exists and would be overwritten; resume it or choose another. Both an
+    [`OutputError`][bliptk.core.errors.OutputError] (about an output) and an
+    [`InvalidOptionError`][bliptk.core.errors.InvalidOptionError] (the options chose it)."""
 
     def __init__(
         self,
@@ -121,11 +128,6 @@ class OutputExistsError(InvalidOptionError):
     ):
         self.path = path
         super().__init__(f"{path} exists; {fix}, or {other}", command_line={fix: command_line_fix, other: other.replace(" out", " --out")})
-
-
-class OutputError(BliptkError, OSError):
-    """An output cannot be written: its folder is missing or read-only, it names a folder, the
-    disk is full. Every record finished before the error is kept."""
 
 
 class OutputLockedError(OutputError):

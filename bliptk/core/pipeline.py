@@ -52,7 +52,7 @@ __all__ = [
 
 class PipelineBackend(Protocol):
     """What the pipeline needs of a runtime's captioner: the members
-    [`PipelineBackend`][bliptk.captioning.backend.PipelineBackend] declares, every runtime's base class.
+    [`CaptionBackend`][bliptk.captioning.backend.CaptionBackend] declares, every runtime's base class.
 
     Attributes:
         runtime: The runtime's name (``"torch"``, ``"onnx"``).

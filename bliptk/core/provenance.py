@@ -35,6 +35,7 @@ class Weights:
     compiled: bool = False
 
     def as_dict(self) -> dict:
+        """The weights' identity as a record stores it (``compiled`` only where True)."""
         made = asdict(self)
         if not self.compiled:  # eager, as every record before compiling existed: those stay reusable
             del made["compiled"]

@@ -41,8 +41,10 @@ from .image_encoder import ImageEncoder
 __all__ = [
     "CAPTIONING_FILE",
     "architecture",
+    "blip_config",
     "checkpoint_prompt",
     "load",
+    "no_transformers_bars",
     "resolve_checkpoint",
     "resolve_device",
     "resolve_dtype",

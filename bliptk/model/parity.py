@@ -1,6 +1,5 @@
-"""What bliptk's tests and benchmarks compare against and build on (as ``numpy.testing`` is for
-NumPy): ``transformers``' own generation on the same inputs, checkpoint folders, a Hugging Face
-cache, small videos.
+"""What bliptk's tests and benchmarks compare against (as ``numpy.testing`` is for NumPy):
+``transformers``' own generation on the same inputs, and checkpoint folders to load.
 
 Public, so that a user can check bliptk the same way: ``hf_generate(captioner, pixels, "the woman",
 20)`` gives the token ids ``BlipForConditionalGeneration.generate`` makes.
@@ -9,13 +8,12 @@ Public, so that a user can check bliptk the same way: ``hf_generate(captioner, p
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..core.tokenizer import CLS_TOKEN_ID, SEP_TOKEN_ID
 
-__all__ = ["fake_hub_cache", "hf_generate", "make_video", "save_checkpoint"]
+__all__ = ["hf_generate", "save_checkpoint"]
 
 
 def hf_generate(captioner, pixel_values: torch.Tensor, prompt: str, max_new_tokens: int, **generate_options) -> list[list[int]]:
@@ -52,51 +50,3 @@ def save_checkpoint(captioner, folder: Path) -> Path:
     from .loading import save_checkpoint as save
 
     return save(captioner.model, captioner.tokenizer, captioner.preprocessor, folder)
-
-
-def fake_hub_cache(cache: Path, checkpoint: Path, hub_id: str = "Salesforce/blip-image-captioning-base") -> Path:
-    """A Hugging Face cache folder (``HF_HUB_CACHE`` layout) holding ``checkpoint`` as ``hub_id``."""
-    repo = Path(cache) / f"models--{hub_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / "0123abc"
-    snapshot.mkdir(parents=True)
-    for file in Path(checkpoint).iterdir():
-        (snapshot / file.name).write_bytes(file.read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123abc")
-    return Path(cache)
-
-
-def make_video(
-    path: Path,
-    frames: int = 20,
-    fps: int = 10,
-    keyframe_interval: int = 10,
-    rotation: int | None = None,
-    size=(64, 48),
-    codec: str = "mpeg4",
-) -> Path:
-    """Write a small MPEG-4 video whose frame i is grey level 10 * i with a white left band.
-
-    Keyframes come exactly every ``keyframe_interval`` frames (the encoder's own scene cuts are
-    off): up to 600 with ``"mpeg4"``, any number with ``"libx264"`` (one keyframe for a whole
-    video).
-    """
-    import av
-    import numpy as np
-
-    width, height = size
-    options = {"x264-params": f"keyint={keyframe_interval}:scenecut=0"} if codec == "libx264" else {"sc_threshold": "1000000000"}
-    with av.open(str(path), "w", format="mp4") as container:
-        stream: Any = container.add_stream(codec, rate=fps, options=options)  # a video stream (PyAV types it as any stream)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.gop_size = keyframe_interval
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
-        for index in range(frames):
-            pixels = np.full((height, width, 3), (10 * index) % 256, dtype=np.uint8)
-            pixels[:, : width // 4] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return Path(path)

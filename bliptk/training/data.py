@@ -27,6 +27,7 @@ from PIL import Image
 from ..core.errors import DataWarning, InputError, InvalidArgumentError
 from ..core.preprocess import check_readable_file, load_image
 from ..core.tokenizer import SEP_TOKEN_ID
+from ..store.coco import coco_captions, coco_file_problem, is_coco_captions
 
 __all__ = ["MAX_TEXT_TOKENS", "CaptionPairs", "SkippedRow", "read_pairs", "text_example"]
 
@@ -189,13 +190,13 @@ def _utf8_text(path: Path) -> str:
 
 def _annotation_rows(loaded, path: Path) -> list:
     """Rows of COCO annotations, or of the references format (one entry per image, all its captions)."""
-    if isinstance(loaded, dict) and isinstance(loaded.get("annotations"), list) and isinstance(loaded.get("images"), list):
-        files = {entry.get("id"): entry.get("file_name") for entry in loaded["images"] if isinstance(entry, dict)}
+    if is_coco_captions(loaded):
+        problem = coco_file_problem(loaded, images_needed=True)
+        if problem:
+            raise InputError(path, problem)
         return [
-            (files.get(a.get("image_id")), a.get("caption"), f"{path.name} annotation {i}", None)
-            if isinstance(a, dict)
-            else (None, None, f"{path.name} annotation {i}", "not an object")
-            for i, a in enumerate(loaded["annotations"])
+            (a.file_name, a.caption, f"{path.name} annotation {a.index}", None if a.is_object else "not an object")
+            for a in coco_captions(loaded)
         ]
     if isinstance(loaded, list) and all(isinstance(e, dict) and "file_name" in e and isinstance(e.get("captions"), list) for e in loaded):
         return [

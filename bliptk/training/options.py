@@ -41,6 +41,10 @@ next-token distribution: without it LoRA cannot memorise even six captions on th
 whose logits its frozen norm keeps within a few units."""
 
 
+TRAINING_DTYPES = ("float32", "bfloat16", "float16")
+"""What fine-tuning computes in: float32, bfloat16 autocast, float16 (GPUs); int8 does not train."""
+
+
 @dataclass(frozen=True)
 class LoraOptions:
     """Low-rank adapters (``peft``) instead of training every weight.
@@ -104,7 +108,7 @@ class FinetuneOptions:
     )
     dtype: str | None = field(
         default=None,
-        metadata={"help": "float32 (default), bfloat16 autocast, float16 (GPUs)", "choices": ("float32", "bfloat16", "float16")},
+        metadata={"help": "float32 (default), bfloat16 autocast, float16 (GPUs)", "choices": TRAINING_DTYPES},
     )
     seed: int = field(default=0, metadata={"help": "seed of the data order, dropout and LoRA's initial adapters"})
     save_steps: int | None = field(default=None, metadata={"help": "a checkpoint every this many steps (default: each epoch)"})
@@ -133,7 +137,7 @@ class FinetuneOptions:
         for name in ("freeze_vision", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise option_error(f"{name} must be True or False, got {getattr(self, name)!r}", name)
-        if self.dtype not in (None, "float32", "bfloat16", "float16"):
+        if self.dtype is not None and self.dtype not in TRAINING_DTYPES:
             raise option_error(f"dtype must be float32, bfloat16 (autocast) or float16 (GPUs), got {self.dtype!r}", "dtype")
         if not isinstance(self.prompt, str):
             raise option_error(f"prompt must be a string, got {type(self.prompt).__name__}", "prompt")
