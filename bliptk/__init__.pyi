@@ -2,6 +2,7 @@
 # and imports each name's module when the name is first used; type checkers and IDEs read it as
 # the package's interface. A name here is public: add one by one import line.
 
+from .analysis.chair import ChairResult, chair
 from .analysis.evaluation import EvaluationResult, evaluate
 from .analysis.feature_space import ClusterResult, Neighbour, cluster, near_duplicates, nearest, plot_feature_space, project
 from .attribution.explanation import Explanation, explain
@@ -9,6 +10,7 @@ from .attribution.faithfulness import Faithfulness, faithfulness, plot_faithfuln
 from .attribution.registry import EXPLANATION_METHODS
 from .captioning.folder import BatchStatus, caption_files
 from .captioning.runtimes import LoadOptions, load
+from .captioning.search import FeatureCache, SearchHit, search
 from .core.decoding import DEFAULT_PROMPT, Caption, DecodingOptions
 from .core.errors import (
     BliptkError,
@@ -41,6 +43,7 @@ from .core.models import ModelSpec, available_models
 from .core.pipeline import TimelineSegment, caption_timeline
 from .core.preprocess import load_image
 from .core.provenance import Weights
+from .core.scoring import CaptionScore
 from .core.video import DEFAULT_VIDEO_PROMPT, VideoFrames, VideoInfo, VideoOptions, is_video, plot_video_frames, video_frames, video_info
 from .model.attention import (
     attention_entropy,

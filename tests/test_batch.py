@@ -124,7 +124,10 @@ def test_cli_exit_code_says_some_failed(tiny, mixed_folder, locked, tmp_path, ca
 def test_csv_output_and_resume(tiny, photos, tmp_path):
     out = tmp_path / "captions.csv"
     first = list(tiny.caption_files(photos[:2] + [tmp_path / "gone.png"], out, max_new_tokens=4))
-    assert out.read_text().splitlines()[0] == "path,kind,caption,token_ids,tokens,logprobs,finished,model,weights,options,error,runtime"
+    assert (
+        out.read_text().splitlines()[0]
+        == "path,kind,caption,token_ids,tokens,logprobs,finished,model,weights,options,error,runtime,entropy"
+    )
     assert sorted(r["path"] for r in read_records(out)) == sorted(r["path"] for r in first)
     again = list(tiny.caption_files(photos + [tmp_path / "gone.png"], out, max_new_tokens=4, resume=True))
     assert sorted(r["path"] for r in again) == sorted([str(photos[2]), str(tmp_path / "gone.png")])
@@ -379,3 +382,19 @@ def test_resume_finds_inputs_given_another_way(tiny, photos, tmp_path, monkeypat
         list(tiny.caption_files([str(folder), "./photos/" + photos[0].name], "c.jsonl", max_new_tokens=2, resume=True, status=status)) == []
     )
     assert status.skipped == len(photos) and read_records(tmp_path / "c.jsonl") == first
+
+
+def test_scores_add_each_tokens_entropy_and_are_part_of_the_work(sep_likely, photos, tmp_path):
+    captioner = sep_likely(5.0)
+    out = tmp_path / "captions.jsonl"
+    records = list(captioner.caption_files(photos, out, scores=True, max_new_tokens=10, batch_size=2))
+    for record in records:
+        scored = captioner.score(record["path"], record["caption"])[0]
+        assert scored.token_ids[:-1] == record["token_ids"] and record["options"]["scores"] is True
+        assert record["entropy"] == pytest.approx(scored.entropy[: len(record["token_ids"])].tolist(), abs=1e-4)  # batch of 2 vs alone
+    assert read_records(out) == records
+    # the same job without scores is other work: its records are made again, and have no entropy
+    again = list(captioner.caption_files(photos, out, resume=True, max_new_tokens=10))
+    assert len(again) == 3 and all(r["entropy"] is None and "scores" not in r["options"] for r in again)
+    assert '"entropy"' not in out.read_text().splitlines()[-1]  # left out of a line without scores
+    assert list(captioner.caption_files(photos, out, resume=True, scores=True, max_new_tokens=10)) == []

@@ -181,7 +181,11 @@ def test_every_option_of_every_command_says_what_it_takes():
 
 def test_each_command_describes_only_its_own_options():
     helps = {name: command.format_help() for name, command in _subcommands().items()}
-    assert [name for name, text in helps.items() if "ONNX export folder" in text] == ["caption"]
+    assert [name for name, text in helps.items() if "ONNX export folder" in text] == [
+        "caption",
+        "score",
+        "search",
+    ]  # those that run on an export
     assert "{float32,bfloat16,float16,int8}" in helps["caption"] and "its quantized graphs" in helps["caption"]
     assert "[--dtype" not in helps["export"] and "runs them with --dtype int8" in helps["export"]  # exports are of float32 models
     assert "--num-frames NUM_FRAMES, --frames NUM_FRAMES" in helps["caption"] and "{mean,concat}" in helps["caption"]
@@ -339,3 +343,66 @@ def test_negative_numbers_are_values_for_their_options_to_check(photos, tmp_path
         assert main(["finetune", "--model", "tiny", "--train", str(train), "--out", str(tmp_path / "run"), flag, value]) == 2
         assert capsys.readouterr().err == f"bliptk: error: {message}\n"
     assert not (tmp_path / "run").exists()
+
+
+def test_score_prints_each_word_and_the_totals(tiny, photos, capsys):
+    assert main(["score", str(photos[0]), "a woman cutting a cake", "a skateboarder", "--model", "tiny"]) == 0
+    out = capsys.readouterr().out
+    first, second = tiny.score(photos[0], ["a woman cutting a cake", "a skateboarder"])
+    assert f"{photos[0]}: 'a woman cutting a cake' (after 'a photography of')" in out
+    assert f"  total {first.total:.3f}, mean {first.mean:.3f} per token" in out
+    word, logprob, margin = second.words()[1]
+    assert word == "skateboarder" and f"  {word:<16} {logprob:8.3f}" in out  # WordPieces joined into the word
+    assert out.count("[SEP]") == 2
+
+
+def test_score_of_references_lists_the_least_likely(tiny, photos, tmp_path, capsys):
+    records = tmp_path / "records.jsonl"
+    list(tiny.caption_files(photos[:2], records, max_new_tokens=3))
+    ids = [int(p.stem.rsplit("_", 1)[-1]) for p in photos[:2]]
+    references = {str(ids[0]): ["a woman with a cake", "people at a party"], str(ids[1]): ["a giraffe"]}
+    (tmp_path / "refs.json").write_text(json.dumps(references))
+    assert main(["score", str(records), "--references", str(tmp_path / "refs.json"), "--model", "tiny", "--least", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    means = sorted(
+        (s.mean, str(photos[0]), c) for c, s in zip(references[str(ids[0])], tiny.score(photos[0], references[str(ids[0])]), strict=True)
+    )
+    means = sorted(means + [(tiny.score(photos[1], "a giraffe")[0].mean, str(photos[1]), "a giraffe")])
+    assert out[0] == "3 reference captions of 2 images scored; the 2 least likely (mean logprob per token):"
+    assert out[1:] == [f"  {mean:7.3f}  {path}: {caption}" for mean, path, caption in means[:2]]
+
+
+def test_search_prints_the_hits_of_each_query(tiny, photos, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in photos:
+        shutil.copy(photo, folder)
+    assert (
+        main(["search", str(folder), "a cake", "an elephant", "--model", "tiny", "--top-k", "2", "--cache", str(tmp_path / "f.npz")]) == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    hits = bliptk.search(tiny, folder, "an elephant", top_k=2)
+    assert lines[0] == "a cake:" and lines[3] == "an elephant:" and len(lines) == 6
+    assert lines[4:] == [f"  {h.score:8.3f}  {h.path}" for h in hits] and (tmp_path / "f.npz").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["score", "{photo}", "", "--model", "tiny"], "bliptk: error: the caption is empty: give the text to score"),
+        (["score", "{photo}", "--model", "tiny"], "bliptk: error: give the captions to score after the image"),
+        (["score", "gone.jpg", "a dog", "--model", "tiny"], "bliptk: error: gone.jpg: no such file"),
+        (
+            ["score", "{photo}", "dog " * 600, "--model", "tiny"],
+            "bliptk: error: the caption is 600 tokens; with [DEC], the prompt (3 tokens)",
+        ),
+        (["search", "{folder}", "", "--model", "tiny"], "bliptk: error: the query is empty"),
+        (["search", "{folder}", "a dog", "--top-k", "0", "--model", "tiny"], "bliptk: error: --top-k must be an integer >= 1, got 0"),
+    ],
+)
+def test_score_and_search_refuse_bad_input_before_loading(photos, argv, message, monkeypatch, capsys):
+    monkeypatch.setattr("bliptk.captioning.runtimes.load", lambda *a, **k: pytest.fail("loaded a model"))
+    argv = [a.format(photo=photos[0], folder=photos[0].parent) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err

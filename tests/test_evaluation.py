@@ -21,8 +21,8 @@ PREDICTIONS = [
 ]
 
 
-# The metrics run Java (PTB tokenization, METEOR).
-needs_java = pytest.mark.java(pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java"))
+# The metrics run Java (PTB tokenization, METEOR), seconds a call: slow, outside the inner loop.
+needs_java = pytest.mark.slow(pytest.mark.java(pytest.mark.skipif(shutil.which("java") is None, reason="caption metrics need Java")))
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +177,40 @@ def test_eval_coco_resumed_onto_another_runs_records_scores_its_own(tiny, photos
     expected = tiny.caption(photos[0], prompt="a picture of ", num_beams=3, max_new_tokens=16, min_new_tokens=1)
     assert len(written) == 3 and [r["caption"] for r in written if r["image_id"] == 42] == [expected.text]
     assert len(read_records(results.with_suffix(".jsonl"))) == 6  # both runs' records kept
+
+
+INSTANCES = {
+    "images": [{"id": 1}, {"id": 2}, {"id": 3}],
+    "categories": [{"id": 17, "name": "cat"}, {"id": 18, "name": "dog"}, {"id": 63, "name": "couch"}, {"id": 51, "name": "bowl"}],
+    "annotations": [
+        {"image_id": 1, "category_id": 17},
+        {"image_id": 1, "category_id": 63},
+        {"image_id": 2, "category_id": 18},
+        {"image_id": 3, "category_id": 51},
+    ],
+}
+
+
+@needs_java
+def test_chair_is_reported_beside_the_metrics(result):
+    from bliptk.analysis.chair import chair
+
+    with_objects = bliptk.evaluate(PREDICTIONS, REFERENCES, instances=INSTANCES)
+    assert {k: v for k, v in with_objects.metrics.items() if not k.startswith("CHAIR")} == result.metrics and result.chair is None
+    # image 3's "table" is neither annotated nor in its references: hallucinated; the rest are held
+    captions = {1: "a cat lying on a red couch", 2: "two dogs running in a field", 3: "a plate of food on a table"}
+    direct = chair(captions, {1: {"cat", "couch"}, 2: {"dog"}, 3: {"bowl"}})
+    assert with_objects.chair.chair_s == direct.chair_s == pytest.approx(1 / 3)
+    assert with_objects.metrics["CHAIRs"] == pytest.approx(1 / 3) and with_objects.metrics["CHAIRi"] == pytest.approx(direct.chair_i)
+
+
+@needs_java
+def test_chair_from_the_references_alone_and_on_the_command_line(tmp_path, capsys):
+    from_references = bliptk.evaluate(PREDICTIONS, REFERENCES, chair=True)  # the references' objects alone
+    assert from_references.chair.chair_s == pytest.approx(1 / 3)
+    (tmp_path / "instances.json").write_text(json.dumps(INSTANCES))
+    (tmp_path / "refs.json").write_text(json.dumps({str(k): v for k, v in REFERENCES.items()}))
+    (tmp_path / "preds.json").write_text(json.dumps(PREDICTIONS))
+    assert main(["eval", str(tmp_path / "preds.json"), str(tmp_path / "refs.json"), "--instances", str(tmp_path / "instances.json")]) == 0
+    out = capsys.readouterr().out
+    assert "CHAIRs     33.3" in out and "hallucinated objects (1 of 3 captions):\n  3: a plate of food on a table [table]" in out

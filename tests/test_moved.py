@@ -22,6 +22,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # imports every module of the package, torch and transformers among them
 def test_each_old_module_path_is_the_new_module_with_a_warning():
     moved = {old: new for old, new in MOVED_MODULES.items() if old != new}
     code = f"""

@@ -3,6 +3,7 @@ last line is dropped wherever it tears, an output has one writer, and a full dis
 finished record."""
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import bliptk
 from bliptk.captioning.folder import BatchStatus
 from bliptk.cli.main import main
 from bliptk.core.decoding import Caption
-from bliptk.store.records import RecordOutput, done_inputs, input_identity, make_record, read_records
+from bliptk.store.records import RECORD_FIELDS, RecordOutput, done_inputs, input_identity, make_record, read_records
 
 PROVENANCE = {"model": "tiny", "weights": {"source": "random", "seed": 0, "fingerprint": "0123456789abcdef", "dtype": "float32"}}
 OPTIONS = {"prompt": None, "max_new_tokens": 5}
@@ -264,3 +265,25 @@ def test_a_full_disk_keeps_every_finished_record_and_resume_finishes(tiny, photo
         assert list(tiny.caption_files(folder, moved, max_new_tokens=20, resume=True, status=status)) != []
         final = read_records(moved)
         assert sorted(r["path"] for r in final) == sorted(str(p) for p in folder.iterdir()) and status.skipped == len(kept)
+
+
+@pytest.mark.parametrize("left_out", [("entropy",), ("runtime", "entropy")])
+def test_records_files_of_earlier_versions_read_and_resume(tiny, photos, tmp_path, left_out):
+    import csv
+
+    out = tmp_path / "captions.csv"
+    made = list(tiny.caption_files(photos[:2], out, max_new_tokens=3))
+    rows = list(csv.DictReader(out.open(newline="")))
+    with out.open("w", newline="") as file:  # as bliptk 0.2 (no runtime) and 0.3 (no entropy) wrote them
+        writer = csv.DictWriter(file, [name for name in RECORD_FIELDS if name not in left_out], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert read_records(out) == made
+    assert list(tiny.caption_files(photos[:2], out, resume=True, max_new_tokens=3)) == []  # done: nothing captioned again
+
+
+def test_onnx_records_of_bliptk_0_2_read_as_the_onnx_runtimes(tmp_path):
+    line = {"path": "a.jpg", "caption": "a dog", "model": "m", "weights": {"dtype": "onnx int8"}, "options": {}, "error": None}
+    (tmp_path / "old.jsonl").write_text(json.dumps(line) + "\n")
+    [record] = read_records(tmp_path / "old.jsonl")
+    assert record["runtime"] == "onnx" and record["weights"] == {"dtype": "int8"} and record["entropy"] is None

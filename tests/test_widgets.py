@@ -301,3 +301,13 @@ def test_the_step_through_decoder_lists_the_beams(sep_likely, photos):
         pass
     assert view.button.disabled and view.status.value.startswith("done: max new tokens (12) reached, where beam search ends")
     assert html.escape(displayable(expected.text)) in view.caption.value and view.state.value.count("<td>&#10003; ") == 3
+
+
+def test_each_token_is_coloured_by_its_probability_with_a_legend(explorer):
+    from bliptk.notebook.widgets import PROBABILITY_LEGEND, probability_colour
+
+    assert [probability_colour(p) for p in (0.0, 0.25, 0.5, 1.0, 1.5)] == ["#f4a582", "#fad2a0", "#ffffbf", "#a6d96a", "#a6d96a"]
+    for choice in explorer.choices:
+        colour = probability_colour(choice.probability)
+        assert f'background: {colour}; padding: 0 2px; border-radius: 3px">{html.escape(displayable(choice.token))}' in explorer.table.value
+    assert explorer.table.value.endswith(PROBABILITY_LEGEND) and "probability of each token" in PROBABILITY_LEGEND

@@ -15,13 +15,14 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import EvaluationError, InputError, MissingDependencyError
 from ..core.optional import optional
 from ..core.quiet import stderr_of_children_kept
 from ..store.coco import coco_captions, coco_file_problem, is_coco_captions
 
-__all__ = ["EvaluationResult", "evaluate", "load_predictions", "load_references"]
+__all__ = ["EvaluationResult", "ReferenceScore", "evaluate", "load_predictions", "load_references", "score_references"]
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,14 @@ class EvaluationResult:
         metrics: ``Bleu_1`` .. ``Bleu_4``, ``METEOR``, ``ROUGE_L``, ``CIDEr`` (as the COCO
             evaluation names them), each in [0, 1] except CIDEr (up to 10).
         per_image: ``(image_id, caption, CIDEr)`` for every image, worst CIDEr first.
+        chair: Object hallucination ([`ChairResult`][bliptk.analysis.chair.ChairResult]), when
+            ground truth objects were given; its ``chair_s`` and ``chair_i`` are also in ``metrics``
+            as ``CHAIRs`` and ``CHAIRi``.
     """
 
     metrics: dict[str, float]
     per_image: list[tuple[int | str, str, float]]
+    chair: Any = None
 
     def __str__(self) -> str:
         lines = [f"{name:8} {value * 100:6.1f}" for name, value in self.metrics.items()]
@@ -190,12 +195,18 @@ def _scorers():
     ]
 
 
-def evaluate(predictions, references) -> EvaluationResult:
-    """Score captions against reference captions with the COCO caption metrics.
+def evaluate(predictions, references, *, instances=None, chair: bool | None = None) -> EvaluationResult:
+    """Score captions against reference captions with the COCO caption metrics, and object
+    hallucination (CHAIR) when ground truth objects are given.
 
     Args:
         predictions: See [`load_predictions()`][bliptk.analysis.evaluation.load_predictions] (a path, or the loaded data).
         references: See [`load_references()`][bliptk.analysis.evaluation.load_references] (a path, or the loaded data).
+        instances: COCO instance annotations (``instances_val2014.json``, or its parsed JSON):
+            CHAIR against each image's annotated objects and the objects its references mention,
+            as the paper takes them.
+        chair: True: CHAIR, against the references' objects alone where no ``instances`` are
+            given; False: none; None (default): CHAIR where ``instances`` are given.
 
     Returns:
         An [`EvaluationResult`][bliptk.analysis.evaluation.EvaluationResult].
@@ -233,4 +244,72 @@ def evaluate(predictions, references) -> EvaluationResult:
         if names == ["CIDEr"]:
             per_image_cider = dict(zip(sorted(truths.keys()), (float(v) for v in scores), strict=True))
     per_image = sorted(((i, predicted[i], per_image_cider[i]) for i in ids), key=lambda row: row[2])
-    return EvaluationResult(metrics, per_image)
+    hallucination = _chair(predicted, referenced, instances) if (chair or (chair is None and instances is not None)) else None
+    if hallucination is not None:
+        metrics.update(CHAIRs=hallucination.chair_s, CHAIRi=hallucination.chair_i)
+    return EvaluationResult(metrics, per_image, hallucination)
+
+
+def _chair(predicted: dict, referenced: dict, instances):
+    """CHAIR of the predictions against the objects of the instances (if any) and the references."""
+    from .chair import chair, coco_instance_objects, reference_objects
+
+    truth = reference_objects(referenced)
+    if instances is not None:
+        annotated = coco_instance_objects(instances)
+        unannotated = [i for i in predicted if i not in annotated]
+        if unannotated:
+            raise EvaluationError(f"{len(unannotated)} predicted images are not in the instances (e.g. {unannotated[:3]})")
+        truth = {i: truth.get(i, set()) | annotated[i] for i in predicted}
+    return chair({i: predicted[i] for i in sorted(predicted, key=str)}, truth)
+
+
+@dataclass(frozen=True)
+class ReferenceScore:
+    """How likely the model finds one reference caption of an image
+    ([`score_references()`][bliptk.analysis.evaluation.score_references]).
+
+    Attributes:
+        image_id: The image's id in the references.
+        path: The image file (from the records).
+        caption: The reference caption.
+        score: Its [`CaptionScore`][bliptk.core.scoring.CaptionScore].
+    """
+
+    image_id: int | str
+    path: str
+    caption: str
+    score: Any
+
+
+def score_references(captioner, records, references, *, batch_size: int = 16) -> list[ReferenceScore]:
+    """Score every reference caption of every captioned image under the model, least likely first
+    (by mean log-probability per token): captions to check by hand, or images the model reads
+    differently from the people who described them.
+
+    Args:
+        captioner: Any captioner.
+        records: bliptk records of the images (a ``.jsonl``/``.csv`` file or their dicts): their
+            ``path`` says where each image is; an image's id is matched as
+            [`evaluate()`][bliptk.analysis.evaluation.evaluate] matches it.
+        references: See [`load_references()`][bliptk.analysis.evaluation.load_references].
+        batch_size: Captions scored together.
+
+    Raises:
+        EvaluationError: Malformed inputs, or no record matches a referenced image.
+    """
+    referenced = load_references(references)
+    rows = _read_json(records, "records")
+    if not isinstance(rows, list) or not all(isinstance(row, dict) and "path" in row for row in rows):
+        raise EvaluationError("records must be bliptk records (a .jsonl or .csv file, or their dicts), each with a path")
+    numeric = numeric_ids(referenced)
+    paths = {_id_from_path(str(row["path"]), numeric): str(row["path"]) for row in rows if not row.get("error")}
+    matched = [image_id for image_id in referenced if image_id in paths]
+    if not matched:
+        raise EvaluationError(f"no record's file matches a referenced image id (e.g. {list(referenced)[:3]}; records: {list(paths)[:3]})")
+    scored: list[ReferenceScore] = []
+    for image_id in matched:
+        captions = referenced[image_id]
+        scores = captioner.score(paths[image_id], captions, batch_size=batch_size)
+        scored += [ReferenceScore(image_id, paths[image_id], c, s) for c, s in zip(captions, scores, strict=True)]
+    return sorted(scored, key=lambda row: row.score.mean)

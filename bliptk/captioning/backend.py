@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from ..core.preprocess import Preprocessor
 from ..core.provenance import Weights
 from ..core.tokenizer import Tokenizer
 from ..core.video import VideoOptions
+
+if TYPE_CHECKING:
+    from ..core.scoring import CaptionScore
 
 __all__ = ["CaptionBackend"]
 
@@ -123,6 +126,47 @@ class CaptionBackend(ABC):
         options, video_options = pipeline.resolve_options(options, video_options, **keywords)
         return pipeline.caption(self, images, prompt, options, video_options, batch_size, return_attention)
 
+    def score(
+        self,
+        images,
+        captions: str | list[str],
+        *,
+        prompt: str | None = None,
+        video_options: VideoOptions | None = None,
+        batch_size: int = 16,
+        **keywords,
+    ) -> list[CaptionScore]:
+        """How likely the model finds given captions of images or videos, token by token
+        (teacher-forced): a human reference, another model's caption, a query.
+
+        Args:
+            images: One image or video, or a list (as [`caption()`][bliptk.captioning.backend.CaptionBackend.caption] takes).
+            captions: One caption, or a list: for a list of images, one caption per image; for
+                one image, several captions of it. One caption for a list of images scores it
+                for each (what [`search()`][bliptk.captioning.search.search] does).
+            prompt: Text each caption is conditioned on, never scored; None: the model's own
+                prompt, else ``"a photography of"`` (``"a video of"`` for a video); ``""`` none.
+                A caption that starts with the prompt (a generated caption's text) is scored
+                after it.
+            video_options: [`VideoOptions`][bliptk.core.video.VideoOptions] for videos.
+            batch_size: Captions scored together.
+            **keywords: Fields of [`VideoOptions`][bliptk.core.video.VideoOptions] (``num_frames``).
+
+        Returns:
+            One [`CaptionScore`][bliptk.core.scoring.CaptionScore] per caption, in order, always a
+            list: ``.logprobs``, ``.entropy`` and ``.margin`` per token (``[SEP]`` last),
+            ``.total`` and ``.mean``.
+
+        Raises:
+            InvalidOptionError: An empty caption, one longer than the decoder's positions, or
+                lists of different lengths.
+            InvalidArgumentError: A caption that is no string.
+        """
+        from ..core.scoring import score
+
+        _, video_options = pipeline.resolve_options(None, video_options, **_video_only(keywords))
+        return score(self, images, captions, prompt, video_options, batch_size)
+
     def encode_video(self, video, video_options: VideoOptions | None = None, *, batch_size: int = 8, **keywords):
         """Image features of a video: its frames' features averaged (the page's method) or
         concatenated.
@@ -148,3 +192,20 @@ class CaptionBackend(ABC):
         from .folder import caption_files
 
         return caption_files(self, inputs, out, **arguments)
+
+
+def _video_only(keywords: dict) -> dict:
+    """Keywords of a verb that takes video options only.
+
+    Raises:
+        InvalidOptionError: A decoding option, which scoring has no use for.
+    """
+    from dataclasses import fields
+
+    from ..core.errors import InvalidOptionError
+
+    names = [f.name for f in fields(VideoOptions)]
+    unknown = sorted(set(keywords) - set(names))
+    if unknown:
+        raise InvalidOptionError(f"unknown option(s) {', '.join(unknown)} for scoring; valid: {', '.join(names)}")
+    return keywords

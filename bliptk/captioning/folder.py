@@ -19,7 +19,7 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from ..core.decoding import Caption, DecodingOptions, prompt_ids
 from ..core.errors import NoInputsError, option_error
 from ..core.files import media_files
 from ..core.preprocess import load_image
+from ..core.tokenizer import SEP_TOKEN_ID
 from ..core.video import VideoOptions
 from ..store.records import RecordOutput, done_inputs, input_error, input_identity, key_of, make_record, record_key, record_options
 from .options import FolderJobOptions, job_options
@@ -143,15 +144,17 @@ def prepare(path: str, max_pixels: int | None, preprocessor) -> Prepared:
 
 
 def caption_prepared(
-    backend, batch: list[Prepared], options: DecodingOptions, video_options: VideoOptions
+    backend, batch: list[Prepared], options: DecodingOptions, video_options: VideoOptions, scores: bool = False
 ) -> list[tuple[Prepared, Caption | None, Exception | dict | None]]:
     """``(input, caption, error)`` for each input of a batch, in order: its images captioned
     together, each video from its frames; an input that fails gets its error, never stopping the
-    others. The one captioning step of the batch command and of the Ray actors."""
+    others. With ``scores``, each caption's ``entropy`` is filled (its tokens teacher-forced over
+    the same features). The one captioning step of the batch command and of the Ray actors."""
     images = [item for item in batch if item.error is None and item.kind == "image" and item.pixels is not None]
     captions = {}
     if images:
-        decoded = pipeline.caption_pixels(backend, np.stack([item.pixels for item in images if item.pixels is not None]), options)
+        features = backend.encode(np.stack([item.pixels for item in images if item.pixels is not None]))
+        decoded = _scored(backend, features, pipeline.caption_features(backend, features, options), scores)
         captions = {id(item): caption for item, caption in zip(images, decoded, strict=True)}
     results: list[tuple[Prepared, Caption | None, Exception | dict | None]] = []
     for item in batch:
@@ -159,16 +162,27 @@ def caption_prepared(
             results.append((item, None, item.error))
         elif item.kind == "video":
             try:
-                features = pipeline.encode_video(backend, item.path, video_options)
-                [caption] = pipeline.caption_features(
-                    backend, features[None], options, [pipeline.request_prompt(None, options, video=True)]
-                )
+                features = pipeline.encode_video(backend, item.path, video_options)[None]
+                prompt = pipeline.request_prompt(None, options, video=True)
+                [caption] = _scored(backend, features, pipeline.caption_features(backend, features, options, [prompt]), scores)
                 results.append((item, caption, None))
             except Exception as error:  # like an image, a video must never end the job
                 results.append((item, None, input_error(error, item.path, "video")))
         else:
             results.append((item, captions[id(item)], None))
     return results
+
+
+def _scored(backend, features: np.ndarray, captions: list[Caption], scores: bool) -> list[Caption]:
+    """The captions, each with the entropy of its tokens' steps when ``scores`` (teacher-forced:
+    the distributions the caption was generated from)."""
+    if not scores:
+        return captions
+    from ..core.scoring import teacher_forced
+
+    targets = [caption.token_ids or [SEP_TOKEN_ID] for caption in captions]  # the generated ids themselves, never re-tokenized text
+    values = teacher_forced(backend.decoder, backend.tokenizer, features, targets, [caption.prompt for caption in captions])
+    return [replace(caption, entropy=rows[: len(caption.token_ids), 1].tolist()) for caption, rows in zip(captions, values, strict=True)]
 
 
 def _prefetched(paths: list[str], load, workers: int, window: int) -> Iterator[Prepared]:
@@ -275,7 +289,7 @@ def caption_files(
     output = RecordOutput(out, job.format, job.resume) if isinstance(out, str | os.PathLike) else out
     try:
         pipeline.say_if_random(captioner)
-        run = _Job(captioner, options, video_options, status or BatchStatus())
+        run = _Job(captioner, options, video_options, status or BatchStatus(), job.scores)
         run.status.total = len(paths)
         if output is not None:
             paths = run.resume(output, paths)
@@ -297,10 +311,11 @@ def made_by(captioner, options: DecodingOptions, video_options: VideoOptions | N
 class _Job:
     """One batch run: its captioner, options and counts."""
 
-    def __init__(self, captioner, options: DecodingOptions, video_options: VideoOptions, status: BatchStatus):
+    def __init__(self, captioner, options: DecodingOptions, video_options: VideoOptions, status: BatchStatus, scores: bool = False):
         self.captioner, self.options, self.video_options, self.status = captioner, options, video_options, status
+        self.scores = scores
         self.provenance = pipeline.provenance(captioner)
-        self.record_options = record_options(options, video_options)
+        self.record_options = record_options(options, video_options, scores)
 
     def resume(self, output: RecordOutput, paths: list[str]) -> list[str]:
         """Start the output: keep its records but the failures of this job's inputs (tried
@@ -329,7 +344,7 @@ class _Job:
         prepared = _prefetched(paths, load, job.workers, window=job.batch_size * (job.workers + 1))
         with tqdm(total=len(paths), desc="captioning", unit="file", disable=not show_progress) as bar, _StopAfterBatch() as stop:
             while batch := list(itertools.islice(prepared, job.batch_size)):
-                for item, caption, error in caption_prepared(self.captioner, batch, self.options, self.video_options):
+                for item, caption, error in caption_prepared(self.captioner, batch, self.options, self.video_options, self.scores):
                     record = self.record(item, caption, error)
                     if output is not None:
                         output.write(record)

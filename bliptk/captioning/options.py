@@ -27,6 +27,8 @@ class FolderJobOptions:
             runtime and options (without it, an existing output is an error).
         format: The output's format (see [`bliptk.store.formats`][bliptk.store.formats]); None: a
             records file's by its extension, a Ray job's shards JSONL.
+        scores: Add each generated token's entropy to its record (``entropy``, beside
+            ``logprobs``): how sure the model was at each step. Records say so in their options.
 
     Each field's ``metadata`` holds its command-line help, from which ``bliptk caption`` builds its
     flags.
@@ -43,6 +45,7 @@ class FolderJobOptions:
         default=None,
         metadata={"help": "format of --out (default: by its extension; jsonl with --ray)", "choices": lambda: tuple(FORMATS)},
     )
+    scores: bool = field(default=False, metadata={"help": "add each token's entropy to its record, beside its log-probability"})
 
     def __post_init__(self):
         check_positive_int("batch_size", self.batch_size)
@@ -50,7 +53,7 @@ class FolderJobOptions:
             raise option_error(f"workers must be an integer >= 0, got {self.workers!r}", "workers")
         if self.max_pixels is not None:
             check_positive_int("max_pixels", self.max_pixels)
-        for name in ("recursive", "resume"):
+        for name in ("recursive", "resume", "scores"):
             if not isinstance(getattr(self, name), bool):
                 raise option_error(f"{name} must be True or False, got {getattr(self, name)!r}", name)
 

@@ -173,18 +173,18 @@ class _CaptionActor:
     """Ray actor: loads the captioner once, in its runtime (``bliptk.load``: a checkpoint into torch,
     an export into ONNX Runtime), then captions batches with the batch command's step."""
 
-    def __init__(self, load: dict, options: dict, video_options: dict):
+    def __init__(self, load: dict, options: dict, video_options: dict, scores: bool = False):
         self.captioner = runtimes.load(LoadOptions(**load))
-        self.options, self.video_options = DecodingOptions(**options), VideoOptions(**video_options)
+        self.options, self.video_options, self.scores = DecodingOptions(**options), VideoOptions(**video_options), scores
         self.provenance = provenance(self.captioner)
-        self.record_options = record_options(self.options, self.video_options)
+        self.record_options = record_options(self.options, self.video_options, scores)
 
     def __call__(self, batch: dict):
         items = [
             Prepared(str(path), str(kind), pixels, json.loads(failure) if failure else None)
             for path, kind, pixels, failure in zip(batch["path"], batch["kind"], batch["pixels"], batch["failure"], strict=True)
         ]
-        results = caption_prepared(self.captioner, items, self.options, self.video_options)
+        results = caption_prepared(self.captioner, items, self.options, self.video_options, self.scores)
         return arrow_table(
             [make_record(item.path, item.kind, self.provenance, self.record_options, caption, error) for item, caption, error in results]
         )
@@ -253,7 +253,7 @@ def caption_dataset(
                 ray.init(
                     address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
                 )
-        recorded = record_options(options, video_options)
+        recorded = record_options(options, video_options, job.scores)
         earlier = [r for r in read_output(claimed.path) if r["options"] == recorded]
         done = done_inputs(earlier, _provenance(load), recorded) if earlier else set()
         dataset, total, skipped, read_cpus = _todo(ray, source, job.recursive, done)
@@ -266,7 +266,7 @@ def caption_dataset(
             _preprocess, fn_kwargs={"preprocessor": described.preprocessor, "max_pixels": job.max_pixels}, num_cpus=TASK_CPUS
         ).map_batches(
             _CaptionActor,
-            fn_constructor_args=(actors, options.as_dict(), video_options.as_dict()),
+            fn_constructor_args=(actors, options.as_dict(), video_options.as_dict(), job.scores),
             batch_size=job.batch_size,
             compute=ray.data.ActorPoolStrategy(size=num_workers),
             num_cpus=cpus_per_worker,

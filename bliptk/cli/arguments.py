@@ -195,6 +195,20 @@ def check_prompts(args, options: DecodingOptions) -> None:
     prompt_ids(tokenizer, options.prompt_text, options.max_new_tokens, 512)
 
 
+def check_captions(args, captions: list[str], what: str = "caption") -> None:
+    """Refuse an empty caption or query, or one too long for the decoder after ``--prompt``,
+    before any model loads (``what``: ``"caption"`` or ``"query"``)."""
+    from ..core.decoding import DEFAULT_PROMPT
+    from ..core.scoring import caption_ids
+    from ..core.tokenizer import load_tokenizer
+
+    vocabulary = Path(args.model) / "vocab.txt"
+    tokenizer = load_tokenizer(vocabulary if vocabulary.is_file() else None)
+    prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
+    for index, caption in enumerate(captions):
+        caption_ids(tokenizer, caption, prompt, 512, f"{what} {index + 1}" if len(captions) > 1 else f"the {what}")
+
+
 # --- outputs -------------------------------------------------------------------------------------------
 
 

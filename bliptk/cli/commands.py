@@ -23,6 +23,8 @@ for _name, _module in (
     ("caption", "bliptk.cli.caption"),
     ("attention", "bliptk.cli.attention"),
     ("explain", "bliptk.cli.explain"),
+    ("score", "bliptk.cli.score"),
+    ("search", "bliptk.cli.search"),
     ("embed", "bliptk.cli.embed"),
     ("map", "bliptk.cli.feature_map"),
     ("finetune", "bliptk.cli.finetune"),

@@ -187,6 +187,8 @@ class Caption:
             ``max_new_tokens``.
         cross_attention: With ``return_attention=True``, the cross-attention weights that
             produced each generated token, ``(T, L, H, N)``; else None.
+        entropy: Where asked (a folder job's ``scores``), the entropy (nats) of the model's
+            distribution at each generated token's step; else None.
     """
 
     text: str
@@ -196,6 +198,7 @@ class Caption:
     logprobs: list[float]
     finished: bool
     cross_attention: Any = field(default=None, repr=False)
+    entropy: list[float] | None = field(default=None, repr=False)
 
     def __str__(self) -> str:
         return self.text

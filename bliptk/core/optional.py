@@ -27,6 +27,7 @@ INSTALL = {
     "ray": "distributed captioning needs Ray: pip install 'ray[data]>=2.60,<3' (the ray extra)",
     "pyarrow": "Parquet shards need pyarrow: pip install 'ray[data]>=2.60,<3' (the ray extra)",
     "pycocoevalcap": "caption metrics need pycocoevalcap: pip install pycocoevalcap (the eval extra)",
+    "inflect": "CHAIR reads plurals with inflect: pip install 'inflect>=7,<8' (the eval extra)",
     "accelerate": _TRAIN,
     "peft": _TRAIN,
     "ipywidgets": "the explorers need ipywidgets: pip install ipywidgets",

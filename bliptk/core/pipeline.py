@@ -19,7 +19,7 @@ encoding them).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
@@ -41,10 +41,14 @@ __all__ = [
     "caption_features",
     "caption_pixels",
     "caption_timeline",
+    "chunk_features",
+    "chunks",
     "encode_images",
     "encode_video",
+    "features_by_chunk",
     "own_options",
     "provenance",
+    "request_prompt",
     "resolve_options",
     "say_if_random",
 ]
@@ -202,7 +206,8 @@ def group_captions(decoded: list[Caption], per_request: int) -> list:
     return [decoded[start : start + per_request] for start in range(0, len(decoded), per_request)]
 
 
-def _chunks(rows: list[int], size: int) -> list[list[int]]:
+def chunks(rows: list[int], size: int) -> list[list[int]]:
+    """``rows`` in runs of ``size`` at most."""
     return [rows[start : start + size] for start in range(0, len(rows), size)]
 
 
@@ -283,25 +288,34 @@ def caption(
     check_positive_int("batch_size", batch_size)
     options = own_options(backend, options)
     items, rows, single = requested_captions(images, prompt)
-    videos = {item for item in dict.fromkeys(item for item, _ in rows) if is_video(items[item])}
     captions: dict[int, Any] = {}
 
-    def decode_rows(features: np.ndarray, chunk: list[int]) -> None:
-        prompts = [request_prompt(rows[row][1], options, rows[row][0] in videos) for row in chunk]
+    for features, chunk, video in features_by_chunk(backend, items, [item for item, _ in rows], video_options, batch_size):
+        prompts = [request_prompt(rows[row][1], options, video) for row in chunk]
         decoded = caption_features(backend, features, options, prompts, return_attention)
         captions.update(zip(chunk, group_captions(decoded, options.num_return_sequences), strict=True))
-
-    for chunk in _chunks([row for row, (item, _) in enumerate(rows) if item not in videos], batch_size):
-        decode_rows(_chunk_features(backend, [items[rows[row][0]] for row in chunk], [rows[row][0] for row in chunk]), chunk)
-    for video in sorted(videos):
-        features = encode_video(backend, items[video], video_options, batch_size)
-        for chunk in _chunks([row for row, (item, _) in enumerate(rows) if item == video], batch_size):
-            decode_rows(np.repeat(features[None], len(chunk), axis=0), chunk)
     ordered = [captions[row] for row in range(len(rows))]
     return ordered[0] if single else ordered
 
 
-def _chunk_features(backend: PipelineBackend, images: list, keys: list[int]) -> np.ndarray:
+def features_by_chunk(
+    backend: PipelineBackend, items: list, row_items: list[int], video_options: VideoOptions, batch_size: int
+) -> Iterator[tuple[np.ndarray, list[int], bool]]:
+    """The features ``(R, N, D)`` of requested rows (each row the index of its input in ``items``),
+    ``batch_size`` rows at a time, with the rows: images a chunk at a time, each distinct image of a
+    chunk encoded once, so that features for one chunk at most are alive; then each video, encoded
+    once ([`encode_video()`][bliptk.core.pipeline.encode_video]), for its rows. Each chunk comes with
+    whether it is a video's. The one loop of captioning and scoring."""
+    videos = {item for item in dict.fromkeys(row_items) if is_video(items[item])}
+    for chunk in chunks([row for row, item in enumerate(row_items) if item not in videos], batch_size):
+        yield chunk_features(backend, [items[row_items[row]] for row in chunk], [row_items[row] for row in chunk]), chunk, False
+    for video in sorted(videos):
+        features = encode_video(backend, items[video], video_options, batch_size)
+        for chunk in chunks([row for row, item in enumerate(row_items) if item == video], batch_size):
+            yield np.repeat(features[None], len(chunk), axis=0), chunk, True
+
+
+def chunk_features(backend: PipelineBackend, images: list, keys: list[int]) -> np.ndarray:
     """The features of a chunk's rows, ``(R, N, D)``: each distinct image (by ``keys``) encoded once,
     however many of the rows prompt it. Only the rows' copy outlives this call."""
     distinct = list(dict.fromkeys(keys))

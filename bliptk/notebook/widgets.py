@@ -173,6 +173,27 @@ def _token(text: str) -> str:
     return html.escape(displayable(text))
 
 
+# Light colours (so that black text stays readable) from unlikely, red, to sure, green: matplotlib's RdYlGn.
+_PROBABILITY_COLOURS = ((0.0, (244, 165, 130)), (0.5, (255, 255, 191)), (1.0, (166, 217, 106)))
+
+
+def probability_colour(probability: float) -> str:
+    """The background of a token of this probability: red (unlikely) through yellow to green (sure)."""
+    p = min(max(float(probability), 0.0), 1.0)
+    (low, start), (high, end) = (_PROBABILITY_COLOURS[0], _PROBABILITY_COLOURS[1]) if p <= 0.5 else _PROBABILITY_COLOURS[1:]
+    share = (p - low) / (high - low)
+    red, green, blue = (round(a + (b - a) * share) for a, b in zip(start, end, strict=True))
+    return f"#{red:02x}{green:02x}{blue:02x}"
+
+
+PROBABILITY_LEGEND = (
+    '<div style="font-size: 11px; margin-top: 4px">probability of each token: '
+    + "".join(f'<span style="background: {probability_colour(p)}; padding: 0 4px">{p:g}</span>' for p in (0.0, 0.25, 0.5, 0.75, 1.0))
+    + "</div>"
+)
+"""What the colours of the tokens mean, shown under them."""
+
+
 def probability_text(probability: float) -> str:
     """A probability readable at any magnitude: three decimals down to 0.001, then two significant
     digits in scientific notation (``3.2e-05``), never ``0.000``."""
@@ -345,12 +366,15 @@ class CaptionExplorer(_Explorer):
             self.text.value = _caption_html(caption.text)
         else:
             self.text.value = _wrapping("".join(f"{number}. <b>{_token(c.text)}</b><br>" for number, c in enumerate(self.captions, 1)))
-        # Each token with its probability, in a line that wraps (a 25-token caption takes a few lines).
+        # Each token with its probability, on a colour of it, in a line that wraps (a 25-token caption
+        # takes a few lines); the legend says what the colours mean.
         chips = " ".join(
-            f'<span title="token {i}" style="white-space: nowrap">{_token(c.token)}&nbsp;<small>{probability_text(c.probability)}</small></span>'
+            f'<span title="token {i}: probability {probability_text(c.probability)}" '
+            f'style="white-space: nowrap; background: {probability_colour(c.probability)}; padding: 0 2px; border-radius: 3px">'
+            f"{_token(c.token)}&nbsp;<small>{probability_text(c.probability)}</small></span>"
             for i, c in enumerate(self.choices)
         )
-        self.table.value = _wrapping(chips)
+        self.table.value = _wrapping(chips) + PROBABILITY_LEGEND
         self.token.max = max(0, len(self.choices) - 1)
         self.token.value = min(self.token.value, self.token.max)
         self._draw_chart()

@@ -1,25 +1,40 @@
 """CSV: a records file with a header row, one record per row, nested fields as JSON text. CSV has
-no null: a text field's None is an empty cell, a nested field's ``null``."""
+no null: a text field's None is an empty cell, a nested field's ``null``, an optional field's
+(``runtime``, ``entropy``) an empty cell."""
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
 from dataclasses import fields
 from pathlib import Path
 
 from ..core.errors import InputError, first_line
-from .records import RECORD_FIELDS, Record
+from .records import OPTIONAL_FIELDS, RECORD_FIELDS, Record
 
 __all__ = ["CODEC"]
 
 logger = logging.getLogger(__name__)
 
 _NESTED = {column.name for column in fields(Record) if column.metadata["nested"]}
-# Files of bliptk 0.2 have every column but the runtime: they read as torch's.
-_HEADERS = (RECORD_FIELDS, tuple(name for name in RECORD_FIELDS if name != "runtime"))
+# Files written before an optional column existed lack it (bliptk 0.2's the runtime: they read as
+# torch's): every header without some of the optional columns reads.
+_HEADERS = tuple(
+    tuple(name for name in RECORD_FIELDS if name not in left_out)
+    for count in range(len(OPTIONAL_FIELDS) + 1)
+    for left_out in itertools.combinations(OPTIONAL_FIELDS, count)
+)
+
+
+def _cell(name: str, value) -> str:
+    """A field's cell: a nested field's JSON (``null`` for None, so that a row cut short in it
+    is no record), but an optional field's None empty, as the field's absence; text as it is."""
+    if value is None and (name in OPTIONAL_FIELDS or name not in _NESTED):
+        return ""
+    return json.dumps(value) if name in _NESTED else value
 
 
 class CsvCodec:
@@ -30,10 +45,7 @@ class CsvCodec:
 
     def encode(self, record: dict) -> bytes:
         buffer = io.StringIO(newline="")
-        row = [
-            json.dumps(record.get(name)) if name in _NESTED else ("" if record.get(name) is None else record[name])
-            for name in RECORD_FIELDS
-        ]
+        row = [_cell(name, record.get(name)) for name in RECORD_FIELDS]
         csv.writer(buffer).writerow(row)
         return buffer.getvalue().encode("utf-8", errors="surrogateescape")
 

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from ..core.errors import InputError, first_line
-from .records import Record
+from .records import OPTIONAL_FIELDS, Record
 
 __all__ = ["CODEC"]
 
@@ -19,13 +19,14 @@ _RECORD_START = b'{"path": '
 
 
 class JsonlCodec:
-    """One record per line, nested fields as JSON; ``runtime`` left out for torch."""
+    """One record per line, nested fields as JSON; an optional field (``runtime`` for torch,
+    ``entropy`` without scores) left out when None."""
 
     def header(self) -> bytes:
         return b""
 
     def encode(self, record: dict) -> bytes:
-        line = {name: value for name, value in record.items() if name != "runtime" or value is not None}
+        line = {name: value for name, value in record.items() if name not in OPTIONAL_FIELDS or value is not None}
         try:
             return (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
         except UnicodeEncodeError:  # a path with bytes that are no UTF-8: JSON escapes carry them

@@ -34,6 +34,7 @@ from .formats import codec, file_format_of, shard_format_of
 from .outputs import OutputLock, claim, reason, share
 
 __all__ = [
+    "OPTIONAL_FIELDS",
     "RECORD_FIELDS",
     "OutputLock",
     "Record",
@@ -53,11 +54,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _column(arrow: str, *, nested: bool = False, required: bool = False, default: Any = None):
+def _column(arrow: str, *, nested: bool = False, required: bool = False, optional: bool = False, default: Any = None):
     """A field of [`Record`][bliptk.store.records.Record]: its Arrow type (``"string"``,
     ``"list<int64>"``...), whether it holds JSON (a nested value: text in a CSV cell or a shard's
-    column), whether a line without it is no record."""
-    return field(default=default, metadata={"arrow": arrow, "nested": nested, "required": required})
+    column), whether a line without it is no record, whether it is left out of a JSONL line when
+    None (a column added after records were first written: files without it still read)."""
+    return field(default=default, metadata={"arrow": arrow, "nested": nested, "required": required, "optional": optional})
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class Record:
         error: ``{"type", "message"}`` of a failed input, else None.
         runtime: The runtime, when it is not torch (``"onnx"``); None for torch, and left out of a
             JSONL line, as records were before runtimes were recorded.
+        entropy: With ``scores`` (``--scores``), the entropy (nats) of the model's distribution at
+            each generated token's step; else None, left out of a JSONL line.
     """
 
     path: str = _column("string", required=True, default="")
@@ -93,7 +97,8 @@ class Record:
     weights: dict | None = _column("json", nested=True)
     options: dict | None = _column("json", nested=True, required=True)
     error: dict | None = _column("json", nested=True, required=True)
-    runtime: str | None = _column("string")
+    runtime: str | None = _column("string", optional=True)
+    entropy: list[float] | None = _column("list<float64>", nested=True, optional=True)
 
     @classmethod
     def from_row(cls, row) -> dict:
@@ -126,6 +131,8 @@ def _value(value, nested: bool):
 
 RECORD_FIELDS = tuple(column.name for column in fields(Record))
 """The fields of a record, in order."""
+OPTIONAL_FIELDS = tuple(column.name for column in fields(Record) if column.metadata["optional"])
+"""The fields left out of a JSONL line when None (files written before they existed lack them)."""
 
 
 # --- what a record says -----------------------------------------------------------------------------
@@ -177,13 +184,15 @@ def make_record(path: str, kind: str, provenance: dict, options: dict, caption=N
         "options": options,
         "error": (error if isinstance(error, dict) else error_summary(error)) if error else None,
         "runtime": provenance.get("runtime"),
+        "entropy": getattr(caption, "entropy", None) if caption is not None else None,
     }
 
 
-def record_options(options, video_options) -> dict:
+def record_options(options, video_options, scores: bool = False) -> dict:
     """The ``options`` of a record: every field of the decoding options and of the video options
-    (frames, pooling), which the inputs of a job share whatever they are."""
-    return {**options.as_dict(), **video_options.as_dict()}
+    (frames, pooling), which the inputs of a job share whatever they are; ``"scores": true`` for a
+    job that adds each token's entropy (left out otherwise, so that earlier records stay resumable)."""
+    return {**options.as_dict(), **video_options.as_dict(), **({"scores": True} if scores else {})}
 
 
 def record_key(path: str, provenance: dict, options: dict) -> tuple:
