@@ -158,3 +158,20 @@ def test_each_mention_gets_the_logprob_of_its_words(tiny, photos):
     words = scores[0].words()  # a, dog, and, a, hot, dog, [SEP]
     assert rows[0].logprob == pytest.approx(words[1][1]) and rows[1].logprob == pytest.approx(words[4][1] + words[5][1])
     assert rows[1].margin == pytest.approx(min(words[4][2], words[5][2]))
+
+
+def test_odd_but_valid_captions_and_mistakes_found_by_a_probe(tiny, photos):
+    assert _named("a hot-dog and a t-shirt by the Teddy-Bear") == [("hot dog", "hot dog"), ("teddy bear", "teddy bear")]
+    result = chair(["A hot-dog, and 2 dogs!"], [{"dog"}])
+    rows = mention_confidence(result, tiny.score(photos[0], ["A hot-dog, and 2 dogs!"], prompt=""))
+    assert [(r.mention.words, r.mention.hallucinated) for r in rows] == [("hot dog", True), ("dogs", False)]
+    with pytest.raises(bliptk.EvaluationError, match=r"caption 0 names 'hot dog', which its score \('a cat'\) does not hold"):
+        mention_confidence(result, tiny.score(photos[0], ["a cat"], prompt=""))
+    with pytest.raises(bliptk.InvalidArgumentError, match=r"scores must be a list of CaptionScore, one per caption, got NoneType"):
+        mention_confidence(result, None)
+    with pytest.raises(bliptk.InvalidArgumentError, match=r"captions must be a list of captions or \{image_id: caption\}, got str"):
+        chair("a dog", [{"dog"}])
+    with pytest.raises(bliptk.EvaluationError, match=r"references of 1 must be a list of captions \(strings\), got a man with a dog"):
+        reference_objects({1: "a man with a dog"})
+    with pytest.raises(bliptk.EvaluationError, match=r"references must be \{image_id: \[captions\]\}"):
+        reference_objects(["a dog"])

@@ -406,3 +406,9 @@ def test_score_and_search_refuse_bad_input_before_loading(photos, argv, message,
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_search_refuses_an_unwritable_cache_before_loading(photos, monkeypatch, capsys):
+    monkeypatch.setattr("bliptk.captioning.runtimes.load", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["search", str(photos[0].parent), "a dog", "--model", "tiny", "--cache", "/proc/c.npz"]) == 2
+    assert capsys.readouterr().err.startswith("bliptk: error: /proc/c.npz: cannot write there")

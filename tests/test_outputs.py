@@ -16,7 +16,7 @@ from conftest import mounted
 
 import bliptk
 from bliptk.cli.main import main
-from bliptk.store.outputs import checked_output, write_whole
+from bliptk.store.outputs import checked_output, claim, write_whole
 from bliptk.store.records import read_records
 
 
@@ -194,3 +194,10 @@ def test_an_export_that_fails_leaves_the_folder_as_it_was(tiny, tiny_export, tmp
         bliptk.export(tiny, folder, overwrite=True)
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["export"]  # nothing half-written beside it
+
+
+def test_a_place_where_no_lock_can_be_made_is_not_called_locked(tmp_path):
+    # filelock reads a lock file it cannot create as one another process holds; bliptk says what it is
+    with pytest.raises(bliptk.OutputError, match=r"/proc/records.jsonl: cannot write there") as raised:
+        claim("/proc/records.jsonl")
+    assert not isinstance(raised.value, bliptk.OutputLockedError)

@@ -107,3 +107,24 @@ def test_bad_searches_are_refused(tiny, folder, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(bliptk.NoInputsError, match=r"empty holds no image or video files"):
         bliptk.search(tiny, tmp_path / "empty", "a dog")
+
+
+def test_mistakes_a_probe_found_are_said_in_bliptks_words(folder, tmp_path):
+    captioner = bliptk.load("tiny")
+    for query in (None, 3):
+        with pytest.raises(bliptk.InvalidArgumentError, match=r"query must be a string or a list of strings, got"):
+            bliptk.search(captioner, folder, query)
+    with pytest.raises(bliptk.InvalidOptionError, match=r"nope: no such file or folder"):
+        bliptk.search(captioner, tmp_path / "nope", "a cake")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "torn.npz").write_bytes(b"PK\x03\x04garbage")
+    np.savez(tmp_path / "other.npz", made=np.array("[1, 2]"), keys=np.array(["x"]), features=np.zeros((1, 2, 2), np.float32))
+    for name in ("empty.npz", "torn.npz", "other.npz"):
+        with pytest.raises(bliptk.InputError, match=rf"{name}: not a feature cache bliptk wrote"):
+            bliptk.search(captioner, folder, "a cake", cache=tmp_path / name)
+    # features already in memory are still written to a cache file named later
+    bliptk.search(captioner, folder, "a cake")
+    bliptk.search(captioner, folder, "a cake", cache=tmp_path / "later.npz")
+    assert (tmp_path / "later.npz").is_file() and FeatureCache(captioner, tmp_path / "later.npz").in_file
+    with pytest.raises(bliptk.OutputError, match=r"/proc/c.npz: cannot write there"):
+        bliptk.search(captioner, folder, "a cake", cache="/proc/c.npz")

@@ -206,6 +206,8 @@ def chair(captions, objects) -> ChairResult:
         EvaluationError: Objects that are not COCO categories, or captions without objects (an
             image id missing from ``objects``, lists of different lengths).
     """
+    if isinstance(captions, str) or not isinstance(captions, Mapping | list | tuple):
+        raise InvalidArgumentError(f"captions must be a list of captions or {{image_id: caption}}, got {type(captions).__name__}")
     if isinstance(captions, Mapping):
         if not isinstance(objects, Mapping):
             raise InvalidArgumentError("captions given by image id need objects by image id, {image_id: set of categories}")
@@ -283,8 +285,20 @@ def reference_objects(references: Mapping) -> dict:
     Args:
         references: ``{image_id: [captions]}``, as
             [`load_references()`][bliptk.analysis.evaluation.load_references] reads any references file.
+
+    Raises:
+        EvaluationError: References that are not a list of captions per image id.
     """
-    return {image_id: {m.category for caption in captions for m in mentioned_objects(caption)} for image_id, captions in references.items()}
+    if not isinstance(references, Mapping):
+        raise EvaluationError(
+            f"references must be {{image_id: [captions]}} (load_references reads a file), got {type(references).__name__}"
+        )
+    objects = {}
+    for image_id, captions in references.items():
+        if isinstance(captions, str) or not isinstance(captions, list | tuple) or not all(isinstance(c, str) for c in captions):
+            raise EvaluationError(f"references of {image_id!r} must be a list of captions (strings), got {str(captions)[:80]}")
+        objects[image_id] = {mention.category for caption in captions for mention in mentioned_objects(caption)}
+    return objects
 
 
 @dataclass(frozen=True)
@@ -316,11 +330,15 @@ def mention_confidence(result: ChairResult, scores) -> list[MentionConfidence]:
     Returns:
         One row per mention, in caption order.
     """
+    if not isinstance(scores, list | tuple):
+        raise InvalidArgumentError(f"scores must be a list of CaptionScore, one per caption, got {type(scores).__name__}")
     if len(scores) != len(result.captions):
         raise EvaluationError(f"{len(scores)} scores for {len(result.captions)} captions: score each caption once")
     rows = []
     for index, (objects, scored) in enumerate(zip(result.captions, scores, strict=True)):
-        words = [(w.lower(), lp, margin) for w, lp, margin in scored.words() if w != "[SEP]"]
+        # the caption's words as the mentions were read ([a-z]+: "hot-dog" is "hot", "dog"), each
+        # with its WordPieces' log-probability and lowest margin
+        words = [(part, lp, margin) for w, lp, margin in scored.words() if w != "[SEP]" for part in _words(w)]
         cursor = 0
         for mention in objects.mentioned:
             wanted = mention.words.split()
@@ -330,4 +348,9 @@ def mention_confidence(result: ChairResult, scores) -> list[MentionConfidence]:
                     rows.append(MentionConfidence(index, mention, sum(lp for _, lp, _ in span), min(m for _, _, m in span)))
                     cursor = start + len(wanted)
                     break
+            else:
+                raise EvaluationError(
+                    f"caption {index} names {mention.words!r}, which its score ({scored.text[:60]!r}) does not hold: "
+                    "give each caption's own score, in order"
+                )
     return rows

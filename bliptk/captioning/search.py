@@ -16,6 +16,7 @@ import json
 import os
 import warnings
 import weakref
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
@@ -23,7 +24,15 @@ from typing import overload
 import numpy as np
 
 from ..core.decoding import DecodingOptions
-from ..core.errors import DataWarning, ImageLoadError, InputError, InvalidOptionError, VideoLoadError, check_positive_int
+from ..core.errors import (
+    DataWarning,
+    ImageLoadError,
+    InputError,
+    InvalidArgumentError,
+    InvalidOptionError,
+    VideoLoadError,
+    check_positive_int,
+)
 from ..core.pipeline import encode_images, encode_video, own_options, request_prompt, say_if_random
 from ..core.scoring import caption_ids, score_features
 from ..core.video import VideoOptions, is_video
@@ -88,9 +97,12 @@ class FeatureCache:
         self.memory: dict[str, np.ndarray] = _IN_MEMORY.setdefault(captioner, {})
         self.file = Path(file) if file is not None else None
         self.encoded = 0  # images this cache has encoded (the others came from memory or the file)
-        self._added = False
-        if self.file is not None and self.file.exists():
-            self._read(self.file)
+        self.in_file: set[str] = set()  # the features the cache file holds
+        self.searched: set[str] = set()  # the features a search asked for
+        if self.file is not None:
+            claim(self.file, replace=True).close()  # a file that cannot be written is said now, before any work
+            if self.file.exists():
+                self._read(self.file)
 
     def _read(self, file: Path) -> None:
         try:
@@ -98,8 +110,12 @@ class FeatureCache:
                 made = json.loads(str(data["made"]))
                 keys = [str(key) for key in data["keys"]]
                 features = data["features"]
-        except (OSError, ValueError, KeyError) as error:
-            raise InputError(file, f"not a feature cache bliptk wrote ({error}); name another file or delete it") from None
+            if not isinstance(made, dict) or made.get("format") != CACHE_FORMAT or len(keys) != len(features):
+                raise ValueError("it does not say it is one")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise InputError(
+                file, f"not a feature cache bliptk wrote ({error or type(error).__name__}); name another file or delete it"
+            ) from None
         if made != json.loads(json.dumps(self.made)):
             raise InvalidOptionError(
                 f"{file} holds features made by {made.get('model')} ({made.get('weights')}, runtime {made.get('runtime')}); "
@@ -108,6 +124,7 @@ class FeatureCache:
             )
         for key, value in zip(keys, features, strict=True):
             self.memory.setdefault(key, value)
+        self.in_file = set(keys)
 
     def features(self, paths: list[str], batch_size: int = 16) -> tuple[list[str], np.ndarray]:
         """The features ``(B, N, D)`` of the images that load, encoding only those not kept.
@@ -131,6 +148,7 @@ class FeatureCache:
         if bad:
             warnings.warn(f"{len(bad)} images left out of the search: {'; '.join(bad[:5])}", DataWarning, stacklevel=3)
         found = [path for path in keys if keys[path] in self.memory]
+        self.searched.update(keys[path] for path in found)
         empty = np.zeros((0, 0, 0), dtype=np.float32)
         return found, np.stack([self.memory[keys[path]] for path in found]) if found else empty
 
@@ -149,14 +167,14 @@ class FeatureCache:
         for path, value in zip(paths, features, strict=True):
             self.memory[keys[path]] = np.asarray(value, dtype=np.float32)
         self.encoded += len(paths)
-        self._added = True
         return []
 
     def save(self) -> Path | None:
-        """Write the kept features to the cache file (when one is named and anything was added)."""
-        if self.file is None or not self._added:
+        """Write the cache file (when one is named): the features it held and those searched since,
+        when it lacks any of them."""
+        if self.file is None or self.searched <= self.in_file:
             return None
-        keys = list(self.memory)
+        keys = [key for key in self.memory if key in self.in_file | self.searched]
         stacked = np.stack([self.memory[key] for key in keys])
 
         def write(temporary: Path) -> None:
@@ -166,7 +184,7 @@ class FeatureCache:
 
         with claim(self.file, replace=True) as output:
             output.write(write)
-        self._added = False
+        self.in_file = set(keys)
         return self.file
 
 
@@ -234,16 +252,30 @@ def search(
     check_positive_int("batch_size", batch_size)
     if top_k is not None:
         check_positive_int("top_k", top_k)
+    if not isinstance(query, str | list | tuple):
+        raise InvalidArgumentError(f"query must be a string or a list of strings, got {type(query).__name__}")
     queries = [query] if isinstance(query, str) else list(query)
     text = request_prompt(None, own_options(captioner, DecodingOptions(prompt=prompt)))
     for index, each in enumerate(queries):  # a bad query is refused before any image is encoded
         caption_ids(captioner.tokenizer, each, text, captioner.max_positions, "query" if len(queries) == 1 else f"query {index}")
     say_if_random(captioner)
     store = cache if isinstance(cache, FeatureCache) else FeatureCache(captioner, cache)
-    paths, features = store.features(expand_inputs(images if isinstance(images, list | tuple) else [images], recursive), batch_size)
+    given = list(images) if isinstance(images, list | tuple) else [images]
+    missing = [str(item) for item in given if not _findable(item)]
+    if missing:
+        raise InvalidOptionError(f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    paths, features = store.features(expand_inputs(given, recursive), batch_size)
     ranked = [_rank(captioner, paths, features, text_of, text, batch_size, top_k) for text_of in queries]
     store.save()
     return ranked[0] if isinstance(query, str) else ranked
+
+
+def _findable(item) -> bool:
+    """Whether an input names something: a file or folder that exists, or a glob pattern."""
+    import glob
+
+    text = os.fspath(item)
+    return os.path.exists(text) or glob.has_magic(text)
 
 
 def _rank(

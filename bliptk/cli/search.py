@@ -4,6 +4,7 @@ their caption."""
 from __future__ import annotations
 
 from ..core.errors import InvalidOptionError
+from ..store.outputs import claim
 from .arguments import EXIT_OK, check_captions, load_model, model_arguments, one_line
 
 HELP = "rank a folder's images by how likely a query is as their caption"
@@ -28,6 +29,8 @@ def run(args) -> int:
         raise InvalidOptionError(f"--top-k must be an integer >= 1, got {args.top_k}")
     check_captions(args, args.queries, "query")
     expand_inputs([args.images], args.recursive)  # no images: said before the model loads
+    if args.cache is not None:
+        claim(args.cache, replace=True).close()  # so is a cache file that cannot be written
     captioner = load_model(args, runtimes=("torch", "onnx"))
     cache = FeatureCache(captioner, args.cache)
     ranked = search(

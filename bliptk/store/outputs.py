@@ -118,6 +118,16 @@ def checked_output(
     return target
 
 
+def _cannot_make(path: Path) -> OSError | None:
+    """Why a lock file cannot be opened for writing there, or None where it can."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as problem:
+        return problem
+    os.close(descriptor)
+    return None
+
+
 class OutputLock:
     """An OS lock on ``<output>.lock`` (``filelock``: ``fcntl`` or ``msvcrt``), released by the OS
     when its process ends however it ends. The holder writes who it is into the lock file, so
@@ -142,6 +152,11 @@ class OutputLock:
         try:
             self._lock.acquire()
         except filelock.Timeout:
+            # filelock reads a lock file it cannot make (a read-only place, /proc) as one held by another
+            # process: say which it is
+            problem = _cannot_make(self.path)
+            if problem is not None:
+                raise _cannot_write(given or output, problem) from None
             raise OutputLockedError(given or output, self._holder()) from None
         except OSError as problem:
             raise _cannot_write(given or output, problem) from None
