@@ -44,18 +44,22 @@ _LONGEST = 3  # words in the longest name
 
 
 @functools.cache
+def _asset() -> dict:
+    """bliptk's table of the COCO categories and their names (``bliptk/assets/coco_objects.json``), read once."""
+    return json.loads(resources.files("bliptk.assets").joinpath("coco_objects.json").read_text())
+
+
+@functools.cache
 def _table() -> tuple[dict[str, str | None], frozenset[str]]:
     """Each name (singular, lower case) -> its category, or None for a phrase that names no
     object; and every word of those names."""
-    data = json.loads(resources.files("bliptk.assets").joinpath("coco_objects.json").read_text())
+    data = _asset()
     names: dict[str, str | None] = {name: category for category, all_names in data["categories"].items() for name in all_names}
     names.update({phrase: None for phrase in data["not_objects"]})
     return names, frozenset(word for name in names for word in name.split())
 
 
-COCO_CATEGORIES: tuple[str, ...] = tuple(
-    json.loads(resources.files("bliptk.assets").joinpath("coco_objects.json").read_text())["categories"]
-)
+COCO_CATEGORIES: tuple[str, ...] = tuple(_asset()["categories"])
 """The 80 MS-COCO object categories, in COCO's order."""
 
 

@@ -184,15 +184,21 @@ def torch_module(name: str):
         raise missing from None
 
 
+def model_tokenizer(args):
+    """The tokenizer of the model ``--model`` names, without loading it: its folder's
+    ``vocab.txt`` where it has one, else the vocabulary that ships with bliptk."""
+    from ..core.tokenizer import load_tokenizer
+
+    vocabulary = Path(args.model) / "vocab.txt"
+    return load_tokenizer(vocabulary if vocabulary.is_file() else None)
+
+
 def check_prompts(args, options: DecodingOptions) -> None:
     """Check the prompt against the vocabulary the model will use (it fits the decoder; characters
     outside the vocabulary are warned about), before any model loads."""
     from ..core.decoding import prompt_ids
-    from ..core.tokenizer import load_tokenizer
 
-    vocabulary = Path(args.model) / "vocab.txt"
-    tokenizer = load_tokenizer(vocabulary if vocabulary.is_file() else None)
-    prompt_ids(tokenizer, options.prompt_text, options.max_new_tokens, 512)
+    prompt_ids(model_tokenizer(args), options.prompt_text, options.max_new_tokens, 512)
 
 
 def check_captions(args, captions: list[str], what: str = "caption") -> None:
@@ -200,10 +206,8 @@ def check_captions(args, captions: list[str], what: str = "caption") -> None:
     before any model loads (``what``: ``"caption"`` or ``"query"``)."""
     from ..core.decoding import DEFAULT_PROMPT
     from ..core.scoring import caption_ids
-    from ..core.tokenizer import load_tokenizer
 
-    vocabulary = Path(args.model) / "vocab.txt"
-    tokenizer = load_tokenizer(vocabulary if vocabulary.is_file() else None)
+    tokenizer = model_tokenizer(args)
     prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
     for index, caption in enumerate(captions):
         caption_ids(tokenizer, caption, prompt, 512, f"{what} {index + 1}" if len(captions) > 1 else f"the {what}")
