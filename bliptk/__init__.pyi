@@ -5,9 +5,13 @@
 from .analysis.chair import ChairResult, chair
 from .analysis.evaluation import EvaluationResult, evaluate
 from .analysis.feature_space import ClusterResult, Neighbour, cluster, near_duplicates, nearest, plot_feature_space, project
-from .attribution.explanation import Explanation, explain
+from .attribution.explanation import explain
 from .attribution.faithfulness import Faithfulness, faithfulness, plot_faithfulness
+from .attribution.folder import explain_files, load_explanations
 from .attribution.registry import EXPLANATION_METHODS
+from .attribution.result import Explanation, MapFileOptions, load_explanation
+from .attribution.sanity import SanityCheck, plot_sanity_check, sanity_check
+from .attribution.words import WordMap, plot_word_gallery, word_maps
 from .captioning.folder import BatchStatus, caption_files
 from .captioning.runtimes import LoadOptions, load
 from .captioning.search import FeatureCache, SearchHit, search

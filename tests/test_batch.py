@@ -126,7 +126,7 @@ def test_csv_output_and_resume(tiny, photos, tmp_path):
     first = list(tiny.caption_files(photos[:2] + [tmp_path / "gone.png"], out, max_new_tokens=4))
     assert (
         out.read_text().splitlines()[0]
-        == "path,kind,caption,token_ids,tokens,logprobs,finished,model,weights,options,error,runtime,entropy"
+        == "path,kind,caption,token_ids,tokens,logprobs,finished,model,weights,options,error,runtime,entropy,maps"
     )
     assert sorted(r["path"] for r in read_records(out)) == sorted(r["path"] for r in first)
     again = list(tiny.caption_files(photos + [tmp_path / "gone.png"], out, max_new_tokens=4, resume=True))

@@ -183,9 +183,10 @@ def test_each_command_describes_only_its_own_options():
     helps = {name: command.format_help() for name, command in _subcommands().items()}
     assert [name for name, text in helps.items() if "ONNX export folder" in text] == [
         "caption",
+        "explain",
         "score",
         "search",
-    ]  # those that run on an export
+    ]  # those that run on an export (explain: by its black-box methods)
     assert "{float32,bfloat16,float16,int8}" in helps["caption"] and "its quantized graphs" in helps["caption"]
     assert "[--dtype" not in helps["export"] and "runs them with --dtype int8" in helps["export"]  # exports are of float32 models
     assert "--num-frames NUM_FRAMES, --frames NUM_FRAMES" in helps["caption"] and "{mean,concat}" in helps["caption"]

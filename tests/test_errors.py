@@ -361,7 +361,7 @@ FAULTS_OF_ISSUE_31: dict[str, Callable] = {
         None,
         lambda: bliptk.explain(ctx.tiny, ctx.photos[0], "a dog", method=["gradcam"]),
         bliptk.InvalidOptionError,
-        r"method must be one of attention, gradcam, relevance, rollout, integrated_gradients, got \['gradcam'\]",
+        r"method must be one of attention, gradcam, relevance, rollout, integrated_gradients, occlusion, shapley, got \['gradcam'\]",
     ),
     "explain: --caption with --num-beams": lambda ctx: Fault(
         _explain(ctx, "--caption", "a dog", "--num-beams", "3"),

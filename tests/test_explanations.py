@@ -293,7 +293,10 @@ def test_a_caption_of_no_tokens_has_no_maps(sep_likely, photos):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"method": "lrp"}, "method must be one of attention, gradcam, relevance, rollout, integrated_gradients, got 'lrp'"),
+        (
+            {"method": "lrp"},
+            "method must be one of attention, gradcam, relevance, rollout, integrated_gradients, occlusion, shapley, got 'lrp'",
+        ),
         ({"method": "relevance", "layer": 1}, "relevance uses all decoder layers: drop layer (it applies to attention and gradcam)"),
         ({"layer": 2}, "layer must be an integer in [-2, 1] (the decoder has 2 layers), got 2"),
         ({"layer": True}, "layer must be an integer in [-2, 1]"),
@@ -319,7 +322,7 @@ def test_a_given_captions_prompt_and_options_are_its_own(tiny, photos):
         bliptk.explain(tiny, photos[0], caption, prompt="a picture of")
     with pytest.raises(InvalidOptionError, match="decoding options apply when explain captions the image itself"):
         bliptk.explain(tiny, photos[0], caption, num_beams=3)
-    with pytest.raises(InvalidOptionError, match="explanations need torch's Captioner"):
+    with pytest.raises(InvalidOptionError, match="gradcam needs torch's Captioner .*, got str: explain another runtime"):
         bliptk.explain("tiny", photos[0])
     with pytest.raises(InvalidOptionError, match="pooling='mean'"):
         bliptk.explain(tiny, VideoFrames([bliptk.load_image(photos[0])], [0.0]), "a dog", pooling="concat")
@@ -345,12 +348,28 @@ def test_integrated_gradients_without_captum_names_the_install(tiny, photos, mon
 
 
 def test_a_list_of_images_gets_one_explanation_each(tiny, photos):
-    """Not one explanation of their mean features, with no word (issue 31)."""
+    """Not one explanation of their mean features, with no word (issue 31); explained as a batch,
+    each equal to explaining it alone (to float32 rounding: the batch's products are summed in
+    another order)."""
     both = bliptk.explain(tiny, photos[:2], "a dog")
     assert [e.token_ids for e in both] == [bliptk.explain(tiny, photo, "a dog").token_ids for photo in photos[:2]]
     for got, photo in zip(both, photos[:2], strict=True):
-        np.testing.assert_array_equal(got.maps, bliptk.explain(tiny, photo, "a dog").maps)
+        _close(got.maps, bliptk.explain(tiny, photo, "a dog").maps, 1e-5)
+        assert got.image == str(photo)
     assert [e.text for e in bliptk.explain(tiny, photos[:2], ["a dog", "a cat"])] == ["a photography of a dog", "a photography of a cat"]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "relevance"])
+def test_a_batch_of_captions_of_different_lengths_explains_each_as_alone(tiny, photos, method):
+    """The batched methods pad the shorter captions at the end: each row equals its caption alone."""
+    captions = ["a dog", "a cat on a red bench by the sea", "two"]
+    together = bliptk.explain(tiny, photos[:3], captions, method=method, prompt="a picture of")
+    for got, photo, caption in zip(together, photos[:3], captions, strict=True):
+        alone = bliptk.explain(tiny, photo, caption, method=method, prompt="a picture of")
+        assert got.tokens == alone.tokens
+        _close(got.maps, alone.maps, 1e-5)
+        for name, values in alone.extras.items():
+            _close(got.extras[name], values, 1e-5)
     with pytest.raises(bliptk.InvalidOptionError, match="1 captions for 2 images"):
         bliptk.explain(tiny, photos[:2], ["a dog"])
 
@@ -427,3 +446,79 @@ def test_a_registered_method_is_found_by_explain_the_cli_and_the_explorer(centre
     assert view.method_controls["integrated_gradients"]["ig_steps"].layout.display == "none"
     view.method_controls["centre"]["width"].value = 0.5
     np.testing.assert_allclose(view.explanation.maps, explanation.maps * 2)  # the explorer's default layer is the last
+
+
+# --- contrastive targets ------------------------------------------------------------------------------
+
+
+def _with_token(caption, index: int, token_id: int):
+    """The caption with token ``index`` replaced (teacher-forced, so that the steps before it are the same)."""
+    from dataclasses import replace
+
+    return replace(caption, token_ids=[*caption.token_ids[:index], token_id, *caption.token_ids[index + 1 :]])
+
+
+def test_integrated_gradients_contrast_is_the_difference_of_the_two_maps(tiny, photos):
+    """IG is linear in the target: the map of y_w - y_f is the map of y_w minus the map of y_f."""
+    caption = tiny.caption(photos[0], max_new_tokens=4)
+    foil = "cat"
+    foil_id = tiny.tokenizer.encode(foil)[1]
+    contrasted = bliptk.explain(tiny, photos[0], caption, method="integrated_gradients", contrast={2: foil}, ig_steps=8)
+    plain = bliptk.explain(tiny, photos[0], caption, method="integrated_gradients", ig_steps=8)
+    foiled = bliptk.explain(tiny, photos[0], _with_token(caption, 2, foil_id), method="integrated_gradients", ig_steps=8)
+    _close(contrasted.maps[2], plain.maps[2] - foiled.maps[2])
+    np.testing.assert_array_equal(np.delete(contrasted.maps, 2, axis=0), np.delete(plain.maps, 2, axis=0))  # the others as they were
+    assert contrasted.contrast == {2: "cat"} and contrasted.provenance["contrast"] == {"2": "cat"}
+    assert "not 'cat'" in repr(contrasted)
+
+
+def test_a_contrast_names_a_token_by_index_or_by_itself(tiny, photos):
+    caption = tiny.caption(photos[1], max_new_tokens=3)
+    word = caption.tokens[1]
+    by_word = bliptk.explain(tiny, photos[1], caption, contrast={word: "cat"})
+    by_index = bliptk.explain(tiny, photos[1], caption, contrast={-2: "cat"})
+    np.testing.assert_array_equal(by_word.maps, by_index.maps)
+    assert by_word.contrast == {1: "cat"}
+    assert not np.array_equal(by_word.maps[1], bliptk.explain(tiny, photos[1], caption).maps[1])
+
+
+def _reference_contrastive_gradcam(captioner, image, caption, layer: int, index: int, foil_id: int) -> np.ndarray:
+    """LAVIS's Grad-CAM of y = log p(w_t) - log p(foil) at token ``index``, from transformers' autograd."""
+    model = captioner.model
+    pixels = captioner.preprocessor(image)
+    prompt_ids = captioner.tokenizer.encode(caption.prompt)
+    ids = torch.tensor([prompt_ids + caption.token_ids])
+    with torch.enable_grad():
+        features = model.vision_model(pixel_values=pixels).last_hidden_state.detach()
+        out = model.text_decoder(input_ids=ids, encoder_hidden_states=features, output_attentions=True, return_dict=True)
+        p = len(prompt_ids) - 1 + index
+        logprobs = out.logits[0, p].float().log_softmax(-1)
+        y = logprobs[caption.token_ids[index]] - logprobs[foil_id]
+        weights = out.cross_attentions[layer]
+        (gradient,) = torch.autograd.grad(y, weights)
+    return (weights[0, :, p] * gradient[0, :, p].clamp(min=0)).mean(0)[1:].detach().numpy()
+
+
+@pytest.mark.slow
+def test_contrastive_gradcam_equals_transformers_autograd_on_vit_b(vit_b, photos):
+    caption = vit_b.caption(photos[0], max_new_tokens=5)
+    foil_id = vit_b.tokenizer.encode("cat")[1]
+    explanation = bliptk.explain(vit_b, photos[0], caption, contrast={3: "cat"})
+    reference = _reference_contrastive_gradcam(vit_b, photos[0], caption, explanation.layer, 3, foil_id)
+    _close(explanation.maps[3].ravel(), reference)
+
+
+@pytest.mark.parametrize(
+    "contrast, method, message",
+    [
+        ({0: "skateboard"}, "gradcam", r"a foil is one WordPiece token; 'skateboard' is 2 \(skate, ##board\)"),
+        ({"zebra": "cat"}, "gradcam", r"the caption's tokens \['a', 'dog'\] have no 'zebra' to contrast"),
+        ({5: "cat"}, "gradcam", r"contrast index 5 is outside the caption's 2 tokens"),
+        ({"dog": "dog"}, "gradcam", "the foil 'dog' is the caption's own token 1"),
+        ({"dog": "cat"}, "attention", "attention maps do not depend on the token's probability"),
+        ({"dog": 3}, "gradcam", "contrast maps a caption token"),
+    ],
+)
+def test_contrast_mistakes_are_named(tiny, photos, contrast, method, message):
+    with pytest.raises(InvalidOptionError, match=message):
+        bliptk.explain(tiny, photos[0], "a dog", method=method, contrast=contrast)

@@ -7,8 +7,12 @@ one module each: the page's cross-attention ([`bliptk.attribution.cross_attentio
 Grad-CAM ([`bliptk.attribution.gradcam`][bliptk.attribution.gradcam]), relevance
 ([`bliptk.attribution.relevance`][bliptk.attribution.relevance]), attention rollout
 ([`bliptk.attribution.rollout`][bliptk.attribution.rollout]), integrated gradients
-([`bliptk.attribution.integrated_gradients`][bliptk.attribution.integrated_gradients]). Token t is
-predicted at decoder position p; its target is y = log p(w_t), the log-softmax of the logits at p.
+([`bliptk.attribution.integrated_gradients`][bliptk.attribution.integrated_gradients]), and two
+black-box methods that explain any runtime, an ONNX export too: occlusion
+([`bliptk.attribution.occlusion`][bliptk.attribution.occlusion]) and Shapley value sampling
+([`bliptk.attribution.shapley`][bliptk.attribution.shapley]). Token t is predicted at decoder position
+p; its target is y = log p(w_t), the log-softmax of the logits at p, or with a contrast (a foil word
+f for token t) y = log p(w_t) - log p(f): why this word and not that one.
 
 The formulas and costs are in the guide (docs/guide/explaining.md). Explaining never changes a
 caption: [`Captioner.caption()`][bliptk.model.captioner.Captioner.caption] stays gradient-free, and the model's weights are only read.
@@ -16,74 +20,125 @@ caption: [`Captioner.caption()`][bliptk.model.captioner.Captioner.caption] stays
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from ..core import pipeline
 from ..core.decoding import Caption
-from ..core.errors import InvalidOptionError, option_error
+from ..core.errors import InvalidOptionError, check_positive_int, option_error
 from ..core.video import VideoFrames
-from .passes import explained_target, grid_of, pixels_fingerprint, visual_input
-from .registry import METHOD_NAMES, method_of, method_options, resolved_layer
+from .passes import Target, Visual, encoded, explained_target, grid_of, pixels_fingerprint, visual_input
+from .registry import METHODS, ExplanationMethod, method_of, method_options, resolved_layer
+from .result import Explanation
 
-__all__ = ["Explanation", "explain"]
+__all__ = ["Explanation", "ExplainRequest", "explain", "explain_visuals", "explanation_request", "foil_id", "resolve_contrast"]
 
 
-@dataclass(eq=False)
-class Explanation:
-    """What [`explain()`][bliptk.attribution.explanation.explain] returns: one map per caption token.
+@dataclass(frozen=True)
+class ExplainRequest:
+    """What an explanation is asked to be, checked: the method, its decoder layer and options,
+    the decoding options of captions made on the way, the prompt, the contrast."""
 
-    Attributes:
-        maps: ``(T, grid, grid)`` float32, one map per caption token (grid = 24 at 384 px with
-            16 px patches). Higher means more (each method's own units; the figures rescale each
-            map to its range).
-        tokens: The caption's WordPiece tokens, T of them (the ending ``[SEP]`` not included).
-        token_ids: Their ids.
-        method: The method that made the maps (one of
-            [`EXPLANATION_METHODS`][bliptk.attribution.registry.EXPLANATION_METHODS]).
-        layer: The decoder layer of ``"attention"`` and ``"gradcam"`` (0-based), else None.
-        prompt: The prompt the caption follows.
-        text: The caption, prompt included.
-        extras: A method's other outputs, named arrays: ``"text_relevance"`` (relevance),
-            ``"completeness_gap"`` (integrated gradients); see their properties.
-        provenance: The model and weights, and the options the maps were made with.
-    """
-
-    maps: np.ndarray
-    tokens: list[str]
-    token_ids: list[int]
-    method: str
+    method: ExplanationMethod
     layer: int | None
-    prompt: str
-    text: str
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
-    provenance: dict = field(default_factory=dict)
+    settings: object
+    decoding_options: dict
+    prompt: str | None
+    contrast: dict
 
-    @property
-    def text_relevance(self) -> np.ndarray | None:
-        """For ``"relevance"``, ``(T, P + T)``: each token's relevance over the decoder's input
-        positions (``[DEC]`` and the prompt's P - 1 tokens, then the caption's tokens), row t being
-        row p of R^qq, identity term included; later positions get 0. Else None."""
-        return self.extras.get("text_relevance")
 
-    @property
-    def completeness_gap(self) -> np.ndarray | None:
-        """For ``"integrated_gradients"``, ``(T,)``: the sum of each token's attributions minus
-        ``y(image) - y(baseline)``, as captum reports it. Else None."""
-        return self.extras.get("completeness_gap")
+def explanation_request(captioner, method, layer, prompt, contrast, options: dict) -> ExplainRequest:
+    """Check what [`explain()`][bliptk.attribution.explanation.explain] is asked (before any work):
+    the runtime against the method, the layer, the method's own options, the contrast.
 
-    @property
-    def name(self) -> str:
-        """The method's name in figures (``"Grad-CAM"``, ...)."""
-        return METHOD_NAMES[self.method]
+    Raises:
+        InvalidOptionError: See ``explain``.
+    """
+    from ..captioning.backend import CaptionBackend
+    from ..model.captioner import Captioner
 
-    def __len__(self) -> int:
-        return len(self.tokens)
+    chosen = method_of(method)
+    torch_captioner = isinstance(captioner, Captioner)
+    if not torch_captioner and not (chosen.black_box and isinstance(captioner, CaptionBackend)):
+        black_box = ", ".join(name for name, each in METHODS.items() if each.black_box)
+        raise InvalidOptionError(
+            f"{method} needs torch's Captioner (bliptk.load of a checkpoint), got {type(captioner).__name__}: "
+            f"explain another runtime (an ONNX export) with a black-box method ({black_box})"
+        )
+    layer = resolved_layer(method, layer, len(captioner.text_decoder.layers) if torch_captioner else 0)
+    settings, decoding_options = method_options(chosen, options)
+    if chosen.gradients and captioner.weights.dtype == "int8":
+        raise option_error(
+            f"{method} follows gradients, which the int8 decoder's weights have none of: explain with the float model "
+            "(bliptk.load(model) or dtype='bfloat16')",
+            "method",
+        )
+    if contrast is not None and not isinstance(contrast, dict):
+        raise option_error(
+            f"contrast is a dict of caption tokens to foil words ({{'dog': 'cat'}}), got {type(contrast).__name__}", "contrast"
+        )
+    contrast = dict(contrast or {})
+    if contrast and not chosen.takes_target:
+        raise option_error(
+            f"{method} maps do not depend on the token's probability, so a contrast changes nothing: use a gradient or black-box method",
+            "contrast",
+        )
+    for key, foil in contrast.items():
+        if isinstance(key, bool) or not isinstance(key, int | str) or not isinstance(foil, str):
+            raise option_error(f"contrast maps a caption token (its index, or the token) to a foil word, got {key!r}: {foil!r}", "contrast")
+        foil_id(captioner.tokenizer, foil)
+    return ExplainRequest(chosen, layer, settings, decoding_options, prompt, contrast)
 
-    def __repr__(self) -> str:
-        layer = "" if self.layer is None else f", layer {self.layer}"
-        return f"Explanation({self.method}{layer}, {len(self.tokens)} tokens of {self.text!r})"
+
+def foil_id(tokenizer, foil: str) -> int:
+    """The id of a foil word, which must be one WordPiece token.
+
+    Raises:
+        InvalidOptionError: It is several tokens (named) or none.
+    """
+    ids = tokenizer.encode(foil)[1:]
+    if len(ids) != 1:
+        pieces = ", ".join(tokenizer.convert_ids_to_tokens(ids)) or "none"
+        raise option_error(f"a foil is one WordPiece token; {foil!r} is {len(ids)} ({pieces})", "contrast")
+    return ids[0]
+
+
+def resolve_contrast(tokenizer, target: Target, contrast: dict, required: bool = True) -> Target:
+    """The target with its foils: ``contrast`` maps a token (its index, negative from the end, or
+    the token itself: its first occurrence) to a foil word (one WordPiece token).
+
+    Args:
+        tokenizer: The model's tokenizer.
+        target: The caption.
+        contrast: The contrast asked for.
+        required: A token the caption lacks is an error (else that pair is left out: a folder's
+            captions that do not say the word are explained plainly).
+
+    Raises:
+        InvalidOptionError: An index out of range, a token not in the caption, a foil that is
+            the token itself.
+    """
+    tokens = tokenizer.convert_ids_to_tokens(target.token_ids)
+    foils: dict[int, int] = {}
+    for key, foil in contrast.items():
+        if isinstance(key, str):
+            if key not in tokens:
+                if required:
+                    raise option_error(f"the caption's tokens {tokens} have no {key!r} to contrast", "contrast")
+                continue
+            index = tokens.index(key)
+        elif -len(tokens) <= key < len(tokens):
+            index = key % len(tokens)
+        else:
+            raise option_error(f"contrast index {key} is outside the caption's {len(tokens)} tokens {tokens}", "contrast")
+        foil = foil_id(tokenizer, foil)
+        if foil == target.token_ids[index]:
+            raise option_error(f"the foil {contrast[key]!r} is the caption's own token {index}: name another word", "contrast")
+        foils[index] = foil
+    return replace(target, foils=foils)
 
 
 def explain(
@@ -94,13 +149,15 @@ def explain(
     method: str = "gradcam",
     layer: int | None = None,
     prompt: str | None = None,
+    contrast: dict | None = None,
+    batch_size: int = 8,
     **options,
 ) -> Explanation | list[Explanation]:
     """One map per caption token: which image patches made the model choose it.
 
     Args:
-        captioner: A [`Captioner`][bliptk.model.captioner.Captioner] (explanations need torch's gradients; an ONNX
-            export captions only).
+        captioner: A [`Captioner`][bliptk.model.captioner.Captioner]; for the black-box methods
+            (``"occlusion"``, ``"shapley"``), any runtime's captioner (an ONNX export too).
         image: What ``caption`` takes: a path, PIL image, array or tensor; or a video (file or
             frames), whose pooled features are explained.
         caption: A [`Caption`][bliptk.core.decoding.Caption] from ``captioner.caption`` (its tokens are explained, along
@@ -113,9 +170,15 @@ def explain(
             middle).
         prompt: The prompt of a string caption, or of the caption made for None (default: "a
             photography of", or "a video of" for a video).
+        contrast: Contrastive targets, ``{token: foil}``: the token (its index in the caption,
+            or the token itself) explained as ``log p(token) - log p(foil)`` at its step: why
+            this word and not the foil (one WordPiece token). For the methods that explain a
+            target (gradient and black-box ones).
+        batch_size: Images explained together, for a list of images, by a method that batches
+            (Grad-CAM: one pass and one backward per token position for all of them).
         **options: The method's own options (its registry entry's: ``ig_steps`` of integrated
-            gradients, 32); for the caption made when ``caption`` is None, fields of
-            [`DecodingOptions`][bliptk.core.decoding.DecodingOptions] (``max_new_tokens``,
+            gradients, 32; ``occlusion_window``, 2; ...); for the caption made when ``caption``
+            is None, fields of [`DecodingOptions`][bliptk.core.decoding.DecodingOptions] (``max_new_tokens``,
             ``num_beams``, ...); and fields of [`VideoOptions`][bliptk.core.video.VideoOptions]
             (``num_frames``) for a video.
 
@@ -128,61 +191,137 @@ def explain(
     Raises:
         InvalidOptionError: An unknown method or option, a layer out of range, a layer for a
             method without one, decoding options with a given caption, a prompt other than a
-            given Caption's, a method that follows gradients on an int8 captioner.
+            given Caption's, a method that follows gradients on an int8 captioner, a method that
+            needs torch on another runtime, a contrast the caption or the method cannot take.
     """
-    from ..model.captioner import Captioner
-
-    if not isinstance(captioner, Captioner):
-        raise InvalidOptionError(f"explanations need torch's Captioner (bliptk.load); got {type(captioner).__name__}")
-    chosen = method_of(method)
-    layer = resolved_layer(method, layer, len(captioner.text_decoder.layers))
-    settings, decoding_options = method_options(chosen, options)
-    if chosen.gradients and captioner.weights.dtype == "int8":
-        raise option_error(
-            f"{method} follows gradients, which the int8 decoder's weights have none of: explain with the float model "
-            "(bliptk.load(model) or dtype='bfloat16')",
-            "method",
-        )
+    check_positive_int("batch_size", batch_size)
+    request = explanation_request(captioner, method, layer, prompt, contrast, options)
     if isinstance(image, list | tuple) and not isinstance(image, VideoFrames):
         captions = list(caption) if isinstance(caption, list | tuple) else [caption] * len(image)
         if len(captions) != len(image):
             raise InvalidOptionError(f"{len(captions)} captions for {len(image)} images: give one caption per image, or one for all")
-        return [
-            _explain_one(captioner, each, said, chosen, layer, prompt, settings, decoding_options)
-            for each, said in zip(image, captions, strict=True)
-        ]
+        return explain_images(captioner, list(image), captions, request, batch_size)
     if isinstance(caption, list | tuple):
         raise InvalidOptionError("a list of captions goes with a list of images, one caption per image")
-    return _explain_one(captioner, image, caption, chosen, layer, prompt, settings, decoding_options)
+    return explain_images(captioner, [image], [caption], request, batch_size)[0]
 
 
-def _explain_one(captioner, image, caption, method, layer: int | None, prompt: str | None, settings, decoding_options: dict) -> Explanation:
-    """[`explain()`][bliptk.attribution.explanation.explain] of one image or video, its options checked."""
-    from dataclasses import asdict
-
-    options, video_options = pipeline.resolve_options(**decoding_options)
+def explain_images(captioner, images: list, captions: list, request: ExplainRequest, batch_size: int = 8) -> list[Explanation]:
+    """Explain images (each with its caption, or None to caption it), their options checked."""
+    options, video_options = pipeline.resolve_options(**request.decoding_options)
     options = pipeline.own_options(captioner, options)
-    decoding_given = any(name not in ("num_frames", "pooling") for name in decoding_options)
-    visual = visual_input(captioner, image, video_options)
-    target = explained_target(captioner, visual, caption, prompt, options, decoding_given)
+    decoding_given = any(name not in ("num_frames", "pooling") for name in request.decoding_options)
+    visuals = [visual_input(captioner, image, video_options) for image in images]
+    targets = explained_targets(captioner, visuals, captions, request, options, decoding_given, batch_size)
     pipeline.say_if_random(captioner)
-    result = method.function()(captioner, visual, target, layer, settings)
-    grid = grid_of(captioner.image_encoder.feature_shape[0])
+    return explain_visuals(captioner, visuals, targets, request, [_source(image) for image in images], batch_size)
+
+
+def explained_targets(
+    captioner,
+    visuals: list[Visual],
+    captions: list,
+    request: ExplainRequest,
+    options,
+    decoding_given: bool,
+    batch_size: int = 8,
+    required: bool = True,
+) -> list[Target]:
+    """Each image's caption to explain, its contrast resolved: those given, and those to make
+    (caption None) captioned a batch at a time, their images encoded together."""
+    made: dict[int, Caption] = {}
+    pending = [index for index, caption in enumerate(captions) if caption is None]
+    for start in range(0, len(pending), batch_size):
+        chunk = pending[start : start + batch_size]
+        encode_together(captioner, [visuals[index] for index in chunk])
+        features = np.concatenate([encoded(captioner, visuals[index]).numpy() for index in chunk])
+        prompts = [pipeline.request_prompt(request.prompt, options, visuals[index].video) for index in chunk]
+        captioned = pipeline.caption_features(captioner, features, options, prompts)
+        if len(captioned) != len(chunk):
+            raise option_error("explain explains one caption: num_return_sequences must be 1", "num_return_sequences")
+        made.update(zip(chunk, captioned, strict=True))
+    targets = []
+    for index, (visual, caption) in enumerate(zip(visuals, captions, strict=True)):
+        mine = index in made
+        target = explained_target(
+            captioner, visual, made.get(index, caption), None if mine else request.prompt, options, decoding_given and not mine
+        )
+        targets.append(resolve_contrast(captioner.tokenizer, target, request.contrast, required))
+    return targets
+
+
+def _source(image) -> str | None:
+    return os.fspath(image) if isinstance(image, str | os.PathLike) else None
+
+
+def explain_visuals(
+    captioner, visuals: list[Visual], targets: list[Target], request: ExplainRequest, sources: Sequence[str | None], batch_size: int = 8
+) -> list[Explanation]:
+    """The explanations of images already read and captioned: the method's maps, a batch at a time
+    where the method batches (its images encoded together), one at a time otherwise."""
+    method = request.method
+    batched = method.batch_function()
+    if batched is None:
+        results = [
+            method.function()(captioner, visual, target, request.layer, request.settings)
+            for visual, target in zip(visuals, targets, strict=True)
+        ]
+    else:
+        results = []
+        for start in range(0, len(visuals), batch_size):
+            chunk = visuals[start : start + batch_size]
+            encode_together(captioner, chunk)
+            results.extend(batched(captioner, chunk, targets[start : start + batch_size], request.layer, request.settings))
+    return [
+        _explanation(captioner, visual, target, maps, request, source)
+        for visual, target, maps, source in zip(visuals, targets, results, sources, strict=True)
+    ]
+
+
+def encode_together(captioner, visuals: list[Visual]) -> None:
+    """Encode the images among ``visuals`` (not yet encoded, not videos) in one batch."""
+    import torch
+
+    waiting = [visual for visual in visuals if visual.features is None and not visual.video]
+    if len(waiting) > 1:
+        stacked = Visual(torch.cat([visual.pixels for visual in waiting]), video=False)
+        features = encoded_rows(captioner, stacked)
+        for visual, row in zip(waiting, features, strict=True):
+            visual.features = row[None]
+
+
+def encoded_rows(captioner, visual: Visual):
+    """Each frame's features ``(F, N, D)``, float32, without pooling."""
+    import torch
+
+    if hasattr(captioner, "image_encoder"):
+        with torch.no_grad():
+            return torch.cat([captioner.image_encoder.run(chunk).float() for chunk in visual.pixels.split(8)])
+    return torch.cat([torch.from_numpy(captioner.encode(chunk.numpy())).float() for chunk in visual.pixels.split(8)])
+
+
+def _explanation(captioner, visual: Visual, target: Target, result, request: ExplainRequest, source: str | None) -> Explanation:
+    grid = grid_of(result.patches.shape[1] + 1)
+    tokens = captioner.tokenizer.convert_ids_to_tokens(target.token_ids)
+    contrast = {t: captioner.tokenizer.convert_ids_to_tokens([foil])[0] for t, foil in sorted(target.foils.items())}
     return Explanation(
         maps=result.patches.reshape(-1, grid, grid).numpy().astype(np.float32),
-        tokens=captioner.tokenizer.convert_ids_to_tokens(target.token_ids),
-        token_ids=target.token_ids,
-        method=method.name,
-        layer=layer,
+        tokens=tokens,
+        token_ids=list(target.token_ids),
+        method=request.method.name,
+        layer=request.layer,
         prompt=target.prompt,
         text=target.text,
         extras={name: values.numpy().astype(np.float32) for name, values in result.extras.items()},
         provenance={
             **captioner.provenance(),
-            "method": method.name,
-            "layer": layer,
-            **asdict(settings),
+            "method": request.method.name,
+            "layer": request.layer,
+            **asdict(request.settings),  # type: ignore[call-overload]
+            **({"contrast": {str(t): foil for t, foil in contrast.items()}} if contrast else {}),
             "num_frames": int(visual.pixels.shape[0]) if visual.video else None,
             "pixels": pixels_fingerprint(visual.pixels),
         },
+        contrast=contrast,
+        image=source,
     )

@@ -5,14 +5,9 @@ from __future__ import annotations
 import torch
 
 from ..core.optional import optional
-from .passes import Maps, Target, Visual, stacked, token_logprobs
+from .passes import Maps, Target, Visual, images_at_once, stacked, token_logprobs
 
 __all__ = ["integrated_gradients"]
-
-
-# What one integrated-gradients batch may keep for its backward pass: as many images (frames) as fit
-# go through the encoder together (ViT-B/16: 2, ViT-L/16: 1), whatever ig_steps is.
-_IG_GRAPH_BYTES = 3 * 2**30
 
 
 def integrated_gradients(captioner, visual: Visual, target: Target, layer: int | None, options) -> Maps:
@@ -39,20 +34,9 @@ def integrated_gradients(captioner, visual: Visual, target: Target, layer: int |
                 baselines=torch.zeros_like(inputs),
                 target=token,
                 n_steps=options.ig_steps,
-                internal_batch_size=max(1, _images_at_once(encoder) // frames),
+                internal_batch_size=max(1, images_at_once(encoder) // frames),
                 return_convergence_delta=True,
             )
             rows.append(attributions[0].float().sum(dim=(0, 2)))  # over frames and channels: (grid**2,)
             gaps.append(gap.reshape(()).float())
     return Maps(stacked(rows, patches.shape[1]), {"completeness_gap": stacked(gaps, None)})
-
-
-def _images_at_once(encoder) -> int:
-    """How many images' encoder graphs fit in ``_IG_GRAPH_BYTES``: per layer, each
-    head's attention probabilities and their scores ``(N, N)``, and about 48 activations ``(N, D)``
-    of 4 bytes (a measured upper bound of what autograd keeps)."""
-    tokens, width = encoder.feature_shape
-    layers = len(encoder.vision_model.encoder.layers)
-    heads = encoder.vision_model.encoder.layers[0].self_attn.num_heads
-    per_image = layers * 4 * (2 * heads * tokens**2 + 48 * tokens * width)
-    return max(1, _IG_GRAPH_BYTES // per_image)

@@ -29,9 +29,12 @@ __all__ = [
     "encoded",
     "explained_target",
     "grid_of",
+    "images_at_once",
     "kept_pass",
+    "kept_passes",
     "pixels_fingerprint",
     "stacked",
+    "targets_logprobs",
     "token_logprobs",
     "visual_input",
 ]
@@ -59,12 +62,15 @@ class Target:
         prompt_ids: ``[DEC]`` and the prompt's ids (P of them).
         token_ids: The caption's ids (T of them), each predicted at position ``P - 1 + t``.
         text: The caption, prompt included.
+        foils: Contrastive targets: caption token t -> a foil token's id. Token t's target is then
+            ``log p(w_t) - log p(foil)`` at its step, instead of ``log p(w_t)``.
     """
 
     prompt: str
     prompt_ids: list[int]
     token_ids: list[int]
     text: str
+    foils: dict[int, int] = field(default_factory=dict)
 
     @property
     def sequence(self) -> list[int]:
@@ -100,13 +106,13 @@ def visual_input(captioner, image, video_options: VideoOptions) -> Visual:
             pooled features.
     """
     if not is_video(image):
-        return Visual(captioner.preprocessor(image), video=False)
+        return Visual(torch.as_tensor(captioner.preprocessor(image)), video=False)
     if video_options.pooling != "mean":
         raise option_error("explanations need a video's mean features (pooling='mean'), whose patches form one grid", "pooling")
     frames = image if isinstance(image, VideoFrames | list | tuple) else video_frames(image, video_options.num_frames)
     if not frames:
         raise InvalidOptionError("a video needs at least one frame")
-    return Visual(captioner.preprocessor(list(frames)), video=True)
+    return Visual(torch.as_tensor(captioner.preprocessor(list(frames))), video=True)
 
 
 def explained_target(captioner, visual: Visual, caption, prompt: str | None, options: DecodingOptions, decoding_given: bool) -> Target:
@@ -164,42 +170,75 @@ def pixels_fingerprint(pixels: torch.Tensor) -> str:
 
 def encoded(captioner, visual: Visual, batch_size: int = 8) -> torch.Tensor:
     """The pooled image features ``(1, N, D)`` (float32, no graph): an image's, or the mean of a
-    video's frames'. Computed once per [`Visual`][bliptk.attribution.passes.Visual] (captioning it first and explaining it share them)."""
+    video's frames'. Computed once per [`Visual`][bliptk.attribution.passes.Visual] (captioning it first and explaining it share them).
+    Any runtime's: torch's encoder, or ``captioner.encode`` of another runtime."""
     if visual.features is None:
-        encoder = captioner.image_encoder
-        with torch.no_grad():
-            total = sum(encoder.run(chunk).float().sum(0, keepdim=True) for chunk in visual.pixels.split(batch_size))
+        chunks = visual.pixels.split(batch_size)
+        if hasattr(captioner, "image_encoder"):
+            encoder = captioner.image_encoder
+            with torch.no_grad():
+                total = sum(encoder.run(chunk).float().sum(0, keepdim=True) for chunk in chunks)
+        else:
+            total = sum(torch.from_numpy(captioner.encode(chunk.numpy())).float().sum(0, keepdim=True) for chunk in chunks)
         assert isinstance(total, torch.Tensor)
         visual.features = total / visual.pixels.shape[0]
     return visual.features.detach().clone()
 
 
 def token_logprobs(captioner, features: torch.Tensor, target: Target, attentions: DecoderAttentions | None = None) -> torch.Tensor:
-    """y_t = log p(w_t) of every caption token, teacher-forced: ``(B, T)`` for features ``(B, N, D)``.
+    """y_t of every caption token, teacher-forced: ``(B, T)`` for features ``(B, N, D)``, each
+    row the same caption. y_t = log p(w_t), or ``log p(w_t) - log p(foil)`` for a token with a
+    foil (``target.foils``).
 
     One pass of the decoder over the prompt and the caption ([`TextDecoder.run()`][bliptk.model.text_decoder.TextDecoder.run]); with
     ``attentions``, it keeps every layer's attention probabilities (in the graph, when the
     features or the weights carry one).
     """
+    return targets_logprobs(captioner, features, [target] * features.shape[0], attentions)
+
+
+def targets_logprobs(captioner, features: torch.Tensor, targets: list[Target], attentions: DecoderAttentions | None = None) -> torch.Tensor:
+    """y_t of each row's own caption, ``(B, T_max)`` for features ``(B, N, D)`` (a row's columns
+    past its caption's end are 0). The rows' sequences are padded at the end: the decoder is causal,
+    so a padded position changes no earlier one, and each row's values equal its caption's alone."""
     decoder = captioner.text_decoder
     rows = features.shape[0]
     features = features.to(device=decoder.device, dtype=decoder.dtype)
-    ids = torch.tensor([target.sequence] * rows, device=decoder.device)
+    length = max(len(target.sequence) for target in targets)
+    ids = torch.tensor([target.sequence + [0] * (length - len(target.sequence)) for target in targets], device=decoder.device)
     keys, values = decoder.cross_keys_values(features)
     nothing = features.new_zeros(rows, decoder.num_heads, 0, decoder.head_dim)
     cache = GrowingCache([nothing] * len(keys), [nothing] * len(keys))
     kernels = Kernels(decoder) if attentions is None else KeptAttention(decoder, attentions)
     logits = decoder.run(ids, 0, cache, keys, values, kernels=kernels)
-    start = len(target.prompt_ids) - 1
-    logprobs = torch.log_softmax(logits[:, start : start + len(target.token_ids)].float(), dim=-1)
-    chosen = torch.tensor(target.token_ids, device=decoder.device).view(1, -1, 1).expand(rows, -1, 1)
-    return logprobs.gather(-1, chosen).squeeze(-1)
+    width = max(len(target.token_ids) for target in targets)
+    # Each row's prediction positions and tokens (a shorter caption's extra columns read its first position).
+    where = torch.tensor(
+        [[target.positions[min(t, len(target.positions) - 1)] if target.positions else 0 for t in range(width)] for target in targets],
+        dtype=torch.long,
+    )
+    logprobs = torch.log_softmax(logits[torch.arange(rows)[:, None], where.to(logits.device)].float(), dim=-1)  # (B, T_max, V)
+    chosen = torch.tensor([_padded(target.token_ids, width) for target in targets], dtype=torch.long, device=decoder.device)
+    values_out = logprobs.gather(-1, chosen[..., None]).squeeze(-1)
+    if any(target.foils for target in targets):
+        foils = torch.tensor(
+            [_padded([target.foils.get(t, 0) for t in range(len(target.token_ids))], width) for target in targets], dtype=torch.long
+        )
+        contrasted = torch.tensor([[t in target.foils for t in range(width)] for target in targets], dtype=torch.bool)
+        foil_logprobs = logprobs.gather(-1, foils.to(logprobs.device)[..., None]).squeeze(-1)
+        values_out = values_out - torch.where(contrasted.to(logprobs.device), foil_logprobs, torch.zeros_like(foil_logprobs))
+    lengths = torch.tensor([len(target.token_ids) for target in targets], device=decoder.device)
+    return torch.where(torch.arange(width, device=decoder.device) < lengths[:, None], values_out, torch.zeros_like(values_out))
+
+
+def _padded(ids: list[int], width: int) -> list[int]:
+    return ids + [0] * (width - len(ids))
 
 
 @dataclass
 class Pass:
-    """One teacher-forced pass kept for gradients: the features (a leaf), y ``(T,)``, and the
-    decoder's attention probabilities."""
+    """One teacher-forced pass kept for gradients: the features ``(B, N, D)`` (a leaf), y
+    ``(B, T_max)``, and the decoder's attention probabilities."""
 
     features: torch.Tensor
     logprobs: torch.Tensor
@@ -207,10 +246,19 @@ class Pass:
 
 
 def kept_pass(captioner, visual: Visual, target: Target) -> Pass:
-    features = encoded(captioner, visual).requires_grad_(True)  # gradients flow into the image from here
+    return kept_passes(captioner, [visual], [target])
+
+
+def kept_passes(captioner, visuals: list[Visual], targets: list[Target]) -> Pass:
+    """One pass for a batch of images and their captions: features ``(B, N, D)`` (a leaf), y
+    ``(B, T_max)`` (for a single image, ``(T,)``), and the attention probabilities. The rows share
+    no computation a gradient can cross, so the gradient of a sum over rows is each row's own."""
+    if len(visuals) != len(targets):
+        raise ValueError("one target per image")
+    features = torch.cat([encoded(captioner, visual) for visual in visuals]).requires_grad_(True)  # gradients flow into the image from here
     attentions = DecoderAttentions()
     with torch.enable_grad():
-        logprobs = token_logprobs(captioner, features, target, attentions)[0]
+        logprobs = targets_logprobs(captioner, features, targets, attentions)
     return Pass(features, logprobs, attentions)
 
 
@@ -226,3 +274,19 @@ def stacked(rows: list[torch.Tensor], width: int | None) -> torch.Tensor:
     if rows:
         return torch.stack([row.detach().float().cpu() for row in rows])
     return torch.zeros((0,) if width is None else (0, width))
+
+
+# What one batch of images may keep of the encoder's graph for a backward pass (integrated gradients'
+# steps, relevance's images): as many images (frames) as fit go through together (ViT-B/16: 2, ViT-L/16: 1).
+GRAPH_BYTES = 3 * 2**30
+
+
+def images_at_once(encoder) -> int:
+    """How many images' encoder graphs fit in ``GRAPH_BYTES``: per layer, each
+    head's attention probabilities and their scores ``(N, N)``, and about 48 activations ``(N, D)``
+    of 4 bytes (a measured upper bound of what autograd keeps)."""
+    tokens, width = encoder.feature_shape
+    layers = len(encoder.vision_model.encoder.layers)
+    heads = encoder.vision_model.encoder.layers[0].self_attn.num_heads
+    per_image = layers * 4 * (2 * heads * tokens**2 + 48 * tokens * width)
+    return max(1, GRAPH_BYTES // per_image)

@@ -26,6 +26,8 @@ __all__ = [
     "ExplanationMethod",
     "IntegratedGradientsOptions",
     "NoOptions",
+    "OcclusionOptions",
+    "ShapleyOptions",
     "method_options",
     "register_method",
     "resolved_layer",
@@ -58,6 +60,42 @@ class IntegratedGradientsOptions:
 
 
 @dataclass(frozen=True)
+class OcclusionOptions:
+    """Occlusion's options.
+
+    Attributes:
+        occlusion_window: The side of the squares of patches masked together (1: each patch
+            alone, a forward pass per patch; 2: a quarter of them).
+    """
+
+    occlusion_window: int = field(default=2, metadata={"help": "occlusion: side of the square of patches masked together"})
+
+    def __post_init__(self):
+        check_positive_int("occlusion_window", self.occlusion_window)
+
+
+@dataclass(frozen=True)
+class ShapleyOptions:
+    """Shapley value sampling's options.
+
+    Attributes:
+        shapley_window: The side of the squares of patches that are one player.
+        shapley_samples: Random orders of the squares (each ``squares + 1`` forward passes).
+        shapley_seed: The seed of the orders.
+    """
+
+    shapley_window: int = field(default=4, metadata={"help": "shapley: side of the square of patches that is one player"})
+    shapley_samples: int = field(default=8, metadata={"help": "shapley: random orders of the squares"})
+    shapley_seed: int = field(default=0, metadata={"help": "shapley: seed of the orders"})
+
+    def __post_init__(self):
+        check_positive_int("shapley_window", self.shapley_window)
+        check_positive_int("shapley_samples", self.shapley_samples)
+        if isinstance(self.shapley_seed, bool) or not isinstance(self.shapley_seed, int):
+            raise option_error(f"shapley_seed must be an integer, got {self.shapley_seed!r}", "shapley_seed")
+
+
+@dataclass(frozen=True)
 class ExplanationMethod:
     """One explanation method.
 
@@ -72,6 +110,10 @@ class ExplanationMethod:
         options: Its own options, a frozen dataclass whose fields are keywords of ``explain`` (and
             flags of ``bliptk explain``); [`NoOptions`][bliptk.attribution.registry.NoOptions] for none.
         cost: How long it takes, in words, for the explorers' selector (``"slow"``), or "".
+        black_box: It needs only a runtime's ``encode`` and decoder (no gradient, no attention):
+            any runtime's captioner, an ONNX export's too, is explained by it.
+        batch: A function ``(captioner, visuals, targets, layer, options) -> list[Maps]`` that
+            explains several images at once (or ``"module:function"``); None: one at a time.
     """
 
     name: str
@@ -81,16 +123,31 @@ class ExplanationMethod:
     gradients: bool = False
     options: type = NoOptions
     cost: str = ""
+    black_box: bool = False
+    batch: str | Callable[..., Any] | None = None
 
     @property
     def takes_layer(self) -> bool:
         return self.layer is not None
 
+    @property
+    def takes_target(self) -> bool:
+        """Its maps explain a target (the token's log-probability), which a contrast can change:
+        the methods that follow gradients and the black-box ones, not the attention maps."""
+        return self.gradients or self.black_box
+
     def function(self) -> Callable[..., Any]:
-        if callable(self.implementation):
-            return self.implementation
-        module, _, name = self.implementation.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return _imported(self.implementation)
+
+    def batch_function(self) -> Callable[..., Any] | None:
+        return None if self.batch is None else _imported(self.batch)
+
+
+def _imported(implementation: str | Callable[..., Any]) -> Callable[..., Any]:
+    if callable(implementation):
+        return implementation
+    module, _, name = implementation.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 METHODS: dict[str, ExplanationMethod] = {}
@@ -104,8 +161,22 @@ def register_method(method: ExplanationMethod) -> None:
 
 for _method in (
     ExplanationMethod("attention", "cross-attention", "bliptk.attribution.cross_attention:cross_attention", layer="last"),
-    ExplanationMethod("gradcam", "Grad-CAM", "bliptk.attribution.gradcam:gradcam", layer="middle", gradients=True),
-    ExplanationMethod("relevance", "relevance", "bliptk.attribution.relevance:relevance", gradients=True, cost="slow"),
+    ExplanationMethod(
+        "gradcam",
+        "Grad-CAM",
+        "bliptk.attribution.gradcam:gradcam",
+        layer="middle",
+        gradients=True,
+        batch="bliptk.attribution.gradcam:gradcam_batch",
+    ),
+    ExplanationMethod(
+        "relevance",
+        "relevance",
+        "bliptk.attribution.relevance:relevance",
+        gradients=True,
+        cost="slow",
+        batch="bliptk.attribution.relevance:relevance_batch",
+    ),
     ExplanationMethod("rollout", "attention rollout", "bliptk.attribution.rollout:attention_rollout"),
     ExplanationMethod(
         "integrated_gradients",
@@ -114,6 +185,12 @@ for _method in (
         gradients=True,
         options=IntegratedGradientsOptions,
         cost="very slow",
+    ),
+    ExplanationMethod(
+        "occlusion", "occlusion", "bliptk.attribution.occlusion:occlusion", options=OcclusionOptions, cost="slow", black_box=True
+    ),
+    ExplanationMethod(
+        "shapley", "Shapley sampling", "bliptk.attribution.shapley:shapley", options=ShapleyOptions, cost="very slow", black_box=True
     ),
 ):
     register_method(_method)

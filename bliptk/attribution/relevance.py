@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .passes import Maps, Target, Visual, kept_pass, stacked
+from .passes import Maps, Target, Visual, images_at_once, kept_passes, stacked
 
-__all__ = ["relevance"]
+__all__ = ["relevance", "relevance_batch"]
 
 
 def _head_mean(weights: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
@@ -28,30 +28,88 @@ def _normalized(relevance: torch.Tensor) -> torch.Tensor:
 
 
 def relevance(captioner, visual: Visual, target: Target, layer: int | None, options) -> Maps:
-    kept = kept_pass(captioner, visual, target)
+    return relevance_batch(captioner, [visual], [target], layer, options)[0]
+
+
+def relevance_batch(captioner, visuals: list[Visual], targets: list[Target], layer: int | None, options) -> list[Maps]:
+    """Relevance of several images and their captions at once: one decoder pass, per token position
+    one backward of the rows' summed y_t (each row's gradient is its own), and the image encoder's
+    graph kept for as many images as fit in memory, reused by every token."""
+    kept = kept_passes(captioner, visuals, targets)
     self_weights, cross_weights = kept.attentions.self_attention, kept.attentions.cross_attention
-    # Per token: dy/d(features), which carries the gradient on into the image encoder, and the
-    # decoder's Ā (rule 5) of every layer.
-    feature_gradients, self_bars, cross_bars = [], [], []
-    for token in range(len(target.token_ids)):
-        gradients = torch.autograd.grad(kept.logprobs[token], [kept.features, *self_weights, *cross_weights], retain_graph=True)
-        feature_gradients.append(gradients[0])
-        layers = len(self_weights)
-        self_bars.append([_head_mean(a[0], g[0]) for a, g in zip(self_weights, gradients[1 : 1 + layers], strict=True)])
-        cross_bars.append([_head_mean(a[0], g[0]) for a, g in zip(cross_weights, gradients[1 + layers :], strict=True)])
-    image_relevance = _image_relevance(captioner, visual, feature_gradients)  # per token, R̄^ii (N, N)
-    rows, text_rows = [], []
-    for token, position in enumerate(target.positions):
-        length = self_weights[0].shape[-1]
-        r_qq = torch.eye(length, device=image_relevance.device)
-        r_qi = image_relevance.new_zeros(length, image_relevance.shape[-1])
-        for self_bar, cross_bar in zip(self_bars[token], cross_bars[token], strict=True):
-            r_qq, r_qi = r_qq + self_bar @ r_qq, r_qi + self_bar @ r_qi  # rules 6 and 7
-            r_qi = r_qi + _normalized(r_qq).T @ cross_bar @ image_relevance[token]  # rule 10
-        rows.append(r_qi[position, 1:])
-        text_rows.append(r_qq[position])
-    patches = image_relevance.shape[-1] - 1
-    return Maps(stacked(rows, patches), {"text_relevance": stacked(text_rows, len(target.sequence))})
+    layers = len(self_weights)
+    # Per row and token: dy/d(features), which carries the gradient on into the image encoder, and
+    # the decoder's Ā (rule 5) of every layer.
+    feature_gradients: list[list[torch.Tensor]] = [[] for _ in targets]
+    self_bars: list[list[list[torch.Tensor]]] = [[] for _ in targets]
+    cross_bars: list[list[list[torch.Tensor]]] = [[] for _ in targets]
+    for token in range(max(len(target.token_ids) for target in targets)):
+        taking = [row for row, target in enumerate(targets) if token < len(target.token_ids)]
+        gradients = torch.autograd.grad(
+            kept.logprobs[taking, token].sum(), [kept.features, *self_weights, *cross_weights], retain_graph=True
+        )
+        for row in taking:
+            feature_gradients[row].append(gradients[0][row : row + 1])
+            self_bars[row].append([_head_mean(a[row], g[row]) for a, g in zip(self_weights, gradients[1 : 1 + layers], strict=True)])
+            cross_bars[row].append([_head_mean(a[row], g[row]) for a, g in zip(cross_weights, gradients[1 + layers :], strict=True)])
+    image_relevance = _images_relevance(captioner, visuals, feature_gradients)  # per row, per token R̄^ii (N, N)
+    results = []
+    for row, target in enumerate(targets):
+        rows, text_rows = [], []
+        for token, position in enumerate(target.positions):
+            length = self_weights[0].shape[-1]
+            r_qq = torch.eye(length, device=kept.features.device)
+            r_qi = kept.features.new_zeros(length, image_relevance[row].shape[-1])
+            for self_bar, cross_bar in zip(self_bars[row][token], cross_bars[row][token], strict=True):
+                r_qq, r_qi = r_qq + self_bar @ r_qq, r_qi + self_bar @ r_qi  # rules 6 and 7
+                r_qi = r_qi + _normalized(r_qq).T @ cross_bar @ image_relevance[row][token]  # rule 10
+            rows.append(r_qi[position, 1:])
+            text_rows.append(r_qq[position, : len(target.sequence)])
+        patches = captioner.image_encoder.feature_shape[0] - 1
+        results.append(Maps(stacked(rows, patches), {"text_relevance": stacked(text_rows, len(target.sequence))}))
+    return results
+
+
+def _images_relevance(captioner, visuals: list[Visual], feature_gradients: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Each row's R̄^ii per token ``(T, N, N)``: images (not videos) in groups that fit in memory,
+    one encoder graph per group; a video alone, frame by frame (see ``_image_relevance``)."""
+    results: list[torch.Tensor | None] = [None] * len(visuals)
+    images = [row for row, visual in enumerate(visuals) if not visual.video]
+    group = images_at_once(captioner.image_encoder)
+    for start in range(0, len(images), group):
+        rows = images[start : start + group]
+        for row, relevance in zip(
+            rows, _group_relevance(captioner, [visuals[r] for r in rows], [feature_gradients[r] for r in rows]), strict=True
+        ):
+            results[row] = relevance
+    for row, visual in enumerate(visuals):
+        if visual.video:
+            results[row] = _image_relevance(captioner, visual, feature_gradients[row])
+    return [relevance for relevance in results if relevance is not None]
+
+
+def _group_relevance(captioner, visuals: list[Visual], feature_gradients: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """R̄^ii of images explained together: their encoder graph kept once, and per token one backward
+    with every image's gradient at its own row."""
+    encoder = captioner.image_encoder
+    width = encoder.feature_shape[0]
+    pixels = torch.cat([visual.pixels for visual in visuals])
+    weights: list[torch.Tensor] = []
+    with torch.enable_grad():
+        features = encoder.run(pixels, attentions=weights)
+    totals = [torch.zeros(len(gradients), width, width, device=encoder.device) for gradients in feature_gradients]
+    for token in range(max(len(gradients) for gradients in feature_gradients)):
+        taking = [row for row, gradients in enumerate(feature_gradients) if token < len(gradients)]
+        outputs = torch.zeros_like(features)
+        for row in taking:
+            outputs[row] = feature_gradients[row][token][0].to(features.dtype)
+        gradients = torch.autograd.grad(features, weights, grad_outputs=outputs, retain_graph=True)
+        for row in taking:
+            relevance = torch.eye(width, device=encoder.device)
+            for a, g in zip(weights, gradients, strict=True):
+                relevance = relevance + _head_mean(a[row], g[row]) @ relevance
+            totals[row][token] = _normalized(relevance)
+    return totals
 
 
 def _image_relevance(captioner, visual: Visual, feature_gradients: list[torch.Tensor]) -> torch.Tensor:

@@ -34,7 +34,20 @@ from ..core.video import VideoOptions
 from ..store.records import RecordOutput, done_inputs, input_error, input_identity, key_of, make_record, record_key, record_options
 from .options import FolderJobOptions, job_options
 
-__all__ = ["BatchStatus", "Prepared", "caption_files", "caption_prepared", "check_batch_options", "expand_inputs", "made_by", "prepare"]
+__all__ = [
+    "BatchStatus",
+    "Prepared",
+    "StopAfterBatch",
+    "batches",
+    "caption_files",
+    "caption_prepared",
+    "check_batch_options",
+    "expand_inputs",
+    "made_by",
+    "prefetched",
+    "prepare",
+    "resume_output",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +198,7 @@ def _scored(backend, features: np.ndarray, captions: list[Caption], scores: bool
     return [replace(caption, entropy=rows[: len(caption.token_ids), 1].tolist()) for caption, rows in zip(captions, values, strict=True)]
 
 
-def _prefetched(paths: list[str], load, workers: int, window: int) -> Iterator[Prepared]:
+def prefetched(paths: list[str], load, workers: int, window: int) -> Iterator[Prepared]:
     """``load(path)`` of each path in order, loading up to ``window`` ahead on ``workers`` threads."""
     if workers == 0:
         for path in paths:
@@ -208,7 +221,7 @@ def _prefetched(paths: list[str], load, workers: int, window: int) -> Iterator[P
             yield future.result()
 
 
-class _StopAfterBatch:
+class StopAfterBatch:
     """While active, the first Ctrl-C sets a flag (the run stops after the batch in flight); a
     second one interrupts at once."""
 
@@ -308,6 +321,19 @@ def made_by(captioner, options: DecodingOptions, video_options: VideoOptions | N
     return lambda record: not record.get("error") and key_of(record) == record_key(input_identity(record["path"]), provenance, recorded)
 
 
+def resume_output(
+    output: RecordOutput, existing: list[dict], paths: list[str], provenance: dict, options: dict, status: BatchStatus
+) -> list[str]:
+    """Start a folder job's output from its ``existing`` records: keep them but the failures of this
+    job's inputs (tried again); the inputs not done yet (``status.skipped`` counts the others)."""
+    done = done_inputs(existing, provenance, options)
+    retried = {record_key(path, provenance, options) for path in paths}
+    output.start([r for r in existing if not r.get("error") or key_of(r) not in retried])
+    todo = [path for path in paths if path not in done]
+    status.skipped = len(paths) - len(todo)
+    return todo
+
+
 class _Job:
     """One batch run: its captioner, options and counts."""
 
@@ -320,12 +346,7 @@ class _Job:
     def resume(self, output: RecordOutput, paths: list[str]) -> list[str]:
         """Start the output: keep its records but the failures of this job's inputs (tried
         again), and leave out the inputs already done."""
-        done = done_inputs(output.existing, self.provenance, self.record_options)
-        retried = {record_key(path, self.provenance, self.record_options) for path in paths}
-        output.start([r for r in output.existing if not r.get("error") or key_of(r) not in retried])
-        todo = [path for path in paths if path not in done]
-        self.status.skipped = len(paths) - len(todo)
-        return todo
+        return resume_output(output, output.existing, paths, self.provenance, self.record_options, self.status)
 
     def record(self, item: Prepared, caption, error) -> dict:
         record = make_record(item.path, item.kind, self.provenance, self.record_options, caption, error)
@@ -337,20 +358,29 @@ class _Job:
         return record
 
     def run(self, paths: list[str], output: RecordOutput | None, job: FolderJobOptions, progress) -> Iterator[dict]:
-        from tqdm.auto import tqdm
+        for batch in batches(paths, job, self.captioner.preprocessor, self.status, progress, "captioning"):
+            for item, caption, error in caption_prepared(self.captioner, batch, self.options, self.video_options, self.scores):
+                record = self.record(item, caption, error)
+                if output is not None:
+                    output.write(record)
+                yield record
 
-        show_progress = progress if progress is not None else len(paths) > job.batch_size
-        load = lambda path: prepare(path, job.max_pixels, self.captioner.preprocessor)  # noqa: E731
-        prepared = _prefetched(paths, load, job.workers, window=job.batch_size * (job.workers + 1))
-        with tqdm(total=len(paths), desc="captioning", unit="file", disable=not show_progress) as bar, _StopAfterBatch() as stop:
-            while batch := list(itertools.islice(prepared, job.batch_size)):
-                for item, caption, error in caption_prepared(self.captioner, batch, self.options, self.video_options, self.scores):
-                    record = self.record(item, caption, error)
-                    if output is not None:
-                        output.write(record)
-                    yield record
-                bar.update(len(batch))
-                bar.set_postfix(failed=self.status.failed, refresh=False)
-                if stop.requested:
-                    self.status.interrupted = True
-                    break
+
+def batches(paths: list[str], job: FolderJobOptions, preprocessor, status: BatchStatus, progress, what: str) -> Iterator[list[Prepared]]:
+    """The inputs of a folder job a batch at a time, read and preprocessed ahead on ``job.workers``
+    threads, with a progress bar (``what`` it says is done: ``"captioning"``; None: shown when there
+    is more than one batch) that counts ``status.failed``. Ctrl-C stops after the batch in flight
+    (``status.interrupted``). The loop of every folder job: captions, explanations."""
+    from tqdm.auto import tqdm
+
+    show_progress = progress if progress is not None else len(paths) > job.batch_size
+    load = lambda path: prepare(path, job.max_pixels, preprocessor)  # noqa: E731
+    prepared = prefetched(paths, load, job.workers, window=job.batch_size * (job.workers + 1))
+    with tqdm(total=len(paths), desc=what, unit="file", disable=not show_progress) as bar, StopAfterBatch() as stop:
+        while batch := list(itertools.islice(prepared, job.batch_size)):
+            yield batch
+            bar.update(len(batch))
+            bar.set_postfix(failed=status.failed, refresh=False)
+            if stop.requested:
+                status.interrupted = True
+                break

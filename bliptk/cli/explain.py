@@ -1,35 +1,49 @@
 """``bliptk explain``: why each caption token was chosen, by a method of the registry
-([`bliptk.attribution.registry`][bliptk.attribution.registry]), as a PNG grid. ``--method``'s choices
-and each method's own flags come from the registry."""
+([`bliptk.attribution.registry`][bliptk.attribution.registry]). One image: a PNG grid. Several
+inputs, a folder or a pattern: an explanation job's folder (records and saved maps, resumable; see
+[`bliptk.attribution.folder`][bliptk.attribution.folder]), with ``--summary WORD`` a word's gallery.
+``--method``'s choices and each method's own flags come from the registry."""
 
 from __future__ import annotations
 
+import glob
+import sys
 from dataclasses import fields
+from pathlib import Path
 
 from ..attribution.registry import METHODS, resolved_layer
+from ..attribution.result import MapFileOptions
+from ..captioning.options import FolderJobOptions
 from ..core.decoding import DecodingOptions
 from ..core.errors import InvalidOptionError, check_positive_int
 from ..core.video import VideoOptions
 from .arguments import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_SOME_FAILED,
     figure_output,
     grid_arguments,
     load_model,
     model_arguments,
+    model_tokenizer,
     one_line,
     option_arguments,
-    out_arguments,
+    options_from,
     save_figure,
     torch_module,
 )
 
-HELP = "draw why each caption token was chosen (Grad-CAM, relevance...), as a PNG grid"
+HELP = "draw why each caption token was chosen (Grad-CAM, occlusion...): a PNG grid, or a folder's explanations"
+_FOLDER_JOB = ("recursive", "batch_size", "workers", "max_pixels", "resume")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("image", metavar="IMAGE", help="the image (or video) to caption and explain")
-    out_arguments(parser, "PNG file to write")
-    model_arguments(parser)
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="the image (or video) to explain; several, a folder or a pattern: a folder's job"
+    )
+    parser.add_argument("--out", required=True, help="PNG file to write; for a folder's job, the job's folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --out PNG if it exists")
+    model_arguments(parser, runtimes=("torch", "onnx"))
     titles = "; ".join(f"{method.name}: {method.title}{f' ({method.cost})' if method.cost else ''}" for method in METHODS.values())
     parser.add_argument("--method", default="gradcam", choices=list(METHODS), help=f"how the maps are made (default gradcam; {titles})")
     takers = [method.name for method in METHODS.values() if method.takes_layer]
@@ -37,6 +51,13 @@ def add_arguments(parser) -> None:
         "--layer", type=int, default=None, help=f"decoder layer of {', '.join(takers)}, 0-based (default: each method's own)"
     )
     parser.add_argument("--caption", default=None, help="explain this caption, teacher-forced, instead of the model's own")
+    parser.add_argument(
+        "--contrast",
+        action="append",
+        default=[],
+        metavar="WORD=FOIL",
+        help="explain WORD of the caption against FOIL: log p(WORD) - log p(FOIL) (repeatable)",
+    )
     option_arguments(parser, DecodingOptions, ("prompt", "max_new_tokens", "num_beams"), unset=("max_new_tokens", "num_beams"))
     option_arguments(parser, VideoOptions, ("num_frames",))
     seen: set[str] = set()
@@ -45,13 +66,32 @@ def add_arguments(parser) -> None:
         seen.update(names)
         option_arguments(parser, method.options, names)
     grid_arguments(parser)
+    folder = parser.add_argument_group("a folder's job (several inputs, a folder or a pattern)")
+    option_arguments(folder, FolderJobOptions, _FOLDER_JOB)
+    option_arguments(folder, MapFileOptions)
+    folder.add_argument("--summary", action="append", default=[], metavar="WORD", help="print and draw WORD's gallery (repeatable)")
+
+
+def _contrast(args) -> dict[str, str]:
+    pairs = {}
+    for given in args.contrast:
+        word, equals, foil = given.partition("=")
+        if not equals or not word.strip() or not foil.strip():
+            raise InvalidOptionError(
+                f"--contrast {one_line(given)}: write WORD=FOIL, a word of the caption and the word it is explained against"
+            )
+        pairs[word.strip()] = foil.strip()
+    return pairs
+
+
+def _is_job(args) -> bool:
+    if len(args.inputs) > 1:
+        return True
+    given = args.inputs[0]
+    return Path(given).is_dir() or (glob.has_magic(given) and not Path(given).exists())
 
 
 def run(args) -> int:
-    from ..core.video import is_video, video_frames
-    from ..model.attention import plot_attention_maps, plot_attention_overlays
-
-    explanations = torch_module("attribution.explanation")
     check_positive_int("columns", args.columns)
     method = METHODS[args.method]
     settings = {f.name: getattr(args, f.name) for f in fields(method.options)}
@@ -65,25 +105,115 @@ def run(args) -> int:
     if args.caption is not None and decoding:
         flags = " and ".join("--" + name.replace("_", "-") for name in decoding)
         raise InvalidOptionError(f"{flags} apply when explain captions the image itself; with --caption, that caption is explained")
-    # The layer is checked against the architecture (shapes only, no weights) before the model loads.
-    layers = torch_module("model.loading").architecture(args.model).config.text_config.num_hidden_layers
-    resolved_layer(args.method, args.layer, layers)
+    contrast = _contrast(args)
+    if contrast:
+        from ..attribution.explanation import foil_id  # the foils are checked against the vocabulary before the model loads
+
+        tokenizer = model_tokenizer(args)
+        for foil in contrast.values():
+            foil_id(tokenizer, foil)
+    if method.takes_layer:  # the layer is checked against the architecture (shapes only, no weights) before the model loads
+        layers = torch_module("model.loading").architecture(args.model).config.text_config.num_hidden_layers
+        resolved_layer(args.method, args.layer, layers)
+    elif args.layer is not None:
+        resolved_layer(args.method, args.layer, 0)
+    if _is_job(args):
+        return _explain_folder(args, settings, decoding, contrast)
+    job_flags = [f"--{name.replace('_', '-')}" for name in ("resume", "recursive") if getattr(args, name)] + [
+        f"--summary {w}" for w in args.summary
+    ]
+    if job_flags:
+        raise InvalidOptionError(f"{' '.join(job_flags)} apply to a folder's job (several inputs, a folder or a pattern), not to one image")
+    return _explain_one(args, settings, decoding, contrast)
+
+
+def _explain_one(args, settings: dict, decoding: dict, contrast: dict) -> int:
+    from ..core.video import is_video, video_frames
+    from ..model.attention import plot_attention_maps, plot_attention_overlays
+
+    explanations = torch_module("attribution.explanation")
+    [given] = args.inputs
     with figure_output(args) as out:
-        video = is_video(args.image)
-        image = video_frames(args.image, args.num_frames) if video else torch_module("core.preprocess").load_image(args.image)
-        captioner = load_model(args)
+        video = is_video(given)
+        image = video_frames(given, args.num_frames) if video else torch_module("core.preprocess").load_image(given)
+        captioner = load_model(args, ("torch", "onnx"))
         explanation = explanations.explain(
-            captioner, image, args.caption, method=args.method, layer=args.layer, prompt=args.prompt, **settings, **decoding
+            captioner,
+            image,
+            args.caption,
+            method=args.method,
+            layer=args.layer,
+            prompt=args.prompt,
+            contrast=contrast,
+            **settings,
+            **decoding,
         )
         if not explanation.tokens:
-            raise InvalidOptionError(f"{one_line(args.image)}: the caption has no generated tokens to explain")
+            raise InvalidOptionError(f"{one_line(given)}: the caption has no generated tokens to explain")
         if args.raw:
             figure = plot_attention_maps(explanation, columns=args.columns)
         else:
             figure = plot_attention_overlays(image[len(image) // 2] if video else image, explanation, columns=args.columns)
-        made = {**explanation.provenance, "image": args.image}
+        made = {**explanation.provenance, "image": given}
         # The caption as given (or made), and the very tokens explained: [UNK] included, which the text drops.
         caption = args.caption if args.caption is not None else explanation.text
         save_figure(out, figure, {**made, "caption": caption, "tokens": explanation.tokens, "token_ids": explanation.token_ids})
-    print(f"{one_line(args.image)}: {explanation.text}\nwrote {one_line(str(out.path))}")
+    print(f"{one_line(given)}: {explanation.text}\nwrote {one_line(str(out.path))}")
     return EXIT_OK
+
+
+def _explain_folder(args, settings: dict, decoding: dict, contrast: dict) -> int:
+    from ..captioning.folder import BatchStatus, expand_inputs
+
+    folder_module = torch_module("attribution.folder")
+    if args.caption is not None:
+        raise InvalidOptionError("--caption explains one image's caption; a folder's job explains each input's own caption")
+    job = options_from(args, FolderJobOptions)
+    maps = options_from(args, MapFileOptions)
+    inputs = expand_inputs(args.inputs, job.recursive)  # nothing to explain: said before the model loads
+    with folder_module.ExplanationOutput(args.out, job.resume) as output:  # checked and locked before the model loads
+        captioner = load_model(args, ("torch", "onnx"))
+        status = BatchStatus()
+        records = folder_module.explain_files(
+            captioner,
+            inputs,
+            output,
+            method=args.method,
+            layer=args.layer,
+            prompt=args.prompt,
+            contrast=contrast,
+            job=job,
+            maps=maps,
+            status=status,
+            num_frames=args.num_frames,
+            **settings,
+            **decoding,
+        )
+        for record in records:
+            if record["error"]:
+                print(f"bliptk: error: {one_line(record['path'])}: {one_line(record['error']['message'])}", file=sys.stderr, flush=True)
+    print(
+        f"bliptk: {status.captioned} explained, {status.failed} failed, {status.skipped} already done (of {status.total})"
+        f"{', interrupted' if status.interrupted else ''}; records and maps in {one_line(args.out)}",
+        file=sys.stderr,
+    )
+    for word in args.summary:
+        _summary(args, word)
+    if status.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if status.failed else EXIT_OK
+
+
+def _summary(args, word: str) -> None:
+    """Print a word's summary over the job's folder and draw its gallery beside the records."""
+    from ..store.outputs import claim
+
+    words = torch_module("attribution.words")
+    summary = words.word_maps(args.out, word)
+    print(summary)
+    name = "".join(c if c.isalnum() else "_" for c in word)
+    with claim(Path(args.out) / f"summary-{name}.png", replace=True) as out:
+        save_figure(
+            out, words.plot_word_gallery(summary), {"word": word, "occurrences": len(summary.occurrences), "method": summary.method}
+        )
+    print(f"wrote {one_line(str(out.path))}")

@@ -84,6 +84,8 @@ class Record:
             JSONL line, as records were before runtimes were recorded.
         entropy: With ``scores`` (``--scores``), the entropy (nats) of the model's distribution at
             each generated token's step; else None, left out of a JSONL line.
+        maps: An explanation job's record: its saved explanation's file, relative to the
+            records file's folder (``maps/<name>.npz``); else None, left out of a JSONL line.
     """
 
     path: str = _column("string", required=True, default="")
@@ -99,6 +101,7 @@ class Record:
     error: dict | None = _column("json", nested=True, required=True)
     runtime: str | None = _column("string", optional=True)
     entropy: list[float] | None = _column("list<float64>", nested=True, optional=True)
+    maps: str | None = _column("string", optional=True)
 
     @classmethod
     def from_row(cls, row) -> dict:
@@ -185,6 +188,7 @@ def make_record(path: str, kind: str, provenance: dict, options: dict, caption=N
         "error": (error if isinstance(error, dict) else error_summary(error)) if error else None,
         "runtime": provenance.get("runtime"),
         "entropy": getattr(caption, "entropy", None) if caption is not None else None,
+        "maps": None,
     }
 
 
