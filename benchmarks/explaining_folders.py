@@ -90,13 +90,22 @@ def main() -> None:
     import torch
 
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads, float32 GEMM {gemm_rate():.0f} GFLOP/s (577x768 @ 768x3072)")
-    print(f"{'model':9} {'method':21} {'images':>6} {'s/image b1':>10} {'s/image b8':>10} {'b1/b8':>6} {'peak GiB b1':>11} {'peak GiB b8':>11}")
+    print(
+        f"{'model':9} {'method':21} {'images':>6} {'s/image b1':>10} {'s/image b8':>10} {'b1/b8':>6} {'peak GiB b1':>11} {'peak GiB b8':>11}"
+    )
     for model in args.models:
         for method in args.methods:
             images = args.slow_images if method in SLOW else args.images
             results = []
             for batch in (1, 8):
-                command = [sys.executable, __file__, "--one", f"{model},{method},{images},{batch}", "--max-new-tokens", str(args.max_new_tokens)]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    f"{model},{method},{images},{batch}",
+                    "--max-new-tokens",
+                    str(args.max_new_tokens),
+                ]
                 done = subprocess.run(command, capture_output=True, text=True, check=False)
                 if done.returncode != 0:
                     raise SystemExit(done.stderr)

@@ -61,6 +61,7 @@ from .model.captioner import Captioner
 from .model.exporting import export
 from .model.info import NetInformation, net_information
 from .model.stepper import DecodeStep, Stepper, TokenChoice, token_alternatives
+from .notebook.setup import notebook_model
 from .store.records import read_records
 from .training.data import read_pairs
 from .training.finetune import finetune

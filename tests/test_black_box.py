@@ -93,7 +93,7 @@ def test_each_perturbed_batch_is_computed_once_for_all_tokens(tiny, photos, monk
         ({"occlusion_window": 0}, "occlusion_window must be"),
         ({"method": "shapley", "shapley_samples": 0}, "shapley_samples must be"),
         ({"method": "shapley", "shapley_seed": 1.5}, "shapley_seed must be an integer"),
-        ({"occlusion_window": 99}, "a window of 99 patches is larger than the image's grid of 6 x 6"),
+        ({"occlusion_window": 99}, "occlusion_window 99 is larger than the image's grid of 6 x 6 patches: give at most 6"),
         ({"shapley_window": 2}, "shapley_window applies to the shapley method, not occlusion"),
     ],
 )

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import bliptk
+from bliptk.cli.arguments import figure_title
 from bliptk.cli.main import main
 
 
@@ -320,6 +321,23 @@ def test_an_explanation_figure_says_the_very_tokens_explained(tiny, photos, tmp_
     assert made["caption"] == "a 猫 on a bench" and made["tokens"] == ["a", "[UNK]", "on", "a", "bench"]
     assert made["token_ids"] == tiny.tokenizer.encode("a 猫 on a bench")[1:]
     assert bliptk.explain(tiny, photos[0], made["caption"]).token_ids == made["token_ids"]  # the figure can be made again
+
+
+def test_every_figure_the_command_line_writes_says_what_and_how(tiny, photos, tmp_path, monkeypatch):
+    """A title line: the caption, what it shows, the model, its weights (random ones said plainly)."""
+    from matplotlib.figure import Figure
+
+    titles = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *a, **k: titles.append(figure.get_suptitle()) or save(figure, *a, **k))
+    image = str(photos[0])
+    assert main(["explain", image, "--model", "tiny", "--caption", "a dog", "--contrast", "dog=cat", "--out", str(tmp_path / "a.png")]) == 0
+    assert main(["attention", image, "--model", "tiny", "--max-new-tokens", "2", "--out", str(tmp_path / "b.png")]) == 0
+    random = "tiny · RANDOM WEIGHTS (seed 0): not a trained model, its words mean nothing"
+    assert titles[0] == f"a photography of a dog\nGrad-CAM, layer 1, 'dog' against 'cat' · {random}"
+    assert titles[1].endswith(f"\ncross-attention, layer -1, heads mean · {random}") and titles[1].startswith("a photography of ")
+    made = {"model": "ViT-B/16", "weights": {"source": "pretrained", "dtype": "bfloat16"}}
+    assert figure_title(made, "UMAP") == "UMAP · ViT-B/16 · pretrained weights, bfloat16"
 
 
 def test_a_path_with_a_newline_prints_on_one_line(photos, tmp_path, capsys):

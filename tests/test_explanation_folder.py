@@ -136,12 +136,59 @@ def test_the_command_line_explains_a_folder_and_summarises_a_word(tiny, folder, 
     assert "12 explained, 1 failed, 0 already done (of 13)" in err and "broken.jpg" in err
     records = bliptk.read_records(out / RECORDS_FILE)
     assert all(r["maps"].endswith(".safetensors") for r in records if r["maps"])
-    assert records[0]["options"]["map_dtype"] == "float16" and records[0]["options"]["contrast"] == {"a": "cat"}
+    assert records[0]["options"]["map_dtype"] == "float16" and records[0]["options"]["contrast"] == [["a", "cat"]]
     word = next(r for r in records if r["tokens"])["tokens"][0]
     assert main(["explain", *args, "--contrast", "a=cat", "--resume", "--summary", word]) == 1
     printed = capsys.readouterr().out
     assert f"{word!r}: " in printed and (out / f"summary-{''.join(c if c.isalnum() else '_' for c in word)}.png").is_file()
     assert main(["explain", str(folder / "photo-00.jpg"), "--out", str(tmp_path / "one.png"), "--model", "tiny", "--resume"]) == 2
     assert "--resume apply to a folder's job" in capsys.readouterr().err
+    assert (
+        main(["explain", str(folder / "photo-00.jpg"), "--out", str(tmp_path / "one.png"), "--model", "tiny", "--map-dtype", "float16"])
+        == 2
+    )
+    assert "--map-dtype apply to a folder's job" in capsys.readouterr().err
+    assert main(["explain", *args, "--overwrite"]) == 2
+    assert "--overwrite replaces one image's PNG; a folder's job is continued with --resume" in capsys.readouterr().err
     assert main(["explain", *args[:2], str(tmp_path / "x"), "--model", "tiny", "--contrast", "dog"]) == 2
     assert "--contrast dog: write WORD=FOIL" in capsys.readouterr().err
+
+
+def test_the_options_are_checked_before_any_work(tiny, folder, tmp_path):
+    out = tmp_path / "explained"
+    with pytest.raises(
+        bliptk.InvalidOptionError, match="occlusion_window 7 is larger than the image's grid of 6 x 6 patches: give at most 6"
+    ):
+        list(bliptk.explain_files(tiny, folder, out, method="occlusion", occlusion_window=7))
+    with pytest.raises(bliptk.InvalidOptionError, match=r"prompt \(\d+ tokens\) plus max_new_tokens"):
+        list(bliptk.explain_files(tiny, folder, out, prompt="a " * 600))
+    assert not out.exists()
+
+
+def test_one_jobs_explanations_are_summarised_not_a_mix(tiny, folder, tmp_path, capsys):
+    out = tmp_path / "explained"
+    photos = sorted(folder.glob("photo-0[0-2].jpg"))
+    list(bliptk.explain_files(tiny, photos, out, max_new_tokens=3))
+    list(bliptk.explain_files(tiny, photos, out, max_new_tokens=3, resume=True, contrast={0: "cat", 9: "dog"}))
+    assert [e.contrast for e in bliptk.load_explanations(out)] == [{}] * 3 + [{0: "cat"}] * 3  # 9 is past the end: left out
+    word = bliptk.load_explanations(out)[0].tokens[0]
+    with pytest.raises(bliptk.InvalidOptionError, match=r"made in 2 ways \(their contrast differ\): summarise one job's at a time"):
+        bliptk.word_maps(out, word)
+    made = bliptk.attribution.folder.job_record_options(tiny, max_new_tokens=3)
+    assert len(bliptk.word_maps(bliptk.load_explanations(out, made), word).occurrences) >= 1
+    from bliptk.cli.main import main
+
+    common = [*map(str, photos), "--out", str(out), "--model", "tiny", "--max-new-tokens", "3", "--resume"]
+    assert main(["explain", *common, "--summary", word]) == 0  # this job's three, not six
+    assert "in 3 explained captions" in capsys.readouterr().out
+
+
+def test_records_that_name_no_map_file_of_the_folder_are_refused(tiny, photos, tmp_path):
+    out = tmp_path / "explained"
+    [record] = list(bliptk.explain_files(tiny, [photos[0]], out, max_new_tokens=2))
+    lines = (out / RECORDS_FILE).read_text()
+    for odd in ('"maps": 3', '"maps": "/etc/hosts"'):
+        (out / RECORDS_FILE).write_text(lines.replace(f'"maps": "{record["maps"]}"', odd))
+        with pytest.raises(bliptk.InputError, match="outside the folder or missing"):
+            bliptk.load_explanations(out)
+        assert len(list(bliptk.explain_files(tiny, [photos[0]], out, max_new_tokens=2, resume=True))) == 1  # not done: made again

@@ -517,6 +517,9 @@ def test_contrastive_gradcam_equals_transformers_autograd_on_vit_b(vit_b, photos
         ({"dog": "dog"}, "gradcam", "the foil 'dog' is the caption's own token 1"),
         ({"dog": "cat"}, "attention", "attention maps do not depend on the token's probability"),
         ({"dog": 3}, "gradcam", "contrast maps a caption token"),
+        ({"dog": "[SEP]"}, "gradcam", r"the foil '\[SEP\]' is the special token \[SEP\]: a foil is a word of the vocabulary"),
+        ({"dog": "🐱"}, "gradcam", r"the foil '🐱' is outside BLIP's vocabulary \(read as \[UNK\]\)"),
+        (["dog", "cat"], "gradcam", r"contrast is a dict of caption tokens to foil words \({'dog': 'cat'}\), got list"),
     ],
 )
 def test_contrast_mistakes_are_named(tiny, photos, contrast, method, message):

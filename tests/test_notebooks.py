@@ -49,3 +49,15 @@ def test_notebook_runs_from_the_repository_root(path, monkeypatch):
     assert stderr == []
     said = [line for output in streams for line in output.text.splitlines() if "has random weights" in line]
     assert len(said) <= 1 and all(line.startswith("tiny has random weights (seed 0)") for line in said), said
+
+
+def test_one_table_says_which_model_each_notebook_loads():
+    """The documentation's notebook index is the one place that says it; each notebook's setup cell agrees."""
+    import re
+
+    table = dict(re.findall(r"^\| \[(\d\d_\w+)\]\(\1\.ipynb\) \| ([^|]+) \|", (ROOT / "docs" / "notebooks" / "index.md").read_text(), re.M))
+    for path in NOTEBOOKS:
+        source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
+        [default] = re.findall(r'MODEL = os.environ.get\("BLIPTK_MODEL", "([^"]+)"\)', source)
+        assert table[path.stem].strip() == default, path.name
+    assert len(table) == len(NOTEBOOKS)

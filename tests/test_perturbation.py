@@ -149,3 +149,19 @@ def test_plot_draws_each_method_against_random(tiny, photos, explained):
     _, ax = plt.subplots()
     assert bliptk.plot_faithfulness(results[0], ax=ax) is ax.figure
     plt.close("all")
+
+
+def test_a_contrastive_explanation_is_measured_on_what_it_explains(tiny, photos):
+    """Its token's value is p(token) / p(foil), exp of log p(token) - log p(foil); the others' are their probabilities."""
+    from dataclasses import replace
+
+    caption = tiny.caption(photos[0], max_new_tokens=3)
+    plain = bliptk.explain(tiny, photos[0], caption)
+    contrasted = replace(plain, contrast={1: "cat"})
+    ours, theirs = (bliptk.faithfulness(tiny, photos[0], e, steps=2) for e in (contrasted, plain))
+    np.testing.assert_allclose(ours.curves[[0, 2]], theirs.curves[[0, 2]])
+    [score] = tiny.score(photos[0], [caption.text])
+    [with_foil] = tiny.score(
+        photos[0], [caption.prompt + " " + tiny.tokenizer.decode([*caption.token_ids[:1], tiny.tokenizer.encode("cat")[1]])]
+    )
+    np.testing.assert_allclose(ours.curves[1, 0], np.exp(score.logprobs[1] - with_foil.logprobs[1]), rtol=1e-4)

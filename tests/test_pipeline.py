@@ -11,6 +11,7 @@ import pytest
 from conftest import VIDEOS
 
 import bliptk
+from bliptk.core import pipeline
 from bliptk.model.parity import hf_generate
 from bliptk.store.records import RECORD_FIELDS, read_records
 
@@ -116,3 +117,17 @@ def test_features_of_one_chunk_at_most_are_alive(backend, photos, monkeypatch):
     assert len(backend.caption(images, batch_size=8, max_new_tokens=2)) == 48
     assert [kind for kind, _ in events] == ["encode", "decode"] * 6
     assert [count for kind, count in events if kind == "encode"] == [0] * 6
+
+
+def test_the_random_weights_warning_names_the_callers_line(tiny, photos, tmp_path):
+    """However deep in bliptk it is raised (a verb, a generator, an explanation), the warning points at the user's call."""
+    calls = {
+        "caption": lambda: tiny.caption(photos[0], max_new_tokens=2),
+        "caption_files": lambda: list(tiny.caption_files([photos[0]], max_new_tokens=2)),
+        "explain": lambda: bliptk.explain(tiny, photos[0], "a dog"),
+    }
+    for name, call in calls.items():
+        pipeline._SAID_RANDOM.clear()
+        with pytest.warns(bliptk.RandomWeightsWarning) as caught:
+            call()
+        assert [w.filename for w in caught] == [__file__], name

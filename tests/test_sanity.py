@@ -56,5 +56,7 @@ def test_similarities_by_hand():
 def test_sanity_check_mistakes_are_named(tiny, photos, tiny_export):
     with pytest.raises(bliptk.InvalidOptionError, match="sanity_check needs at least one method and one seed"):
         bliptk.sanity_check(tiny, photos[0], "a dog", seeds=[])
+    with pytest.raises(bliptk.InvalidOptionError, match="an int8 or compiled captioner keeps copies of: give the plain float model"):
+        bliptk.sanity_check(bliptk.load("tiny", dtype="int8"), photos[0], "a dog", method="attention")
     with pytest.raises(bliptk.InvalidOptionError, match="sanity_check re-initialises torch's layers"):
         bliptk.sanity_check(bliptk.load(tiny_export), photos[0], "a dog", method="occlusion")

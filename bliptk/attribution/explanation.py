@@ -29,6 +29,7 @@ import numpy as np
 from ..core import pipeline
 from ..core.decoding import Caption
 from ..core.errors import InvalidOptionError, check_positive_int, option_error
+from ..core.optional import optional
 from ..core.video import VideoFrames
 from .passes import Target, Visual, encoded, explained_target, grid_of, pixels_fingerprint, visual_input
 from .registry import METHODS, ExplanationMethod, method_of, method_options, resolved_layer
@@ -90,7 +91,34 @@ def explanation_request(captioner, method, layer, prompt, contrast, options: dic
         if isinstance(key, bool) or not isinstance(key, int | str) or not isinstance(foil, str):
             raise option_error(f"contrast maps a caption token (its index, or the token) to a foil word, got {key!r}: {foil!r}", "contrast")
         foil_id(captioner.tokenizer, foil)
+    if chosen.black_box:
+        optional("captum")  # said before any work, not by each input
+        check_windows(captioner, settings)
     return ExplainRequest(chosen, layer, settings, decoding_options, prompt, contrast)
+
+
+def check_windows(captioner, settings) -> None:
+    """A black-box method's window (a field named ``*_window``) fits the model's grid of patches.
+
+    Raises:
+        InvalidOptionError: A window larger than the grid, naming the largest.
+    """
+    from dataclasses import fields
+
+    for option in fields(settings):
+        window = getattr(settings, option.name)
+        if option.name.endswith("_window") and window > (grid := patch_grid(captioner)):
+            raise option_error(
+                f"{option.name} {window} is larger than the image's grid of {grid} x {grid} patches: give at most {grid}", option.name
+            )
+
+
+def patch_grid(captioner) -> int:
+    """The side of the model's grid of image patches (24 at 384 px with 16 px patches)."""
+    if hasattr(captioner, "image_encoder"):
+        return grid_of(captioner.image_encoder.feature_shape[0])
+    size = captioner.preprocessor.image_size
+    return grid_of(captioner.encode(np.zeros((1, 3, size, size), dtype=np.float32)).shape[1])
 
 
 def foil_id(tokenizer, foil: str) -> int:
@@ -103,6 +131,10 @@ def foil_id(tokenizer, foil: str) -> int:
     if len(ids) != 1:
         pieces = ", ".join(tokenizer.convert_ids_to_tokens(ids)) or "none"
         raise option_error(f"a foil is one WordPiece token; {foil!r} is {len(ids)} ({pieces})", "contrast")
+    [token] = tokenizer.convert_ids_to_tokens(ids)
+    if token.startswith("[") and token.endswith("]"):  # [UNK] (text outside the vocabulary), [SEP], [PAD]...
+        said = "outside BLIP's vocabulary (read as [UNK])" if token == "[UNK]" else f"the special token {token}"
+        raise option_error(f"the foil {foil!r} is {said}: a foil is a word of the vocabulary", "contrast")
     return ids[0]
 
 
@@ -114,8 +146,9 @@ def resolve_contrast(tokenizer, target: Target, contrast: dict, required: bool =
         tokenizer: The model's tokenizer.
         target: The caption.
         contrast: The contrast asked for.
-        required: A token the caption lacks is an error (else that pair is left out: a folder's
-            captions that do not say the word are explained plainly).
+        required: A token the caption lacks (or an index past its end, or a foil that is the token
+            itself) is an error; else that pair is left out: a folder's captions that do not say
+            the word are explained plainly.
 
     Raises:
         InvalidOptionError: An index out of range, a token not in the caption, a foil that is
@@ -124,21 +157,27 @@ def resolve_contrast(tokenizer, target: Target, contrast: dict, required: bool =
     tokens = tokenizer.convert_ids_to_tokens(target.token_ids)
     foils: dict[int, int] = {}
     for key, foil in contrast.items():
-        if isinstance(key, str):
-            if key not in tokens:
-                if required:
-                    raise option_error(f"the caption's tokens {tokens} have no {key!r} to contrast", "contrast")
-                continue
-            index = tokens.index(key)
-        elif -len(tokens) <= key < len(tokens):
-            index = key % len(tokens)
-        else:
-            raise option_error(f"contrast index {key} is outside the caption's {len(tokens)} tokens {tokens}", "contrast")
-        foil = foil_id(tokenizer, foil)
-        if foil == target.token_ids[index]:
-            raise option_error(f"the foil {contrast[key]!r} is the caption's own token {index}: name another word", "contrast")
-        foils[index] = foil
+        try:
+            index = _contrast_index(tokens, key)
+            foil_token = foil_id(tokenizer, foil)
+            if foil_token == target.token_ids[index]:
+                raise option_error(f"the foil {foil!r} is the caption's own token {index}: name another word", "contrast")
+        except InvalidOptionError:
+            if required:
+                raise
+            continue
+        foils[index] = foil_token
     return replace(target, foils=foils)
+
+
+def _contrast_index(tokens: list[str], key) -> int:
+    if isinstance(key, str):
+        if key not in tokens:
+            raise option_error(f"the caption's tokens {tokens} have no {key!r} to contrast", "contrast")
+        return tokens.index(key)
+    if not -len(tokens) <= key < len(tokens):
+        raise option_error(f"contrast index {key} is outside the caption's {len(tokens)} tokens {tokens}", "contrast")
+    return key % len(tokens)
 
 
 def explain(

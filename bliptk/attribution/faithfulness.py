@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..core.errors import InvalidArgumentError, InvalidOptionError, check_positive_int, option_error
 from ..core.figures import new_figure
 from ..core.video import VideoOptions
-from .explanation import Explanation
+from .explanation import Explanation, foil_id
 from .passes import Target, pixels_fingerprint, token_logprobs, visual_input
 
 __all__ = ["FAITHFULNESS_BASELINES", "FAITHFULNESS_MODES", "Faithfulness", "faithfulness", "plot_faithfulness"]
@@ -147,7 +147,11 @@ def faithfulness(
     visual = visual_input(captioner, image, VideoOptions(num_frames=frames) if frames else VideoOptions())
     if made.get("pixels") not in (None, pixels_fingerprint(visual.pixels)):
         raise InvalidOptionError("the explanation is of another image than this one (their pixels differ); give the image it explains")
-    target = Target(explanation.prompt, captioner.tokenizer.encode(explanation.prompt), list(explanation.token_ids), explanation.text)
+    # A contrastive explanation is measured on what it explains: log p(token) - log p(foil).
+    foils = {t: foil_id(captioner.tokenizer, foil) for t, foil in explanation.contrast.items()}
+    target = Target(
+        explanation.prompt, captioner.tokenizer.encode(explanation.prompt), list(explanation.token_ids), explanation.text, foils
+    )
     patches = encoder.grid_size**2
     orders = [np.argsort(-m.ravel(), kind="stable") for m in explanation.maps.astype(np.float64)]
     random_order = np.random.default_rng(seed).permutation(patches)

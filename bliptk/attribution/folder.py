@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from ..captioning.folder import BatchStatus, Prepared, batches, check_batch_options, expand_inputs, resume_output
 from ..captioning.options import FolderJobOptions, job_options
 from ..core import pipeline
+from ..core.decoding import prompt_ids
 from ..core.errors import InputError, OutputError, option_error
 from ..store.outputs import checked_output, write_whole
 from ..store.records import RecordOutput, input_error, key_of, make_record, read_records, record_options
@@ -32,7 +33,7 @@ from .explanation import ExplainRequest, Explanation, explain_visuals, explained
 from .passes import visual_input
 from .result import MapFileOptions, load_explanation, write_explanation
 
-__all__ = ["MAPS_FOLDER", "RECORDS_FILE", "ExplanationOutput", "explain_files", "load_explanations"]
+__all__ = ["MAPS_FOLDER", "RECORDS_FILE", "ExplanationOutput", "FolderFile", "explain_files", "job_record_options", "load_explanations"]
 
 RECORDS_FILE = "explanations.jsonl"
 """The records file of an explanation job's folder."""
@@ -51,7 +52,7 @@ class ExplanationOutput:
     Raises:
         OutputExistsError: The folder holds records and ``resume`` is False.
         OutputLockedError: Another process writes it.
-        OutputError: It cannot be written, or is no explanation job's folder.
+        OutputError: It cannot be written (a file, a folder that does not exist above it).
     """
 
     def __init__(self, folder: str | os.PathLike, resume: bool = False):
@@ -79,6 +80,10 @@ class ExplanationOutput:
         self.records.write(record)
         return record
 
+    def file(self, name: str) -> FolderFile:
+        """Another file of the folder (a summary's figure), written whole while the folder is held."""
+        return FolderFile(self.folder / name)
+
     def close(self) -> None:
         self.records.close()
 
@@ -87,6 +92,18 @@ class ExplanationOutput:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class FolderFile:
+    """A file of a held explanation folder: ``write(fn)`` writes it whole (``fn(path)`` fills a
+    temporary file that then replaces it), as an [`Output`][bliptk.store.outputs.Output] does."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, write) -> Path:
+        write_whole(self.path, write)
+        return self.path
 
 
 def _map_name(record: dict) -> str:
@@ -146,15 +163,14 @@ def explain_files(
             Before any work.
     """
     job, keywords = job_options(job, keywords)
-    map_options = replace(maps or MapFileOptions(), **{f.name: keywords.pop(f.name) for f in fields(MapFileOptions) if f.name in keywords})
     if job.scores or job.format not in (None, "jsonl"):
         raise option_error("an explanation job writes JSONL records and its maps; scores and format apply to captioning", "format")
-    request = explanation_request(captioner, method, layer, prompt, contrast, keywords)
-    options, video_options = pipeline.resolve_options(**request.decoding_options)
-    options = pipeline.own_options(captioner, options)
+    request, options, video_options, map_options = _job_request(captioner, method, layer, prompt, contrast, maps, keywords)
     check_batch_options(options)
+    prompt_text = options.prompt_text if request.prompt is None else request.prompt  # checked against the decoder's positions
+    prompt_ids(captioner.tokenizer, prompt_text, options.max_new_tokens, captioner.max_positions)
     given = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
-    _refuse_input_folder(out, given)
+    _refuse_input_folder(out, given, job.recursive)
     paths = expand_inputs(given, job.recursive)
     output = out if isinstance(out, ExplanationOutput) else ExplanationOutput(out, job.resume)
     try:
@@ -168,19 +184,40 @@ def explain_files(
             output.close()
 
 
-def _refuse_input_folder(out, inputs: list) -> None:
-    """An explanation job's folder is its own: not a folder whose images it explains (its summaries
-    would be read as inputs by the next run)."""
+def _job_request(captioner, method, layer, prompt, contrast, maps: MapFileOptions | None, keywords: dict):
+    """An explanation job's request, decoding and video options, and map files' options, checked."""
+    map_options = replace(maps or MapFileOptions(), **{f.name: keywords.pop(f.name) for f in fields(MapFileOptions) if f.name in keywords})
+    request = explanation_request(captioner, method, layer, prompt, contrast, keywords)
+    options, video_options = pipeline.resolve_options(**request.decoding_options)
+    return request, pipeline.own_options(captioner, options), video_options, map_options
+
+
+def job_record_options(
+    captioner, *, method: str = "gradcam", layer=None, prompt=None, contrast=None, maps: MapFileOptions | None = None, **keywords
+) -> dict:
+    """The ``options`` the records of ``explain_files(captioner, ..., **the same)`` carry: to read
+    one job's explanations back from a folder (``load_explanations(folder, options)``)."""
+    request, options, video_options, map_options = _job_request(captioner, method, layer, prompt, contrast, maps, dict(keywords))
+    return explanation_options(request, options, video_options, map_options)
+
+
+def _refuse_input_folder(out, inputs: list, recursive: bool) -> None:
+    """An explanation job's folder is its own: not a folder whose images it explains, nor (with
+    ``recursive``) one inside it (its summaries would be read as inputs by the next run)."""
     folder = Path(os.path.realpath(out.folder if isinstance(out, ExplanationOutput) else out))
     for given in inputs:
-        if isinstance(given, str | os.PathLike) and Path(given).is_dir() and Path(os.path.realpath(given)) == folder:
-            raise OutputError(f"{out} is the folder of the inputs; write the explanations into a folder of their own (--out explanations/)")
+        if not isinstance(given, str | os.PathLike) or not Path(given).is_dir():
+            continue
+        source = Path(os.path.realpath(given))
+        if folder == source or (recursive and folder.is_relative_to(source)):
+            where = "the folder of the inputs" if folder == source else "inside the folder of the inputs, which recursive reads"
+            raise OutputError(f"{out} is {where}; write the explanations into a folder of their own (--out explanations/)")
 
 
 def explanation_options(request: ExplainRequest, options, video_options, maps: MapFileOptions) -> dict:
     """The ``options`` of an explanation record: the decoding and video options, the method, its
     layer and options, the contrast asked for, and how the maps are saved."""
-    contrast = {str(key): foil for key, foil in request.contrast.items()}
+    contrast = [[key, foil] for key, foil in request.contrast.items()]  # pairs: an index stays an int, a token a string
     settings = {f.name: getattr(request.settings, f.name) for f in fields(request.settings)}  # type: ignore[arg-type]
     return {
         **record_options(options, video_options),
@@ -205,7 +242,7 @@ class _ExplainJob:
     def resume(self, output: ExplanationOutput, paths: list[str]) -> list[str]:
         """Keep the folder's records but this job's failures (tried again); leave out the inputs
         explained the same way whose map is still there."""
-        existing = [r for r in output.existing if r.get("error") or (r.get("maps") and (output.folder / r["maps"]).is_file())]
+        existing = [r for r in output.existing if r.get("error") or _map_file(output.folder, r) is not None]
         return resume_output(output.records, existing, paths, self.provenance, self.record_options, self.status)
 
     def run(self, paths: list[str], output: ExplanationOutput, job: FolderJobOptions, progress) -> Iterator[dict]:
@@ -269,9 +306,14 @@ class _ExplainJob:
         return record
 
 
-def load_explanations(folder: str | os.PathLike) -> list[Explanation]:
+def load_explanations(folder: str | os.PathLike, options: dict | None = None) -> list[Explanation]:
     """The saved explanations of an explanation job's folder, in its records' order (failed inputs
     have none). A record's ``maps`` must name a file inside the folder.
+
+    Args:
+        folder: The job's folder.
+        options: Only the records made with these options (a record's ``options``, as
+            ``explain_files`` writes them): one job's, in a folder resumed with other options.
 
     Raises:
         InputError: No explanation job's folder, a record naming a file outside it, a map file
@@ -285,10 +327,19 @@ def load_explanations(folder: str | os.PathLike) -> list[Explanation]:
         )
     explanations = []
     for record in read_records(records_file, "jsonl"):
-        if record.get("error") or not record.get("maps"):
+        if record.get("error") or not record.get("maps") or (options is not None and record["options"] != options):
             continue
-        path = (root / record["maps"]).resolve()
-        if Path(record["maps"]).is_absolute() or not path.is_relative_to(root.resolve()):
-            raise InputError(records_file, f"a record names {record['maps']!r}, outside the folder: its maps are not read")
+        path = _map_file(root, record)
+        if path is None:
+            raise InputError(records_file, f"a record names {record['maps']!r}, outside the folder or missing: its maps are not read")
         explanations.append(load_explanation(path))
     return explanations
+
+
+def _map_file(folder: Path, record: dict) -> Path | None:
+    """A record's map file, where it is one inside the folder; else None."""
+    name = record.get("maps")
+    if not isinstance(name, str) or Path(name).is_absolute():
+        return None
+    path = (folder / name).resolve()
+    return path if path.is_relative_to(folder.resolve()) and path.is_file() else None

@@ -84,7 +84,7 @@ def patch_mask(size: int, grid: int, window: int) -> torch.Tensor:
     if size % grid:
         raise InvalidOptionError(f"an image of {size} px is not a grid of {grid} x {grid} patches")
     if window > grid:
-        raise InvalidOptionError(f"a window of {window} patches is larger than the image's grid of {grid} x {grid}")
+        raise InvalidOptionError(f"a window of {window} patches is larger than the image's grid of {grid} x {grid}: give at most {grid}")
     patch = size // grid
     squares = -(-grid // window)  # per side
     cells = torch.arange(size) // patch // window

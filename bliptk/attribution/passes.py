@@ -19,6 +19,7 @@ import torch
 from ..core import pipeline
 from ..core.decoding import Caption, DecodingOptions, prompt_ids
 from ..core.errors import InvalidOptionError, PromptWarning, option_error
+from ..core.notices import warn
 from ..core.video import VideoFrames, VideoOptions, is_video, video_frames
 from ..model.text_decoder import DecoderAttentions, GrowingCache, KeptAttention, Kernels
 
@@ -151,13 +152,7 @@ def explained_target(captioner, visual: Visual, caption, prompt: str | None, opt
         )
     unknown = tokenizer.unknown_text(caption)
     if unknown:
-        import warnings
-
-        warnings.warn(
-            f"caption {caption!r} has text outside BLIP's vocabulary, explained as [UNK]: {', '.join(map(repr, unknown))}",
-            PromptWarning,
-            stacklevel=3,
-        )
+        warn(f"caption {caption!r} has text outside BLIP's vocabulary, explained as [UNK]: {', '.join(map(repr, unknown))}", PromptWarning)
     return Target(prompt_text, ids, words, tokenizer.decode(ids[1:] + words).strip())
 
 
@@ -251,7 +246,7 @@ def kept_pass(captioner, visual: Visual, target: Target) -> Pass:
 
 def kept_passes(captioner, visuals: list[Visual], targets: list[Target]) -> Pass:
     """One pass for a batch of images and their captions: features ``(B, N, D)`` (a leaf), y
-    ``(B, T_max)`` (for a single image, ``(T,)``), and the attention probabilities. The rows share
+    ``(B, T_max)``, and the attention probabilities. The rows share
     no computation a gradient can cross, so the gradient of a sum over rows is each row's own."""
     if len(visuals) != len(targets):
         raise ValueError("one target per image")

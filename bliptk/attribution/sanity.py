@@ -7,7 +7,9 @@ keeping the blocks randomised before it; at each stage the method explains the s
 same image again, and its maps are compared with the original ones: Spearman's rank correlation
 and SSIM (of the maps scaled to [0, 1]), each the mean over the caption's tokens. A method whose
 maps barely change when every layer is random does not depend on what the model learnt: it is
-flagged. The randomised model is a copy: the captioner given is left as it was.
+flagged. The randomised model is a copy: the captioner given is left as it was. The embeddings
+(the patch projection, the words' and positions') and the output head are kept: "every layer
+random" means every transformer layer of the decoder and of the image encoder.
 
 On a model with random weights (bliptk's tiny net, or a full-size net without its checkpoint) the
 check still tests what it tests: whether the method's maps depend on the parameters, not whether
@@ -167,6 +169,11 @@ def sanity_check(
     if not isinstance(captioner, Captioner):
         raise InvalidOptionError(
             f"sanity_check re-initialises torch's layers: give a Captioner (bliptk.load), got {type(captioner).__name__}"
+        )
+    if captioner.weights.dtype == "int8" or captioner.weights.compiled:
+        raise InvalidOptionError(
+            "sanity_check re-initialises the model's layers, which an int8 or compiled captioner keeps copies of: "
+            "give the plain float model (bliptk.load(model))"
         )
     methods = [method] if isinstance(method, str) else list(method)
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)

@@ -3,11 +3,13 @@
 [`word_maps()`][bliptk.attribution.words.word_maps] finds every occurrence of a word in the explained
 captions (a word of several WordPiece tokens is their maps' mean), scales each occurrence's map to
 [0, 1] over its own range (as the figures of its image draw it: images whose maps are larger in
-the method's units do not outweigh the others), and averages them;
+the method's units do not outweigh the others), and averages them (explanations made in one way:
+one method, layer, options and contrast, by one model);
 [`plot_word_gallery()`][bliptk.attribution.words.plot_word_gallery] draws the mean map beside the
 images where the word's map is most concentrated. Concentration is the share of a map's mass (its
-scaled values) in its top 10% of patches: 0.1 for an even map, 1 for one that only 10% of the
-image made.
+scaled values) in its top 10% of patches: near 0.1 when the map is spread over the image, 1 when
+only a tenth of it made the word (a constant map, where nothing stands out, scales to 0 and has
+none).
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def word_maps(explanations, word: str) -> WordMap:
 
     Raises:
         InvalidOptionError: No caption says the word (the message names the words said most), or
-            the explanations mix methods or grids.
+            the explanations were made in several ways (methods, layers, options, contrasts, models).
     """
     if isinstance(explanations, str | os.PathLike):
         from .folder import load_explanations
@@ -133,12 +135,24 @@ def word_maps(explanations, word: str) -> WordMap:
                 counts[said.lower()] = counts.get(said.lower(), 0) + 1
         common = ", ".join(w for w, _ in sorted(counts.items(), key=lambda item: -item[1])[:10]) or "none"
         raise InvalidOptionError(f"no caption of the {len(explanations)} explanations says {word!r}; the words said most: {common}")
+    made = {_made(explanations[o.explanation]) for o in found}
+    if len(made) > 1:
+        differ = sorted({name for a in made for b in made for name in dict(a) if dict(a).get(name) != dict(b).get(name)})
+        raise InvalidOptionError(
+            f"the explanations were made in {len(made)} ways (their {', '.join(differ)} differ): summarise one job's at a time "
+            "(load_explanations(folder, options=...))"
+        )
     methods = {explanations[o.explanation].method for o in found}
-    shapes = {o.map.shape for o in found}
-    if len(methods) > 1 or len(shapes) > 1:
-        raise InvalidOptionError(f"the explanations mix methods {sorted(methods)} or grids {sorted(shapes)}: summarise one kind at a time")
     ordered = sorted(found, key=lambda o: -o.concentration)
     return WordMap(word, np.mean([o.map for o in found], axis=0), ordered, methods.pop(), len(explanations))
+
+
+def _made(explanation) -> tuple:
+    """How an explanation was made (its provenance but what is the image's own), comparable."""
+    import json
+
+    own = ("pixels", "num_frames")
+    return tuple(sorted((name, json.dumps(value, sort_keys=True)) for name, value in explanation.provenance.items() if name not in own))
 
 
 def plot_word_gallery(word_map: WordMap, top: int = 7, columns: int = 4, alpha: float = 0.5, fig=None):

@@ -39,6 +39,7 @@ __all__ = [
     "options_from",
     "out_arguments",
     "output_file",
+    "figure_title",
     "save_figure",
     "torch_module",
 ]
@@ -252,13 +253,32 @@ def figure_output(args) -> Output:
     return output
 
 
-def save_figure(out: Output, figure, provenance: dict) -> None:
-    """Write a figure as PNG, whole or not at all, with how it was made in its metadata (the
-    ``Description`` text chunk: model, weights, options, as JSON)."""
+def save_figure(out: Output, figure, provenance: dict, what: str) -> None:
+    """Write a figure as PNG, whole or not at all, titled with what it shows and how it was made
+    ([`figure_title()`][bliptk.cli.arguments.figure_title]), with the provenance in its metadata
+    (the ``Description`` text chunk: model, weights, options, as JSON)."""
+    from ..core.figures import displayable
     from ..version import __version__
 
+    figure.suptitle(displayable(figure_title(provenance, what)), fontsize=9)
     metadata = {"Software": f"bliptk {__version__}", "Description": json.dumps(provenance)}
     out.write(lambda path: figure.savefig(path, dpi=100, format="png", metadata=metadata))
+
+
+def figure_title(provenance: dict, what: str) -> str:
+    """A figure's title: the caption it explains (when it has one), then what it shows, the model
+    and its weights, random ones said plainly: ``"a photography of a dog\nGrad-CAM, layer 6 ·
+    ViT-B/16 · RANDOM WEIGHTS (seed 0): not a trained model"``."""
+    weights = provenance.get("weights") or {}
+    if weights.get("source") == "random":
+        said = f"RANDOM WEIGHTS (seed {weights.get('seed')}): not a trained model, its words mean nothing"
+    else:
+        said = "pretrained weights"
+    if weights.get("dtype") not in (None, "float32"):
+        said += f", {weights['dtype']}"
+    caption = provenance.get("text") or provenance.get("caption")  # the text explained, prompt included, where it differs
+    lines = [one_line(str(caption))] if caption else []
+    return "\n".join([*lines, f"{what} · {one_line(str(provenance.get('model')))} · {said}"])
 
 
 def folder_images(args) -> list[Path]:

@@ -53,6 +53,8 @@ def run(args) -> int:
         else:
             figure = plot_attention_overlays(image, caption, columns=args.columns, **map_options)
         made = {**captioner.provenance(), "options": options.as_dict(), **map_options, "image": args.image}
-        save_figure(out, figure, {**made, "caption": caption.text, "tokens": caption.tokens, "token_ids": caption.token_ids})
+        layers = ", ".join(map(str, args.layer))
+        what = f"cross-attention, layer{'s' if len(args.layer) > 1 else ''} {layers}, heads {args.heads}"
+        save_figure(out, figure, {**made, "caption": caption.text, "tokens": caption.tokens, "token_ids": caption.token_ids}, what)
     print(f"{one_line(args.image)}: {caption.text}\nwrote {one_line(str(out.path))}")
     return EXIT_OK

@@ -122,8 +122,15 @@ def run(args) -> int:
     job_flags = [f"--{name.replace('_', '-')}" for name in ("resume", "recursive") if getattr(args, name)] + [
         f"--summary {w}" for w in args.summary
     ]
+    job_flags += [
+        f"--{option.name.replace('_', '-')}"
+        for options in (FolderJobOptions, MapFileOptions)
+        for option in fields(options)
+        if option.name in (*_FOLDER_JOB, "map_dtype", "map_format") and getattr(args, option.name) not in (option.default, False)
+    ]
     if job_flags:
-        raise InvalidOptionError(f"{' '.join(job_flags)} apply to a folder's job (several inputs, a folder or a pattern), not to one image")
+        flags = " ".join(dict.fromkeys(job_flags))
+        raise InvalidOptionError(f"{flags} apply to a folder's job (several inputs, a folder or a pattern), not to one image")
     return _explain_one(args, settings, decoding, contrast)
 
 
@@ -157,9 +164,21 @@ def _explain_one(args, settings: dict, decoding: dict, contrast: dict) -> int:
         made = {**explanation.provenance, "image": given}
         # The caption as given (or made), and the very tokens explained: [UNK] included, which the text drops.
         caption = args.caption if args.caption is not None else explanation.text
-        save_figure(out, figure, {**made, "caption": caption, "tokens": explanation.tokens, "token_ids": explanation.token_ids})
+        save_figure(
+            out,
+            figure,
+            {**made, "caption": caption, "text": explanation.text, "tokens": explanation.tokens, "token_ids": explanation.token_ids},
+            _what(explanation),
+        )
     print(f"{one_line(given)}: {explanation.text}\nwrote {one_line(str(out.path))}")
     return EXIT_OK
+
+
+def _what(explanation) -> str:
+    """What an explanation's figure shows, in its title: the method, its layer, the contrast."""
+    layer = "" if explanation.layer is None else f", layer {explanation.layer}"
+    contrast = "".join(f", {explanation.tokens[t]!r} against {foil!r}" for t, foil in explanation.contrast.items())
+    return f"{explanation.name}{layer}{contrast}"
 
 
 def _explain_folder(args, settings: dict, decoding: dict, contrast: dict) -> int:
@@ -168,52 +187,50 @@ def _explain_folder(args, settings: dict, decoding: dict, contrast: dict) -> int
     folder_module = torch_module("attribution.folder")
     if args.caption is not None:
         raise InvalidOptionError("--caption explains one image's caption; a folder's job explains each input's own caption")
+    if args.overwrite:
+        raise InvalidOptionError(
+            "--overwrite replaces one image's PNG; a folder's job is continued with --resume, or written to a new --out"
+        )
     job = options_from(args, FolderJobOptions)
     maps = options_from(args, MapFileOptions)
     inputs = expand_inputs(args.inputs, job.recursive)  # nothing to explain: said before the model loads
     with folder_module.ExplanationOutput(args.out, job.resume) as output:  # checked and locked before the model loads
         captioner = load_model(args, ("torch", "onnx"))
         status = BatchStatus()
-        records = folder_module.explain_files(
-            captioner,
-            inputs,
-            output,
+        request = dict(
             method=args.method,
             layer=args.layer,
             prompt=args.prompt,
             contrast=contrast,
-            job=job,
             maps=maps,
-            status=status,
             num_frames=args.num_frames,
             **settings,
             **decoding,
         )
+        records = folder_module.explain_files(captioner, inputs, output, job=job, status=status, **request)
         for record in records:
             if record["error"]:
                 print(f"bliptk: error: {one_line(record['path'])}: {one_line(record['error']['message'])}", file=sys.stderr, flush=True)
-    print(
-        f"bliptk: {status.captioned} explained, {status.failed} failed, {status.skipped} already done (of {status.total})"
-        f"{', interrupted' if status.interrupted else ''}; records and maps in {one_line(args.out)}",
-        file=sys.stderr,
-    )
-    for word in args.summary:
-        _summary(args, word)
+        print(
+            f"bliptk: {status.captioned} explained, {status.failed} failed, {status.skipped} already done (of {status.total})"
+            f"{', interrupted' if status.interrupted else ''}; records and maps in {one_line(args.out)}",
+            file=sys.stderr,
+        )
+        for word in args.summary:  # while the folder is still this job's alone, of this job's explanations
+            made = folder_module.job_record_options(captioner, **request)
+            _summary(output, word, folder_module.load_explanations(args.out, made))
     if status.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_SOME_FAILED if status.failed else EXIT_OK
 
 
-def _summary(args, word: str) -> None:
-    """Print a word's summary over the job's folder and draw its gallery beside the records."""
-    from ..store.outputs import claim
-
+def _summary(output, word: str, explanations: list) -> None:
+    """Print a word's summary over this job's explanations and draw its gallery into the job's folder."""
     words = torch_module("attribution.words")
-    summary = words.word_maps(args.out, word)
+    summary = words.word_maps(explanations, word)
     print(summary)
-    name = "".join(c if c.isalnum() else "_" for c in word)
-    with claim(Path(args.out) / f"summary-{name}.png", replace=True) as out:
-        save_figure(
-            out, words.plot_word_gallery(summary), {"word": word, "occurrences": len(summary.occurrences), "method": summary.method}
-        )
+    provenance = {**explanations[0].provenance, "word": word, "occurrences": len(summary.occurrences)}
+    what = f"{word!r} in {len(summary.occurrences)} captions, {explanations[0].name}: the mean map, then the most concentrated"
+    out = output.file(f"summary-{''.join(c if c.isalnum() else '_' for c in word)}.png")
+    save_figure(out, words.plot_word_gallery(summary), provenance, what)
     print(f"wrote {one_line(str(out.path))}")

@@ -56,7 +56,8 @@ def run(args) -> int:
             embeddings, images=paths, labels=labels, method=args.method, random_state=args.seed, callouts=args.callouts, palette=palette
         )
         made = {**captioner.provenance(), "folder": args.folder, "method": args.method, "pooling": args.pooling, "seed": args.seed}
-        save_figure(out, figure, {**made, "clusters": args.clusters, "labels": args.labels})
+        what = f"{args.method.upper()} of {len(paths)} images' {args.pooling} embeddings"
+        save_figure(out, figure, {**made, "clusters": args.clusters, "labels": args.labels}, what)
     print(f"{len(paths)} images mapped to {one_line(str(out.path))}")
     return EXIT_OK
 

@@ -1,12 +1,27 @@
-"""How bliptk tells its user something that is no warning: a plain line of output in a notebook
-(where standard error shows as a box, and a warning repeats a line of bliptk's source), one line
-on standard error elsewhere, as a command line tool speaks."""
+"""How bliptk tells its user something: a plain line of output in a notebook (where standard error
+shows as a box, and a warning repeats a line of bliptk's source), one line on standard error
+elsewhere, as a command line tool speaks; and a warning that points at the user's own line."""
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 
-__all__ = ["in_notebook", "say"]
+__all__ = ["in_notebook", "say", "warn"]
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` at the caller's line: the first frame outside bliptk, however deep inside
+    bliptk the warning is raised (so that it names the user's call, not a line of bliptk)."""
+    frame = sys._getframe(0)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def in_notebook() -> bool:

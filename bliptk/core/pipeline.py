@@ -18,7 +18,6 @@ encoding them).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
@@ -28,7 +27,7 @@ import numpy as np
 from .decoding import DEFAULT_PROMPT, Caption, DecoderBackend, DecodingOptions
 from .decoding_strategies import decode
 from .errors import InvalidOptionError, RandomWeightsWarning, check_positive_int, option_error
-from .notices import in_notebook
+from .notices import in_notebook, warn
 from .preprocess import Preprocessor
 from .provenance import Weights
 from .tokenizer import Tokenizer
@@ -50,6 +49,7 @@ __all__ = [
     "provenance",
     "request_prompt",
     "resolve_options",
+    "mark_said_random",
     "say_if_random",
 ]
 
@@ -139,6 +139,11 @@ def provenance(backend: PipelineBackend) -> dict:
 _SAID_RANDOM: set[str] = set()
 
 
+def mark_said_random(backend: PipelineBackend) -> None:
+    """Count a captioner's random weights as said already (by whoever loaded it, in its own words)."""
+    _SAID_RANDOM.add(backend.weights.fingerprint)
+
+
 def say_if_random(backend: PipelineBackend) -> None:
     """Say once, when random weights first caption or embed, that their results carry no meaning:
     a [`RandomWeightsWarning`][bliptk.core.errors.RandomWeightsWarning]; in a notebook, one plain line
@@ -154,7 +159,7 @@ def say_if_random(backend: PipelineBackend) -> None:
     if in_notebook():
         print(message)
     else:
-        warnings.warn(message, RandomWeightsWarning, stacklevel=3)
+        warn(message, RandomWeightsWarning)
 
 
 # --- what a call asks for -------------------------------------------------------------------------------
