@@ -141,9 +141,11 @@ def explain_files(
         inputs: Files, folders (their image and video files) and glob patterns, or one of them.
         out: The job's folder (see [`bliptk.attribution.folder`][bliptk.attribution.folder]), or an
             [`ExplanationOutput`][bliptk.attribution.folder.ExplanationOutput] already opened.
-        method, layer, prompt, contrast: As [`explain()`][bliptk.attribution.explanation.explain]
-            takes them; a contrast naming a token applies to the captions that have it (the others
-            are explained plainly).
+        method: The method, as [`explain()`][bliptk.attribution.explanation.explain] takes it.
+        layer: Its decoder layer, as ``explain`` takes it.
+        prompt: The prompt of the captions made.
+        contrast: As ``explain`` takes it; it applies to the captions it fits (the others are
+            explained plainly).
         job: [`FolderJobOptions`][bliptk.captioning.options.FolderJobOptions]: ``recursive``,
             ``batch_size`` (8), ``workers``, ``max_pixels``, ``resume`` (each a keyword too).
         maps: [`MapFileOptions`][bliptk.attribution.result.MapFileOptions]: ``map_dtype``,
