@@ -31,7 +31,7 @@ from ..core.decoding import Caption
 from ..core.errors import InvalidOptionError, check_positive_int, option_error
 from ..core.optional import optional
 from ..core.video import VideoFrames
-from .passes import Target, Visual, encoded, explained_target, grid_of, pixels_fingerprint, visual_input
+from .passes import Target, Visual, encoded, explained_target, frame_features, grid_of, pixels_fingerprint, visual_input
 from .registry import METHODS, ExplanationMethod, method_of, method_options, resolved_layer
 from .result import Explanation
 
@@ -333,10 +333,7 @@ def encoded_rows(captioner, visual: Visual):
     """Each frame's features ``(F, N, D)``, float32, without pooling."""
     import torch
 
-    if hasattr(captioner, "image_encoder"):
-        with torch.no_grad():
-            return torch.cat([captioner.image_encoder.run(chunk).float() for chunk in visual.pixels.split(8)])
-    return torch.cat([torch.from_numpy(captioner.encode(chunk.numpy())).float() for chunk in visual.pixels.split(8)])
+    return torch.cat([frame_features(captioner, chunk) for chunk in visual.pixels.split(8)])
 
 
 def _explanation(captioner, visual: Visual, target: Target, result, request: ExplainRequest, source: str | None) -> Explanation:

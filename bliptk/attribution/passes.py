@@ -28,6 +28,7 @@ __all__ = [
     "Target",
     "Visual",
     "encoded",
+    "frame_features",
     "explained_target",
     "grid_of",
     "images_at_once",
@@ -168,16 +169,19 @@ def encoded(captioner, visual: Visual, batch_size: int = 8) -> torch.Tensor:
     video's frames'. Computed once per [`Visual`][bliptk.attribution.passes.Visual] (captioning it first and explaining it share them).
     Any runtime's: torch's encoder, or ``captioner.encode`` of another runtime."""
     if visual.features is None:
-        chunks = visual.pixels.split(batch_size)
-        if hasattr(captioner, "image_encoder"):
-            encoder = captioner.image_encoder
-            with torch.no_grad():
-                total = sum(encoder.run(chunk).float().sum(0, keepdim=True) for chunk in chunks)
-        else:
-            total = sum(torch.from_numpy(captioner.encode(chunk.numpy())).float().sum(0, keepdim=True) for chunk in chunks)
+        total = sum(frame_features(captioner, chunk).sum(0, keepdim=True) for chunk in visual.pixels.split(batch_size))
         assert isinstance(total, torch.Tensor)
         visual.features = total / visual.pixels.shape[0]
     return visual.features.detach().clone()
+
+
+def frame_features(captioner, pixels: torch.Tensor) -> torch.Tensor:
+    """The features ``(B, N, D)`` (float32, no graph) of preprocessed frames ``(B, 3, S, S)``: torch's
+    encoder, or ``captioner.encode`` of another runtime."""
+    if hasattr(captioner, "image_encoder"):
+        with torch.no_grad():
+            return captioner.image_encoder.run(pixels).float()
+    return torch.from_numpy(captioner.encode(pixels.numpy())).float()
 
 
 def token_logprobs(captioner, features: torch.Tensor, target: Target, attentions: DecoderAttentions | None = None) -> torch.Tensor:
