@@ -39,3 +39,30 @@ def test_a_broken_checkpoint_folder_is_said_not_replaced(no_weights, tmp_path):
     (tmp_path / "broken").mkdir()
     with pytest.raises(bliptk.CheckpointNotFoundError, match="is not a checkpoint folder"):
         bliptk.notebook_model(str(tmp_path / "broken"))
+
+
+def test_in_a_notebook_bliptk_errors_are_one_line_and_others_keep_their_traceback(no_weights, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.set_custom_exc((KeyError,), lambda shell, *error, tb_offset=None: print("theirs") or [])
+    try:
+        assert bliptk.notebook.setup.show_errors_in_one_line()
+        assert bliptk.notebook.setup.show_errors_in_one_line()  # once only
+        capsys.readouterr()
+        result = shell.run_cell("import bliptk; bliptk.load('ViT-B/16')")
+        assert isinstance(result.error_in_exec, bliptk.CheckpointNotFoundError)
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("CheckpointNotFoundError: checkpoint 'Salesforce/blip-image-captioning-base'")
+        assert lines[0].endswith("(%tb shows where)")
+        shell.run_cell("1 / 0")
+        assert "Traceback" in capsys.readouterr().out
+        shell.run_cell("raise KeyError('kept')")  # another library's handler, installed before, still answers its own
+        assert capsys.readouterr().out == "theirs\n"
+    finally:
+        shell.set_custom_exc((), None)
+        InteractiveShell.clear_instance()
+
+
+def test_outside_ipython_errors_are_left_alone():
+    assert not bliptk.notebook.setup.show_errors_in_one_line()

@@ -1,7 +1,11 @@
 """The model a notebook runs on, chosen in one place: ``BLIPTK_MODEL``, else the notebook's own
 default; where that checkpoint's weights are not at hand (offline, not yet in the Hugging Face
 cache), the same architecture with random weights, said in one line, so that a notebook runs from
-its first cell to its last instead of stopping at a traceback in its setup cell."""
+its first cell to its last instead of stopping at a traceback in its setup cell.
+
+In an IPython kernel it also shows bliptk's own errors (a caller's mistake, a missing file or
+extra: [`BliptkError`][bliptk.core.errors.BliptkError]) as the one line that names the fix, not as a
+colourised traceback; ``%tb`` shows where one came from."""
 
 from __future__ import annotations
 
@@ -9,10 +13,10 @@ import os
 
 from ..captioning.runtimes import load
 from ..core import pipeline
-from ..core.errors import CheckpointNotFoundError
+from ..core.errors import BliptkError, CheckpointNotFoundError
 from ..core.notices import say
 
-__all__ = ["MODEL_VARIABLE", "notebook_model"]
+__all__ = ["MODEL_VARIABLE", "notebook_model", "show_errors_in_one_line"]
 
 MODEL_VARIABLE = "BLIPTK_MODEL"
 """The environment variable that chooses every notebook's model (``tiny``: the fast test net)."""
@@ -34,7 +38,15 @@ def notebook_model(default: str):
         UnknownModelError, CheckpointError: A model that is no model, or a checkpoint folder that is
             broken (a mistake to fix, not weights to fetch).
     """
-    name = os.environ.get(MODEL_VARIABLE) or default
+    try:
+        return _captioner(os.environ.get(MODEL_VARIABLE) or default)
+    finally:
+        # After loading: a library imported on the way (trio, through the Hub's HTTP client) warns
+        # when it finds a handler already installed, and keeps its own when it comes first.
+        show_errors_in_one_line()
+
+
+def _captioner(name: str):
     try:
         return load(name)
     except CheckpointNotFoundError as missing:
@@ -48,3 +60,41 @@ def notebook_model(default: str):
         "for the fast test net."
     )
     return captioner
+
+
+def show_errors_in_one_line() -> bool:
+    """In an IPython kernel, show a [`BliptkError`][bliptk.core.errors.BliptkError] as one line.
+
+    Its message names the input and the fix; the traceback through bliptk's modules above it is
+    noise to a notebook's reader. Every other exception keeps IPython's traceback, and ``%tb``
+    still shows a BliptkError's.
+
+    Returns:
+        Whether an IPython shell was found (outside one, nothing changes).
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    if BliptkError in shell.custom_exceptions:
+        return True  # installed already
+    earlier, earlier_handler = tuple(shell.custom_exceptions), shell.CustomTB
+
+    def handler(shell, kind, error, traceback, tb_offset=None):
+        if issubclass(kind, BliptkError):
+            return _one_line(shell, kind, error)
+        return earlier_handler(kind, error, traceback, tb_offset=tb_offset)  # another library's, kept
+
+    shell.set_custom_exc(earlier + (BliptkError,), handler)
+    return True
+
+
+def _one_line(shell, kind, error):
+    # IPython's own way to show an error (sent to the frontend as the cell's error output, and
+    # kept as the last traceback, which nbclient reports when a cell fails), with one line.
+    line = f"{kind.__name__}: {error}  (%tb shows where)"
+    shell._showtraceback(kind, error, [line])
+    return [line]
