@@ -177,6 +177,10 @@ def test_overlay_is_red_where_the_map_is_high(photos):
     assert overlaid.shape == (32, 64, 3)
     assert overlaid[0, 0].tolist() == [255, 153, 153]  # 0.6 * white + 0.4 * red
     assert overlaid[-1, -1].tolist() == [255, 255, 255]
+    # On a dark photo the low end leaves it as it is (no white veil) and the high end is as red.
+    dark = np.asarray(bliptk.overlay_attention(Image.new("RGB", (64, 32), (20, 20, 20)), attention_map))
+    assert dark[-1, -1].tolist() == [20, 20, 20]
+    assert dark[0, 0].tolist() == [161, 8, 8]  # 0.4 * dark + 0.6 * red, the default opacity
 
 
 def _titles(figure):
@@ -243,3 +247,18 @@ def test_an_image_far_wider_than_tall_is_drawn_square_without_a_warning(tiny, tm
     heights = {ax.images[0].get_array().shape[:2] for ax in image_axes}
     assert heights == {(384, 384)}  # as the model sees it
     assert all(ax.get_position().height > 0.1 for ax in image_axes)
+
+
+def test_a_character_no_font_draws_is_escaped_and_said_once_under_the_figure(photos):
+    """Escaped the same way in every panel, and the figure says what the escapes are."""
+    from types import SimpleNamespace
+
+    from bliptk.core.figures import ESCAPE_NOTE, displayable
+
+    if displayable("猫") == "猫":
+        pytest.skip("this machine has a font that draws CJK: nothing is escaped")
+    drawn = SimpleNamespace(maps=np.random.default_rng(0).random((3, 4, 4)), tokens=["a", "猫", "on"], name="Grad-CAM")
+    for figure in (bliptk.plot_attention_maps(drawn), bliptk.plot_attention_overlays(photos[0], drawn)):
+        assert "\\u732b" in _titles(figure) and figure.get_supxlabel() == ESCAPE_NOTE
+    plain = SimpleNamespace(maps=drawn.maps, tokens=["a", "cat", "on"], name="Grad-CAM")
+    assert bliptk.plot_attention_maps(plain).get_supxlabel() == ""

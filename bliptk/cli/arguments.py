@@ -256,13 +256,17 @@ def figure_output(args) -> Output:
 def save_figure(out: Output, figure, provenance: dict, what: str) -> None:
     """Write a figure as PNG, whole or not at all, titled with what it shows and how it was made
     ([`figure_title()`][bliptk.cli.arguments.figure_title]), with the provenance in its metadata
-    (the ``Description`` text chunk: model, weights, options, as JSON)."""
-    from ..core.figures import displayable
+    (the ``Description`` text chunk: model, weights, options, as JSON), sized for a page
+    ([`compact_png()`][bliptk.core.figures.compact_png])."""
+    from ..core.figures import compact_png, displayable, note_escapes
     from ..version import __version__
 
-    figure.suptitle(displayable(figure_title(provenance, what)), fontsize=9)
+    title = figure_title(provenance, what)
+    figure.suptitle(displayable(title), fontsize=9)
+    note_escapes(figure, [title])
     metadata = {"Software": f"bliptk {__version__}", "Description": json.dumps(provenance)}
-    out.write(lambda path: figure.savefig(path, dpi=100, format="png", metadata=metadata))
+    png = compact_png(figure, metadata=metadata)
+    out.write(lambda path: path.write_bytes(png))
 
 
 def figure_title(provenance: dict, what: str) -> str:

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -36,10 +37,19 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = command_module(name)
-        module.add_arguments(
-            commands.add_parser(name, help=module.HELP, description=module.__doc__.splitlines()[0] if module.__doc__ else None)
-        )
+        module.add_arguments(commands.add_parser(name, help=module.HELP, description=_first_paragraph(module.__doc__)))
     return parser
+
+
+def _first_paragraph(text: str | None) -> str | None:
+    """A command module's docstring's first paragraph as its ``--help`` description: on one line,
+    in plain text (the documentation's links and code marks taken out)."""
+    if not text:
+        return None
+    paragraph = " ".join(text.strip().split("\n\n")[0].split())
+    paragraph = re.sub(r"^``bliptk [\w-]+``: ", "", paragraph)
+    paragraph = re.sub(r"\[`([^`]+)`\]\[[^\]]+\]", r"\1", paragraph)  # [`name`][bliptk.x.name] -> name
+    return paragraph.replace("``", "")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -6,7 +6,7 @@ import math
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["displayable", "grid_axes", "new_figure"]
+__all__ = ["PAGE_PIXELS", "compact_png", "displayable", "grid_axes", "new_figure", "note_escapes"]
 
 
 def new_figure(**figure_options):
@@ -22,6 +22,41 @@ def new_figure(**figure_options):
     figure = plt.figure(**figure_options)
     plt.close(figure)
     return figure
+
+
+PAGE_PIXELS = 1280
+"""The longest side, in pixels, of a figure [`compact_png()`][bliptk.core.figures.compact_png] writes: a page's width."""
+
+
+def compact_png(figure, dpi: float = 100, metadata: dict[str, str] | None = None, **savefig_options) -> bytes:
+    """A figure as a PNG that suits a page: at most [`PAGE_PIXELS`][bliptk.core.figures.PAGE_PIXELS]
+    on its longest side, in 128 colours (an adaptive palette: the photos under maps keep their look,
+    at a fifth of the bytes of full colour).
+
+    Args:
+        figure: A matplotlib figure.
+        dpi: Its resolution, lowered for a figure too large for a page.
+        metadata: PNG text chunks (``Software``, ``Description``, ...).
+        **savefig_options: For matplotlib's ``savefig`` (``bbox_inches="tight"``, ...).
+
+    Returns:
+        The PNG file's bytes.
+    """
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    width, height = figure.get_size_inches()
+    dpi = min(dpi, PAGE_PIXELS / max(width, height, 1e-6))
+    drawn = io.BytesIO()
+    figure.savefig(drawn, dpi=dpi, format="png", **savefig_options)
+    picture = Image.open(drawn).convert("RGB").quantize(128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    chunks = PngImagePlugin.PngInfo()
+    for key, value in (metadata or {}).items():
+        chunks.add_text(key, value)
+    written = io.BytesIO()
+    picture.save(written, format="png", optimize=True, pnginfo=chunks)
+    return written.getvalue()
 
 
 def grid_axes(count: int, columns: int, panel_inches: float, fig=None, aspect: float = 1.0):
@@ -55,6 +90,25 @@ def displayable(text: str) -> str:
     "missing glyph" warning in the notebook."""
     fonts = _fonts()
     return "".join(c if c.isspace() or any(font.get_char_index(ord(c)) for font in fonts) else f"\\u{ord(c):04x}" for c in text)
+
+
+ESCAPE_NOTE = (
+    "\\uXXXX: a character no font on this machine draws, written as its code point (a font of its script, e.g. Noto Sans CJK, draws it)"
+)
+"""What a figure says under itself when [`displayable()`][bliptk.core.figures.displayable] wrote a character as an escape."""
+
+
+def note_escapes(figure, texts) -> bool:
+    """Say under a figure what ``\\uXXXX`` means, when any of ``texts`` (its tokens, its title)
+    has a character that [`displayable()`][bliptk.core.figures.displayable] writes as one.
+
+    Returns:
+        Whether the note was added.
+    """
+    if all(displayable(str(text)) == str(text) for text in texts):
+        return False
+    figure.supxlabel(ESCAPE_NOTE, fontsize=7, color="0.35")
+    return True
 
 
 @lru_cache(maxsize=1)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..core.decoding import Caption
 from ..core.errors import InvalidOptionError, option_error
-from ..core.figures import displayable, grid_axes, new_figure
+from ..core.figures import displayable, grid_axes, new_figure, note_escapes
 from ..core.preprocess import load_image
 
 __all__ = [
@@ -123,33 +123,37 @@ def _rescaled(attention_map) -> np.ndarray:
     return (values - low) / (high - low) if high > low else np.zeros_like(values)
 
 
-def overlay_attention(image, attention_map, alpha: float = 0.4) -> Image.Image:
-    """Draw one attention map over an image: white where ignored, red where looked at.
+def overlay_attention(image, attention_map, alpha: float = 0.6) -> Image.Image:
+    """Draw one attention map over an image: untouched where ignored, red where looked at.
+
+    The red's opacity follows the map (``alpha`` at its highest value, none at its lowest), so the
+    overlay reads on dark photos as on light ones; the page's recipe (a white-to-red map blended
+    at 0.4 everywhere) veils a dark photo in white where the map is low.
 
     Args:
         image: The captioned image (path, PIL image, array or tensor).
         attention_map: ``(grid, grid)`` map, for example one row of [`attention_maps()`][bliptk.model.attention.attention_maps].
-        alpha: Opacity of the heat map (the page uses 0.4).
+        alpha: Opacity of the red where the map is highest.
 
     Returns:
         An RGB image of the input's size.
     """
     picture = load_image(image)
     heat = Image.fromarray((_rescaled(attention_map) * 255).round().astype(np.uint8)).resize(picture.size, Image.Resampling.BICUBIC)
-    level = np.asarray(heat, dtype=np.float64)[..., None] / 255.0
-    red = np.concatenate([np.ones_like(level), 1 - level, 1 - level], axis=-1)
-    blended = (1 - alpha) * np.asarray(picture, dtype=np.float64) / 255.0 + alpha * red
+    opacity = alpha * np.asarray(heat, dtype=np.float64)[..., None] / 255.0
+    red = np.array([1.0, 0.0, 0.0])
+    blended = (1 - opacity) * np.asarray(picture, dtype=np.float64) / 255.0 + opacity * red
     return Image.fromarray((blended * 255).round().clip(0, 255).astype(np.uint8))
 
 
-def plot_attention_map(attention_map, title: str | None = None, image=None, alpha: float = 0.4, ax=None):
+def plot_attention_map(attention_map, title: str | None = None, image=None, alpha: float = 0.6, ax=None):
     """Draw one ``(grid, grid)`` map: raw (red where high), or over ``image`` when given.
 
     Args:
         attention_map: The map, for example one row of [`attention_maps()`][bliptk.model.attention.attention_maps].
         title: Panel title, usually the token.
         image: The captioned image, to draw the map over it (see [`overlay_attention()`][bliptk.model.attention.overlay_attention]).
-        alpha: Opacity of the heat map over the image.
+        alpha: Opacity of the red over the image where the map is highest.
         ax: A matplotlib axes to draw on; None makes a new figure.
 
     Returns:
@@ -202,6 +206,7 @@ def plot_attention_maps(caption, columns: int = 5, fig=None, **map_options):
     fig, axes = grid_axes(len(tokens), columns, 2.0, fig)
     for ax, token_map, token in zip(axes, maps, tokens, strict=True):
         plot_attention_map(token_map, token, ax=ax)
+    note_escapes(fig, tokens)
     return fig
 
 
@@ -209,7 +214,7 @@ def plot_attention_maps(caption, columns: int = 5, fig=None, **map_options):
 _MOST_STRETCHED = 4
 
 
-def plot_attention_overlays(image, caption, columns: int = 5, alpha: float = 0.4, fig=None, **map_options):
+def plot_attention_overlays(image, caption, columns: int = 5, alpha: float = 0.6, fig=None, **map_options):
     """Each token's map upsampled and laid over the image, in a grid (the page's
     ``visualizeAttention`` grid), with the colour scale.
 
@@ -218,7 +223,7 @@ def plot_attention_overlays(image, caption, columns: int = 5, alpha: float = 0.4
         caption: Its caption, generated with ``return_attention=True``, or an
             [`Explanation`][bliptk.attribution.explanation.Explanation] of it (its maps are drawn).
         columns: Panels per row.
-        alpha: Opacity of the heat map.
+        alpha: Opacity of the red where a map is highest.
         fig: A matplotlib figure to draw into (cleared first); None makes a new one.
         **map_options: ``layer``, ``heads``, ``subtract_min`` for [`attention_maps()`][bliptk.model.attention.attention_maps]
             (a caption's only).
@@ -254,4 +259,5 @@ def plot_attention_overlays(image, caption, columns: int = 5, alpha: float = 0.4
         )
         bar.set_label(lines, fontsize=8)
         bar.set_ticks([0, 1], labels=["least", "most"])
+    note_escapes(fig, tokens)
     return fig
