@@ -194,6 +194,9 @@ def figure_pngs(scratch: Path) -> dict[str, bytes]:
             partial = cached.with_suffix(".partial")
             partial.write_bytes(draw(figure, captioners, scratch))
             partial.replace(cached)
+            for older in CACHE.glob(f"{figure.name}-*.png"):  # drawn from another source: never read again
+                if older != cached:
+                    older.unlink(missing_ok=True)
         pngs[figure.name] = cached.read_bytes()
     return pngs
 

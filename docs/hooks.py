@@ -115,6 +115,9 @@ def keep_executed(notebook: Path, executed: dict, path: Path | None = None) -> N
     partial = path.with_suffix(f".{os.getpid()}.partial")
     nbformat.write(nbformat.from_dict(executed), str(partial))
     partial.replace(path)
+    for older in path.parent.glob(f"{notebook.stem}-*.ipynb"):  # made of another source: never read again
+        if older != path:
+            older.unlink(missing_ok=True)
 
 
 def _execute(notebook: Path, path: Path) -> None:
@@ -151,27 +154,21 @@ def executed_notebooks(notebooks: list[Path], scratch: Path) -> dict[Path, Path]
 
 
 def compact_images(notebook: dict) -> dict:
-    """A notebook (nbformat's dict) with each PNG output as a page shows it: at most 1280 px on
-    a side, in 128 colours (bliptk's figure files' own size, core.figures.compact_png); the
-    overlays of a notebook are otherwise megabytes of page."""
+    """A notebook (nbformat's dict) with each PNG output as a page shows it (bliptk's figure
+    files' own size: ``bliptk.core.figures.page_png``); a notebook's overlays are otherwise
+    megabytes of page."""
     import base64
-    import io
 
-    from PIL import Image
-
-    from bliptk.core.figures import PAGE_PIXELS
+    from bliptk.core.figures import page_png
 
     for cell in notebook["cells"]:
         for output in cell.get("outputs", []):
             data = output.get("data", {})
-            if "image/png" not in data:
-                continue
-            picture = Image.open(io.BytesIO(base64.b64decode(data["image/png"]))).convert("RGB")
-            picture.thumbnail((PAGE_PIXELS, PAGE_PIXELS))
-            written = io.BytesIO()
-            picture.quantize(128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(written, format="png", optimize=True)
-            if len(written.getvalue()) < len(base64.b64decode(data["image/png"])):
-                data["image/png"] = base64.b64encode(written.getvalue()).decode("ascii")
+            if "image/png" in data:
+                original = base64.b64decode(data["image/png"])
+                shown = page_png(original)
+                if len(shown) < len(original):
+                    data["image/png"] = base64.b64encode(shown).decode("ascii")
     return notebook
 
 

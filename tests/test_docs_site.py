@@ -80,6 +80,8 @@ def test_an_executed_copy_is_kept_per_content(hooks, tmp_path, monkeypatch):
     assert first.is_file() and first.name.startswith("01_x-") and list(first.parent.iterdir()) == [first]
     notebook.write_text(notebook.read_text().replace('"cells": []', '"cells": [], "x": 1'))
     assert hooks.executed_path(notebook) != first  # changed: executed again
+    hooks.keep_executed(notebook, json.loads(notebook.read_text()))
+    assert list(first.parent.iterdir()) == [hooks.executed_path(notebook)]  # the stale copy is gone
     monkeypatch.setattr(hooks.gallery, "source_hash", lambda: "bliptk's source, changed")
     notebook.write_text(notebook.read_text().replace(', "x": 1', ""))
     assert hooks.executed_path(notebook) != first  # bliptk changed: executed again

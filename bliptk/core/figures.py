@@ -6,7 +6,7 @@ import math
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["PAGE_PIXELS", "compact_png", "displayable", "grid_axes", "new_figure", "note_escapes"]
+__all__ = ["PAGE_PIXELS", "compact_png", "page_png", "displayable", "grid_axes", "new_figure", "note_escapes"]
 
 
 def new_figure(**figure_options):
@@ -29,9 +29,8 @@ PAGE_PIXELS = 1280
 
 
 def compact_png(figure, dpi: float = 100, metadata: dict[str, str] | None = None, **savefig_options) -> bytes:
-    """A figure as a PNG that suits a page: at most [`PAGE_PIXELS`][bliptk.core.figures.PAGE_PIXELS]
-    on its longest side, in 128 colours (an adaptive palette: the photos under maps keep their look,
-    at a fifth of the bytes of full colour).
+    """A figure as a PNG that suits a page ([`page_png()`][bliptk.core.figures.page_png]), drawn at
+    a resolution that keeps its longest side within [`PAGE_PIXELS`][bliptk.core.figures.PAGE_PIXELS].
 
     Args:
         figure: A matplotlib figure.
@@ -44,18 +43,37 @@ def compact_png(figure, dpi: float = 100, metadata: dict[str, str] | None = None
     """
     import io
 
+    width, height = figure.get_size_inches()
+    drawn = io.BytesIO()
+    figure.savefig(drawn, dpi=min(dpi, PAGE_PIXELS / max(width, height, 1e-6)), format="png", **savefig_options)
+    return page_png(drawn.getvalue(), metadata)
+
+
+def page_png(png: bytes, metadata: dict[str, str] | None = None) -> bytes:
+    """A PNG made to suit a page: at most [`PAGE_PIXELS`][bliptk.core.figures.PAGE_PIXELS] on its
+    longest side, in 128 colours (an adaptive palette: the photos under maps keep their look, at a
+    fifth of the bytes of full colour).
+
+    Args:
+        png: A PNG file's bytes.
+        metadata: PNG text chunks to write (``Software``, ``Description``, ...).
+
+    Returns:
+        The new PNG's bytes.
+    """
+    import io
+
     from PIL import Image, PngImagePlugin
 
-    width, height = figure.get_size_inches()
-    dpi = min(dpi, PAGE_PIXELS / max(width, height, 1e-6))
-    drawn = io.BytesIO()
-    figure.savefig(drawn, dpi=dpi, format="png", **savefig_options)
-    picture = Image.open(drawn).convert("RGB").quantize(128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    picture = Image.open(io.BytesIO(png)).convert("RGB")
+    picture.thumbnail((PAGE_PIXELS, PAGE_PIXELS))
     chunks = PngImagePlugin.PngInfo()
     for key, value in (metadata or {}).items():
         chunks.add_text(key, value)
     written = io.BytesIO()
-    picture.save(written, format="png", optimize=True, pnginfo=chunks)
+    picture.quantize(128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        written, format="png", optimize=True, pnginfo=chunks
+    )
     return written.getvalue()
 
 
