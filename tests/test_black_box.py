@@ -101,3 +101,26 @@ def test_black_box_mistakes_are_named(tiny, photos, options, message):
     options = {"method": "occlusion", **options}
     with pytest.raises(bliptk.InvalidOptionError, match=message):
         bliptk.explain(tiny, photos[0], "a dog", **options)
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "images"),
+    [("occlusion", {"occlusion_window": 2}, 9 + 1), ("shapley", {"shapley_window": 3, "shapley_samples": 2}, 2 * 4 + 1)],
+)
+def test_black_box_methods_report_their_perturbed_images_and_stop_when_told(tiny, photos, method, options, images):
+    """Progress counts the perturbed images computed, of as many as the method asks for (the
+    image itself and 9 squares; all masked and 2 orders of 4 squares); a hook that raises stops it."""
+    caption = tiny.caption(photos[0], max_new_tokens=4)
+    reports = []
+    bliptk.explain(tiny, photos[0], caption, method=method, progress=lambda done, total: reports.append((done, total)), **options)
+    assert reports[-1] == (images, images) and all(total == images for _, total in reports)
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+
+    class Stopped(Exception):
+        pass
+
+    def stop(done, total):
+        raise Stopped
+
+    with pytest.raises(Stopped):
+        bliptk.explain(tiny, photos[0], caption, method=method, progress=stop, **options)

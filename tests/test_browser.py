@@ -4,7 +4,8 @@ in Debian's Chromium (Playwright's own browser download does not work on these m
 The test starts JupyterLab on a free port (``BLIPTK_MODEL=tiny``, no token), runs the notebook,
 checks that the three explorers render as widgets, drives their controls (a prompt acts on Enter, a
 busy indicator shows, beams disable the sampling controls), and checks the layout at 1024 x 768 with
-the file browser open. Screenshots go to ``BLIPTK_SCREENSHOTS`` (default: the test's temporary folder); the
+the file browser open; and that integrated gradients on ViT-B/16 (random weights) shows its progress, stops,
+and leaves the kernel free for the next control at once. Screenshots go to ``BLIPTK_SCREENSHOTS`` (default: the test's temporary folder); the
 test prints where. Every process it starts is stopped, the kernel included.
 """
 
@@ -252,7 +253,7 @@ def test_the_explorers_render_and_respond_in_jupyterlab(lab, tmp_path):
             expect(picture).not_to_have_attribute("src", shown)  # the new picture arrives after the label
             expect(selector("heads")).to_be_disabled()
             expect(selector("layer")).to_be_enabled()
-            selector("method").select_option(label="relevance (slow)")  # a slow method says so
+            selector("method").select_option(label="relevance (slow: tens of seconds)")  # a slow method says so
             expect(label).to_have_text(re.compile(r"^token 1: .*\(relevance\)$"))
             expect(selector("layer")).to_be_disabled()
             handle.focus()
@@ -270,5 +271,86 @@ def test_the_explorers_render_and_respond_in_jupyterlab(lab, tmp_path):
             assert "KV cache 6 positions" in state.inner_text()
             assert page.evaluate(CLIPPED_READOUTS) == []
             show(stepper_view, "5-step-through.png")
+        finally:
+            browser.close()
+
+
+# A notebook of one attention explorer on the full-size ViT-B/16 (random weights: the time is the
+# architecture's), where integrated gradients takes many minutes on a CPU.
+SLOW_NOTEBOOK = {
+    "cells": [
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "metadata": {},
+            "outputs": [],
+            "source": [
+                "import bliptk\n",
+                "from bliptk.notebook.widgets import AttentionExplorer\n",
+                "\n",
+                'captioner = bliptk.load("ViT-B/16", pretrained=False)\n',
+                'view = AttentionExplorer(captioner, bliptk.example_path("images/woman-with-cake.jpg"), max_new_tokens=8)\n',
+                "view.widget",
+            ],
+        }
+    ],
+    "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+def test_integrated_gradients_shows_progress_and_stops_at_once(lab, tmp_path):
+    pytest.importorskip("playwright")
+    import json
+
+    from playwright.sync_api import expect, sync_playwright
+
+    (tmp_path / "root" / "slow.ipynb").write_text(json.dumps(SLOW_NOTEBOOK))
+    shots = Path(os.environ.get("BLIPTK_SCREENSHOTS", tmp_path / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {shots}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(180_000)
+            page.goto(f"{lab}/lab/tree/slow.ipynb")
+            page.wait_for_function("() => typeof window.jupyterapp !== 'undefined'")
+            page.wait_for_function(KERNEL_READY)
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page.wait_for_function(EVERY_CELL_RAN)
+            view = page.locator(".jp-OutputArea-executeResult:has(.jupyter-widgets)")
+            label = view.locator(".widget-html-content").filter(has_text=re.compile(r"^token \d+:"))
+            expect(label).to_have_text(re.compile(r"^token 0: .*\(cross-attention\)$"))
+            progress, stop = view.locator(".bliptk-progress"), view.locator(".jupyter-button:text-is('Stop')")
+            expect(progress).to_be_hidden()
+
+            view.locator(".widget-dropdown").filter(has=page.locator("label:text-is('method')")).locator("select").select_option(
+                label="integrated gradients (slow: minutes)"
+            )
+            # The map faded and said to be computing; the bar counts the path's steps and says the time left.
+            expect(label).to_have_text(re.compile(r"\(computing integrated gradients…\)$"))
+            expect(progress).to_be_visible()
+            expect(
+                view.locator(".widget-html-content").filter(has_text=re.compile(r"^integrated gradients: \d+ of \d+ steps, .* left$"))
+            ).to_have_count(1, timeout=180_000)
+            view.evaluate("element => element.scrollIntoView({block: 'start'})")
+            page.screenshot(path=str(shots / "6-integrated-gradients-progress.png"))
+
+            stop.click()
+            expect(view.locator(".bliptk-stopped")).to_have_text(re.compile(r"^integrated gradients stopped after \d+ of \d+ steps$"))
+            expect(progress).to_be_hidden()
+            expect(label).to_have_text(re.compile(r"^token 0: .*\(cross-attention\)$"))
+            # The kernel is free: the next control is answered within 2 s, though the worker's last step may still run.
+            handle = view.locator(".widget-slider .noUi-handle").first
+            handle.focus()
+            start = time.monotonic()
+            handle.press("ArrowRight")
+            expect(label).to_have_text(re.compile(r"^token 1: .*\(cross-attention\)$"), timeout=10_000)
+            answered = time.monotonic() - start
+            print(f"slider answered {answered:.2f} s after Stop")
+            assert answered < 2.0
+            page.screenshot(path=str(shots / "7-after-stop.png"))
         finally:
             browser.close()

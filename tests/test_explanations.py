@@ -525,3 +525,31 @@ def test_contrastive_gradcam_equals_transformers_autograd_on_vit_b(vit_b, photos
 def test_contrast_mistakes_are_named(tiny, photos, contrast, method, message):
     with pytest.raises(InvalidOptionError, match=message):
         bliptk.explain(tiny, photos[0], "a dog", method=method, contrast=contrast)
+
+
+def test_slow_methods_show_a_progress_bar_unless_told_not_to(tiny, photos, capsys):
+    caption = tiny.caption(photos[0], max_new_tokens=3)
+    capsys.readouterr()
+    bliptk.explain(tiny, photos[0], caption, method="relevance")  # slow: its registry entry has a cost
+    bar = capsys.readouterr().err
+    assert "relevance: 100%" in bar and "6/6" in bar
+    bliptk.explain(tiny, photos[0], caption, method="relevance", progress=False)
+    bliptk.explain(tiny, photos[0], caption, method="gradcam")  # quick: no bar
+    assert capsys.readouterr().err == ""
+    bliptk.explain(tiny, photos[0], caption, method="integrated_gradients", ig_steps=4, progress=True)
+    assert "12/12" in capsys.readouterr().err
+    with pytest.raises(bliptk.InvalidOptionError, match="progress is True, False, None or a function"):
+        bliptk.explain(tiny, photos[0], caption, progress="yes")
+
+
+def test_explain_reports_its_steps_to_a_progress_hook(tiny, photos):
+    caption = tiny.caption(photos[0], max_new_tokens=3)
+    reports = []
+    bliptk.explain(
+        tiny, photos[0], caption, method="integrated_gradients", ig_steps=4, progress=lambda done, total: reports.append((done, total))
+    )
+    steps = [done for index, (done, _) in enumerate(reports) if index == 0 or reports[index - 1][0] != done]
+    assert steps == [0, 4, 8, 12] and {total for _, total in reports} == {12}  # before each token's steps, and after
+    reports.clear()
+    bliptk.explain(tiny, photos[0], caption, method="relevance", progress=lambda done, total: reports.append((done, total)))
+    assert reports == [(0, 6), (1, 6), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6)]

@@ -1,9 +1,13 @@
+import csv
+
 import numpy as np
 import pytest
 from matplotlib.offsetbox import AnnotationBbox
+from matplotlib.text import Text
 from PIL import Image
 
 import bliptk
+from bliptk.analysis.feature_space import _overlap
 from bliptk.cli.main import main
 
 
@@ -124,3 +128,35 @@ def test_cli_embed_and_map(tiny, photos, tmp_path, capsys):
     assert "k=2" in capsys.readouterr().out and Image.open(png).size == (800, 700)
     assert main(["map", str(tmp_path / "nowhere"), "--out", str(tmp_path / "other.png"), "--model", "tiny"]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+# --- callouts (notebook 04): each label beside its point, covering no thumbnail and no other label ---
+
+
+@pytest.fixture(scope="module")
+def feature_space(tiny):
+    """Notebook 04's photos and labels, embedded by the tiny net."""
+    folder = bliptk.example_path("images/feature-space")
+    with open(f"{folder}/labels.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    paths = [f"{folder}/{row['file']}" for row in rows]
+    return tiny.embed(paths), paths, [row["label"] for row in rows]
+
+
+def test_callouts_cover_no_thumbnail_and_no_other_callout(feature_space):
+    embeddings, paths, labels = feature_space
+    # Notebook 04's figure: with the tiny net's map, a label beyond its thumbnail's top-right corner
+    # (the only place callouts took) covered a neighbour there.
+    figure = bliptk.plot_feature_space(embeddings, images=paths, labels=labels, callouts=True, random_state=37)
+    figure.draw_without_rendering()
+    ax, renderer = figure.axes[0], figure._get_renderer()
+    thumbnails = [artist.get_window_extent(renderer) for artist in ax.artists if isinstance(artist, AnnotationBbox)]
+    texts = [Text.get_window_extent(text, renderer) for text in ax.texts]
+    assert sorted(text.get_text() for text in ax.texts) == sorted(labels) and len(thumbnails) == len(labels)
+    assert [(i, j) for i, text in enumerate(texts) for j, box in enumerate(thumbnails) if _overlap(text, box)] == []
+    assert [(i, j) for i, text in enumerate(texts) for j in range(i + 1, len(texts)) if _overlap(text, texts[j])] == []
+    assert all(_overlap(text, ax.get_window_extent(renderer)) == text.width * text.height for text in texts)  # inside the axes
+    # Where the top-right corner is free, the label is there (the page's look).
+    assert (
+        sum(text.get_horizontalalignment() == "left" and text.get_verticalalignment() == "bottom" for text in ax.texts) >= len(labels) // 2
+    )

@@ -9,7 +9,7 @@ from PIL import Image
 
 import bliptk
 from bliptk.core.figures import displayable
-from bliptk.notebook.widgets import AttentionExplorer, CaptionExplorer, StepThroughDecoder, probability_text
+from bliptk.notebook.widgets import AttentionExplorer, CaptionExplorer, StepThroughDecoder, _wrapping, probability_text
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def test_caption_explorer_shows_the_api_caption_and_probabilities(tiny, photos, 
     choices = bliptk.token_alternatives(tiny, tiny.encode_image(photos[0]), expected, 4)
     assert [c.probability for c in explorer.choices] == pytest.approx([c.probability for c in choices], abs=1e-6)
     assert all(
-        f"{html.escape(displayable(c.token))}&nbsp;<small>{probability_text(c.probability)}</small>" in explorer.table.value
+        f"<bdi>{html.escape(displayable(c.token))}</bdi>&nbsp;<small>{probability_text(c.probability)}</small>" in explorer.table.value
         for c in choices
     )
     assert [round(np.exp(lp), 5) for lp in expected.logprobs] == pytest.approx([c.probability for c in choices], abs=1e-5)
@@ -184,7 +184,7 @@ def test_several_captions_have_a_control(tiny, photos, explorer):
     explorer.temperature.value, explorer.seed.value, explorer.num_return_sequences.value = 1.0, 5, 3
     expected = tiny.caption(photos[0], temperature=1.0, seed=5, num_return_sequences=3)
     assert [c.token_ids for c in explorer.captions] == [c.token_ids for c in expected]
-    assert all(f"{n}. <b>{html.escape(displayable(c.text))}</b>" in explorer.text.value for n, c in enumerate(expected, 1))
+    assert all(f"{n}. <b><bdi>{html.escape(displayable(c.text))}</bdi></b>" in explorer.text.value for n, c in enumerate(expected, 1))
     explorer.temperature.value = 0.0  # greedy: one caption, whatever the control says
     assert len(explorer.captions) == 1
 
@@ -296,7 +296,7 @@ def test_the_step_through_decoder_lists_the_beams(sep_likely, photos):
     view.next()
     # 10 next tokens, then 3 running beams and the caption that ended at once, [SEP] first.
     assert "beam (&#10003; finished)" in view.state.value and view.state.value.count("<tr>") == 1 + 10 + 1 + 3 + 1
-    assert "<td>&#10003; a photography of</td>" in view.state.value
+    assert "<td>&#10003; <bdi>a photography of</bdi></td>" in view.state.value
     while view.next() is not None:
         pass
     assert view.button.disabled and view.status.value.startswith("done: max new tokens (12) reached, where beam search ends")
@@ -309,5 +309,193 @@ def test_each_token_is_coloured_by_its_probability_with_a_legend(explorer):
     assert [probability_colour(p) for p in (0.0, 0.25, 0.5, 1.0, 1.5)] == ["#f4a582", "#fad2a0", "#ffffbf", "#a6d96a", "#a6d96a"]
     for choice in explorer.choices:
         colour = probability_colour(choice.probability)
-        assert f'background: {colour}; padding: 0 2px; border-radius: 3px">{html.escape(displayable(choice.token))}' in explorer.table.value
+        assert (
+            f'background: {colour}; padding: 0 2px; border-radius: 3px"><bdi>{html.escape(displayable(choice.token))}</bdi>'
+            in explorer.table.value
+        )
     assert explorer.table.value.endswith(PROBABILITY_LEGEND) and "probability of each token" in PROBABILITY_LEGEND
+
+
+def test_stop_mid_integrated_gradients_ends_it_before_the_remaining_steps(tiny, photos, monkeypatch):
+    view = AttentionExplorer(tiny, photos[0], max_new_tokens=3)
+    view.method_controls["integrated_gradients"]["ig_steps"].value = 8
+    # Every pass of the path's steps: the image encoder run on patch embeddings that take a gradient.
+    passes = []
+    original = type(tiny.image_encoder).run
+
+    def counted(self, *args, **kwargs):
+        if getattr(kwargs.get("patches"), "requires_grad", False):
+            passes.append(kwargs["patches"].shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny.image_encoder), "run", counted)
+    seen = []
+
+    def press_stop_after_the_first_token(change):
+        seen.append(change["new"])
+        if change["new"] >= 8:  # the first token's 8 steps done, 16 to go
+            view.stop_button.click()
+
+    view.progress.observe(press_stop_after_the_first_token, names="value")
+    view.method.value = "integrated_gradients"
+    assert seen == [8] and passes == [8]  # the second token's steps never ran
+    assert view.status.value == _wrapping('<span class="bliptk-stopped">integrated gradients stopped after 8 of 24 steps</span>')
+    assert view.method.value == "attention" and view.explanation is None and not view.stale  # back to the map shown before
+    assert view.progress_box.layout.display == "none" and view.busy.value == "" and view._explanations == {}
+    view.token.value = 2  # usable at once
+    assert view.label.value.startswith("token 2:") and view.label.value.endswith("<small>(cross-attention)</small>")
+
+
+def test_the_progress_bar_counts_steps_and_says_the_time_left(tiny, photos, monkeypatch):
+    from bliptk.notebook import widgets
+
+    assert widgets.time_left_text(12, 384, 41) == "12 of 384 steps, 0:41, about 21 min left"
+    assert widgets.time_left_text(1, 2, 9.6) == "1 of 2 steps, 0:09, about 10 s left"
+    assert widgets.time_left_text(1, 400, 10) == "1 of 400 steps, 0:10, about 1 h 6 min left"
+    assert widgets.time_left_text(3, 3, 70) == "3 of 3 steps, 1:10, finishing"
+    assert widgets.time_left_text(0, 24, 3) == "0:03, estimating the time left"
+    assert widgets.time_left_text(0, 0, 5) == "0:05, no estimate for this method"
+    view = AttentionExplorer(tiny, photos[0], max_new_tokens=3)
+    ticks = iter(range(0, 1000, 2))  # a clock that moves 2 s each time it is read
+    monkeypatch.setattr(widgets, "_clock", lambda: next(ticks))
+    shown = []
+    view.progress.observe(lambda change: shown.append((change["new"], view.progress.max, view.progress_text.value)), names="value")
+    labels, boxes = [], []
+    view.label.observe(lambda change: labels.append(change["new"]), names="value")
+    view.progress_box.layout.observe(lambda change: boxes.append(change["new"]), names="display")
+    view.method.value = "relevance"
+    # 3 decoder backward passes, then 3 through the encoder's graph; each reported before it runs.
+    assert [value for value, _, _ in shown] == [1, 2, 3, 4, 5, 6] and {most for _, most, _ in shown} == {6}
+    assert shown[2][2] == "relevance: 3 of 6 steps, 0:16, about 16 s left"  # the clock read twice a step
+    assert boxes == [None, "none"] and view.progress_box.layout.display == "none"
+    # Meanwhile the older map was faded and said to be computing; then the new one is drawn.
+    assert labels[0].endswith("<small>(computing relevance&hellip;)</small>") and labels[-1].endswith("<small>(relevance)</small>")
+    assert not view.stale and view.explanation.method == "relevance"
+    view.method.value = "gradcam"  # a quick method: no progress bar
+    assert boxes == [None, "none"]
+
+
+def test_the_method_selector_marks_the_slow_methods(tiny, photos):
+    view = AttentionExplorer(tiny, photos[0], max_new_tokens=2)
+    assert list(view.method.options) == [
+        ("cross-attention", "attention"),
+        ("Grad-CAM", "gradcam"),
+        ("relevance (slow: tens of seconds)", "relevance"),
+        ("attention rollout", "rollout"),
+        ("integrated gradients (slow: minutes)", "integrated_gradients"),
+        ("occlusion (slow: a minute)", "occlusion"),
+        ("Shapley sampling (slow: minutes)", "shapley"),
+    ]
+
+
+def test_a_stale_map_is_faded_while_the_new_one_is_computed(tiny, photos):
+    from bliptk.notebook.widgets import STALE_FADE
+
+    view = AttentionExplorer(tiny, photos[0], max_new_tokens=3)
+    before = view.overlay
+    pictures = []
+    view.view.observe(lambda change: pictures.append(Image.open(io.BytesIO(bytes(change["new"])))), names="value")
+    view.method.value = "rollout"
+    faded = Image.blend(before.convert("RGB"), Image.new("RGB", before.size, "white"), STALE_FADE)
+    assert len(pictures) == 2 and np.array_equal(np.asarray(pictures[0].convert("RGB")), np.asarray(faded))
+    assert np.array_equal(np.asarray(pictures[1].convert("RGB")), np.asarray(view.overlay.convert("RGB")))
+
+
+def test_right_to_left_tokens_are_isolated(tiny, explorer, monkeypatch):
+    from bliptk.model.stepper import TokenChoice
+    from bliptk.notebook import widgets
+
+    hebrew, arabic = "\u05e9\u05dc\u05d5\u05dd", "\u0645\u0631\u062d\u0628\u0627"
+    monkeypatch.setattr(
+        widgets,
+        "token_alternatives",
+        lambda *args: [TokenChoice(hebrew, 1, 0.6, [(hebrew, 0.6)]), TokenChoice(arabic, 2, 0.25, [(arabic, 0.25)])],
+    )
+    explorer._show_tokens()
+    for token, probability in ((hebrew, "0.600"), (arabic, "0.250")):
+        assert f"<bdi>{html.escape(displayable(token))}</bdi>&nbsp;<small>{probability}</small>" in explorer.table.value
+    assert widgets._caption_html(hebrew).endswith(f"<b><bdi>{displayable(hebrew)}</bdi></b></div>")
+
+
+def test_several_captions_choose_whose_tokens_are_shown(tiny, photos, explorer):
+    assert explorer.which.layout.display == "none"  # one caption: nothing to choose
+    explorer.temperature.value, explorer.seed.value, explorer.num_return_sequences.value = 1.0, 5, 3
+    assert explorer.which.layout.display is None and list(explorer.which.options) == [("caption 1", 0), ("caption 2", 1), ("caption 3", 2)]
+    assert explorer.caption is explorer.captions[0]
+    explorer.which.value = 2
+    third = explorer.captions[2]
+    expected = bliptk.token_alternatives(tiny, tiny.encode_image(photos[0]), third, 4)
+    assert explorer.caption is third and [c.token for c in explorer.choices] == [c.token for c in expected]
+    assert f"3. <b><bdi>{html.escape(displayable(third.text))}</bdi></b> <small>(its tokens below)</small>" in explorer.text.value
+    assert explorer.text.value.count("(its tokens below)") == 1
+
+
+def test_the_chart_ticks_do_not_overlap_at_small_probabilities(tiny, photos):
+    from bliptk.model.stepper import TokenChoice
+
+    explorer = CaptionExplorer(tiny, images=photos[:1], alternatives=3)
+    explorer.choices = [TokenChoice("cake", 7, 3e-4, [("cake", 3e-4), ("cat", 2e-4), ("dog", 1e-4)])]
+    explorer.token.value = 0
+    ax = _chart_axes(explorer)
+    ax.figure.draw_without_rendering()
+    boxes = sorted(
+        (label.get_window_extent() for label in ax.get_xticklabels() if label.get_visible() and label.get_text()), key=lambda b: b.x0
+    )
+    assert len(boxes) >= 2 and all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:], strict=False))
+
+
+def test_in_a_kernel_the_work_runs_in_a_thread_and_stop_answers_at_once(tiny, photos, monkeypatch):
+    import asyncio
+    import threading
+
+    view = AttentionExplorer(tiny, photos[0], max_new_tokens=3)
+    view.method_controls["integrated_gradients"]["ig_steps"].value = 8
+    # The worker's first pass waits until the kernel's side has pressed Stop: no dependence on timing.
+    computing, release, passes = threading.Event(), threading.Event(), []
+    original = type(tiny.image_encoder).run
+
+    def gated(self, *args, **kwargs):
+        if getattr(kwargs.get("patches"), "requires_grad", False):
+            passes.append(threading.current_thread().name)
+            computing.set()
+            release.wait(60)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny.image_encoder), "run", gated)
+
+    async def scenario():
+        view.method.value = "integrated_gradients"
+        while not computing.is_set():
+            await asyncio.sleep(0.01)
+        # The kernel's thread is free while the worker computes: Stop and a slider move are answered.
+        assert view.progress_box.layout.display is None and view.stale and "computing integrated gradients" in view.label.value
+        view.stop_button.click()
+        assert view.method.value == "attention" and not view.stale and view.progress_box.layout.display == "none"
+        assert view.status.value == _wrapping('<span class="bliptk-stopped">integrated gradients stopped after 0 of 24 steps</span>')
+        view.token.value = 1
+        assert view.label.value.startswith("token 1:") and view.label.value.endswith("(cross-attention)</small>")
+        [worker] = [thread for thread in threading.enumerate() if thread.name == "bliptk-explorer"]
+        release.set()
+        await asyncio.to_thread(worker.join, 60)
+        await asyncio.sleep(0)  # the worker's outcome, sent to this loop, is dropped: the job was stopped
+        return worker
+
+    worker = asyncio.run(scenario())
+    assert not worker.is_alive() and passes == ["bliptk-explorer"]  # the pass under way ended; no later one ran
+    assert view.method.value == "attention" and view._explanations == {} and view.label.value.startswith("token 1:")
+
+
+def test_an_explanation_that_fails_is_said_and_the_explorer_stays_usable(tiny, photos, monkeypatch):
+    from bliptk.attribution import explanation
+    from bliptk.core.errors import InvalidOptionError
+
+    def failing(*args, **kwargs):
+        raise InvalidOptionError("occlusion_window 9 is larger than the image's grid")
+
+    monkeypatch.setattr(explanation, "explain", failing)
+    view = AttentionExplorer(tiny, photos[0], max_new_tokens=3)
+    view.method.value = "occlusion"
+    assert view.status.value == _wrapping(
+        '<span class="bliptk-failed" style="color: #b91c1c">occlusion failed: occlusion_window 9 is larger than the image&#x27;s grid</span>'
+    )
+    assert view.method.value == "attention" and view.progress_box.layout.display == "none" and view.busy.value == ""

@@ -346,13 +346,13 @@ def plot_feature_space(
         _draw_dots(ax, points, names, colours)
     if colours:
         ax.legend(loc="best", fontsize="small")
-    if callouts:
-        texts = names or [_short_name(item, i) for i, item in enumerate(items or range(len(points)))]
-        _draw_callouts(ax, points, texts, thumbnail_size if draw_thumbnails else 4)
     ax.margins(0.12)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"image features, {method.upper() if method != 'tsne' else 't-SNE'}")
+    if callouts:  # last: each is placed where it covers no thumbnail, in the figure as laid out
+        texts = names or [_short_name(item, i) for i, item in enumerate(items or range(len(points)))]
+        _draw_callouts(ax, points, texts, thumbnail_size if draw_thumbnails else 4)
     return ax.figure
 
 
@@ -380,19 +380,72 @@ def _draw_dots(ax, points: np.ndarray, names: list[str] | None, colours: dict[st
         ax.scatter(points[chosen, 0], points[chosen, 1], s=12, color=colour, label=name)
 
 
+# Where a callout's text may go from its point, in order of preference: beyond a corner (the
+# page's look), then beside, above or below.
+_CALLOUT_DIRECTIONS = ((1, 1), (-1, 1), (1, -1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
 def _draw_callouts(ax, points: np.ndarray, texts: list[str], marker_size: float) -> None:
     """Each point's text beside it, with a line to it (the page's ``Callout``): the text set off
-    beyond the thumbnail's corner, the line stopping at its edge rather than crossing it."""
+    beyond the thumbnail's corner, the line stopping at its edge rather than crossing it. Where
+    that corner's text would cover another thumbnail or text (or leave the axes), another corner
+    or side is taken: the first that covers nothing, else the one that covers least."""
+    from matplotlib.offsetbox import AnnotationBbox
+    from matplotlib.text import Text
+
+    figure = ax.figure
+    figure.draw_without_rendering()  # the layout settled, so that the boxes in pixels are the final ones
+    renderer = figure._get_renderer()
+    taken = [artist.get_window_extent(renderer) for artist in ax.artists if isinstance(artist, AnnotationBbox)]
+    if not taken:  # dots: a box of the dot's size around each
+        half = renderer.points_to_pixels(marker_size) / 2
+        taken = [_box(centre[0], centre[1], half) for centre in ax.transData.transform(points)]
+    if ax.get_legend() is not None:
+        taken.append(ax.get_legend().get_window_extent(renderer))
+    bounds = ax.get_window_extent(renderer)
     offset = marker_size / 2 + 10  # points (a thumbnail's pixels at 72 dpi and above are fewer points)
     for (x, y), text in zip(points, texts, strict=True):
-        ax.annotate(
-            text,
-            (x, y),
-            xytext=(offset, offset),
-            textcoords="offset points",
-            fontsize="small",
-            arrowprops={"arrowstyle": "-", "color": "0.4", "shrinkA": 0, "shrinkB": marker_size * 0.75},
-        )
+        best = None
+        for dx, dy in _CALLOUT_DIRECTIONS:
+            diagonal = dx != 0 and dy != 0
+            callout = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx * offset, dy * offset),
+                textcoords="offset points",
+                ha={1: "left", -1: "right", 0: "center"}[dx],
+                va={1: "bottom", -1: "top", 0: "center"}[dy],
+                fontsize="small",
+                # The line stops at the thumbnail's edge: its corner lies 0.71 of a side from its centre, its sides 0.5.
+                arrowprops={"arrowstyle": "-", "color": "0.4", "shrinkA": 0, "shrinkB": marker_size * (0.75 if diagonal else 0.55)},
+            )
+            callout.set_in_layout(False)  # placed within the settled layout, not moving it
+            callout.update_positions(renderer)
+            box = Text.get_window_extent(callout, renderer)  # the text alone, not its line
+            covered = sum(_overlap(box, other) for other in taken) + box.width * box.height - _overlap(box, bounds)
+            if best is None or covered < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (covered, callout, box)
+            else:
+                callout.remove()
+            if covered == 0:
+                break
+        assert best is not None
+        taken.append(best[2])
+
+
+def _box(x: float, y: float, half: float):
+    from matplotlib.transforms import Bbox
+
+    return Bbox([[x - half, y - half], [x + half, y + half]])
+
+
+def _overlap(a, b) -> float:
+    """The area two boxes (in pixels) share."""
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(0.0, width) * max(0.0, height)
 
 
 def _colours(names: list[str], palette: str | Sequence[str]) -> dict[str, object]:

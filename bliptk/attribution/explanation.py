@@ -21,8 +21,11 @@ caption: [`Captioner.caption()`][bliptk.model.captioner.Captioner.caption] stays
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +38,43 @@ from .passes import Target, Visual, encoded, explained_target, frame_features, g
 from .registry import METHODS, ExplanationMethod, method_of, method_options, resolved_layer
 from .result import Explanation
 
-__all__ = ["Explanation", "ExplainRequest", "explain", "explain_visuals", "explanation_request", "foil_id", "resolve_contrast"]
+__all__ = [
+    "Explanation",
+    "ExplainRequest",
+    "explain",
+    "explain_visuals",
+    "explanation_request",
+    "foil_id",
+    "ProgressBar",
+    "report_progress",
+    "reporting_progress",
+    "resolve_contrast",
+]
+
+# The progress hook of the explanation running in this thread (a context variable, so that the
+# methods' signature stays (captioner, visual, target, layer, options) and an explorer's worker
+# thread has its own).
+_PROGRESS: ContextVar[Callable[[int, int], None] | None] = ContextVar("bliptk_explain_progress", default=None)
+
+
+def report_progress(done: int, total: int) -> None:
+    """Tell the running explanation's ``progress`` hook (if any) that ``done`` of ``total`` units of
+    work are done; called by the slow methods between units (integrated gradients' path steps,
+    relevance's token passes). The hook may raise to stop the explanation: the error propagates
+    from here, before the next unit runs."""
+    hook = _PROGRESS.get()
+    if hook is not None:
+        hook(done, total)
+
+
+@contextmanager
+def reporting_progress(hook: Callable[[int, int], None] | None) -> Iterator[None]:
+    """Within this block, [`report_progress()`][bliptk.attribution.explanation.report_progress] calls ``hook`` (None: nothing)."""
+    token = _PROGRESS.set(hook)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -190,6 +229,7 @@ def explain(
     prompt: str | None = None,
     contrast: dict | None = None,
     batch_size: int = 8,
+    progress: bool | Callable[[int, int], None] | None = None,
     **options,
 ) -> Explanation | list[Explanation]:
     """One map per caption token: which image patches made the model choose it.
@@ -215,6 +255,13 @@ def explain(
             target (gradient and black-box ones).
         batch_size: Images explained together, for a list of images, by a method that batches
             (Grad-CAM: one pass and one backward per token position for all of them).
+        progress: A progress bar (``tqdm.auto``) of the units of work of the methods that report
+            them (integrated gradients: its path steps, over all tokens; relevance: each token's
+            backward passes; occlusion and Shapley sampling: the perturbed images): None shows it
+            for the slow methods (those the registry gives a ``cost``), True for any that reports,
+            False never. Or a function, called as ``progress(done, total)`` between the units, from
+            the thread that explains; an exception it raises stops the explanation before the next
+            unit and propagates from ``explain``: an explorer's Stop button.
         **options: The method's own options (its registry entry's: ``ig_steps`` of integrated
             gradients, 32; ``occlusion_window``, 2; ...); for the caption made when ``caption``
             is None, fields of [`DecodingOptions`][bliptk.core.decoding.DecodingOptions] (``max_new_tokens``,
@@ -234,15 +281,47 @@ def explain(
             needs torch on another runtime, a contrast the caption or the method cannot take.
     """
     check_positive_int("batch_size", batch_size)
+    if progress is not None and not isinstance(progress, bool) and not callable(progress):
+        raise option_error(f"progress is True, False, None or a function (done, total), got {type(progress).__name__}", "progress")
     request = explanation_request(captioner, method, layer, prompt, contrast, options)
+    if not callable(progress):
+        progress = ProgressBar(request.method.title) if progress or (progress is None and request.method.cost) else None
     if isinstance(image, list | tuple) and not isinstance(image, VideoFrames):
         captions = list(caption) if isinstance(caption, list | tuple) else [caption] * len(image)
         if len(captions) != len(image):
             raise InvalidOptionError(f"{len(captions)} captions for {len(image)} images: give one caption per image, or one for all")
-        return explain_images(captioner, list(image), captions, request, batch_size)
+        with reporting_progress(progress):
+            return explain_images(captioner, list(image), captions, request, batch_size)
     if isinstance(caption, list | tuple):
         raise InvalidOptionError("a list of captions goes with a list of images, one caption per image")
-    return explain_images(captioner, [image], [caption], request, batch_size)[0]
+    with reporting_progress(progress):
+        return explain_images(captioner, [image], [caption], request, batch_size)[0]
+
+
+class ProgressBar:
+    """A ``tqdm.auto`` bar fed by [`report_progress()`][bliptk.attribution.explanation.report_progress]:
+    made at the first report (so a method that reports nothing shows nothing), a new one when the
+    count starts again (the next image of a list), each closed when its count is complete."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.bar: Any = None
+        self.last = (-1, -1)
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if (done, total) == self.last:
+            return
+        if self.bar is None or done < self.bar.n:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=total, desc=self.title, unit="step")
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+        self.last = (done, total)
+        if done >= total:
+            self.bar.close()
 
 
 def explain_images(captioner, images: list, captions: list, request: ExplainRequest, batch_size: int = 8) -> list[Explanation]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..core.optional import optional
+from .explanation import report_progress
 from .passes import Maps, Target, Visual, images_at_once, stacked, token_logprobs
 
 __all__ = ["integrated_gradients"]
@@ -19,7 +20,17 @@ def integrated_gradients(captioner, visual: Visual, target: Target, layer: int |
     with torch.no_grad():
         patches = encoder.patch_embeddings(visual.pixels)  # (F, grid**2, D)
 
+    steps = options.ig_steps * len(target.token_ids)  # the progress reported: path steps over all tokens
+    done = 0
+
     def logprobs_of(batch: torch.Tensor) -> torch.Tensor:  # (B, F, grid**2, D) -> (B, T)
+        nonlocal done
+        # Before each batch of path steps (captum's internal batches), so that a stop asked by the
+        # hook ends the work before the next batch; the convergence check's passes run without
+        # gradient and are no steps.
+        report_progress(min(done, steps), steps)
+        if batch.requires_grad:
+            done += batch.shape[0]
         features = encoder.run(None, patches=batch.flatten(0, 1))
         pooled = features.view(batch.shape[0], frames, *features.shape[1:]).float().mean(dim=1)
         return token_logprobs(captioner, pooled, target)
@@ -39,4 +50,6 @@ def integrated_gradients(captioner, visual: Visual, target: Target, layer: int |
             )
             rows.append(attributions[0].float().sum(dim=(0, 2)))  # over frames and channels: (grid**2,)
             gaps.append(gap.reshape(()).float())
+            done = options.ig_steps * (token + 1)
+            report_progress(done, steps)
     return Maps(stacked(rows, patches.shape[1]), {"completeness_gap": stacked(gaps, None)})

@@ -19,6 +19,7 @@ import torch
 from ..core.decoding import DecodingOptions, DecodingTask
 from ..core.errors import InvalidOptionError
 from ..core.scoring import TeacherForced
+from .explanation import report_progress
 from .passes import Maps, Target, Visual, encoded, grid_of
 
 __all__ = ["PixelTargets", "patch_mask", "ablation_maps"]
@@ -32,10 +33,13 @@ class PixelTargets:
         captioner: Any runtime's captioner (``encode``, ``decoder``, ``tokenizer``).
         target: The caption, teacher-forced; a token with a foil gets ``log p(w_t) - log p(foil)``.
         batch_size: Images encoded at once.
+        evaluations: How many perturbed images the method will ask for (for its progress: each
+            batch computed is reported as done of that many).
     """
 
-    def __init__(self, captioner, target: Target, batch_size: int = 8):
+    def __init__(self, captioner, target: Target, batch_size: int = 8, evaluations: int = 0):
         self.captioner, self.target, self.batch_size = captioner, target, batch_size
+        self.evaluations, self.evaluated = evaluations, 0
         self._kept: dict[bytes, torch.Tensor] = {}
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -43,6 +47,9 @@ class PixelTargets:
         key = hashlib.blake2b(contiguous.numpy().data, digest_size=16).digest() + bytes(str(tuple(pixels.shape)), "ascii")
         if key not in self._kept:
             self._kept[key] = torch.from_numpy(self._targets(contiguous.numpy()))
+            self.evaluated += len(pixels)
+            if self.evaluations:
+                report_progress(min(self.evaluated, self.evaluations), self.evaluations)
         return self._kept[key]
 
     def token(self, index: int):
@@ -91,17 +98,18 @@ def patch_mask(size: int, grid: int, window: int) -> torch.Tensor:
     return (cells[:, None] * squares + cells[None, :]).view(1, 1, 1, size, size)
 
 
-def ablation_maps(captioner, visual: Visual, target: Target, window: int, attribute) -> Maps:
+def ablation_maps(captioner, visual: Visual, target: Target, window: int, attribute, evaluations) -> Maps:
     """Each caption token's map from a captum ablation method: ``attribute(forward, inputs,
     feature_mask)`` for each token, the inputs the frames ``(1, F, 3, S, S)`` masked with 0 (the
     preprocessed mean colour), each patch's value read at its first pixel (a group's pixels share
-    it)."""
+    it). ``evaluations(squares)``: how many perturbed images the method asks for with that many
+    squares of patches (every token's the same images), for its progress."""
     features = encoded(captioner, visual)
     grid = grid_of(features.shape[1])
     inputs = visual.pixels.float().unsqueeze(0)
     size = inputs.shape[-1]
     mask = patch_mask(size, grid, window)
-    targets = PixelTargets(captioner, target)
+    targets = PixelTargets(captioner, target, evaluations=evaluations(int(mask.max()) + 1))
     patch = size // grid
     rows = []
     for token in range(len(target.token_ids)):

@@ -21,4 +21,5 @@ def occlusion(captioner, visual: Visual, target: Target, layer: int | None, opti
     def attribute(forward, inputs, mask):
         return FeatureAblation(forward).attribute(inputs, baselines=0.0, feature_mask=mask, perturbations_per_eval=_PERTURBATIONS_AT_ONCE)
 
-    return ablation_maps(captioner, visual, target, options.occlusion_window, attribute)
+    # The image itself, then each square masked.
+    return ablation_maps(captioner, visual, target, options.occlusion_window, attribute, lambda squares: squares + 1)

@@ -109,7 +109,10 @@ class ExplanationMethod:
         gradients: It follows gradients (so an int8 decoder, which has none, cannot be explained by it).
         options: Its own options, a frozen dataclass whose fields are keywords of ``explain`` (and
             flags of ``bliptk explain``); [`NoOptions`][bliptk.attribution.registry.NoOptions] for none.
-        cost: How long it takes, in words, for the explorers' selector (``"slow"``), or "".
+        cost: How long it takes where that is long, in words, for the explorers' selector and the
+            command line's help (``"slow: minutes"``, on a CPU with ViT-B/16), or "" for a method
+            that answers in a second or two. The explorers show a progress bar and a Stop button
+            while a method with a cost runs.
         black_box: It needs only a runtime's ``encode`` and decoder (no gradient, no attention):
             any runtime's captioner, an ONNX export's too, is explained by it.
         batch: A function ``(captioner, visuals, targets, layer, options) -> list[Maps]`` that
@@ -174,7 +177,7 @@ for _method in (
         "relevance",
         "bliptk.attribution.relevance:relevance",
         gradients=True,
-        cost="slow",
+        cost="slow: tens of seconds",
         batch="bliptk.attribution.relevance:relevance_batch",
     ),
     ExplanationMethod("rollout", "attention rollout", "bliptk.attribution.rollout:attention_rollout"),
@@ -184,13 +187,13 @@ for _method in (
         "bliptk.attribution.integrated_gradients:integrated_gradients",
         gradients=True,
         options=IntegratedGradientsOptions,
-        cost="very slow",
+        cost="slow: minutes",
     ),
     ExplanationMethod(
-        "occlusion", "occlusion", "bliptk.attribution.occlusion:occlusion", options=OcclusionOptions, cost="slow", black_box=True
+        "occlusion", "occlusion", "bliptk.attribution.occlusion:occlusion", options=OcclusionOptions, cost="slow: a minute", black_box=True
     ),
     ExplanationMethod(
-        "shapley", "Shapley sampling", "bliptk.attribution.shapley:shapley", options=ShapleyOptions, cost="very slow", black_box=True
+        "shapley", "Shapley sampling", "bliptk.attribution.shapley:shapley", options=ShapleyOptions, cost="slow: minutes", black_box=True
     ),
 ):
     register_method(_method)

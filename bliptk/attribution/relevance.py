@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .explanation import report_progress
 from .passes import Maps, Target, Visual, images_at_once, kept_passes, stacked
 
 __all__ = ["relevance", "relevance_batch"]
@@ -35,6 +36,13 @@ def relevance_batch(captioner, visuals: list[Visual], targets: list[Target], lay
     """Relevance of several images and their captions at once: one decoder pass, per token position
     one backward of the rows' summed y_t (each row's gradient is its own), and the image encoder's
     graph kept for as many images as fit in memory, reused by every token."""
+    tokens = max(len(target.token_ids) for target in targets)
+    # The progress reported: a unit per token position of the decoder's backward passes, then per
+    # token of each encoder graph (a group of images, or a video's frame).
+    group = images_at_once(captioner.image_encoder)
+    images = [len(target.token_ids) for visual, target in zip(visuals, targets, strict=True) if not visual.video]
+    videos = [visual.pixels.shape[0] * len(target.token_ids) for visual, target in zip(visuals, targets, strict=True) if visual.video]
+    progress = _Progress(tokens + sum(max(images[start : start + group]) for start in range(0, len(images), group)) + sum(videos))
     kept = kept_passes(captioner, visuals, targets)
     self_weights, cross_weights = kept.attentions.self_attention, kept.attentions.cross_attention
     layers = len(self_weights)
@@ -43,7 +51,8 @@ def relevance_batch(captioner, visuals: list[Visual], targets: list[Target], lay
     feature_gradients: list[list[torch.Tensor]] = [[] for _ in targets]
     self_bars: list[list[list[torch.Tensor]]] = [[] for _ in targets]
     cross_bars: list[list[list[torch.Tensor]]] = [[] for _ in targets]
-    for token in range(max(len(target.token_ids) for target in targets)):
+    for token in range(tokens):
+        progress.step()
         taking = [row for row, target in enumerate(targets) if token < len(target.token_ids)]
         gradients = torch.autograd.grad(
             kept.logprobs[taking, token].sum(), [kept.features, *self_weights, *cross_weights], retain_graph=True
@@ -52,7 +61,7 @@ def relevance_batch(captioner, visuals: list[Visual], targets: list[Target], lay
             feature_gradients[row].append(gradients[0][row : row + 1])
             self_bars[row].append([_head_mean(a[row], g[row]) for a, g in zip(self_weights, gradients[1 : 1 + layers], strict=True)])
             cross_bars[row].append([_head_mean(a[row], g[row]) for a, g in zip(cross_weights, gradients[1 + layers :], strict=True)])
-    image_relevance = _images_relevance(captioner, visuals, feature_gradients)  # per row, per token R̄^ii (N, N)
+    image_relevance = _images_relevance(captioner, visuals, feature_gradients, progress)  # per row, per token R̄^ii (N, N)
     results = []
     for row, target in enumerate(targets):
         rows, text_rows = [], []
@@ -67,10 +76,25 @@ def relevance_batch(captioner, visuals: list[Visual], targets: list[Target], lay
             text_rows.append(r_qq[position, : len(target.sequence)])
         patches = captioner.image_encoder.feature_shape[0] - 1
         results.append(Maps(stacked(rows, patches), {"text_relevance": stacked(text_rows, len(target.sequence))}))
+    report_progress(progress.total, progress.total)
     return results
 
 
-def _images_relevance(captioner, visuals: list[Visual], feature_gradients: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+class _Progress:
+    """Counts relevance's units of work and reports each before it runs (a stop asked by the hook
+    ends the work there)."""
+
+    def __init__(self, total: int):
+        self.done, self.total = 0, total
+
+    def step(self) -> None:
+        report_progress(min(self.done, self.total), self.total)
+        self.done += 1
+
+
+def _images_relevance(
+    captioner, visuals: list[Visual], feature_gradients: list[list[torch.Tensor]], progress: _Progress
+) -> list[torch.Tensor]:
     """Each row's R̄^ii per token ``(T, N, N)``: images (not videos) in groups that fit in memory,
     one encoder graph per group; a video alone, frame by frame (see ``_image_relevance``)."""
     results: list[torch.Tensor | None] = [None] * len(visuals)
@@ -79,16 +103,18 @@ def _images_relevance(captioner, visuals: list[Visual], feature_gradients: list[
     for start in range(0, len(images), group):
         rows = images[start : start + group]
         for row, relevance in zip(
-            rows, _group_relevance(captioner, [visuals[r] for r in rows], [feature_gradients[r] for r in rows]), strict=True
+            rows, _group_relevance(captioner, [visuals[r] for r in rows], [feature_gradients[r] for r in rows], progress), strict=True
         ):
             results[row] = relevance
     for row, visual in enumerate(visuals):
         if visual.video:
-            results[row] = _image_relevance(captioner, visual, feature_gradients[row])
+            results[row] = _image_relevance(captioner, visual, feature_gradients[row], progress)
     return [relevance for relevance in results if relevance is not None]
 
 
-def _group_relevance(captioner, visuals: list[Visual], feature_gradients: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+def _group_relevance(
+    captioner, visuals: list[Visual], feature_gradients: list[list[torch.Tensor]], progress: _Progress
+) -> list[torch.Tensor]:
     """R̄^ii of images explained together: their encoder graph kept once, and per token one backward
     with every image's gradient at its own row."""
     encoder = captioner.image_encoder
@@ -99,6 +125,7 @@ def _group_relevance(captioner, visuals: list[Visual], feature_gradients: list[l
         features = encoder.run(pixels, attentions=weights)
     totals = [torch.zeros(len(gradients), width, width, device=encoder.device) for gradients in feature_gradients]
     for token in range(max(len(gradients) for gradients in feature_gradients)):
+        progress.step()
         taking = [row for row, gradients in enumerate(feature_gradients) if token < len(gradients)]
         outputs = torch.zeros_like(features)
         for row in taking:
@@ -112,7 +139,7 @@ def _group_relevance(captioner, visuals: list[Visual], feature_gradients: list[l
     return totals
 
 
-def _image_relevance(captioner, visual: Visual, feature_gradients: list[torch.Tensor]) -> torch.Tensor:
+def _image_relevance(captioner, visual: Visual, feature_gradients: list[torch.Tensor], progress: _Progress) -> torch.Tensor:
     """R̄^ii of each token ``(T, N, N)``: the encoder's self-attention rule (R^ii += Ā R^ii per
     layer, from I) with each token's gradient, normalised (eqs. 8-9). A video's features are its
     frames' mean: each frame's R̄^ii is computed with the gradient at the pooled features, as if
@@ -130,6 +157,7 @@ def _image_relevance(captioner, visual: Visual, feature_gradients: list[torch.Te
         with torch.enable_grad():
             features = encoder.run(frame, attentions=weights)
         for token, gradient in enumerate(feature_gradients):
+            progress.step()
             gradients = torch.autograd.grad(features, weights, grad_outputs=gradient.to(features.dtype), retain_graph=True)
             relevance = torch.eye(width, device=encoder.device)
             for a, g in zip(weights, gradients, strict=True):

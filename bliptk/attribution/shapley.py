@@ -28,4 +28,7 @@ def shapley(captioner, visual: Visual, target: Target, layer: int | None, option
                 inputs, baselines=0.0, feature_mask=mask, n_samples=options.shapley_samples, perturbations_per_eval=_PERTURBATIONS_AT_ONCE
             )
 
-    return ablation_maps(captioner, visual, target, options.shapley_window, attribute)
+    # All squares masked, then each order adds its squares one by one.
+    return ablation_maps(
+        captioner, visual, target, options.shapley_window, attribute, lambda squares: options.shapley_samples * squares + 1
+    )

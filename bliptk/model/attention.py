@@ -10,6 +10,7 @@ default, and draws them.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -250,14 +251,13 @@ def plot_attention_overlays(image, caption, columns: int = 5, alpha: float = 0.6
     if len(axes):
         scale = ScalarMappable(cmap=LinearSegmentedColormap.from_list("attention", ["white", "red"]))
         one_row = len(axes) <= columns
-        bar = fig.colorbar(scale, ax=list(axes), shrink=0.9 if one_row else 0.5, aspect=20 if one_row else 30, pad=0.02)
-        # Short lines: a one-row figure is too short for one long one.
-        lines = (
-            f"{name}: relative importance,\neach word's map\nscaled to its own range"
-            if one_row
-            else (f"{name}: relative importance,\neach word's map scaled to its own range")
-        )
-        bar.set_label(lines, fontsize=8)
+        shrink = 0.9 if one_row else 0.5
+        bar = fig.colorbar(scale, ax=list(axes), shrink=shrink, aspect=20 if one_row else 30, pad=0.02)
+        # The label runs along the bar: wrapped to the bar's length (about 15 characters of 8 pt an
+        # inch), so that a row of wide pictures, which is short, does not have a label taller than itself.
+        length = shrink * fig.get_size_inches()[1]
+        lines = textwrap.wrap(f"{name}: relative importance, each word's map scaled to its own range", max(12, int(15 * length)))
+        bar.set_label("\n".join(lines), fontsize=8)
         bar.set_ticks([0, 1], labels=["least", "most"])
     note_escapes(fig, tokens)
     return fig

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import html
 import io
-from dataclasses import dataclass, fields
+import threading
+import time
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import ipywidgets as w
@@ -169,8 +171,9 @@ def _caption_html(text: str) -> str:
 
 def _token(text: str) -> str:
     """A token as every explorer shows it, in HTML as in charts: a character the fonts cannot draw
-    written as its escape (``\\u0925``)."""
-    return html.escape(displayable(text))
+    written as its escape (``\\u0925``), in a ``<bdi>`` so that a right-to-left word piece (Arabic,
+    Hebrew) keeps to itself and does not reorder the numbers and words around it."""
+    return f"<bdi>{html.escape(displayable(text))}</bdi>"
 
 
 # Light colours (so that black text stays readable) from unlikely, red, to sure, green: matplotlib's RdYlGn.
@@ -200,6 +203,11 @@ def probability_text(probability: float) -> str:
     if probability >= 0.001 or probability == 0:
         return f"{probability:.3f}"
     return f"{probability:.1e}"
+
+
+def _tick_text(value: float) -> str:
+    """A probability axis' tick: two significant digits (``0.25``, ``3e-05``)."""
+    return "0" if value == 0 else f"{value:.2g}"
 
 
 class _Latest:
@@ -236,7 +244,14 @@ def _busy_indicator():
     return w.HTML(layout=w.Layout(min_height="1.5em"))
 
 
-_BUSY = '<span class="bliptk-busy" style="color: #b45309">&#9203; working&hellip;</span>'
+# A spinner drawn by CSS, not an emoji: without an emoji font an hourglass is an empty box.
+_SPINNER = (
+    "<style>@keyframes bliptk-spin { to { transform: rotate(360deg) } }</style>"
+    '<span class="bliptk-spinner" style="display: inline-block; width: 0.75em; height: 0.75em; margin-right: 0.4em; '
+    "vertical-align: -0.1em; border: 2px solid currentColor; border-right-color: transparent; border-radius: 50%; "
+    'animation: bliptk-spin 0.8s linear infinite"></span>'
+)
+_BUSY = f'<span class="bliptk-busy" style="color: #b45309">{_SPINNER}working&hellip;</span>'
 
 
 class _Explorer:
@@ -265,8 +280,10 @@ class CaptionExplorer(_Explorer):
         alternatives: How many alternatives to show per token.
 
     Attributes:
-        caption: The caption shown (the first, when several are asked for).
+        caption: The caption whose tokens are shown: the first, or the one ``which`` chooses when
+            several are asked for (``num_return_sequences``, beams).
         captions: Every caption of the last run.
+        which: The selector of the caption whose tokens are shown (hidden for one caption).
         choices: [`token_alternatives()`][bliptk.model.stepper.token_alternatives] of the caption, as shown.
         encoder_runs: How many times the image encoder ran (once per image).
     """
@@ -284,6 +301,9 @@ class CaptionExplorer(_Explorer):
         for name, control in self.controls.items():
             setattr(self, name, control)
         self.token = w.IntSlider(value=0, min=0, max=0, description="token", continuous_update=False)
+        self.which = w.Dropdown(options=[("caption 1", 0)], value=0, description="tokens of", layout=w.Layout(display="none"))
+        self.which.tooltip = "the caption whose tokens, probabilities and alternatives are shown"
+        self._choosing = False
         self.busy = _busy_indicator()
         self.text = w.HTML()
         self.table = w.HTML()
@@ -296,8 +316,10 @@ class CaptionExplorer(_Explorer):
         for control in controls:
             control.observe(self._changed, names="value")
         self.token.observe(lambda change: self._draw_chart(), names="value")
+        self.which.observe(lambda change: self._chose_caption(), names="value")
         self.widget = _two_columns(
-            [self.image, self.thumbnail, self.upload, *self.controls.values()], [self.busy, self.text, self.table, self.token, self.chart]
+            [self.image, self.thumbnail, self.upload, *self.controls.values()],
+            [self.busy, self.text, self.which, self.table, self.token, self.chart],
         )
         self._enable()
         if self._images:
@@ -358,14 +380,31 @@ class CaptionExplorer(_Explorer):
             features = self.features()
             options = self.options()
             self.captions = self.captioner.caption_features(features, options)
-            caption = self.caption = self.captions[0]
-            self.choices = token_alternatives(self.captioner, features, caption, self.alternatives)
+            # Several captions: the selector says whose tokens are shown (the first, until another is chosen).
+            chosen, self._choosing = self.which.value or 0, True
+            try:
+                self.which.options = [(f"caption {number}", number - 1) for number in range(1, len(self.captions) + 1)]
+                self.which.value = min(chosen, len(self.captions) - 1)
+            finally:
+                self._choosing = False
+            self.which.layout.display = None if len(self.captions) > 1 else "none"
+            self._show_tokens()
         finally:
             self.busy.value = ""
+
+    def _show_tokens(self) -> None:
+        """The chosen caption's tokens, their probabilities and alternatives, and the list of captions."""
+        caption = self.caption = self.captions[self.which.value]
+        self.choices = token_alternatives(self.captioner, self.features(), caption, self.alternatives)
         if len(self.captions) == 1:
             self.text.value = _caption_html(caption.text)
         else:
-            self.text.value = _wrapping("".join(f"{number}. <b>{_token(c.text)}</b><br>" for number, c in enumerate(self.captions, 1)))
+            self.text.value = _wrapping(
+                "".join(
+                    f"{number}. <b>{_token(c.text)}</b>{' <small>(its tokens below)</small>' if c is caption else ''}<br>"
+                    for number, c in enumerate(self.captions, 1)
+                )
+            )
         # Each token with its probability, on a colour of it, in a line that wraps (a 25-token caption
         # takes a few lines); the legend says what the colours mean.
         chips = " ".join(
@@ -379,7 +418,13 @@ class CaptionExplorer(_Explorer):
         self.token.value = min(self.token.value, self.token.max)
         self._draw_chart()
 
+    def _chose_caption(self) -> None:
+        if not self._choosing and self.captions:
+            self._show_tokens()
+
     def _draw_chart(self) -> None:
+        from matplotlib.ticker import FuncFormatter, MaxNLocator
+
         from ..core.figures import new_figure
 
         if not self.choices:
@@ -396,22 +441,86 @@ class CaptionExplorer(_Explorer):
         for row, value in zip(range(len(names))[::-1], values, strict=True):
             ax.text(value, row, f" {probability_text(value)}", va="center", fontsize=10)
         ax.set_xlim(0, max(values) * 1.3)
+        # Few ticks, each written as the bars' values are: at small probabilities matplotlib's own
+        # ticks (0.00000, 0.00001, ...) ran into each other.
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _tick_text(value)))
         ax.set_xlabel("probability")
         ax.set_title(f"token {self.token.value}: {displayable(choice.token)} (chosen, red)", fontsize=11)
         _show(self.chart, ax.figure)
+
+
+def time_left_text(done: int, total: int, elapsed: float) -> str:
+    """How far a long computation is and how long it will take, at the pace so far:
+    ``"12 of 384 steps, 0:41, about 21 min left"`` (before the first step: the time spent).
+
+    Args:
+        done: The units of work done.
+        total: The units of work in all.
+        elapsed: Seconds since the work started.
+    """
+    spent = f"{int(elapsed) // 60}:{int(elapsed) % 60:02d}"
+    if done <= 0 or total <= 0:
+        return f"{spent}, estimating the time left" if total > 0 else f"{spent}, no estimate for this method"
+    left = elapsed * (total - done) / done
+    if done >= total:
+        estimate = "finishing"
+    elif left < 60:
+        estimate = f"about {max(1, round(left))} s left"
+    elif left < 3600:
+        estimate = f"about {round(left / 60)} min left"
+    else:
+        estimate = f"about {int(left // 3600)} h {round(left % 3600 / 60)} min left"
+    return f"{done} of {total} steps, {spent}, {estimate}"
+
+
+class _Stopped(Exception):
+    """Raised in the worker by the progress hook once Stop is pressed: the explanation ends there."""
+
+
+@dataclass(eq=False)
+class _Job:
+    """One explanation being computed: what it is, its progress, and its stop flag.
+
+    ``loop`` is the kernel's event loop when the work runs in a worker thread (in a notebook), and
+    None when it runs at once in the caller's thread (a script, a test)."""
+
+    key: tuple
+    loop: Any
+    started: float
+    stop: threading.Event = field(default_factory=threading.Event)
+    done: int = 0
+    total: int = 0
+    shown: float = 0.0
+
+
+# How often a worker's progress is sent to the page (each send is a message to the browser), and
+# how often the time spent and left is refreshed while no progress arrives.
+PROGRESS_SECONDS, TICK_SECONDS = 0.25, 1.0
+# A stale picture (its work under way) is drawn this much faded towards white.
+STALE_FADE = 0.65
+_clock = time.monotonic
 
 
 class AttentionExplorer(_Explorer):
     """Browse where each token of a caption looked, and why it was chosen.
 
     The method selector lists every registered explanation method
-    ([`bliptk.attribution.registry`][bliptk.attribution.registry]), the slow ones marked: the
-    caption's cross-attention (the page's maps, with the layer and head selectors), and the
-    explanations of [`explain()`][bliptk.attribution.explanation.explain]: Grad-CAM at the chosen
-    layer (its default, the middle one, for "all"), relevance, rollout and integrated gradients
-    over every layer. A method's own options (integrated gradients' steps) show while it is
-    selected. Each explanation is computed once per layer and options, when first chosen, while a
-    busy indicator shows; the selectors a method ignores are disabled.
+    ([`bliptk.attribution.registry`][bliptk.attribution.registry]), the slow ones marked with their
+    cost: the caption's cross-attention (the page's maps, with the layer and head selectors), and
+    the explanations of [`explain()`][bliptk.attribution.explanation.explain]: Grad-CAM at the
+    chosen layer (its default, the middle one, for "all"), relevance, rollout, integrated gradients,
+    occlusion and Shapley sampling. A method's own options (integrated gradients' steps) show while
+    it is selected. Each explanation is computed once per layer and options, when first chosen;
+    the selectors a method ignores are disabled.
+
+    In a notebook an explanation is computed in a worker thread, so that the kernel stays free:
+    the map on screen is faded and labelled "computing" meanwhile, and a slow method (one with a
+    ``cost`` in the registry) shows a progress bar with the time left and a Stop button. Stop ends
+    the work at its next step (integrated gradients and relevance report each step; occlusion and
+    Shapley sampling run on unseen, their result dropped) and goes back to the map shown before,
+    saying what was stopped. Outside a kernel's event loop (a script, a test), the work runs at
+    once in the caller's thread.
 
     Args:
         captioner: A [`Captioner`][bliptk.model.captioner.Captioner].
@@ -423,6 +532,10 @@ class AttentionExplorer(_Explorer):
         caption: The caption, with its cross-attention.
         overlay: The picture shown (a PIL image): the selected map over the image.
         explanation: The [`Explanation`][bliptk.attribution.explanation.Explanation] shown, or None for the caption's attention.
+        stale: Whether the picture shown is an older map, faded, while a new one is computed.
+        progress: The progress bar of a slow method (hidden while none runs).
+        stop_button: Ends the slow method that runs.
+        status: What became of the last computation that did not finish ("stopped", an error).
     """
 
     def __init__(self, captioner, image, prompt: str | None = None, **decoding_options):
@@ -441,19 +554,35 @@ class AttentionExplorer(_Explorer):
         # Each method's own options (integrated gradients' steps), shown while it is selected.
         self.method_controls = {m.name: _method_option_controls(m.options) for m in METHODS.values()}
         self.busy = _busy_indicator()
+        self.status = w.HTML()
         self.label = w.HTML()
         self.view = _picture()
+        self.progress = w.IntProgress(value=0, min=0, max=1, bar_style="info", layout=w.Layout(flex="1 1 auto", width="auto"))
+        self.progress_text = w.HTML()
+        self.stop_button = w.Button(
+            description="Stop", button_style="danger", tooltip="stop the slow method", layout=w.Layout(width="80px")
+        )
+        self.stop_button.on_click(lambda _: self.stop())
+        self.progress.add_class("bliptk-progress")
+        self.progress_box = w.VBox(
+            [w.HBox([self.progress, self.stop_button], layout=w.Layout(align_items="center")), self.progress_text],
+            layout=w.Layout(display="none"),
+        )
         self.overlay: Image.Image | None = None
         self.explanation = None
+        self.stale = False
         self._explanations: dict = {}
+        self._job: _Job | None = None
+        self._drawn: dict = {}  # the controls' values of the map on screen, to go back to after a stop
+        self._restoring = False
         self._update = _Latest(self.update)
         self.token.observe(lambda change: self.update(), names="value")
         own = [control for controls in self.method_controls.values() for control in controls.values()]
         for control in (self.method, self.layer, self.heads, *own):
             control.observe(self._changed, names="value")
         caption = w.HTML(_caption_html(self.caption.text))
-        column = [caption, self.method, *own, self.token, self.layer, self.heads, self.busy, self.label]
-        self.widget = _two_columns(column, [self.view])
+        column = [caption, self.method, *own, self.token, self.layer, self.heads, self.busy, self.status, self.label]
+        self.widget = _two_columns(column, [self.progress_box, self.view])
         self._enable()
         self.update()
 
@@ -479,38 +608,41 @@ class AttentionExplorer(_Explorer):
                 control.layout.display = None if name == self.method.value else "none"
 
     def _changed(self, change) -> None:
+        if self._restoring:
+            return
         self._enable()
         self.busy.value = _BUSY
         self._update()
 
-    def _explained(self):
-        """The selected method's explanation of the caption, computed once per layer and options;
-        None for attention (drawn from the caption's own cross-attention, with the head selector)."""
-        from ..attribution.explanation import explain
+    def _key(self) -> tuple | None:
+        """What the controls ask to explain: (method, layer, options); None for the caption's attention."""
         from ..attribution.registry import METHODS
 
         method = self.method.value
         if method == "attention":
             return None
         layer = None if not METHODS[method].takes_layer or self.layer.value == ALL_LAYERS else self.layer.value
-        options = self.method_options()
-        key = (method, layer, tuple(sorted(options.items())))
-        if key not in self._explanations:
-            self._explanations[key] = explain(self.captioner, self.picture, self.caption, method=method, layer=layer, **options)
-        return self._explanations[key]
+        return (method, layer, tuple(sorted(self.method_options().items())))
 
     def update(self) -> None:
-        """Redraw the selected token's map (computing the selected explanation first, once)."""
-
+        """Redraw the selected token's map; an explanation not yet computed is computed first, once
+        (in a notebook, in a worker thread, the older map faded meanwhile)."""
         if not self.caption.tokens:
             self.busy.value = ""
             self.label.value = "the caption has no generated tokens"
             return
-        self.busy.value = _BUSY
-        try:
-            self.explanation = self._explained()
-        finally:
+        key = self._key()
+        if key is not None and key not in self._explanations:
+            self._fade(key)
+            if self._job is None:
+                self._start(key)
+            return
+        self.explanation = None if key is None else self._explanations[key]
+        self._draw()
+        if self._job is None:
             self.busy.value = ""
+
+    def _draw(self) -> None:
         index = self.token.value
         if self.explanation is None:
             token_map = attention_maps(self.caption, **self.map_options())[index].numpy()
@@ -520,8 +652,152 @@ class AttentionExplorer(_Explorer):
             layer = "" if self.explanation.layer is None else f", layer {self.explanation.layer}"
             how = self.explanation.name + layer
         self.overlay = overlay_attention(self.picture, token_map)
+        self.stale = False
         self.label.value = f"token {index}: <b>{_token(self.caption.tokens[index])}</b> <small>({how})</small>"
         _show(self.view, self.overlay)
+        self._drawn = {control: control.value for control in self._restorable()}
+
+    def _restorable(self) -> list:
+        """The controls whose values make the map: the method, the layer, the method's own options."""
+        return [self.method, self.layer, *self.method_controls[self.method.value].values()]
+
+    def _fade(self, key: tuple) -> None:
+        """Say that ``key``'s map is being computed, over the older map faded (not a map of it)."""
+        from ..attribution.registry import METHODS
+
+        title = METHODS[key[0]].title
+        index = self.token.value
+        self.busy.value = _BUSY
+        waiting = "" if self._job is None or self._job.key == key else f", after {METHODS[self._job.key[0]].title}"
+        self.label.value = f"token {index}: <b>{_token(self.caption.tokens[index])}</b> <small>(computing {title}&hellip;{waiting})</small>"
+        if self.overlay is not None and not self.stale:
+            self.stale = True
+            _show(self.view, Image.blend(self.overlay.convert("RGB"), Image.new("RGB", self.overlay.size, "white"), STALE_FADE))
+
+    def _start(self, key: tuple) -> None:
+        """Compute ``key``'s explanation: in a worker thread in a notebook, at once elsewhere."""
+        import asyncio
+
+        from ..attribution.registry import METHODS
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        job = self._job = _Job(key, loop, _clock())
+        self.status.value = ""
+        if METHODS[key[0]].cost:
+            self.progress.value, self.progress.max = 0, 1
+            self.progress_text.value = f"{html.escape(METHODS[key[0]].title)}: {time_left_text(0, 0, 0)}"
+            self.stop_button.disabled = False
+            self.progress_box.layout.display = None
+        if loop is None:
+            self._work(job)
+            return
+        threading.Thread(target=self._work, args=(job,), name="bliptk-explorer", daemon=True).start()
+        loop.call_later(TICK_SECONDS, self._tick, job)
+
+    def _work(self, job: _Job) -> None:
+        """The explanation (in the worker thread, in a notebook); its outcome goes to ``_finish``."""
+        from ..attribution.explanation import explain
+
+        method, layer, options = job.key
+        try:
+            explained = explain(
+                self.captioner,
+                self.picture,
+                self.caption,
+                method=method,
+                layer=layer,
+                progress=lambda done, total: self._report(job, done, total),
+                **dict(options),
+            )
+            outcome: tuple = ("done", explained)
+        except _Stopped:
+            outcome = ("stopped", None)
+        except Exception as error:  # shown in the explorer, which stays usable
+            outcome = ("failed", error)
+        self._on_main(job, self._finish, job, *outcome)
+
+    def _on_main(self, job: _Job, function, *arguments) -> None:
+        """Run ``function`` in the kernel's thread (widgets are changed there only)."""
+        if job.loop is None:
+            function(*arguments)
+        else:
+            job.loop.call_soon_threadsafe(function, *arguments)
+
+    def _report(self, job: _Job, done: int, total: int) -> None:
+        """The progress hook (in the worker thread): ends the work once Stop is pressed, and sends
+        the progress to the page (at most every ``PROGRESS_SECONDS`` from a worker)."""
+        if job.stop.is_set():
+            raise _Stopped
+        job.done, job.total = done, total
+        now = _clock()
+        if job.loop is None or now - job.shown >= PROGRESS_SECONDS or done >= total:
+            job.shown = now
+            self._on_main(job, self._show_progress, job)
+
+    def _show_progress(self, job: _Job) -> None:
+        from ..attribution.registry import METHODS
+
+        if job is not self._job:
+            return
+        title = html.escape(METHODS[job.key[0]].title)
+        self.progress_text.value = f"{title}: {time_left_text(job.done, job.total, _clock() - job.started)}"
+        self.progress.max = max(1, job.total)
+        self.progress.value = min(job.done, self.progress.max)
+
+    def _tick(self, job: _Job) -> None:
+        """The time spent and left, refreshed while the worker runs."""
+        if job is self._job:
+            self._show_progress(job)
+            job.loop.call_later(TICK_SECONDS, self._tick, job)
+
+    def stop(self) -> None:
+        """End the explanation being computed: the worker stops at its next step, and the explorer
+        goes back at once to the map shown before, saying what was stopped."""
+        job = self._job
+        if job is None:
+            return
+        job.stop.set()
+        self.stop_button.disabled = True
+        if job.loop is not None:  # the worker's last step may run on; its result is dropped
+            self._finish(job, "stopped", None)
+
+    def _finish(self, job: _Job, outcome: str, result) -> None:
+        """The end of a job (in the kernel's thread): its map drawn, or what stopped it said and the
+        controls set back to the map on screen."""
+        from ..attribution.registry import METHODS
+
+        if job is not self._job:  # a stopped job's worker ending after its stop
+            return
+        self._job = None
+        self.progress_box.layout.display = "none"
+        if outcome == "done":
+            self._explanations[job.key] = result
+            self.update()
+            return
+        title = html.escape(METHODS[job.key[0]].title)
+        if outcome == "stopped":
+            steps = f" after {job.done} of {job.total} steps" if job.total else ""
+            self.status.value = _wrapping(f'<span class="bliptk-stopped">{title} stopped{steps}</span>')
+        else:
+            self.status.value = _wrapping(
+                f'<span class="bliptk-failed" style="color: #b91c1c">{title} failed: {html.escape(str(result))}</span>'
+            )
+        if self._key() == job.key:
+            self._restore()
+        self.update()
+
+    def _restore(self) -> None:
+        """Set the controls back to the map on screen (without a change that would start work)."""
+        self._restoring = True
+        try:
+            for control, value in self._drawn.items():
+                control.value = value
+        finally:
+            self._restoring = False
+        self._enable()
 
 
 def _beams_table(beams) -> str:
