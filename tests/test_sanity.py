@@ -11,9 +11,12 @@ from bliptk.attribution import passes, registry
 from bliptk.attribution.sanity import map_similarity, ssim
 
 
-def test_stage_zero_is_the_original_and_randomising_every_layer_drops_gradcam(tiny, photos):
+def test_stage_zero_is_the_original_and_randomising_every_layer_drops_gradcam(tiny, photos, capsys):
     before = {name: value.clone() for name, value in tiny.model.state_dict().items()}
+    capsys.readouterr()
     result = bliptk.sanity_check(tiny, photos[0], "a dog on a bench", method=["gradcam", "attention"], seeds=[0, 1])
+    bar = capsys.readouterr().err
+    assert "sanity check: 100%" in bar and "16/16" in bar  # 2 seeds x 4 layers x 2 methods
     assert result.stages == ["original", "decoder layer 1", "decoder layer 0", "image encoder layer 1", "image encoder layer 0"]
     for name in result.methods:
         assert result.spearman[name].shape == (2, 5) and (result.spearman[name][:, 0] == 1).all() and (result.ssim[name][:, 0] == 1).all()

@@ -141,7 +141,14 @@ def _randomise(block, generator, std: float) -> None:
 
 
 def sanity_check(
-    captioner, image, caption=None, *, method: str | Sequence[str] = "gradcam", seeds: int | Sequence[int] = (0,), **options
+    captioner,
+    image,
+    caption=None,
+    *,
+    method: str | Sequence[str] = "gradcam",
+    seeds: int | Sequence[int] = (0,),
+    progress: bool = True,
+    **options,
 ) -> SanityCheck:
     """The cascading model-parameter randomisation test of explanation methods (see the module).
 
@@ -152,6 +159,8 @@ def sanity_check(
         method: A method or a list of them (of [`EXPLANATION_METHODS`][bliptk.attribution.registry.EXPLANATION_METHODS]).
         seeds: The seeds of the random weights: each seed is one cascade (its figures show the
             mean and spread).
+        progress: Show a progress bar (``tqdm.auto``) of the explanations it makes: one per
+            method, layer and seed (a ViT-B/16 cascade is 24 layers).
         **options: What ``explain`` takes besides (``layer``, a method's options, ``prompt``).
 
     Returns:
@@ -179,7 +188,7 @@ def sanity_check(
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not methods or not seeds:
         raise InvalidOptionError("sanity_check needs at least one method and one seed")
-    originals = {name: _explained(explain(captioner, image, caption, method=name, **options)) for name in methods}
+    originals = {name: _explained(explain(captioner, image, caption, method=name, progress=False, **options)) for name in methods}
     text = originals[methods[0]].text
     stages = ["original"] + [name for name, _ in _blocks(captioner)]
     spearman = {name: np.ones((len(seeds), len(stages))) for name in methods}
@@ -188,6 +197,9 @@ def sanity_check(
     for name in methods:
         maps[name][0] = originals[name].maps.mean(axis=0) if len(originals[name]) else 0
     std = float(getattr(captioner.model.config.text_config, "initializer_range", 0.02))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(seeds) * (len(stages) - 1) * len(methods), desc="sanity check", unit="map", disable=not progress)
     for row, seed in enumerate(seeds):
         randomised = copy.deepcopy(captioner)
         generator = torch.Generator().manual_seed(seed)
@@ -195,11 +207,14 @@ def sanity_check(
             _randomise(block, generator, std)
             for name in methods:
                 given = caption if caption is not None else originals[name].text
-                explained = _explained(explain(randomised, image, given, method=name, **_explain_options(originals[name], options)))
+                made = explain(randomised, image, given, method=name, progress=False, **_explain_options(originals[name], options))
+                explained = _explained(made)
                 spearman[name][row, stage], similarity[name][row, stage] = map_similarity(originals[name].maps, explained.maps)
                 if row == 0:
                     maps[name][stage] = explained.maps.mean(axis=0) if len(explained) else 0
+                bar.update()
         del randomised
+    bar.close()
     passed = {name: bool(spearman[name][:, -1].mean() < _FLAG_BELOW) for name in methods}
     verdicts = {name: _verdict(spearman[name][:, -1].mean(), similarity[name][:, -1].mean(), passed[name]) for name in methods}
     return SanityCheck(methods, stages, spearman, similarity, passed, verdicts, maps, text, captioner.pretrained)
