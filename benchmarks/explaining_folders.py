@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import shutil
 import subprocess
@@ -26,29 +25,11 @@ import time
 import warnings
 from pathlib import Path
 
+from machine import cpu_name, gemm_rate  # benchmarks/machine.py, beside this script
+
 ROOT = Path(__file__).resolve().parent
 PHOTOS = sorted((ROOT / "photos").glob("*.jpg"))
 SLOW = {"relevance", "occlusion", "shapley", "integrated_gradients"}
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def gemm_rate() -> float:
-    """float32 GFLOP/s of a (577, 768) x (768, 3072) product, best of 5."""
-    import torch
-
-    a, b = torch.randn(577, 768), torch.randn(768, 3072)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * 577 * 768 * 3072 / best / 1e9
 
 
 def one(model: str, method: str, images: int, batch_size: int, tokens: int) -> dict:

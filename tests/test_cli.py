@@ -431,3 +431,48 @@ def test_search_refuses_an_unwritable_cache_before_loading(photos, monkeypatch, 
     monkeypatch.setattr("bliptk.captioning.runtimes.load", lambda *a, **k: pytest.fail("loaded a model"))
     assert main(["search", str(photos[0].parent), "a dog", "--model", "tiny", "--cache", "/proc/c.npz"]) == 2
     assert capsys.readouterr().err.startswith("bliptk: error: /proc/c.npz: cannot write there")
+
+
+class _Loaded(Exception):
+    """What the model loader raises in a test that must not load a model."""
+
+
+def test_a_resumed_job_with_nothing_to_do_stops_before_loading_the_model(tiny_checkpoint, photos, tmp_path, capsys, monkeypatch):
+    from bliptk.model.parity import save_checkpoint
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    out = tmp_path / "captions.jsonl"
+    job = ["caption", *map(str, photos[:2]), "--model", str(checkpoint), "--out", str(out), "--max-new-tokens", "3"]
+    assert main(job) == 0
+    written = out.read_bytes()
+    capsys.readouterr()
+
+    def refuse(*args, **kwargs):
+        raise _Loaded
+
+    monkeypatch.setattr("bliptk.cli.caption.load_model", refuse)
+    assert main([*job, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"bliptk: nothing to do: all 2 inputs have their records in {out} (the same model, weights and options;" in err
+    assert f"bliptk: 0 captioned, 0 failed, 2 already done (of 2); records in {out}" in err
+    assert out.read_bytes() == written
+    # Other options, another input, or other weights in the same folder: the model loads (here, refuses to).
+    for again in ([*job[:-1], "4"], [*job[:1], str(photos[2]), *job[1:]], "other weights"):
+        if again == "other weights":
+            save_checkpoint(bliptk.load("tiny", weights_seed=1), checkpoint)
+            again = job
+        assert main([*again, "--resume"]) != 0
+        assert "internal error: _Loaded" in capsys.readouterr().err
+
+
+def test_a_figure_the_command_line_writes_suits_a_page(photos, tmp_path):
+    """Twenty words over a photo: at most 1280 px on a side and a few hundred KB (a full-colour PNG
+    at 100 dpi was 2-4 MB), its provenance still in its metadata."""
+    from PIL import Image
+
+    out = tmp_path / "why.png"
+    assert main(["explain", str(photos[0]), "--model", "tiny", "--caption", " ".join(["a dog on a beach"] * 5), "--out", str(out)]) == 0
+    picture = Image.open(out)
+    assert max(picture.size) <= 1280 and out.stat().st_size < 400_000
+    assert json.loads(picture.info["Description"])["model"] == "tiny"

@@ -169,3 +169,24 @@ def test_bad_options_are_refused_before_any_work(tiny, photos, tmp_path, verb, o
         else:
             next(iter(tiny.caption_files(photos, out, **options)))
     assert not out.exists()
+
+
+def test_a_word_piece_first_starts_a_word_after_the_prompt(photos):
+    """The ids are transformers' (their decode glues the piece onto the prompt: "a picture ofএএ");
+    the text keeps the prompt's last word whole."""
+    import torch
+
+    piece = 29887  # "##এ"
+    captioner = bliptk.load("tiny")
+    with torch.no_grad():
+        captioner.model.text_decoder.cls.predictions.decoder.bias[piece] += 50.0
+    caption = captioner.caption(photos[0], "a picture of ", max_new_tokens=2)
+    assert caption.token_ids == [piece, piece] and caption.tokens == ["##এ", "##এ"]
+    assert caption.token_ids == hf_generate(captioner, captioner.preprocessor(photos[0]), "a picture of ", 2)[0]
+    assert caption.text == "a picture of এএ"
+    tokenizer = captioner.tokenizer
+    prompt, dog, s = tokenizer.encode("a picture of"), 3899, 2015  # [DEC] a picture of; "dog", "##s"
+    assert tokenizer.caption_text(prompt, [piece, dog]) == "a picture of এ dog"
+    assert tokenizer.caption_text(prompt, [dog, s]) == "a picture of dogs"  # later pieces join their word
+    assert tokenizer.caption_text(tokenizer.encode(""), [piece, dog]) == "এ dog"
+    assert tokenizer.caption_text(prompt, []) == "a picture of"

@@ -388,7 +388,7 @@ def _adapters(run: Path) -> dict[str, torch.Tensor]:
 def test_the_checkpoint_captions_after_the_prompt_it_learned(pairs, photos, tmp_path, capsys):
     out = tmp_path / "run"
     finetune("tiny", pairs, out=out, max_steps=1, batch_size=6, prompt="a snapshot of ")
-    assert json.loads((out / "captioning.json").read_text()) == {"prompt": "a snapshot of "}
+    assert json.loads((out / "captioning.json").read_text()) == {"prompt": "a snapshot of ", "random_origin": {"model": "tiny", "seed": 0}}
     [checkpoint] = (out / "checkpoints").iterdir()  # a checkpoint too is captioned after its prompt
     assert bliptk.load(checkpoint).prompt == "a snapshot of "
     tuned = bliptk.load(out)
@@ -616,3 +616,73 @@ def test_gradient_checkpointing_says_nothing_a_user_cannot_act_on(pairs, tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # transformers' deprecation of gradient_checkpointing_enable
         finetune("tiny", pairs, out=tmp_path / "run", max_steps=1, batch_size=6, gradient_checkpointing=True)
+
+
+# --- random weights, said --------------------------------------------------------------------------------
+
+
+def test_a_run_from_random_weights_says_so_and_so_do_its_captions(pairs, photos, tmp_path):
+    from bliptk.core import pipeline
+
+    out = tmp_path / "run"
+    with pytest.warns(bliptk.RandomWeightsWarning, match=r"^fine-tuning from random weights \(tiny, seed 0\), not pretrained ones"):
+        finetune("tiny", pairs, out=out, max_steps=2, batch_size=6, save_steps=1, keep_checkpoints=2)
+    origin = {"model": "tiny", "seed": 0}
+    assert json.loads((out / "finetune.json").read_text())["random_origin"] == origin
+    assert json.loads((out / "captioning.json").read_text()) == {"prompt": PROMPT, "random_origin": origin}
+    checkpoint = out / "checkpoints" / "checkpoint-1"
+    assert json.loads((checkpoint / "captioning.json").read_text()) == {"prompt": PROMPT, "random_origin": origin}
+    pipeline._RANDOM_ORIGINS.clear()  # as a fresh process knows nothing of the run
+    captioner = bliptk.load(out)
+    assert captioner.weights.source == "pretrained"  # a checkpoint: its records name its own weights
+    # Its weights as its files say, unloaded (a resumed caption job with nothing to do): the loaded ones'.
+    assert bliptk.model.loading.checkpoint_identity(out) == (str(out), captioner.weights, PROMPT)
+    said = rf"^{re.escape(str(out))} was fine-tuned from random weights \(tiny, seed 0\), not from pretrained ones: its captions"
+    with pytest.warns(bliptk.RandomWeightsWarning, match=said):
+        captioner.caption(photos[0], max_new_tokens=2)
+    # A run from that checkpoint descends from the same random weights.
+    with pytest.warns(bliptk.RandomWeightsWarning, match=r"^fine-tuning from random weights \(tiny, seed 0\)"):
+        finetune(out, pairs, out=tmp_path / "again", max_steps=1, batch_size=6)
+    assert json.loads((tmp_path / "again" / "finetune.json").read_text())["random_origin"] == origin
+
+
+def test_a_run_from_pretrained_weights_says_nothing_of_random_ones(pairs, photos, tiny_checkpoint, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", bliptk.RandomWeightsWarning)
+        finetune(tiny_checkpoint, pairs, out=tmp_path / "run", max_steps=1, batch_size=6)
+        bliptk.load(tmp_path / "run").caption(photos[0], max_new_tokens=2)
+    assert json.loads((tmp_path / "run" / "finetune.json").read_text())["random_origin"] is None
+    assert json.loads((tmp_path / "run" / "captioning.json").read_text()) == {"prompt": PROMPT}
+
+
+def test_a_captioner_trained_in_place_from_random_weights_says_so_when_it_captions(pairs, photos, tmp_path):
+    captioner = bliptk.load("tiny")
+    with pytest.warns(bliptk.RandomWeightsWarning):
+        finetune(captioner, pairs, out=tmp_path / "run", max_steps=1, batch_size=6)
+    with pytest.warns(bliptk.RandomWeightsWarning, match=r"was fine-tuned from random weights \(tiny, seed 0\)"):
+        captioner.caption(photos[0], max_new_tokens=2)
+
+
+# --- the progress bar in a notebook ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_notebook_saves_the_bar_as_it_ended(pairs, tmp_path):
+    """tqdm's notebook widget carries, for viewers without widgets (a saved notebook on GitHub, the
+    docs), the text it had when shown: 0%. The run's bar is shown again once closed."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    source = (
+        "import warnings\nwarnings.simplefilter('ignore')\nfrom bliptk.training.finetune import finetune\n"
+        f"finetune('tiny', {[(str(image), caption) for image, caption in pairs]!r}, out={str(tmp_path / 'run')!r}, max_steps=2, batch_size=6)\n"
+        "None"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    bars = [o.data["text/plain"] for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(bars) == 1 and bars[0].startswith("fine-tuning"), outputs
+    assert "100%" in bars[0] and "2/2" in bars[0], bars[0]

@@ -165,3 +165,58 @@ def test_a_contrastive_explanation_is_measured_on_what_it_explains(tiny, photos)
         photos[0], [caption.prompt + " " + tiny.tokenizer.decode([*caption.token_ids[:1], tiny.tokenizer.encode("cat")[1]])]
     )
     np.testing.assert_allclose(ours.curves[1, 0], np.exp(score.logprobs[1] - with_foil.logprobs[1]), rtol=1e-4)
+
+
+def test_batches_measure_what_one_image_at_a_time_measures(tiny, photos, explained):
+    one, three = (bliptk.faithfulness(tiny, photos[0], explained, steps=4, batch_size=b, progress=False) for b in (1, 3))
+    np.testing.assert_allclose(three.curves, one.curves, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(three.random_curves, one.random_curves, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(three.auc, one.auc, rtol=0, atol=1e-5)
+
+
+class _RecordedBar:
+    """A stand-in for tqdm.auto.tqdm that keeps what it was told."""
+
+    made: list[_RecordedBar] = []
+
+    def __init__(self, total=None, disable=False, **kwargs):
+        self.total, self.disable, self.n, self.kwargs = total, disable, 0, kwargs
+        _RecordedBar.made.append(self)
+
+    def update(self, n=1):
+        self.n += n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_the_bar_counts_the_images_measured(tiny, photos, explained, monkeypatch):
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", _RecordedBar)
+    _RecordedBar.made.clear()
+    measured = []
+    hook = tiny.image_encoder.register_forward_hook(lambda module, args, output: measured.append(args[0].shape[0]))
+    try:
+        bliptk.faithfulness(tiny, photos[0], explained, steps=4, batch_size=4)
+    finally:
+        hook.remove()
+    [bar] = _RecordedBar.made
+    # 5 tokens, 4 steps: the first and last image, then 3 steps along each of the 5 orders and the random one.
+    assert sum(measured) == bar.total == bar.n == 2 + 6 * 3
+    assert max(measured) == 4 and bar.kwargs["desc"] == "faithfulness" and not bar.disable
+
+
+def test_the_bar_can_be_silenced(tiny, photos, explained, capsys):
+    bliptk.faithfulness(tiny, photos[0], explained, steps=2, progress=True)
+    assert "faithfulness: 100%" in capsys.readouterr().err
+    bliptk.faithfulness(tiny, photos[0], explained, steps=2, progress=False)
+    assert capsys.readouterr().err == ""
+    # None (the default): a bar only when the images take more than one batch (2 + 6 * 1 = 8 here).
+    bliptk.faithfulness(tiny, photos[0], explained, steps=2, batch_size=8)
+    assert capsys.readouterr().err == ""
+    bliptk.faithfulness(tiny, photos[0], explained, steps=2, batch_size=7)
+    assert "faithfulness: 100%" in capsys.readouterr().err

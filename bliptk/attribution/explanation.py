@@ -309,14 +309,14 @@ class ProgressBar:
         self.last = (-1, -1)
 
     def __call__(self, done: int, total: int) -> None:
-        from tqdm.auto import tqdm
+        from ..core.progress import progress_bar
 
         if (done, total) == self.last:
             return
         if self.bar is None or done < self.bar.n:
             if self.bar is not None:
                 self.bar.close()
-            self.bar = tqdm(total=total, desc=self.title, unit="step")
+            self.bar = progress_bar(total=total, desc=self.title, unit="step")
         self.bar.total = total
         self.bar.update(done - self.bar.n)
         self.last = (done, total)

@@ -12,7 +12,9 @@ metrics of RISE (Petsiuk, Das and Saenko, BMVC 2018), measured on each caption t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import torch
@@ -91,9 +93,14 @@ def faithfulness(
     baseline: str = "blur",
     seed: int = 0,
     batch_size: int = 8,
+    progress: bool | None = None,
 ) -> Faithfulness:
     """The perturbation test of an explanation: each token's probability as its most important
     patches are removed (or inserted), against a random order.
+
+    It measures ``2 + (T + 1) * (K - 1)`` images for T tokens and K ``steps``, whatever the method:
+    236 for a 25-token caption at 10 steps, about 5.6 minutes for ViT-B/16 on one CPU thread (the
+    explaining guide gives each model's cost). A progress bar counts them.
 
     Args:
         captioner: The [`Captioner`][bliptk.model.captioner.Captioner] the explanation was made with.
@@ -105,7 +112,10 @@ def faithfulness(
         baseline: What a removed patch becomes: ``"blur"`` (the image under a Gaussian blur of
             a patch's width) or ``"mean"`` (the image's mean colour).
         seed: Seed of the random order.
-        batch_size: Perturbed images measured together.
+        batch_size: Perturbed images measured together, in one forward pass.
+        progress: Show a ``tqdm`` progress bar over the images measured (``2 + (T + 1) * (K - 1)``
+            for T tokens: the first and last image, then each token's order and the random one);
+            None shows one when there is more than one batch.
 
     Returns:
         A [`Faithfulness`][bliptk.attribution.faithfulness.Faithfulness]: per-token curves and AUCs, with the
@@ -160,19 +170,26 @@ def faithfulness(
     start, end = (visual.pixels, removed_start) if mode == "deletion" else (removed_start, visual.pixels)
 
     tokens = len(target.token_ids)
+    middle_steps = len(counts) - 2
     # Every order starts at the same image and ends at the same image: those two are measured once.
-    first, last = _logprobs(captioner, [start, end], target, batch_size) if tokens else np.zeros((2, 0))
+    passes = (2 + (tokens + 1) * middle_steps) if tokens else 0
+    from ..core.progress import progress_bar
 
-    def measured(order_list: list[np.ndarray]) -> np.ndarray:
-        """Log-probabilities ``(len(order_list), K + 1, T)`` of every token along each order."""
-        images = [_changed(start, end, order[:count], encoder.patch_size) for order in order_list for count in counts[1:-1]]
-        middle = _logprobs(captioner, images, target, batch_size).reshape(len(order_list), len(counts) - 2, tokens)
-        edges = np.broadcast_to(first, (len(order_list), 1, tokens)), np.broadcast_to(last, (len(order_list), 1, tokens))
-        return np.concatenate([edges[0], middle, edges[1]], axis=1)
+    show = progress if progress is not None else passes > batch_size
+    with progress_bar(total=passes, desc="faithfulness", unit="img", disable=not show) as bar:
+        first, last = _logprobs(captioner, [start, end], target, batch_size, bar) if tokens else np.zeros((2, 0))
 
-    per_order = measured(orders)  # (T, K + 1, T): token t's curve is column t along its own order
-    curves = np.exp(np.stack([per_order[t, :, t] for t in range(tokens)])) if tokens else np.zeros((0, len(counts)))
-    random_curves = np.exp(measured([random_order])[0].T) if tokens else np.zeros((0, len(counts)))
+        def measured(order_list: list[np.ndarray]) -> np.ndarray:
+            """Log-probabilities ``(len(order_list), K + 1, T)`` of every token along each order."""
+            # A generator: only one batch of perturbed images is held at a time.
+            images = (_changed(start, end, order[:count], encoder.patch_size) for order in order_list for count in counts[1:-1])
+            middle = _logprobs(captioner, images, target, batch_size, bar).reshape(len(order_list), middle_steps, tokens)
+            edges = np.broadcast_to(first, (len(order_list), 1, tokens)), np.broadcast_to(last, (len(order_list), 1, tokens))
+            return np.concatenate([edges[0], middle, edges[1]], axis=1)
+
+        per_order = measured(orders)  # (T, K + 1, T): token t's curve is column t along its own order
+        curves = np.exp(np.stack([per_order[t, :, t] for t in range(tokens)])) if tokens else np.zeros((0, len(counts)))
+        random_curves = np.exp(measured([random_order])[0].T) if tokens else np.zeros((0, len(counts)))
     fractions = np.array(counts, dtype=np.float64) / patches
     return Faithfulness(
         method=explanation.method,
@@ -211,18 +228,19 @@ def _changed(start: torch.Tensor, end: torch.Tensor, patches: np.ndarray, patch_
     return torch.where(pixel_mask, end, start)
 
 
-def _logprobs(captioner, images: list[torch.Tensor], target: Target, batch_size: int) -> np.ndarray:
-    """Teacher-forced y of every token ``(len(images), T)`` for images of F frames each (a
-    video's features being their mean)."""
+def _logprobs(captioner, images: Iterable[torch.Tensor], target: Target, batch_size: int, bar) -> np.ndarray:
+    """Teacher-forced y of every token ``(N, T)`` for N images of F frames each (a video's
+    features being their mean), ``batch_size`` images a forward pass, each counted on ``bar``."""
     encoder = captioner.image_encoder
     rows = [np.zeros((0, len(target.token_ids)))]
+    images = iter(images)
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
+        while batch := list(islice(images, batch_size)):
             frames = batch[0].shape[0]
             features = encoder(torch.cat(batch)).float()
             pooled = features.view(len(batch), frames, *features.shape[1:]).mean(dim=1)
             rows.append(token_logprobs(captioner, pooled, target).cpu().numpy())
+            bar.update(len(batch))
     return np.concatenate(rows).astype(np.float64)
 
 

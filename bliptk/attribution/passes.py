@@ -154,7 +154,7 @@ def explained_target(captioner, visual: Visual, caption, prompt: str | None, opt
     unknown = tokenizer.unknown_text(caption)
     if unknown:
         warn(f"caption {caption!r} has text outside BLIP's vocabulary, explained as [UNK]: {', '.join(map(repr, unknown))}", PromptWarning)
-    return Target(prompt_text, ids, words, tokenizer.decode(ids[1:] + words).strip())
+    return Target(prompt_text, ids, words, tokenizer.caption_text(ids, words))
 
 
 def pixels_fingerprint(pixels: torch.Tensor) -> str:

@@ -197,9 +197,9 @@ def sanity_check(
     for name in methods:
         maps[name][0] = originals[name].maps.mean(axis=0) if len(originals[name]) else 0
     std = float(getattr(captioner.model.config.text_config, "initializer_range", 0.02))
-    from tqdm.auto import tqdm
+    from ..core.progress import progress_bar
 
-    bar = tqdm(total=len(seeds) * (len(stages) - 1) * len(methods), desc="sanity check", unit="map", disable=not progress)
+    bar = progress_bar(total=len(seeds) * (len(stages) - 1) * len(methods), desc="sanity check", unit="map", disable=not progress)
     for row, seed in enumerate(seeds):
         randomised = copy.deepcopy(captioner)
         generator = torch.Generator().manual_seed(seed)

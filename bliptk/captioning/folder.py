@@ -371,12 +371,12 @@ def batches(paths: list[str], job: FolderJobOptions, preprocessor, status: Batch
     threads, with a progress bar (``what`` it says is done: ``"captioning"``; None: shown when there
     is more than one batch) that counts ``status.failed``. Ctrl-C stops after the batch in flight
     (``status.interrupted``). The loop of every folder job: captions, explanations."""
-    from tqdm.auto import tqdm
+    from ..core.progress import progress_bar
 
     show_progress = progress if progress is not None else len(paths) > job.batch_size
     load = lambda path: prepare(path, job.max_pixels, preprocessor)  # noqa: E731
     prepared = prefetched(paths, load, job.workers, window=job.batch_size * (job.workers + 1))
-    with tqdm(total=len(paths), desc=what, unit="file", disable=not show_progress) as bar, StopAfterBatch() as stop:
+    with progress_bar(total=len(paths), desc=what, unit="file", disable=not show_progress) as bar, StopAfterBatch() as stop:
         while batch := list(itertools.islice(prepared, job.batch_size)):
             yield batch
             bar.update(len(batch))

@@ -25,6 +25,7 @@ from .arguments import (
     one_line,
     option_arguments,
     options_from,
+    torch_module,
 )
 
 HELP = "caption images and videos"
@@ -70,6 +71,13 @@ def run(args) -> int:
     inputs = expand_inputs(args.inputs, job.recursive)  # nothing to caption: say so before loading a model
     # The output is checked and locked before the model loads: a mistake there costs no waiting.
     with RecordOutput(args.out, job.format, job.resume) if args.out else nullcontext() as output:
+        if output is not None and job.resume and not args.segments and _all_done(args, inputs, output, options, video_options, job):
+            print(
+                f"bliptk: nothing to do: all {len(inputs)} inputs have their records in {args.out} (the same model, weights "
+                "and options; the weights known by their files' fingerprint), so the model was not loaded",
+                file=sys.stderr,
+            )
+            return _summary(args, BatchStatus(total=len(inputs), skipped=len(inputs)))
         captioner = load_model(args, RUNTIMES)
         status = BatchStatus()
         if args.segments:
@@ -92,6 +100,31 @@ def run(args) -> int:
             if args.out is None or record["error"]:
                 _report(args, record)
     return _summary(args, status)
+
+
+def _all_done(args, inputs: list[str], output, options: DecodingOptions, video_options: VideoOptions, job: FolderJobOptions) -> bool:
+    """Whether every input already has its record in a resumed output, made with the model, weights
+    and options this job would caption with, known without loading the model: the checkpoint's
+    weights by the fingerprint of its files. False where that cannot be known so (random weights,
+    another runtime, weights in other files than safetensors): the model loads and tells."""
+    from types import SimpleNamespace
+
+    from ..captioning.runtimes import runtime_of
+    from ..core.pipeline import own_options
+    from ..store.records import done_inputs, record_options
+
+    loading = load_options(args)
+    if not output.existing or runtime_of(loading).name != "torch":
+        return False
+    identity = torch_module("model.loading").checkpoint_identity(
+        loading.model, pretrained=loading.pretrained, device=loading.device, dtype=loading.dtype, compile=loading.compile
+    )
+    if identity is None:
+        return False
+    name, weights, prompt = identity
+    recorded = record_options(own_options(SimpleNamespace(prompt=prompt), options), video_options, job.scores)
+    done = done_inputs(output.existing, {"model": name, "weights": weights.as_dict()}, recorded)
+    return all(path in done for path in inputs)
 
 
 def _summary(args, status) -> int:

@@ -335,7 +335,7 @@ class DecodingTask:
         """The [`Caption`][bliptk.core.decoding.Caption] of a row's generated tokens."""
         ids = self.prompt_ids[row]
         return Caption(
-            text=self.tokenizer.decode(ids[1:] + token_ids).strip(),
+            text=self.tokenizer.caption_text(ids, token_ids),
             prompt=self.prompts[self.image_rows[row]],
             token_ids=token_ids,
             tokens=self.tokenizer.convert_ids_to_tokens(token_ids),

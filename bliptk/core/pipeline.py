@@ -49,8 +49,11 @@ __all__ = [
     "provenance",
     "request_prompt",
     "resolve_options",
+    "mark_random_origin",
     "mark_said_random",
+    "random_origin",
     "say_if_random",
+    "say_random_start",
 ]
 
 
@@ -137,6 +140,9 @@ def provenance(backend: PipelineBackend) -> dict:
 
 # The random weights said so already, by fingerprint: said once per process, whatever captions with them.
 _SAID_RANDOM: set[str] = set()
+# Weights fine-tuned from random ones, by fingerprint: the random weights they started from
+# (``{"model": name, "seed": seed}``), as their checkpoint says (or the run that made them).
+_RANDOM_ORIGINS: dict[str, dict] = {}
 
 
 def mark_said_random(backend: PipelineBackend) -> None:
@@ -144,22 +150,63 @@ def mark_said_random(backend: PipelineBackend) -> None:
     _SAID_RANDOM.add(backend.weights.fingerprint)
 
 
-def say_if_random(backend: PipelineBackend) -> None:
-    """Say once, when random weights first caption or embed, that their results carry no meaning:
-    a [`RandomWeightsWarning`][bliptk.core.errors.RandomWeightsWarning]; in a notebook, one plain line
-    of output instead (a warning there is a box of stderr, with a line of bliptk's source repeated
-    in it). Once per weights: a torch captioner and its ONNX exports say it once between them."""
-    if backend.weights.source != "random" or backend.weights.fingerprint in _SAID_RANDOM:
-        return
-    _SAID_RANDOM.add(backend.weights.fingerprint)
-    message = (
-        f"{backend.name} has random weights (seed {backend.weights.seed}): its captions are random words and its "
-        "embeddings carry no meaning. Load pretrained weights for real results."
-    )
+def mark_random_origin(fingerprint: str, origin: dict) -> None:
+    """Remember that the weights of ``fingerprint`` were fine-tuned from random weights ``origin``
+    (``{"model": name, "seed": seed}``): their captions are said as random weights' are."""
+    _RANDOM_ORIGINS[fingerprint] = dict(origin)
+
+
+def random_origin(backend: PipelineBackend) -> dict | None:
+    """The random weights a backend's weights are or were fine-tuned from (``{"model": name,
+    "seed": seed}``), or None for weights that descend from pretrained ones."""
+    if backend.weights.source == "random":
+        return {"model": backend.name, "seed": backend.weights.seed}
+    return _RANDOM_ORIGINS.get(backend.weights.fingerprint)
+
+
+def _tell(message: str) -> None:
+    """A [`RandomWeightsWarning`][bliptk.core.errors.RandomWeightsWarning]; in a notebook, one plain line
+    of output instead (a warning there is a box of stderr, with a line of bliptk's source repeated in it)."""
     if in_notebook():
         print(message)
     else:
         warn(message, RandomWeightsWarning)
+
+
+def say_if_random(backend: PipelineBackend) -> None:
+    """Say once, when random weights first caption or embed, that their results carry no meaning:
+    a [`RandomWeightsWarning`][bliptk.core.errors.RandomWeightsWarning]; in a notebook, one plain line
+    of output instead (a warning there is a box of stderr, with a line of bliptk's source repeated
+    in it). Once per weights: a torch captioner and its ONNX exports say it once between them.
+    Weights fine-tuned from random ones are said too: their words are not a pretrained model's."""
+    origin = random_origin(backend)
+    if origin is None or backend.weights.fingerprint in _SAID_RANDOM:
+        return
+    _SAID_RANDOM.add(backend.weights.fingerprint)
+    if backend.weights.source == "random":
+        _tell(
+            f"{backend.name} has random weights (seed {backend.weights.seed}): its captions are random words and its "
+            "embeddings carry no meaning. Load pretrained weights for real results."
+        )
+    else:
+        _tell(
+            f"{backend.name} was fine-tuned from random weights ({origin['model']}, seed {origin['seed']}), not from "
+            "pretrained ones: its captions are only what its training pairs taught it, not a trained model's words. "
+            "Fine-tune pretrained weights for real results."
+        )
+
+
+def say_random_start(backend: PipelineBackend) -> None:
+    """Say, as a fine-tuning run starts, that it starts from random weights (``backend``'s, or
+    those it was fine-tuned from), once; nothing for weights that descend from pretrained ones."""
+    origin = random_origin(backend)
+    if origin is None:
+        return
+    _SAID_RANDOM.add(backend.weights.fingerprint)  # its own captions (the metrics' before training) need no second line
+    _tell(
+        f"fine-tuning from random weights ({origin['model']}, seed {origin['seed']}), not pretrained ones: the "
+        "fine-tuned model will know only its training pairs, and its captions will not be a trained model's words."
+    )
 
 
 # --- what a call asks for -------------------------------------------------------------------------------

@@ -81,6 +81,21 @@ class Tokenizer:
         text = self._wordpiece.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
         return text[2:] if text.startswith("##") else text
 
+    def caption_text(self, prompt_ids, token_ids) -> str:
+        """Text of a caption: its prompt's ids (``[DEC]`` first, or not) and its generated ones.
+
+        The prompt's last word is complete (the prompt is text, split into whole words), so a
+        caption whose first token is a WordPiece continuation starts a word of its own: prompt
+        ``"a picture of"`` and tokens ``["##এ", "dog"]`` give ``"a picture of এ dog"``, where
+        ``transformers``' ``decode`` of the ids together glues the piece on (``"a picture ofএ dog"``).
+        The ids themselves are the same either way.
+        """
+        prompt, caption = [int(i) for i in prompt_ids], [int(i) for i in token_ids]
+        prompt_text = self.decode(prompt).strip()
+        if prompt_text and caption and self.tokens[caption[0]].startswith("##"):
+            return f"{prompt_text} {self.decode(caption).strip()}".strip()
+        return self.decode(prompt + caption).strip()
+
     def unknown_text(self, text: str) -> list[str]:
         """The characters of ``text`` that BLIP's vocabulary cannot spell: the tokenizer turns the
         word holding each into ``[UNK]`` (id 100), and the caption loses it."""

@@ -89,7 +89,7 @@ def _write_cached(path: Path, vector: np.ndarray) -> None:
 
 def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=None, progress: bool | None = None) -> np.ndarray:
     """See [`bliptk.Captioner.embed()`][bliptk.model.captioner.Captioner.embed]."""
-    from tqdm.auto import tqdm
+    from ..core.progress import progress_bar
 
     if pooling not in EMBEDDING_POOLINGS:
         raise InvalidOptionError(f"pooling must be one of {', '.join(EMBEDDING_POOLINGS)}, got {pooling!r}")
@@ -111,7 +111,7 @@ def embed(captioner, images, pooling: str = "cls", batch_size: int = 16, cache=N
     if cache is not None:
         logger.info("embeddings: %d cached, %d to compute", len(items) - len(missing), len(missing))
     show_progress = progress if progress is not None else len(missing) > batch_size
-    with tqdm(total=len(missing), desc="embedding", unit="img", disable=not show_progress) as bar:
+    with progress_bar(total=len(missing), desc="embedding", unit="img", disable=not show_progress) as bar:
         for start in range(0, len(missing), batch_size):
             rows = missing[start : start + batch_size]
             features = captioner.encode_image([items[row] for row in rows])

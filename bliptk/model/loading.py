@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..core.errors import (
+    BliptkError,
     CheckpointError,
     CheckpointNotFoundError,
     DeviceError,
@@ -30,19 +31,23 @@ from ..core.errors import (
 )
 from ..core.models import _REGISTRY, DEFAULT_MODEL, ModelSpec, find_model_spec
 from ..core.optional import optional
+from ..core.pipeline import mark_random_origin
 from ..core.preprocess import Preprocessor
 from ..core.provenance import Weights
 from ..core.tokenizer import load_tokenizer
 from .captioner import Captioner
 from .compiled import check_compile_cache
-from .fingerprint import weights_fingerprint
+from .fingerprint import files_fingerprint, weights_fingerprint
 from .image_encoder import ImageEncoder
 
 __all__ = [
     "CAPTIONING_FILE",
     "architecture",
     "blip_config",
+    "captioning_settings",
+    "checkpoint_identity",
     "checkpoint_prompt",
+    "checkpoint_random_origin",
     "load",
     "no_transformers_bars",
     "resolve_checkpoint",
@@ -342,17 +347,35 @@ def checkpoint_prompt(folder: Path | None) -> str | None:
     Raises:
         CheckpointError: The file is there but is not one.
     """
+    return _captioning_settings(folder).get("prompt")
+
+
+def checkpoint_random_origin(folder: Path | None) -> dict | None:
+    """The random weights a checkpoint folder says it was fine-tuned from (``{"model": name,
+    "seed": seed}``, in its [`CAPTIONING_FILE`][bliptk.model.loading.CAPTIONING_FILE]), or None.
+
+    Raises:
+        CheckpointError: The file is there but is not one.
+    """
+    return _captioning_settings(folder).get("random_origin")
+
+
+def _captioning_settings(folder: Path | None) -> dict:
+    """The [`CAPTIONING_FILE`][bliptk.model.loading.CAPTIONING_FILE] of a checkpoint folder, checked; {} without one."""
     path = folder / CAPTIONING_FILE if folder is not None else None
     if path is None or not path.is_file():
-        return None
+        return {}
     try:
         settings = json.loads(path.read_bytes().decode("utf-8"))
         prompt = settings["prompt"] if isinstance(settings, dict) else None
         if not isinstance(settings, dict) or (prompt is not None and not isinstance(prompt, str)):
             raise ValueError('not {"prompt": text}')
+        origin = settings.get("random_origin")
+        if origin is not None and not (isinstance(origin, dict) and isinstance(origin.get("model"), str)):
+            raise ValueError('random_origin is not {"model": name, "seed": seed}')
     except (UnicodeDecodeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path} is not a captioning config ({first_line(error)}); fix or remove it") from None
-    return prompt
+    return settings
 
 
 def load(
@@ -425,6 +448,9 @@ def load(
     encoder = ImageEncoder(net.vision_model, preprocessor)
     name = spec.name if spec is not None else model
     captioner = Captioner(net, tokenizer, encoder, name=name, weights=weights, prompt=checkpoint_prompt(folder))
+    origin = checkpoint_random_origin(folder) if pretrained else None
+    if origin is not None:  # fine-tuned from random weights: its captions are said as random weights' are
+        mark_random_origin(fingerprint, origin)
     if int8:
         captioner.text_decoder.quantize()
     if compile:
@@ -432,12 +458,53 @@ def load(
     return captioner
 
 
-def save_checkpoint(model, tokenizer, preprocessor: Preprocessor, folder: str | os.PathLike, prompt: str | None = None) -> Path:
+def checkpoint_identity(
+    model: str | os.PathLike,
+    *,
+    pretrained: bool = True,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    compile: bool = False,
+) -> tuple[str, Weights, str | None] | None:
+    """What [`load()`][bliptk.model.loading.load] with these arguments would give as the captioner's
+    ``name``, ``weights`` and ``prompt``, read from the checkpoint's files without loading it: the
+    weights' fingerprint from its safetensors files
+    ([`files_fingerprint()`][bliptk.model.fingerprint.files_fingerprint]). For a resumed job with
+    nothing left to do, which needs to know only that its records were made with these weights.
+
+    Returns:
+        ``(name, weights, prompt)``; None where only loading can tell: random weights (built, not
+        read), a checkpoint without safetensors files, or one that is not at hand or not sound
+        (loading says what is wrong with it).
+    """
+    model = _model_name(model)
+    spec = find_model_spec(model)
+    if not pretrained or (spec is not None and spec.hub_id is None):
+        return None
+    try:
+        folder = resolve_checkpoint(model)
+        files = sorted(folder.glob("*.safetensors"))
+        fingerprint = files_fingerprint(_checked_config(folder)[1], files) if files else None
+        prompt = checkpoint_prompt(folder)
+    except BliptkError:
+        return None
+    if fingerprint is None:
+        return None
+    int8 = dtype in ("int8", torch.int8)
+    dtype_name = "int8" if int8 else str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
+    name = spec.name if spec is not None else model
+    return name, Weights("pretrained", None, fingerprint, dtype_name, compile), prompt
+
+
+def save_checkpoint(
+    model, tokenizer, preprocessor: Preprocessor, folder: str | os.PathLike, prompt: str | None = None, random_origin: dict | None = None
+) -> Path:
     """Write a checkpoint folder as Hugging Face does, which [`load()`][bliptk.model.loading.load] and
     ``BlipForConditionalGeneration.from_pretrained`` both read: ``config.json`` and
     ``model.safetensors`` (``model``, a ``BlipForConditionalGeneration``), ``vocab.txt`` and
     ``preprocessor_config.json``; with ``prompt``, the [`CAPTIONING_FILE`][bliptk.model.loading.CAPTIONING_FILE]
-    that says it. Every file gets the umask's permissions.
+    that says it (and, with ``random_origin``, the random weights ``{"model": name, "seed": seed}`` it
+    was fine-tuned from). Every file gets the umask's permissions.
 
     Returns:
         The folder.
@@ -450,12 +517,18 @@ def save_checkpoint(model, tokenizer, preprocessor: Preprocessor, folder: str | 
     model.save_pretrained(folder)
     shutil.copy(tokenizer.vocab_file, folder / "vocab.txt")
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor.to_config()))
-    if prompt is not None:
-        (folder / CAPTIONING_FILE).write_text(json.dumps({"prompt": prompt}))
+    if prompt is not None or random_origin is not None:
+        (folder / CAPTIONING_FILE).write_text(json.dumps(captioning_settings(prompt, random_origin)))
     for written in folder.iterdir():
         if written.is_file():
             share(written)
     return folder
+
+
+def captioning_settings(prompt: str | None, random_origin: dict | None = None) -> dict:
+    """What a checkpoint's [`CAPTIONING_FILE`][bliptk.model.loading.CAPTIONING_FILE] holds: its prompt and,
+    for weights fine-tuned from random ones, those (``{"model": name, "seed": seed}``)."""
+    return {"prompt": prompt} if random_origin is None else {"prompt": prompt, "random_origin": random_origin}
 
 
 def _model_name(model) -> str:

@@ -196,7 +196,7 @@ class Stepper:
         return self._strategy.finalize()[0]
 
     def _text(self, token_ids: list[int]) -> str:
-        return self.captioner.tokenizer.decode(self.prompt_ids[1:] + token_ids).strip()
+        return self.captioner.tokenizer.caption_text(self.prompt_ids, token_ids)
 
     def step(self) -> DecodeStep | None:
         """Make one step; None when the caption is already complete."""

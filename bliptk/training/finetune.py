@@ -30,6 +30,7 @@ from ..core.errors import (
     option_error,
 )
 from ..core.optional import optional
+from ..core.pipeline import random_origin, say_random_start
 from .data import MAX_TEXT_TOKENS, CaptionPairs, read_pairs
 from .folder import (
     MANIFEST_FILE,
@@ -135,8 +136,12 @@ def finetune(
         if finished is not None:  # nothing left to train: no model to load, nothing to write
             return finished
         captioner = _captioner(model, load_options)
-        manifest = {"base": {"model": captioner.name, "weights": captioner.weights.as_dict()}, **manifest}
+        base = {"model": captioner.name, "weights": captioner.weights.as_dict()}
+        # Random weights, or weights fine-tuned from them: recorded, said, and carried into the checkpoints.
+        manifest = {"base": base, "random_origin": random_origin(captioner), **manifest}
         _check_resumable(folder, manifest, resume)  # and the base weights, once they are known
+        if is_main_process():
+            say_random_start(captioner)
         say_space(folder, *space)
         from .run import FinetuneRun  # Trainer's import makes torch's compiler cache: only now that it is checked
 

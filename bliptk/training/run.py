@@ -18,6 +18,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from transformers import Trainer, TrainerCallback
 from ..core.decoding import paper_decoding
 from ..core.errors import BliptkError, DataWarning, InputError, OutputError, first_line
 from ..core.quiet import quiet_loggers, stderr_of_children_kept
-from ..model.loading import CAPTIONING_FILE, no_transformers_bars
+from ..model.loading import CAPTIONING_FILE, captioning_settings, no_transformers_bars
 from ..store.outputs import reason, share, write_whole
 from .data import CaptionPairs, image_key, text_example
 from .folder import MANIFEST_FILE, is_main_process, mark_complete, remove_torn, resumable_checkpoint
@@ -110,6 +111,8 @@ class FinetuneRun:
     ):
         self.captioner, self.train_pairs, self.val_pairs = captioner, train, val
         self.options, self.folder, self.manifest, self.name = options, folder, manifest, name
+        # The random weights this run descends from (None: from pretrained ones), said by its checkpoints.
+        self.random_origin: dict | None = manifest.get("random_origin")
 
     def train(self, resume: bool) -> FinetuneResult:
         last = resumable_checkpoint(self.folder / "checkpoints") if resume else None
@@ -243,6 +246,7 @@ class FinetuneRun:
             data_collator=_Collator(),
             caption_metrics=metrics,
             prompt=options.prompt,
+            random_origin=self.random_origin,
         )
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
@@ -269,7 +273,14 @@ class FinetuneRun:
         building = Path(tempfile.mkdtemp(dir=self.folder, prefix=".final.", suffix=".tmp"))
         try:
             with _saving(self.folder), no_transformers_bars():
-                save_checkpoint(model, self.captioner.tokenizer, self.captioner.preprocessor, building, prompt=self.options.prompt)
+                save_checkpoint(
+                    model,
+                    self.captioner.tokenizer,
+                    self.captioner.preprocessor,
+                    building,
+                    prompt=self.options.prompt,
+                    random_origin=self.random_origin,
+                )
                 for file in building.iterdir():
                     os.replace(file, self.folder / file.name)
         finally:
@@ -283,12 +294,15 @@ class FinetuneRun:
         are now (the base's again when training left them as they were: LoRA's adapters removed)."""
         from dataclasses import replace
 
+        from ..core.pipeline import mark_random_origin
         from ..model.fingerprint import weights_fingerprint
         from ..model.image_encoder import ImageEncoder
         from ..model.text_decoder import TextDecoder
 
         captioner = self.captioner
         fingerprint = weights_fingerprint(net)
+        if self.random_origin is not None:  # trained from random weights: said when it captions, as its checkpoint is
+            mark_random_origin(fingerprint, self.random_origin)
         net = net.to(torch.bfloat16 if captioner.weights.dtype == "bfloat16" else torch.float32).eval().requires_grad_(True)
         captioner.model = net
         captioner.image_encoder = ImageEncoder(net.vision_model, captioner.preprocessor)
@@ -340,9 +354,9 @@ class _CaptionTrainer(Trainer):
     checkpoints are marked complete once saved whole (and removed when they fail to save), and
     which skips a batch none of whose images decoded."""
 
-    def __init__(self, *args, caption_metrics=None, prompt: str = "", **kwargs):
+    def __init__(self, *args, caption_metrics=None, prompt: str = "", random_origin: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.caption_metrics, self.prompt = caption_metrics, prompt
+        self.caption_metrics, self.prompt, self.random_origin = caption_metrics, prompt, random_origin
         # BLIP's loss is a mean over the batch's learned tokens; it takes no token count.
         self.model_accepts_loss_kwargs = False
         self._trained_since_log = 0
@@ -382,7 +396,7 @@ class _CaptionTrainer(Trainer):
             super()._save_checkpoint(model, trial)
             if self.args.should_save:
                 # A checkpoint is captioned after the prompt it is learning, as the finished run is.
-                (checkpoint / CAPTIONING_FILE).write_text(json.dumps({"prompt": self.prompt}))
+                (checkpoint / CAPTIONING_FILE).write_text(json.dumps(captioning_settings(self.prompt, self.random_origin)))
                 mark_complete(checkpoint)
         except Exception as problem:  # OSError, torch's RuntimeError, safetensors' SafetensorError: each a failed write
             raise remove_torn(checkpoint, problem) from None
@@ -398,18 +412,19 @@ class _CaptionTrainer(Trainer):
 
 class _Progress(TrainerCallback):
     """One progress bar (``tqdm.auto``) with the loss and images per second, on the main process;
-    every process records the time of each step."""
+    every process records the time of each step (the bar: [`progress_bar()`][bliptk.core.progress.progress_bar],
+    whose saved notebook output reads its final state)."""
 
     def __init__(self, images_per_step: int):
         self.images_per_step = images_per_step
-        self.bar = None
+        self.bar: Any = None  # tqdm.auto's bar: a notebook's widget bar or a terminal's
         self.step_seconds: list[float] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from tqdm.auto import tqdm
+        from ..core.progress import progress_bar
 
         if state.is_world_process_zero:
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="fine-tuning", unit="step")
+            self.bar = progress_bar(total=state.max_steps, initial=state.global_step, desc="fine-tuning", unit="step")
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.step_started = time.perf_counter()
