@@ -141,3 +141,27 @@ def test_a_notebook_page_shows_its_figures_at_a_page_size(hooks):
     picture = Image.open(io.BytesIO(base64.b64decode(shown["image/png"])))
     assert picture.size == (1280, 960) and len(base64.b64decode(shown["image/png"])) < len(written.getvalue()) / 2
     assert shown["text/plain"] == "<Figure>"
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_the_site_pages_carry_their_figures_as_img_tags(hooks, tmp_path, monkeypatch):
+    """What a built page holds: a notebook executed as the site executes them (BLIPTK_MODEL=tiny)
+    and rendered as mkdocs-jupyter renders it shows its figure as an <img> with its weights under
+    it; the gallery page shows one <img> per figure."""
+    import markdown
+    import nbformat
+    from mkdocs_jupyter.nbconvert2 import nb2html
+    from nbclient import NotebookClient
+
+    for name, value in hooks.EXECUTED_WITH.items():
+        monkeypatch.setenv(name, value)
+    source = 'import bliptk\ncaptioner = bliptk.notebook_model("ViT-B/16")\ncaption = captioner.caption(bliptk.example_path("images/woman-with-cake.jpg"), max_new_tokens=3, return_attention=True)\nbliptk.plot_attention_maps(caption)'
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A page"), nbformat.v4.new_code_cell(source)])
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    path = tmp_path / "page.ipynb"
+    path.write_text(json.dumps(hooks.compact_images(json.loads(nbformat.writes(notebook)))))
+    page = hooks.labelled_figures(nb2html(str(path)))
+    assert len(hooks.IMAGE.findall(page)) == 1 and page.count(hooks.FIGURE_LABEL) == 1
+    gallery = markdown.markdown(hooks.gallery.gallery_markdown(), extensions=["fenced_code"])
+    assert len(hooks.IMAGE.findall(gallery)) == len(hooks.gallery.FIGURES)
