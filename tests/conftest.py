@@ -20,6 +20,10 @@ from bliptk.model.parity import save_checkpoint
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest -n N runs N workers on the machine's cores: one thread each, or they fight for them.
     torch.set_num_threads(1)
+    # And the processes the tests start (notebook kernels, the CLI, Jupyter's): a kernel with a
+    # thread per core beside the other worker busy-waits its OpenMP threads (notebook 10 took 129 s
+    # in the suite against 21 s alone).
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = sorted((DATA / "images").glob("*.jpg"))

@@ -301,7 +301,11 @@ class FinetuneRun:
 
         captioner = self.captioner
         fingerprint = weights_fingerprint(net)
-        if self.random_origin is not None:  # trained from random weights: said when it captions, as its checkpoint is
+        # Random weights that training left as they were (lr 0, LoRA's base after a stop) are still the
+        # random weights, said so by the captioner itself; marking their bytes as "fine-tuned from random"
+        # would mark every copy of them. Weights it changed are said when they caption, as their checkpoint is.
+        still_random = captioner.weights.source == "random" and fingerprint == captioner.weights.fingerprint
+        if self.random_origin is not None and not still_random:
             mark_random_origin(fingerprint, self.random_origin)
         net = net.to(torch.bfloat16 if captioner.weights.dtype == "bfloat16" else torch.float32).eval().requires_grad_(True)
         captioner.model = net
@@ -309,7 +313,8 @@ class FinetuneRun:
         captioner.text_decoder = TextDecoder(net.text_decoder)
         if finished:
             captioner.name, captioner.prompt = self.name, self.options.prompt
-            captioner.weights = replace(captioner.weights, source="pretrained", seed=None, fingerprint=fingerprint)
+            if not still_random:
+                captioner.weights = replace(captioner.weights, source="pretrained", seed=None, fingerprint=fingerprint)
         else:
             captioner.weights = replace(captioner.weights, fingerprint=fingerprint)
 
