@@ -457,13 +457,20 @@ def test_a_resumed_job_with_nothing_to_do_stops_before_loading_the_model(tiny_ch
     assert f"bliptk: nothing to do: all 2 inputs have their records in {out} (the same model, weights and options;" in err
     assert f"bliptk: 0 captioned, 0 failed, 2 already done (of 2); records in {out}" in err
     assert out.read_bytes() == written
-    # Other options, another input, or other weights in the same folder: the model loads (here, refuses to).
+    # Other options, another input, or other weights in the same folder (the old ones kept beside them
+    # in a file loading does not read): the model loads (here, refuses to).
     for again in ([*job[:-1], "4"], [*job[:1], str(photos[2]), *job[1:]], "other weights"):
         if again == "other weights":
+            shutil.copy(checkpoint / "model.safetensors", checkpoint / "model_backup.safetensors")
             save_checkpoint(bliptk.load("tiny", weights_seed=1), checkpoint)
             again = job
         assert main([*again, "--resume"]) != 0
         assert "internal error: _Loaded" in capsys.readouterr().err
+    # A torn weights file: loading says what is wrong with it (not an internal error of the shortcut).
+    monkeypatch.undo()
+    (checkpoint / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:1000])
+    assert main([*job, "--resume"]) == 2
+    assert "internal error" not in capsys.readouterr().err
 
 
 def test_a_figure_the_command_line_writes_suits_a_page(photos, tmp_path):

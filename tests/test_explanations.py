@@ -553,3 +553,26 @@ def test_explain_reports_its_steps_to_a_progress_hook(tiny, photos):
     reports.clear()
     bliptk.explain(tiny, photos[0], caption, method="relevance", progress=lambda done, total: reports.append((done, total)))
     assert reports == [(0, 6), (1, 6), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6)]
+
+
+def test_a_failed_explanation_closes_its_bar_as_it_got(tiny, photos, monkeypatch, capsys):
+    from bliptk.attribution import relevance as relevance_module
+
+    caption = tiny.caption(photos[0], max_new_tokens=3)
+    bars = []
+    original = bliptk.attribution.explanation.ProgressBar.close
+    monkeypatch.setattr(
+        bliptk.attribution.explanation.ProgressBar, "close", lambda self: bars.append(self.bar is not None) or original(self)
+    )
+    real = relevance_module.report_progress
+
+    def fail_after_one(done, total):
+        real(done, total)
+        if done == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(relevance_module, "report_progress", fail_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        bliptk.explain(tiny, photos[0], caption, method="relevance")
+    assert bars and bars[-1]  # the open bar was closed when the explanation stopped
+    assert "relevance:  17%" in capsys.readouterr().err  # left as it got: 1 of 6

@@ -55,6 +55,9 @@ def test_in_a_notebook_bliptk_errors_are_one_line_and_others_keep_their_tracebac
         lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("CheckpointNotFoundError: checkpoint 'Salesforce/blip-image-captioning-base'")
         assert lines[0].endswith("(%tb shows where)")
+        shell.run_cell("%tb")
+        where = capsys.readouterr().out
+        assert "Traceback" in where and "resolve_checkpoint" in where and "CheckpointNotFoundError" in where
         shell.run_cell("1 / 0")
         assert "Traceback" in capsys.readouterr().out
         shell.run_cell("raise KeyError('kept')")  # another library's handler, installed before, still answers its own

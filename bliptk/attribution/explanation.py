@@ -75,6 +75,8 @@ def reporting_progress(hook: Callable[[int, int], None] | None) -> Iterator[None
         yield
     finally:
         _PROGRESS.reset(token)
+        if isinstance(hook, ProgressBar):
+            hook.close()  # a failed or stopped explanation's bar, left as it got
 
 
 @dataclass(frozen=True)
@@ -321,7 +323,13 @@ class ProgressBar:
         self.bar.update(done - self.bar.n)
         self.last = (done, total)
         if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        """Close the bar now (a failed or stopped explanation's, as it got), ready for a new one."""
+        if self.bar is not None:
             self.bar.close()
+        self.bar, self.last = None, (-1, -1)
 
 
 def explain_images(captioner, images: list, captions: list, request: ExplainRequest, batch_size: int = 8) -> list[Explanation]:

@@ -140,6 +140,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return dtype
 
 
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files ``from_pretrained`` reads: ``model.safetensors``, or the shards its
+    index names; none where it would read others (PyTorch files), so that only loading tells."""
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [folder / shard for shard in shards if "/" not in shard and shard not in ("..", ".")]
+    return []
+
+
 def _has_weights(folder: Path) -> bool:
     return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
 
@@ -477,16 +490,19 @@ def checkpoint_identity(
         read), a checkpoint without safetensors files, or one that is not at hand or not sound
         (loading says what is wrong with it).
     """
+    from safetensors import SafetensorError
+
     model = _model_name(model)
     spec = find_model_spec(model)
     if not pretrained or (spec is not None and spec.hub_id is None):
         return None
     try:
         folder = resolve_checkpoint(model)
-        files = sorted(folder.glob("*.safetensors"))
+        files = _weight_files(folder)
         fingerprint = files_fingerprint(_checked_config(folder)[1], files) if files else None
         prompt = checkpoint_prompt(folder)
-    except BliptkError:
+    except (BliptkError, SafetensorError, OSError, ValueError, KeyError) as unreadable:  # loading says what is wrong
+        logger.debug("the checkpoint's identity is left to loading: %s", unreadable)
         return None
     if fingerprint is None:
         return None

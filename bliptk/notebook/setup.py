@@ -85,14 +85,16 @@ def show_errors_in_one_line() -> bool:
 
     def handler(shell, kind, error, traceback, tb_offset=None):
         if issubclass(kind, BliptkError):
-            return _one_line(shell, kind, error)
+            return _one_line(shell, kind, error, traceback)
         return earlier_handler(kind, error, traceback, tb_offset=tb_offset)  # another library's, kept
 
     shell.set_custom_exc(earlier + (BliptkError,), handler)
     return True
 
 
-def _one_line(shell, kind, error):
+def _one_line(shell, kind, error, traceback):
+    # Kept as the last error (sys.last_*), which %tb shows: IPython keeps it only for errors it shows itself.
+    shell._get_exc_info((kind, error, traceback))
     # IPython's own way to show an error (sent to the frontend as the cell's error output, and
     # kept as the last traceback, which nbclient reports when a cell fails), with one line.
     line = f"{kind.__name__}: {error}  (%tb shows where)"

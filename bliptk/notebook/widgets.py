@@ -517,8 +517,8 @@ class AttentionExplorer(_Explorer):
     In a notebook an explanation is computed in a worker thread, so that the kernel stays free:
     the map on screen is faded and labelled "computing" meanwhile, and a slow method (one with a
     ``cost`` in the registry) shows a progress bar with the time left and a Stop button. Stop ends
-    the work at its next step (integrated gradients and relevance report each step; occlusion and
-    Shapley sampling run on unseen, their result dropped) and goes back to the map shown before,
+    the work at its next unit (integrated gradients' steps, relevance's passes, occlusion's and
+    Shapley sampling's perturbed images: each reports them) and goes back to the map shown before,
     saying what was stopped. Outside a kernel's event loop (a script, a test), the work runs at
     once in the caller's thread.
 
