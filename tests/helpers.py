@@ -52,3 +52,15 @@ def make_video(
         for packet in stream.encode():
             container.mux(packet)
     return Path(path)
+
+
+def site_hooks():
+    """docs/hooks.py, the documentation site's MkDocs hooks, as a module (they are loaded by path,
+    as MkDocs loads them: docs/ is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bliptk_site_hooks", Path(__file__).parent.parent / "docs" / "hooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

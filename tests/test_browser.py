@@ -138,22 +138,34 @@ WATCH_BUSY = """() => {
 }"""
 
 
+def _screenshots(tmp_path) -> Path:
+    """Where a browser test keeps its screenshots (BLIPTK_SCREENSHOTS, to look at them afterwards)."""
+    shots = Path(os.environ.get("BLIPTK_SCREENSHOTS", tmp_path / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {shots}")
+    return shots
+
+
+def _notebook_page(browser, url: str, viewport: dict, timeout_ms: int):
+    """A page of JupyterLab with a notebook open and its kernel ready."""
+    page = browser.new_page(viewport=viewport)
+    page.set_default_timeout(timeout_ms)
+    page.goto(url)
+    page.wait_for_function("() => typeof window.jupyterapp !== 'undefined'")
+    page.wait_for_function(KERNEL_READY)
+    return page
+
+
 def test_the_explorers_render_and_respond_in_jupyterlab(lab, tmp_path):
     pytest.importorskip("playwright")
     from playwright.sync_api import expect, sync_playwright
 
-    shots = Path(os.environ.get("BLIPTK_SCREENSHOTS", tmp_path / "screenshots"))
-    shots.mkdir(parents=True, exist_ok=True)
-    print(f"\nscreenshots: {shots}")
+    shots = _screenshots(tmp_path)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             # A small laptop's screen, with JupyterLab's file browser open beside the notebook.
-            page = browser.new_page(viewport={"width": 1024, "height": 768})
-            page.set_default_timeout(120_000)
-            page.goto(f"{lab}/lab/tree/06_explorers.ipynb")
-            page.wait_for_function("() => typeof window.jupyterapp !== 'undefined'")
-            page.wait_for_function(KERNEL_READY)
+            page = _notebook_page(browser, f"{lab}/lab/tree/06_explorers.ipynb", {"width": 1024, "height": 768}, 120_000)
             page.evaluate("() => window.jupyterapp.commands.execute('filebrowser:activate')")
             page.wait_for_function("() => !window.jupyterapp.shell.leftCollapsed")
             # The command's promise resolves when the last cell has run.
@@ -307,17 +319,11 @@ def test_integrated_gradients_shows_progress_and_stops_at_once(lab, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     (tmp_path / "root" / "slow.ipynb").write_text(json.dumps(SLOW_NOTEBOOK))
-    shots = Path(os.environ.get("BLIPTK_SCREENSHOTS", tmp_path / "screenshots"))
-    shots.mkdir(parents=True, exist_ok=True)
-    print(f"\nscreenshots: {shots}")
+    shots = _screenshots(tmp_path)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(180_000)
-            page.goto(f"{lab}/lab/tree/slow.ipynb")
-            page.wait_for_function("() => typeof window.jupyterapp !== 'undefined'")
-            page.wait_for_function(KERNEL_READY)
+            page = _notebook_page(browser, f"{lab}/lab/tree/slow.ipynb", {"width": 1280, "height": 900}, 180_000)
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
             page.wait_for_function(EVERY_CELL_RAN)
             view = page.locator(".jp-OutputArea-executeResult:has(.jupyter-widgets)")

@@ -5,7 +5,6 @@ figures, or a gallery short of one, fails it."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -17,11 +16,9 @@ ROOT = Path(__file__).parent.parent
 
 @pytest.fixture(scope="module")
 def hooks():
-    spec = importlib.util.spec_from_file_location("bliptk_site_hooks_test", ROOT / "docs" / "hooks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from helpers import site_hooks
+
+    return site_hooks()
 
 
 def test_the_first_the_page_in_prose_links_to_it(hooks):

@@ -1,7 +1,6 @@
 """Every notebook under notebooks/ runs top to bottom on the tiny random model, with its kernel
 started at the repository root (as VS Code, papermill and a plain NotebookClient start it)."""
 
-import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,15 +11,6 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-
-
-def _site_hooks():
-    """docs/hooks.py: where the documentation site keeps executed notebooks."""
-    spec = importlib.util.spec_from_file_location("bliptk_site_hooks", ROOT / "docs" / "hooks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _scratch_folders(folder: Path) -> set[str]:
@@ -38,7 +28,9 @@ def test_there_are_notebooks():
 def test_notebook_runs_from_the_repository_root(path, monkeypatch):
     notebook = nbformat.read(path, as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "commit without outputs"
-    hooks = _site_hooks()
+    from helpers import site_hooks
+
+    hooks = site_hooks()
     for name, value in hooks.EXECUTED_WITH.items():
         monkeypatch.setenv(name, value)  # BLIPTK_MODEL=tiny, as the site runs them; figures drawn inline, as a reader sees them
     # The kernel's own temporary folder: what other tests (pytest -n) make at the same time is not its.

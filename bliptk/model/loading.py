@@ -153,6 +153,15 @@ def _weight_files(folder: Path) -> list[Path]:
     return []
 
 
+def _run_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tuple[torch.dtype, str]:
+    """The dtype a loaded net runs in, and the name its weights record: ``int8`` runs in bfloat16,
+    with int8 weights for the decoding steps."""
+    if dtype in ("int8", torch.int8):
+        return torch.bfloat16, "int8"
+    resolved = resolve_dtype(dtype, device)
+    return resolved, str(resolved).removeprefix("torch.")
+
+
 def _has_weights(folder: Path) -> bool:
     return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
 
@@ -434,8 +443,7 @@ def load(
     optional("transformers")
     check_compile_cache(compiling=compile)
     resolved_device = resolve_device(device)
-    int8 = dtype in ("int8", torch.int8)  # bfloat16, with int8 weights for the decoding steps
-    resolved_dtype = torch.bfloat16 if int8 else resolve_dtype(dtype, resolved_device)
+    resolved_dtype, dtype_name = _run_dtype(dtype, resolved_device)
     spec: ModelSpec | None = find_model_spec(model)
     folder: Path | None = None
     if spec is not None and (not pretrained or spec.hub_id is None):
@@ -452,7 +460,6 @@ def load(
     # The fingerprint is taken before the dtype conversion: it names the weights, the dtype is said apart.
     fingerprint = weights_fingerprint(net)
     net = net.to(device=resolved_device, dtype=resolved_dtype).eval()
-    dtype_name = "int8" if int8 else str(resolved_dtype).removeprefix("torch.")
     # compiled: asked for, the same however it then runs (see Weights).
     weights = Weights("pretrained" if pretrained else "random", None if pretrained else weights_seed, fingerprint, dtype_name, compile)
 
@@ -464,7 +471,7 @@ def load(
     origin = checkpoint_random_origin(folder) if pretrained else None
     if origin is not None:  # fine-tuned from random weights: its captions are said as random weights' are
         mark_random_origin(fingerprint, origin)
-    if int8:
+    if dtype_name == "int8":
         captioner.text_decoder.quantize()
     if compile:
         encoder.compile_forward()
@@ -506,8 +513,7 @@ def checkpoint_identity(
         return None
     if fingerprint is None:
         return None
-    int8 = dtype in ("int8", torch.int8)
-    dtype_name = "int8" if int8 else str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
+    dtype_name = _run_dtype(dtype, resolve_device(device))[1]
     name = spec.name if spec is not None else model
     return name, Weights("pretrained", None, fingerprint, dtype_name, compile), prompt
 
